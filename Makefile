@@ -1,0 +1,35 @@
+# The README's two commands. Each one sets up everything it needs from this repository's own
+# files on a fresh machine: a virtualenv, the project and its dependencies, the ONNX models.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+MODELS ?= .models
+SHARED ?= ../shared
+export EDGEGATE_MODEL_DIR := $(abspath $(MODELS))
+export EDGEGATE_SHARED := $(abspath $(SHARED))
+
+.PHONY: test demo models install clean
+
+$(VENV)/.installed: setup.cfg pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+$(MODELS)/.built: $(VENV)/.installed $(wildcard models/*.py)
+	$(VENV)/bin/gate-models build --out $(MODELS)
+	$(VENV)/bin/gate-models verify --dir $(MODELS)
+	touch $@
+
+models: $(MODELS)/.built
+
+test: models
+	$(PY) -m pytest -q tests
+
+demo: models
+	$(PY) -m tools.demo --models $(MODELS) --shared $(SHARED)
+
+clean:
+	rm -rf $(MODELS) build *.egg-info

@@ -1,0 +1,52 @@
+"""Manifests for operator-provisioned models (SCRFD, YuNet, ArcFace-style embedders, PAD).
+
+An operator who brings their own model states its format and licence once; from then on it is
+sha256-pinned like the built-in ones. The manifest may point at the file where it lies
+(absolute path), so large or licence-restricted files need not be copied around.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from models.manifest import ModelFile, ModelManifest, sha256_file, write_manifest
+from vision.types import ARCFACE_112
+
+# What each provisioned format means for input handling; recorded in the manifest so the
+# loaders never guess.
+FORMAT_DEFAULTS: dict[str, dict[str, Any]] = {
+    "scrfd": {"kind": "detector", "input": {"colour": "RGB", "mean": [127.5] * 3, "std": [128.0] * 3, "layout": "NCHW"}},
+    "yunet": {"kind": "detector", "input": {"colour": "BGR", "size": [640, 640], "layout": "NCHW"}},
+    "arcface": {"kind": "embedder", "input": {"colour": "RGB", "size": [112, 112], "mean": [127.5] * 3,
+                                               "std": [127.5] * 3, "layout": "NCHW"}},
+    "minifasnet": {"kind": "pad", "input": {"colour": "BGR", "size": [80, 80], "mean": [0.0] * 3,
+                                             "std": [1.0] * 3, "layout": "NCHW"}},
+}
+
+
+def provision(file: Path, name: str, fmt: str, licence: str, source: str, out_dir: Path,
+              input_overrides: dict[str, Any] | None = None, embedding_size: int | None = None,
+              extra: dict[str, Any] | None = None, copy: bool = False) -> ModelManifest:
+    if fmt not in FORMAT_DEFAULTS:
+        raise ValueError(f"unknown model format {fmt!r}; provisionable: {', '.join(FORMAT_DEFAULTS)}")
+    file = Path(file).resolve()
+    if not file.is_file():
+        raise FileNotFoundError(f"model file {file} does not exist")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if copy:
+        target = out_dir / file.name
+        target.write_bytes(file.read_bytes())
+        stored = file.name
+        digest = sha256_file(target)
+    else:
+        stored = str(file)
+        digest = sha256_file(file)
+    d = FORMAT_DEFAULTS[fmt]
+    m = ModelManifest(
+        name=name, kind=d["kind"], format=fmt, files={"model": ModelFile("model", stored, digest)},
+        licence=licence, source={"provisioned": source}, input={**d["input"], **(input_overrides or {})},
+        align=ARCFACE_112 if fmt == "arcface" else None, embedding_size=embedding_size, extra=extra or {},
+    )
+    path = write_manifest(m, out_dir)
+    return ModelManifest(**{**m.__dict__, "path": path})

@@ -1,0 +1,57 @@
+import cv2
+import numpy as np
+import pytest
+
+from tests.paths import LFW_IMAGES, lfw_people, require
+from vision.image_io import ImageError, decode_image, load_image, to_bgr8
+
+
+def _photo():
+    return next(lfw_people(1)[0].glob("*.jpg"))
+
+
+def test_real_jpeg_loads_as_bgr8():
+    img = load_image(_photo())
+    assert img.dtype == np.uint8 and img.shape == (250, 250, 3)
+
+
+@pytest.mark.parametrize("data, msg", [(b"", "empty"), (b"not an image at all" * 10, "not a decodable image")])
+def test_non_images_are_refused_with_reason(data, msg):
+    with pytest.raises(ImageError, match=msg):
+        decode_image(data, "x")
+
+
+def test_truncated_jpeg_is_refused_or_decoded_partially_but_never_crashes():
+    data = _photo().read_bytes()
+    for cut in (10, 100, len(data) // 2):
+        try:
+            img = decode_image(data[:cut], "cut")
+        except ImageError as e:
+            assert "cut" in str(e)
+        else:
+            assert img.ndim == 3 and img.shape[2] == 3
+
+
+def test_grey_rgba_16bit_and_float_are_converted():
+    bgr = load_image(_photo())
+    grey = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
+    assert to_bgr8(grey).shape == bgr.shape
+    rgba = cv2.cvtColor(bgr, cv2.COLOR_BGR2BGRA)
+    assert np.array_equal(to_bgr8(rgba), bgr)
+    sixteen = bgr.astype(np.uint16) * 257
+    assert np.array_equal(to_bgr8(sixteen), bgr)
+    ok, png16 = cv2.imencode(".png", sixteen)
+    assert np.array_equal(decode_image(png16.tobytes()), bgr)
+    assert np.array_equal(to_bgr8(bgr.astype(np.float32) / 255.0), (bgr.astype(np.float32) / 255.0 * 255).astype(np.uint8))
+
+
+@pytest.mark.parametrize("bad", [np.zeros((0, 0, 3), np.uint8), np.zeros((4, 4, 2), np.uint8),
+                                 np.zeros((4, 4, 3), np.int64), np.full((4, 4), np.nan, np.float32)])
+def test_unusable_arrays_are_refused(bad):
+    with pytest.raises(ImageError):
+        to_bgr8(bad)
+
+
+def test_missing_file_names_the_path(tmp_path):
+    with pytest.raises(ImageError, match="cannot read"):
+        load_image(tmp_path / "nope.jpg")

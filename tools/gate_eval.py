@@ -1,0 +1,113 @@
+"""gate-eval: accuracy of a detector + embedder pair on LFW-format data, rerunnable by anyone."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from tools.gate_models import default_model_dir
+
+
+def _progress(desc: str, quiet: bool):
+    if quiet:
+        return None
+    from tqdm import tqdm
+
+    bar = tqdm(desc=desc, unit="img", file=sys.stderr)
+
+    def update(done: int, total: int) -> None:
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+        if done == total:
+            bar.close()
+
+    return update
+
+
+def _pipeline(args):
+    from vision.loading import load_pipeline
+
+    return load_pipeline(Path(args.models), args.detector, args.embedder, flip=args.flip, threads=args.threads,
+                         detector_opts={"min_face": args.min_face} if args.min_face else None)
+
+
+def cmd_lfw(args) -> int:
+    from vision.evaluate import embed_images, read_pairs, verification_report
+
+    pairs = read_pairs(Path(args.pairs), Path(args.images))
+    pipe = _pipeline(args)
+    paths = sorted({p.a for p in pairs} | {p.b for p in pairs})
+    templates = embed_images(pipe, paths, _progress("embedding", args.quiet or args.json))
+    r = verification_report(pairs, templates)
+    out = {**r.to_json(), "detector": args.detector, "embedder": args.embedder, "flip": args.flip}
+    if args.json:
+        json.dump(out, sys.stdout, indent=2)
+        print()
+    else:
+        print(f"pairs {r.pairs}  no_face {r.no_face}")
+        for i, (a, t) in enumerate(zip(r.fold_accuracies, r.fold_thresholds)):
+            print(f"  fold {i + 1}: accuracy {a:.4f} at threshold {t:.4f} (chosen on the other folds)")
+        print(f"accuracy {r.accuracy_mean:.4f} ± {r.accuracy_std:.4f}")
+        print(f"TAR@FAR=1e-3 {r.tar_at_far_1e_3:.4f} at threshold {r.threshold_at_far_1e_3:.4f}")
+    return 0
+
+
+def cmd_ident(args) -> int:
+    from vision.evaluate import embed_images, ident_split, identification_report
+    from vision.match import Matcher
+
+    split = ident_split(Path(args.images))
+    pipe = _pipeline(args)
+    paths = list(split.gallery.values()) + [p for _, p in split.genuine] + split.impostor
+    templates = embed_images(pipe, paths, _progress("embedding", args.quiet or args.json))
+    r = identification_report(split, templates, lambda d: Matcher(d, pipe.model_id))
+    r.update({"detector": args.detector, "embedder": args.embedder, "flip": args.flip})
+    if args.json:
+        json.dump(r, sys.stdout, indent=2)
+        print()
+    else:
+        print(f"gallery {r['gallery']}  genuine probes {r['genuine_probes']}  impostor probes {r['impostor_probes']}")
+        print(f"rank-1 {r['rank1']:.4f}")
+        print(f"FNIR@FPIR=0.003 {r['fnir_at_fpir_0.003']:.4f} (threshold {r['threshold_at_fpir_0.003']:.4f})")
+        print(f"FNIR@FPIR=0.01  {r['fnir_at_fpir_0.01']:.4f} (threshold {r['threshold_at_fpir_0.01']:.4f})")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from models.registry import DEFAULT_DETECTOR, DEFAULT_EMBEDDER
+
+    p = argparse.ArgumentParser(prog="gate-eval", description=__doc__)
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    def common(s):
+        s.add_argument("--images", required=True, help="folder per person (LFW layout)")
+        s.add_argument("--models", default=str(default_model_dir()), help="model folder (manifests)")
+        s.add_argument("--detector", default=DEFAULT_DETECTOR, help="model name in --models, or a manifest path")
+        s.add_argument("--embedder", default=DEFAULT_EMBEDDER, help="model name in --models, or a manifest path")
+        s.add_argument("--flip", action="store_true", help="average each template with its mirror image's")
+        s.add_argument("--min-face", type=int, help="detector minimum face size in pixels")
+        s.add_argument("--threads", type=int)
+        s.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+        s.add_argument("--quiet", action="store_true")
+
+    s = sub.add_parser("lfw", help="1:1 verification on an LFW pairs file, leave-one-fold-out threshold")
+    common(s)
+    s.add_argument("--pairs", required=True)
+    s.set_defaults(func=cmd_lfw)
+    s = sub.add_parser("ident", help="1:N identification: first image enrolled, the rest probes")
+    common(s)
+    s.set_defaults(func=cmd_ident)
+    return p
+
+
+def main(argv=None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,25 @@
+"""ONNX Runtime sessions built from verified model bytes.
+
+Detectors never pass a path to the runtime: they hand over the bytes that
+`ModelManifest.read_verified` hashed, so what runs is exactly what the manifest vouches for.
+"""
+from __future__ import annotations
+
+import onnxruntime as ort
+
+# ORT warns on every run when a model's recorded output shapes differ from the actual ones
+# (SCRFD exports record 640x640 shapes but run on any size); errors still get through.
+_LOG_ERRORS_ONLY = 3
+
+
+def session_from_bytes(model: bytes, threads: int = 1) -> ort.InferenceSession:
+    """A CPU session capped at `threads` so a gate's other work keeps its cores."""
+    if threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = _LOG_ERRORS_ONLY
+    return ort.InferenceSession(model, sess_options=opts, providers=["CPUExecutionProvider"])
