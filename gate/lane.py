@@ -1,0 +1,421 @@
+"""The lane state machine: `step(state, event) -> (state, actions)`, with no I/O and no clock.
+
+Modes: IDLE → ACQUIRING → DECIDED → OPEN → IDLE for a passenger; ALARM (forced door, tamper,
+tailgating, deny-list hit) latched until a staff reset; EMERGENCY (fire input: fail open,
+latched until a staff reset with the input off); OUT_OF_SERVICE while a device or the audit
+log is faulty or staff took the lane out.
+
+Safety shape:
+- Every change of mode emits an `Audit` action before any device action of the same step, so
+  the daemon (which stops openings when an audit write fails) never opens unrecorded.
+- Only OPEN and EMERGENCY unlock; every other mode re-asserts `Lock` when entered.
+- Latches (alarm, emergency, staff out-of-service) and faults live beside the mode, so when a
+  passage or a staff action ends, the lane falls back to the most severe condition still in
+  force rather than to IDLE.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+from typing import Any, Callable
+
+from gate.actions import Action, Alert, Audit, Buzzer, Colour, Direction, Indicate, Lock, Unlock
+from gate.decide import Decision, DecisionPolicy, Outcome, Reason, Token, decide, refer_unknown_token
+from gate.events import (AuditFailed, AuditRestored, DeviceFault, DeviceRestored, DoorForced, Event, FireAlarm,
+                         PassageComplete, StaffAction, StaffCommand, Tamper, Tick, TokenRead)
+from gate.field_ranges import check_ranges
+from gate.observation import FrameObservation
+from gate.track import Track, TrackPolicy, follow, in_capture_zone, restart, tailgate_ratio
+
+AUDIT_LOG = "audit_log"  # the fault name under which an unwritable audit log is tracked
+
+TEXT_READY = "Look at the camera"
+TEXT_HOLD_STILL = "Hold still"
+TEXT_PASS = "Please pass"
+TEXT_HELD_OPEN = "Gate open"
+TEXT_NOT_RECOGNISED = "Not recognised"
+TEXT_SEE_STAFF = "Please see staff"
+TEXT_WAIT = "Please wait"
+TEXT_ALARM = "Stop: staff called"
+TEXT_EMERGENCY = "Emergency: gate open"
+TEXT_CLOSED = "Lane closed"
+
+
+class Mode(StrEnum):
+    IDLE = "idle"
+    ACQUIRING = "acquiring"
+    DECIDED = "decided"
+    OPEN = "open"
+    ALARM = "alarm"
+    EMERGENCY = "emergency"
+    OUT_OF_SERVICE = "out_of_service"
+
+
+# Modes of ordinary service: a fault or a staff out-of-service takes the lane out of them at once.
+_IN_SERVICE = frozenset({Mode.IDLE, Mode.ACQUIRING, Mode.DECIDED, Mode.OPEN})
+# Decisions that latch an alarm instead of being shown and forgotten.
+_ALARM_REASONS = frozenset({Reason.TAILGATING, Reason.DENY_LIST})
+
+
+@dataclass(frozen=True, kw_only=True)
+class LaneConfig:
+    lane_id: str = field(metadata={"help": "name of this lane in audit records and alerts"})
+    policy: DecisionPolicy
+    tracking: TrackPolicy = field(default_factory=TrackPolicy)
+    passage_direction: str = field(default="entry", metadata={
+        "help": "direction a passenger's automatic opening unlocks", "choices": ("entry", "exit")})
+    open_timeout_s: float = field(default=10.0, metadata={
+        "help": "seconds an opening waits for the passage sensor before locking again", "min": 0.0})
+    result_display_s: float = field(default=3.0, metadata={
+        "help": "seconds a refusal or referral stays on the display before the next attempt", "min": 0.0})
+    token_ttl_s: float = field(default=30.0, metadata={
+        "help": "seconds a read boarding pass / ID keeps the lane in 1:1 mode for its holder", "min": 0.0})
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
+        Direction(self.passage_direction)
+        if not self.lane_id:
+            raise ValueError("lane_id must name the lane")
+
+
+@dataclass(frozen=True)
+class Opening:
+    """Why the lane is OPEN: an accepted passenger or a staff command."""
+
+    direction: Direction
+    hold: bool  # staff UNLOCK: open until LOCK, passages do not close it
+    deadline: float | None
+    subject_id: str | None = None
+    operator_id: str | None = None
+    reason: str | None = None
+
+    def to_record(self) -> dict[str, Any]:
+        return {"direction": self.direction.value, "hold": self.hold, "subject_id": self.subject_id,
+                "operator_id": self.operator_id, "reason": self.reason}
+
+
+@dataclass(frozen=True)
+class LaneState:
+    config: LaneConfig
+    mode: Mode
+    now: float  # time of the latest event
+    since: float  # when the current mode was entered
+    track: Track | None = None  # while ACQUIRING
+    next_track_id: int = 1
+    token: Token | None = None
+    decision: Decision | None = None  # the latest decision, while DECIDED / OPEN / ALARM from it
+    opening: Opening | None = None  # while OPEN
+    alarm: str | None = None  # latched alarm cause until a staff reset
+    fire_active: bool = False  # the fire-alarm input's current level
+    faults: frozenset[str] = frozenset()  # devices (and AUDIT_LOG) currently failing
+    out_of_service_by: str | None = None  # operator who took the lane out of service
+
+    @property
+    def one_to_one_subject(self) -> str | None:
+        """The subject the daemon must `Matcher.verify` the primary face against (1:1 mode)."""
+        return None if self.token is None else self.token.subject_id
+
+    @property
+    def uses_frames(self) -> bool:
+        """Whether frames matter now (faces to acquire, or tailgaters to watch for)."""
+        return self.mode in (Mode.IDLE, Mode.ACQUIRING, Mode.OPEN)
+
+    @property
+    def uses_matching(self) -> bool:
+        """Whether the primary face needs embedding and matching (otherwise boxes suffice)."""
+        return self.mode in (Mode.IDLE, Mode.ACQUIRING)
+
+
+Result = tuple[LaneState, list[Action]]
+
+
+def start(config: LaneConfig, t: float) -> tuple[LaneState, tuple[Action, ...]]:
+    """The lane at daemon start-up: locked, idle, and the start recorded."""
+    state = LaneState(config=config, mode=Mode.IDLE, now=t, since=t)
+    record = {"event": "lane_started", "lane": config.lane_id, "t": round(t, 6), "from": None,
+              "to": Mode.IDLE.value}
+    return state, (Audit(record), *_entry_actions(state))
+
+
+def step(state: LaneState, event: Event) -> tuple[LaneState, tuple[Action, ...]]:
+    handler = _HANDLERS.get(type(event))
+    if handler is None:
+        raise TypeError(f"the lane has no handler for {type(event).__name__}")
+    s = replace(state, now=max(state.now, float(event.t)))  # time never runs backwards
+    s, actions = _advance_time(s)
+    s, more = handler(s, event)
+    return s, tuple(actions + more)
+
+
+# ---- building blocks --------------------------------------------------------------------------
+
+def _record(s: LaneState, to: Mode, event: str, fields: dict[str, Any]) -> dict[str, Any]:
+    return {"event": event, "lane": s.config.lane_id, "t": round(s.now, 6), "from": s.mode.value,
+            "to": to.value, **fields}
+
+
+def _note(s: LaneState, event: str, **fields: Any) -> list[Action]:
+    """An audit record for something that happened without changing the mode."""
+    return [Audit(_record(s, s.mode, event, fields))]
+
+
+def _go(s: LaneState, to: Mode, event: str, fields: dict[str, Any] | None = None, **changes: Any) -> Result:
+    record = _record(s, to, event, fields or {})
+    new = replace(s, mode=to, since=s.now, **changes)
+    return new, [Audit(record), *_entry_actions(new)]
+
+
+def _rest_mode(s: LaneState) -> Mode:
+    if s.alarm is not None:
+        return Mode.ALARM
+    if s.faults or s.out_of_service_by is not None:
+        return Mode.OUT_OF_SERVICE
+    return Mode.IDLE
+
+
+def _settle(s: LaneState, event: str, fields: dict[str, Any] | None = None, **changes: Any) -> Result:
+    """End the current episode and fall back to the most severe condition still in force."""
+    s = replace(s, **changes)
+    return _go(s, _rest_mode(s), event, fields, track=None, opening=None, decision=None)
+
+
+def _entry_actions(s: LaneState) -> list[Action]:
+    if s.mode is Mode.OPEN:
+        text = TEXT_HELD_OPEN if s.opening.hold else TEXT_PASS
+        return [Unlock(s.opening.direction), Indicate(Colour.GREEN, Buzzer.SHORT, text)]
+    if s.mode is Mode.EMERGENCY:
+        return [Unlock(Direction.BOTH, fail_safe=True), Indicate(Colour.GREEN, Buzzer.NONE, TEXT_EMERGENCY)]
+    if s.mode is Mode.IDLE:
+        indication = Indicate(Colour.OFF, Buzzer.NONE, TEXT_READY)
+    elif s.mode is Mode.ACQUIRING:
+        indication = Indicate(Colour.OFF, Buzzer.NONE, TEXT_HOLD_STILL)
+    elif s.mode is Mode.DECIDED:
+        if s.decision.outcome is Outcome.ALLOW or s.decision.reason in _ALARM_REASONS:
+            return []  # OPEN or ALARM follows within the same step and sets the barrier
+        if s.decision.outcome is Outcome.DENY:
+            indication = Indicate(Colour.RED, Buzzer.LONG, TEXT_NOT_RECOGNISED)
+        else:
+            indication = Indicate(Colour.AMBER, Buzzer.LONG, TEXT_SEE_STAFF)
+    elif s.mode is Mode.ALARM:
+        # a deny-list subject is held quietly: staff are alerted, the subject is not alarmed
+        indication = (Indicate(Colour.RED, Buzzer.NONE, TEXT_WAIT) if s.alarm == Reason.DENY_LIST.value
+                      else Indicate(Colour.RED, Buzzer.ALARM, TEXT_ALARM))
+    else:
+        indication = Indicate(Colour.RED, Buzzer.NONE, TEXT_CLOSED)
+    return [Lock(), indication]
+
+
+def _alert(s: LaneState, kind: str, **details: Any) -> Alert:
+    return Alert(kind, {"lane": s.config.lane_id, "t": round(s.now, 6), **details})
+
+
+def _raise_alarm(s: LaneState, cause: str, **details: Any) -> Result:
+    alert = _alert(s, cause, **details)
+    if s.mode in (Mode.EMERGENCY, Mode.ALARM):  # already open by law / already latched
+        return s, _note(s, cause, **details) + [alert]
+    s, actions = _go(s, Mode.ALARM, cause, details, alarm=cause, track=None, opening=None, token=None)
+    return s, actions + [alert]
+
+
+def _apply_decision(s: LaneState, d: Decision, timings_ms: dict[str, float] | None = None) -> Result:
+    fields: dict[str, Any] = {"decision": d.to_record()}
+    if timings_ms:
+        fields["timings_ms"] = {k: round(float(v), 2) for k, v in timings_ms.items()}
+    s, actions = _go(s, Mode.DECIDED, "decision", fields, decision=d, track=None, token=None)
+    if d.outcome is Outcome.ALLOW:
+        cfg = s.config
+        opening = Opening(Direction(cfg.passage_direction), hold=False, deadline=s.now + cfg.open_timeout_s,
+                          subject_id=d.subject_id)
+        s, more = _go(s, Mode.OPEN, "open", {"opening": opening.to_record()}, opening=opening)
+        return s, actions + more
+    if d.reason in _ALARM_REASONS:
+        s, more = _raise_alarm(s, d.reason.value, subject_id=d.subject_id,
+                               score=None if d.score is None else round(d.score, 4), details=dict(d.details))
+        return s, actions + more
+    if d.outcome is Outcome.REFER:
+        actions.append(_alert(s, "refer", reason=d.reason.value, subject_id=d.subject_id))
+    return s, actions
+
+
+def _judge(s: LaneState, ratio: float | None, timings_ms: dict[str, float] | None) -> Result:
+    d = decide(s.track, s.now, s.config.policy, s.token, ratio)
+    return (s, []) if d is None else _apply_decision(s, d, timings_ms)
+
+
+def _advance_time(s: LaneState) -> Result:
+    """Everything that is due by `s.now`, whatever the event that brought the time."""
+    actions: list[Action] = []
+    if s.token is not None and s.now - s.token.read_at >= s.config.token_ttl_s:
+        actions += _note(s, "token_expired", subject_id=s.token.subject_id, token_kind=s.token.kind)
+        s = replace(s, token=None, track=None if s.track is None else restart(s.track, s.now))
+    if s.mode is Mode.ACQUIRING and s.now - s.track.last_seen_t >= s.config.tracking.lost_after_s:
+        s, more = _go(s, Mode.IDLE, "face_lost", {"track_id": s.track.track_id}, track=None)
+        actions += more
+    elif s.mode is Mode.DECIDED and s.now - s.since >= s.config.result_display_s:
+        s, more = _settle(s, "result_shown")
+        actions += more
+    elif s.mode is Mode.OPEN and s.opening.deadline is not None and s.now >= s.opening.deadline:
+        s, more = _settle(s, "open_timeout", {"opening": s.opening.to_record()})
+        actions += more
+    return s, actions
+
+
+# ---- event handlers ---------------------------------------------------------------------------
+
+def _on_frame(s: LaneState, frame: FrameObservation) -> Result:
+    tracking = s.config.tracking
+    if s.mode is Mode.OPEN:
+        ratio = tailgate_ratio(frame)
+        if not s.opening.hold and ratio is not None and ratio >= s.config.policy.tailgate_size_ratio:
+            return _raise_alarm(s, Reason.TAILGATING.value, tailgate_ratio=round(ratio, 3),
+                                opening=s.opening.to_record())
+        return s, []
+    if s.mode not in (Mode.IDLE, Mode.ACQUIRING) or not in_capture_zone(frame.primary, tracking):
+        return s, []
+    window_s = s.config.policy.window_s
+    track = follow(s.track, frame.primary, s.now, s.next_track_id, tracking, window_s)
+    actions: list[Action] = []
+    if s.track is None or track.track_id != s.track.track_id:
+        event = "face_acquired" if s.mode is Mode.IDLE else "track_replaced"
+        fields = {"track_id": track.track_id}
+        if s.track is not None:
+            fields["previous_track_id"] = s.track.track_id
+        s, actions = _go(s, Mode.ACQUIRING, event, fields, track=track, next_track_id=s.next_track_id + 1)
+    else:
+        s = replace(s, track=track)
+    s, more = _judge(s, tailgate_ratio(frame), dict(frame.timings_ms))
+    return s, actions + more
+
+
+def _on_tick(s: LaneState, _: Tick) -> Result:
+    return _judge(s, None, None) if s.mode is Mode.ACQUIRING else (s, [])
+
+
+def _on_passage(s: LaneState, e: PassageComplete) -> Result:
+    direction = None if e.direction is None else e.direction.value
+    if s.mode is Mode.OPEN and not s.opening.hold:
+        return _settle(s, "passage_complete", {"opening": s.opening.to_record(), "direction": direction})
+    if s.mode in (Mode.OPEN, Mode.EMERGENCY):
+        return s, _note(s, "passage", direction=direction)
+    return s, _note(s, "unexpected_passage", direction=direction) + [
+        _alert(s, "unexpected_passage", direction=direction)]
+
+
+def _on_forced(s: LaneState, e: DoorForced) -> Result:
+    return _raise_alarm(s, "door_forced", detail=e.detail)
+
+
+def _on_tamper(s: LaneState, e: Tamper) -> Result:
+    return _raise_alarm(s, "tamper", detail=e.detail)
+
+
+def _on_fire(s: LaneState, e: FireAlarm) -> Result:
+    if e.active == s.fire_active:  # a repeated level is not news
+        return s, []
+    if not e.active:  # the latch holds: only a staff reset leaves EMERGENCY
+        return replace(s, fire_active=False), _note(s, "fire_alarm_off")
+    s, actions = _go(s, Mode.EMERGENCY, "fire_alarm_on", None, fire_active=True, track=None, opening=None,
+                     decision=None, token=None)
+    return s, actions + [_alert(s, "emergency", cause="fire_alarm")]
+
+
+def _fault(s: LaneState, device: str, detail: str) -> Result:
+    if device in s.faults:
+        return s, []
+    kind = "audit_failure" if device == AUDIT_LOG else "device_fault"
+    s = replace(s, faults=s.faults | {device})
+    if s.mode in _IN_SERVICE:
+        s, actions = _go(s, Mode.OUT_OF_SERVICE, kind, {"device": device, "detail": detail},
+                         track=None, opening=None, decision=None, token=None)
+    else:
+        actions = _note(s, kind, device=device, detail=detail)
+    return s, actions + [_alert(s, kind, device=device, detail=detail)]
+
+
+def _restored(s: LaneState, device: str) -> Result:
+    if device not in s.faults:
+        return s, []
+    s = replace(s, faults=s.faults - {device})
+    if s.mode is Mode.OUT_OF_SERVICE and _rest_mode(s) is not Mode.OUT_OF_SERVICE:
+        return _settle(s, "device_restored", {"device": device})
+    return s, _note(s, "device_restored", device=device, faults=sorted(s.faults))
+
+
+def _on_device_fault(s: LaneState, e: DeviceFault) -> Result:
+    return _fault(s, e.device, e.detail)
+
+
+def _on_device_restored(s: LaneState, e: DeviceRestored) -> Result:
+    return _restored(s, e.device)
+
+
+def _on_audit_failed(s: LaneState, e: AuditFailed) -> Result:
+    return _fault(s, AUDIT_LOG, e.detail)
+
+
+def _on_audit_restored(s: LaneState, _: AuditRestored) -> Result:
+    return _restored(s, AUDIT_LOG)
+
+
+def _on_token(s: LaneState, e: TokenRead) -> Result:
+    fields = {"token_kind": e.kind, "subject_id": e.subject_id}
+    if s.mode in (Mode.ALARM, Mode.OUT_OF_SERVICE, Mode.EMERGENCY):
+        return s, _note(s, "token_ignored", **fields)
+    if e.subject_id is None:
+        if s.mode is Mode.OPEN:  # the next passenger, while the previous one walks through
+            return s, _note(s, "token_unknown", **fields) + [_alert(s, "refer", reason=Reason.TOKEN_UNKNOWN.value)]
+        return _apply_decision(s, refer_unknown_token(e.kind, None, s.now))
+    token = Token(e.subject_id, e.list_type, e.kind, s.now)
+    track = None if s.track is None else restart(s.track, s.now)
+    return replace(s, token=token, track=track), _note(s, "token_read", **fields)
+
+
+def _on_staff(s: LaneState, c: StaffCommand) -> Result:
+    fields: dict[str, Any] = {"action": c.action.value, "operator_id": c.operator_id, "reason": c.reason}
+
+    def refuse(why: str) -> Result:
+        return s, _note(s, "manual_action", **fields, refused=why) + [
+            _alert(s, "manual_action_refused", **fields, refused=why)]
+
+    if c.action in (StaffAction.OPEN_ONCE, StaffAction.UNLOCK):
+        if s.mode is Mode.EMERGENCY:
+            return refuse("emergency: the gate is already open")
+        if AUDIT_LOG in s.faults:
+            return refuse("audit log unavailable: no opening without its record")
+        hold = c.action is StaffAction.UNLOCK
+        opening = Opening(c.direction or Direction(s.config.passage_direction), hold=hold,
+                          deadline=None if hold else s.now + s.config.open_timeout_s,
+                          operator_id=c.operator_id, reason=c.reason)
+        return _go(s, Mode.OPEN, "manual_action", {**fields, "opening": opening.to_record()}, opening=opening,
+                   track=None, decision=None, token=None)
+    if c.action is StaffAction.LOCK:
+        if s.mode is Mode.EMERGENCY:
+            return refuse("emergency: the gate stays open until a reset")
+        if s.mode is Mode.OPEN:
+            return _settle(s, "manual_action", fields)
+        return s, _note(s, "manual_action", **fields) + [Lock()]
+    if c.action is StaffAction.OUT_OF_SERVICE:
+        s = replace(s, out_of_service_by=c.operator_id)
+        if s.mode in _IN_SERVICE:
+            return _go(s, Mode.OUT_OF_SERVICE, "manual_action", fields, track=None, opening=None, decision=None,
+                       token=None)
+        return s, _note(s, "manual_action", **fields)
+    if c.action is StaffAction.IN_SERVICE:
+        s = replace(s, out_of_service_by=None)
+        if s.mode is Mode.OUT_OF_SERVICE and _rest_mode(s) is not Mode.OUT_OF_SERVICE:
+            return _settle(s, "manual_action", fields)
+        return s, _note(s, "manual_action", **fields, faults=sorted(s.faults))
+    # RESET
+    if s.mode is Mode.EMERGENCY and s.fire_active:
+        return refuse("the fire-alarm input is still active")
+    fields["cleared"] = [x for x in (s.alarm, "emergency" if s.mode is Mode.EMERGENCY else None) if x]
+    if s.mode in (Mode.EMERGENCY, Mode.ALARM):
+        return _settle(s, "manual_action", fields, alarm=None)
+    return replace(s, alarm=None), _note(s, "manual_action", **fields)
+
+
+_HANDLERS: dict[type, Callable[[LaneState, Any], Result]] = {
+    FrameObservation: _on_frame, Tick: _on_tick, PassageComplete: _on_passage, DoorForced: _on_forced,
+    Tamper: _on_tamper, FireAlarm: _on_fire, DeviceFault: _on_device_fault, DeviceRestored: _on_device_restored,
+    AuditFailed: _on_audit_failed, AuditRestored: _on_audit_restored, TokenRead: _on_token, StaffCommand: _on_staff,
+}

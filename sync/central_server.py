@@ -1,0 +1,324 @@
+"""The reference central service: CHP snapshot/publisher/collector plus the audit and health
+service, all behind CURVE with a ZAP allowlist of registered gate and admin keys.
+
+Threads, each owning its sockets and its own database connection:
+  snapshot  ROUTER P    ICANHAZ? -> KVSYNC... KTHXBAI, one client at a time
+  publisher PUB    P+1  tails the change log in sequence order, HUGZ, validity expiry
+  service   SUB    P+2  KVSET from admin tools (the CHP collector)
+            ROUTER P+3  audit batches and health reports (request-reply)
+  ZAP       pyzmq's ThreadAuthenticator, consulting the database on every handshake
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import zmq
+import zmq.utils.z85
+from zmq.auth.thread import ThreadAuthenticator
+
+from sync.central import Central, EnrollmentError, Principal
+from sync.config import CentralConfig
+from sync.keys import load_keypair
+from sync.kvmsg import KVMsg, MalformedMessage, hugz, kthxbai, parse_icanhaz
+from sync.scopes import ScopeError
+from sync.service_messages import AuditBatch, MalformedRequest, Reply, decode_request, encode_reply
+from sync.subject_record import MalformedRecord
+from sync.transport import (
+    COLLECTOR_OFFSET, MAX_CONTROL_FRAME, MAX_KV_FRAME, MAX_SERVICE_FRAME, PUBLISHER_OFFSET, SERVICE_OFFSET,
+    SNAPSHOT_OFFSET, ZAP_DOMAIN, Security, bind_socket)
+
+log = logging.getLogger(__name__)
+
+_POLL_MS = 200
+_DEV_PRINCIPAL = Principal("admin", "dev-plain-loopback", "-" * 40)
+
+
+class _AllowlistAuthenticator(ThreadAuthenticator):
+    """ZAP handler that admits only keys registered in the central's database and names the
+    connection after its owner ("gate:G1"), which every received message then carries as
+    its User-Id. Each refusal is logged with the key and the peer address."""
+
+    def __init__(self, context: zmq.Context, config: CentralConfig):
+        super().__init__(context, log=logging.getLogger("sync.central_server.zap"))
+        self._config = config
+        self._central: Central | None = None
+        self._peer = "?"
+
+    def _db(self) -> Central:
+        if self._central is None:  # created in the authenticator's own thread
+            self._central = Central(self._config.db_path)
+        return self._central
+
+    async def handle_zap_message(self, msg: list[bytes]) -> None:
+        if len(msg) > 3:
+            self._peer = msg[3].decode("utf-8", "replace")
+        await super().handle_zap_message(msg)
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        principal = self._db().principal_for_key(key)
+        if principal is None:
+            log.warning("refused connection from %s: CURVE key %s is not registered", self._peer, key.decode("ascii"))
+            return False
+        return True
+
+    def curve_user_id(self, client_public_key: bytes) -> str:
+        principal = self._db().principal_for_key(zmq.utils.z85.encode(client_public_key))
+        return principal.name if principal else "unknown"
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    snapshot: int
+    publisher: int
+    collector: int
+    service: int
+
+
+class CentralServer:
+    def __init__(self, config: CentralConfig):
+        self.config = config
+        self.ports = Endpoints(*(config.base_port + off for off in
+                                 (SNAPSHOT_OFFSET, PUBLISHER_OFFSET, COLLECTOR_OFFSET, SERVICE_OFFSET)))
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._ctx: zmq.Context | None = None
+        self._auth: _AllowlistAuthenticator | None = None
+
+    # ----- lifecycle ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Bind every socket (raising on a port in use or a bad key) and start serving."""
+        cfg = self.config
+        if cfg.dev_plain_loopback:
+            security = Security(dev_plain_loopback=True)
+            log.warning("DEVELOPMENT MODE: plain TCP, no encryption, no authentication (loopback only)")
+        else:
+            if cfg.secret_key_file is None:
+                raise ValueError("central.secret_key_file is required unless dev_plain_loopback is set")
+            security = Security(keypair=load_keypair(cfg.secret_key_file))
+        central = Central(cfg.db_path)  # creates the schema before any thread needs it
+        seq, gates = central.hashmap.current_seq(), sum(p.kind == "gate" for p in central.principals())
+        central.close()
+        self._ctx = zmq.Context()
+        try:
+            if not cfg.dev_plain_loopback:
+                self._auth = _AllowlistAuthenticator(self._ctx, cfg)
+                self._auth.start()
+                self._auth.configure_curve_callback(ZAP_DOMAIN, self._auth)
+            host = cfg.bind_host
+            snapshot = bind_socket(self._ctx, zmq.ROUTER, security, host, self.ports.snapshot, MAX_CONTROL_FRAME)
+            snapshot.router_mandatory = 1
+            snapshot.sndhwm = 10_000
+            snapshot.sndtimeo = int(cfg.snapshot_send_timeout_s * 1000)
+            publisher = bind_socket(self._ctx, zmq.PUB, security, host, self.ports.publisher, MAX_CONTROL_FRAME)
+            publisher.sndhwm = 50_000
+            collector = bind_socket(self._ctx, zmq.SUB, security, host, self.ports.collector, MAX_KV_FRAME)
+            collector.setsockopt(zmq.SUBSCRIBE, b"")
+            service = bind_socket(self._ctx, zmq.ROUTER, security, host, self.ports.service, MAX_SERVICE_FRAME)
+        except BaseException:
+            self._shutdown_context()
+            raise
+        self._threads = [
+            threading.Thread(target=self._guard, args=("snapshot", self._serve_snapshots, snapshot), daemon=True),
+            threading.Thread(target=self._guard, args=("publisher", self._publish, publisher), daemon=True),
+            threading.Thread(target=self._guard, args=("service", self._serve_requests, collector, service), daemon=True),
+        ]
+        for t in self._threads:
+            t.start()
+        p = self.ports
+        log.info("central serving on %s: snapshot %d, updates %d, collector %d, audit/health %d; "
+                 "sequence %d, %d gate(s) registered", host, p.snapshot, p.publisher, p.collector, p.service, seq, gates)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        for t in self._threads:
+            t.join(timeout=10)
+        self._threads = []
+        self._shutdown_context()
+        log.info("central stopped")
+
+    def _shutdown_context(self) -> None:
+        if self._auth is not None:
+            self._auth.stop()
+            self._auth = None
+        if self._ctx is not None:
+            self._ctx.term()
+            self._ctx = None
+
+    def serve_forever(self) -> None:
+        """Run until stop() is called (e.g. from a signal handler)."""
+        while not self._stop.wait(1.0):
+            if self._threads and not all(t.is_alive() for t in self._threads):
+                log.error("a central thread has died; stopping")
+                break
+        self.stop()
+
+    def notify_change(self) -> None:
+        """Wake the publisher now instead of at its next poll (used for in-process writes)."""
+        self._wake.set()
+
+    def _guard(self, name: str, target: Callable, *sockets: zmq.Socket) -> None:
+        try:
+            target(*sockets)
+        except Exception:
+            log.exception("central %s thread failed", name)
+            self._stop.set()
+        finally:
+            for s in sockets:
+                s.close(0)
+
+    def _principal(self, central: Central, frame: zmq.Frame) -> Principal | None:
+        if self.config.dev_plain_loopback:
+            return _DEV_PRINCIPAL
+        try:
+            user = frame.get("User-Id")
+        except zmq.ZMQError:
+            return None
+        return central.principal(user) if user else None
+
+    # ----- snapshot ----------------------------------------------------------------------
+
+    def _serve_snapshots(self, sock: zmq.Socket) -> None:
+        central = Central(self.config.db_path)
+        while not self._stop.is_set():
+            if not sock.poll(_POLL_MS):
+                continue
+            frames = sock.recv_multipart(copy=False)
+            identity = frames[0].bytes
+            principal = self._principal(central, frames[0])
+            try:
+                subtree = parse_icanhaz([f.bytes for f in frames[1:]])
+            except MalformedMessage as exc:
+                log.warning("snapshot: malformed request from %s: %s", principal.name if principal else "?", exc)
+                continue
+            if principal is None or not principal.may_snapshot(subtree):
+                log.warning("snapshot: refused %r to %s, which may read only %s", subtree,
+                            principal.name if principal else "an unknown peer",
+                            ", ".join(principal.scopes) if principal else "nothing")
+                continue
+            self._send_snapshot(central, sock, identity, subtree, principal)
+        central.close()
+
+    def _send_snapshot(self, central: Central, sock: zmq.Socket, identity: bytes, subtree: str, who: Principal) -> None:
+        sent = 0
+        started = time.monotonic()
+        try:
+            with central.hashmap.snapshot(subtree) as (seq, messages):
+                for msg in messages:
+                    sock.send_multipart([identity, *msg.frames()], copy=False)
+                    sent += 1
+                    if self._stop.is_set():
+                        log.info("snapshot to %s abandoned at shutdown after %d key(s)", who.name, sent)
+                        return
+                sock.send_multipart([identity, *kthxbai(seq, subtree).frames()])
+        except zmq.ZMQError as exc:
+            reason = "it stopped reading" if exc.errno == zmq.EAGAIN else "it disconnected"
+            log.warning("snapshot of %r to %s aborted after %d key(s): %s", subtree or "/", who.name, sent, reason)
+            return
+        log.info("snapshot of %r to %s: %d key(s) at sequence %d in %.2fs", subtree or "/", who.name, sent, seq,
+                 time.monotonic() - started)
+
+    # ----- publisher ---------------------------------------------------------------------
+
+    def _publish(self, sock: zmq.Socket) -> None:
+        cfg = self.config
+        central = Central(cfg.db_path)
+        published = central.hashmap.current_seq()
+        now = time.monotonic()
+        next_hugz, next_expiry, next_prune = now, now, now + 60.0
+        while not self._stop.is_set():
+            self._wake.wait(timeout=min(cfg.log_poll_s, max(0.0, next_hugz - time.monotonic())))
+            self._wake.clear()
+            while True:
+                changes = central.hashmap.changes_after(published, 1000)
+                for msg in changes:
+                    sock.send_multipart(msg.frames(), copy=False)
+                    published = msg.seq
+                if len(changes) < 1000:
+                    break
+            now = time.monotonic()
+            if now >= next_hugz:
+                sock.send_multipart(hugz(published).frames())
+                next_hugz = now + cfg.heartbeat_s
+            if now >= next_expiry:
+                next_expiry = now + cfg.expiry_check_s
+                if central.expire():
+                    self._wake.set()  # publish the deletions without waiting for the next poll
+            if now >= next_prune:
+                next_prune = now + 60.0
+                central.hashmap.prune_log(published, time.time() - cfg.log_retention_s)
+        central.close()
+
+    # ----- collector and service ---------------------------------------------------------
+
+    def _serve_requests(self, collector: zmq.Socket, service: zmq.Socket) -> None:
+        central = Central(self.config.db_path, on_change=self._wake.set)
+        poller = zmq.Poller()
+        poller.register(collector, zmq.POLLIN)
+        poller.register(service, zmq.POLLIN)
+        next_silence_check = time.monotonic()
+        while not self._stop.is_set():
+            ready = dict(poller.poll(_POLL_MS))
+            if collector in ready:
+                self._collect(central, collector.recv_multipart(copy=False))
+            if service in ready:
+                frames = service.recv_multipart(copy=False)
+                if len(frames) != 3 or frames[1].bytes != b"":
+                    log.warning("service: dropped a message that is not a REQ envelope (%d frames)", len(frames))
+                else:
+                    reply = self._answer(central, frames[0], frames[2].bytes)
+                    service.send_multipart([frames[0].bytes, b"", encode_reply(reply)])
+            if time.monotonic() >= next_silence_check:
+                next_silence_check = time.monotonic() + 1.0
+                for gate_id in central.flag_silent_gates(self.config.gate_silent_after_s):
+                    log.warning("gate %s is silent: no health report for %.0fs", gate_id,
+                                self.config.gate_silent_after_s)
+        central.close()
+
+    def _collect(self, central: Central, frames: list[zmq.Frame]) -> None:
+        principal = self._principal(central, frames[0])
+        if principal is None or principal.kind != "admin":
+            log.warning("collector: refused KVSET from %s: only admin tools may publish",
+                        principal.name if principal else "an unknown peer")
+            return
+        try:
+            msg = KVMsg.from_frames([f.bytes for f in frames])
+            keys = central.apply_kvset(msg)
+        except (MalformedMessage, MalformedRecord, EnrollmentError, ScopeError) as exc:
+            log.warning("collector: rejected KVSET from %s: %s", principal.name, exc)
+            return
+        if keys:
+            log.info("collector: %s set %s (%s)", principal.name, msg.key, "delete" if msg.is_delete else "upsert")
+
+    def _answer(self, central: Central, envelope: zmq.Frame, payload: bytes) -> Reply:
+        principal = self._principal(central, envelope)
+        try:
+            request = decode_request(payload)
+        except MalformedRequest as exc:
+            log.warning("service: malformed request from %s: %s", principal.name if principal else "?", exc)
+            return Reply(request_id=0, ok=False, error=f"malformed request: {exc}")
+        if self.config.dev_plain_loopback:
+            principal = central.principal(f"gate:{request.gate_id}")
+        if principal is None or principal.kind != "gate" or principal.ident != request.gate_id:
+            log.warning("service: refused a request for gate %s from %s", request.gate_id,
+                        principal.name if principal else "an unregistered peer")
+            return Reply(request_id=request.request_id, ok=False, error=f"not authorised for gate {request.gate_id}")
+        try:
+            if isinstance(request, AuditBatch):
+                result = central.audit.store_batch(request.gate_id, request.rows, time.time())
+                log.debug("audit from %s: %d..%d, %d new, %d already held", request.gate_id, request.first_seq,
+                          request.last_seq, result.inserted, result.duplicates)
+                return Reply(request_id=request.request_id, ok=True, durable_seq=result.durable_seq)
+            if central.record_health(request):
+                log.info("gate %s reports again (status %s)", request.gate_id, request.status)
+            heads = central.hashmap.scope_heads(s for s in request.scopes if s in principal.scopes)
+            return Reply(request_id=request.request_id, ok=True, scope_heads=heads)
+        except Exception as exc:  # storage trouble must cost a retry, never the service thread
+            log.exception("service: could not handle a request from %s", request.gate_id)
+            return Reply(request_id=request.request_id, ok=False, error=f"central error: {type(exc).__name__}")

@@ -1,0 +1,127 @@
+"""Settings for both ends of the wire, as typed dataclasses built from TOML-style mappings.
+
+The central reads its own file (`gate-central --config central.toml`, table [central]); the
+gate's daemon owns its config file and hands its [sync] table to `agent_config_from_mapping`.
+Relative paths are resolved against the config file's folder, so a config directory can be
+moved as a whole.
+"""
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+from sync.scopes import ScopeError, check_id, parse_scope
+
+
+class ConfigError(ValueError):
+    """A setting that is missing, unknown or of the wrong kind; names the key."""
+
+
+@dataclass(frozen=True)
+class CentralConfig:
+    db_path: Path
+    base_port: int = 5556  # snapshot P, updates P+1, collector P+2, audit/health P+3
+    bind_host: str = "*"
+    secret_key_file: Path | None = None  # central's CURVE keypair (NAME.key_secret)
+    dev_plain_loopback: bool = False  # plain TCP; refuses any non-loopback bind
+    heartbeat_s: float = 1.0  # HUGZ interval
+    log_poll_s: float = 0.05  # how often changes written by other processes are published
+    gate_silent_after_s: float = 60.0
+    snapshot_send_timeout_s: float = 10.0  # a gate that stops reading for this long loses its snapshot
+    log_retention_s: float = 3600.0  # KVSET UUID de-duplication window
+    expiry_check_s: float = 1.0
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    gate_id: str
+    central_host: str
+    base_port: int
+    scopes: tuple[str, ...]  # subtrees, e.g. ("/lane/L1/", "/flight/BA123/")
+    accepted_models: frozenset[str]  # model ids this gate's matcher runs
+    secret_key_file: Path | None = None  # this gate's CURVE keypair
+    central_public_key_file: Path | None = None
+    dev_plain_loopback: bool = False
+    heartbeat_timeout_s: float = 5.0  # no HUGZ for this long: central considered lost
+    snapshot_idle_timeout_s: float = 10.0  # no snapshot message for this long: snapshot aborted
+    reply_timeout_s: float = 2.5  # Lazy Pirate reply timeout
+    request_retries: int = 3  # tries per batch before backing off
+    retry_backoff_max_s: float = 30.0
+    audit_batch_rows: int = 500
+    audit_idle_poll_s: float = 1.0
+    health_interval_s: float = 10.0
+    head_grace_s: float = 2.0  # how long a scope may lag the central's head before a re-snapshot
+    max_buffered_updates: int = 200_000
+
+    def __post_init__(self) -> None:
+        if not self.scopes:
+            raise ConfigError("sync.scopes: a gate follows at least one lane or flight")
+        if not self.accepted_models:
+            raise ConfigError("sync.accepted_models: name the model id(s) this gate's matcher runs")
+
+
+def _coerce(cls: type, data: Mapping[str, Any], base_dir: Path, section: str) -> dict[str, Any]:
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(data) - set(fields)
+    if unknown:
+        raise ConfigError(f"[{section}] unknown key(s): {', '.join(sorted(unknown))}")
+    out: dict[str, Any] = {}
+    for name, value in data.items():
+        kind = str(fields[name].type)
+        if "Path" in kind and value is not None:
+            path = Path(value).expanduser()
+            out[name] = path if path.is_absolute() else (base_dir / path)
+        elif kind.startswith("float"):
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                raise ConfigError(f"[{section}] {name} must be a number")
+            out[name] = float(value)
+        elif kind.startswith("int"):
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ConfigError(f"[{section}] {name} must be an integer")
+            out[name] = value
+        elif kind.startswith("bool"):
+            if not isinstance(value, bool):
+                raise ConfigError(f"[{section}] {name} must be true or false")
+            out[name] = value
+        else:
+            out[name] = value
+    return out
+
+
+def central_config_from_mapping(data: Mapping[str, Any], base_dir: Path) -> CentralConfig:
+    values = _coerce(CentralConfig, data, base_dir, "central")
+    if "db_path" not in values:
+        raise ConfigError("[central] db_path is required")
+    return CentralConfig(**values)
+
+
+def load_central_config(path: Path) -> CentralConfig:
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from exc
+    if "central" not in data:
+        raise ConfigError(f"{path} has no [central] table")
+    return central_config_from_mapping(data["central"], path.parent)
+
+
+def agent_config_from_mapping(data: Mapping[str, Any], base_dir: Path) -> AgentConfig:
+    """Build the agent's settings from the gate config's [sync] table.
+
+    `scopes` is a list of "lane:ID" / "flight:NO"; `accepted_models` a list of model ids.
+    """
+    values = _coerce(AgentConfig, data, base_dir, "sync")
+    for required in ("gate_id", "central_host", "base_port", "scopes", "accepted_models"):
+        if required not in values:
+            raise ConfigError(f"[sync] {required} is required")
+    try:
+        values["gate_id"] = check_id(values["gate_id"], "gate id")
+        values["scopes"] = tuple(sorted({parse_scope(s) for s in values["scopes"]}))
+    except ScopeError as exc:
+        raise ConfigError(f"[sync] {exc}") from exc
+    values["accepted_models"] = frozenset(values["accepted_models"])
+    return AgentConfig(**values)

@@ -1,0 +1,104 @@
+"""The CHP hashmap kept in the central's SQLite file: current values, change log, sequence.
+
+Each change takes the next global sequence number and also records `prev`, the sequence of
+the previous change in the same scope. Gates subscribe to a few scopes only, so the global
+numbers they see always jump; `prev` is what lets a gate tell "an update for another lane"
+from "an update for my lane that I missed".
+"""
+from __future__ import annotations
+
+import sqlite3
+from contextlib import contextmanager
+from typing import Iterable, Iterator
+
+from sync.central_db import read_snapshot
+from sync.kvmsg import KVMsg, decode_properties, encode_properties
+from sync.scopes import split_key
+
+PREV_PROPERTY = "prev"
+TTL_PROPERTY = "ttl"
+
+
+def _subtree_bounds(subtree: str) -> tuple[str, str]:
+    # Keys under "/lane/A/" sort between "/lane/A/" and "/lane/A0" ('0' follows '/').
+    return subtree, subtree[:-1] + "0"
+
+
+class Hashmap:
+    def __init__(self, conn: sqlite3.Connection):
+        self._conn = conn
+
+    def current_seq(self) -> int:
+        return int(self._conn.execute("SELECT value FROM meta WHERE name = 'seq'").fetchone()[0])
+
+    def _log_change(self, key: str, body: bytes, uuid: bytes, props: dict[str, str], now: float) -> int:
+        """Caller holds a write transaction (sync.central_db.write_transaction)."""
+        scope, _ = split_key(key)
+        seq = self.current_seq() + 1
+        row = self._conn.execute("SELECT seq FROM scope_heads WHERE scope = ?", (scope,)).fetchone()
+        props = dict(props)
+        props[PREV_PROPERTY] = str(row[0] if row else 0)
+        self._conn.execute("UPDATE meta SET value = ? WHERE name = 'seq'", (seq,))
+        self._conn.execute("INSERT INTO scope_heads(scope, seq) VALUES (?, ?) "
+                           "ON CONFLICT(scope) DO UPDATE SET seq = excluded.seq", (scope, seq))
+        self._conn.execute("INSERT INTO kv_log(seq, key, scope, uuid, props, body, logged_at) VALUES (?,?,?,?,?,?,?)",
+                           (seq, key, scope, uuid, encode_properties(props).decode("utf-8"), body, now))
+        return seq
+
+    def put(self, key: str, body: bytes, uuid: bytes, props: dict[str, str], expires_at: float | None, now: float) -> int:
+        if not body:
+            raise ValueError("an empty body means delete in CHP; use Hashmap.delete")
+        seq = self._log_change(key, body, uuid, props, now)
+        scope, subject_id = split_key(key)
+        self._conn.execute(
+            "INSERT INTO kv(key, scope, subject_id, seq, uuid, body, expires_at) VALUES (?,?,?,?,?,?,?) "
+            "ON CONFLICT(key) DO UPDATE SET seq=excluded.seq, uuid=excluded.uuid, body=excluded.body, "
+            "expires_at=excluded.expires_at",
+            (key, scope, subject_id, seq, uuid, body, expires_at))
+        return seq
+
+    def delete(self, key: str, uuid: bytes, now: float) -> int | None:
+        if self._conn.execute("SELECT 1 FROM kv WHERE key = ?", (key,)).fetchone() is None:
+            return None
+        seq = self._log_change(key, b"", uuid, {}, now)
+        self._conn.execute("DELETE FROM kv WHERE key = ?", (key,))
+        return seq
+
+    def keys_of_subject(self, subject_id: str) -> list[str]:
+        return [r[0] for r in self._conn.execute("SELECT key FROM kv WHERE subject_id = ? ORDER BY key", (subject_id,))]
+
+    @contextmanager
+    def snapshot(self, subtree: str) -> Iterator[tuple[int, Iterator[KVMsg]]]:
+        """Yield (sequence, key-value messages) of one consistent state of a subtree."""
+        with read_snapshot(self._conn):
+            seq = self.current_seq()
+            if subtree:
+                low, high = _subtree_bounds(subtree)
+                cur = self._conn.execute("SELECT key, seq, body FROM kv WHERE key >= ? AND key < ? ORDER BY key",
+                                         (low, high))
+            else:
+                cur = self._conn.execute("SELECT key, seq, body FROM kv ORDER BY key")
+            yield seq, (KVMsg(key=k, seq=s, body=b) for k, s, b in cur)
+
+    def changes_after(self, seq: int, limit: int) -> list[KVMsg]:
+        rows = self._conn.execute(
+            "SELECT seq, key, uuid, props, body FROM kv_log WHERE seq > ? ORDER BY seq LIMIT ?", (seq, limit))
+        return [KVMsg(key=k, seq=s, uuid=u or b"", props=decode_properties(p.encode("utf-8")), body=b)
+                for s, k, u, p, b in rows]
+
+    def scope_heads(self, scopes: Iterable[str]) -> dict[str, int]:
+        scopes = list(scopes)
+        heads = {s: 0 for s in scopes}
+        if scopes:
+            marks = ",".join("?" * len(scopes))
+            for scope, seq in self._conn.execute(f"SELECT scope, seq FROM scope_heads WHERE scope IN ({marks})", scopes):
+                heads[scope] = int(seq)
+        return heads
+
+    def uuid_seen(self, uuid: bytes) -> bool:
+        return self._conn.execute("SELECT 1 FROM kv_log WHERE uuid = ? LIMIT 1", (uuid,)).fetchone() is not None
+
+    def prune_log(self, published_seq: int, logged_before: float) -> int:
+        """Drop log rows already published and older than the de-duplication window."""
+        cur = self._conn.execute("DELETE FROM kv_log WHERE seq <= ? AND logged_at < ?", (published_seq, logged_before))
+        return cur.rowcount

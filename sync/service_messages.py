@@ -1,0 +1,202 @@
+"""Audit batches and health reports: the request-reply messages between a gate and the
+central's service socket (base port + 3). One msgpack map per frame, checked field by field
+on arrival: a malformed request gets an error reply and is never stored in part.
+
+Audit bodies travel as the JSON text the gate hashed, so the central stores exactly what the
+chain commits to instead of a re-serialisation of it.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+
+from sync.audit_chain import AuditRow
+from sync.scopes import ScopeError, check_id
+
+MAX_BATCH_ROWS = 5000
+_HASH_RE = re.compile(r"^[0-9a-f]{64}$")
+_MAX_TEXT = 256
+_MAX_EXTRA_BYTES = 16 << 10
+
+
+class MalformedRequest(ValueError):
+    """A service message that breaks the format; the reason is sent back to the gate."""
+
+
+@dataclass(frozen=True)
+class AuditBatch:
+    gate_id: str
+    request_id: int
+    rows: tuple[AuditRow, ...]
+
+    @property
+    def first_seq(self) -> int:
+        return self.rows[0].seq
+
+    @property
+    def last_seq(self) -> int:
+        return self.rows[-1].seq
+
+
+@dataclass(frozen=True)
+class HealthReport:
+    gate_id: str
+    request_id: int
+    status: str
+    software_version: str
+    model_versions: dict[str, str]
+    watchlist_seq: int
+    queue_depth: int
+    last_decision_at: str | None
+    scopes: tuple[str, ...] = ()
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Reply:
+    """The central's answer to either request. For audit, `durable_seq` is the highest of this
+    gate's sequence numbers the central has committed; for health, `scope_heads` maps each
+    scope the gate follows to the sequence of its latest change."""
+
+    request_id: int
+    ok: bool
+    error: str = ""
+    durable_seq: int = 0
+    scope_heads: dict[str, int] = field(default_factory=dict)
+
+
+def _pack(obj: dict) -> bytes:
+    return msgpack.packb(obj, use_bin_type=True)
+
+
+def _unpack(frame: bytes) -> dict:
+    try:
+        obj = msgpack.unpackb(frame, raw=False, strict_map_key=True)
+    except (ValueError, msgpack.UnpackException, TypeError) as exc:
+        raise MalformedRequest(f"not a msgpack message: {exc}") from exc
+    if not isinstance(obj, dict):
+        raise MalformedRequest("message must be a msgpack map")
+    return obj
+
+
+def _int(obj: dict, name: str, minimum: int = 0) -> int:
+    v = obj.get(name)
+    if not isinstance(v, int) or isinstance(v, bool) or v < minimum or v > 2**63 - 1:
+        raise MalformedRequest(f"{name} must be an integer >= {minimum}")
+    return v
+
+
+def _text(obj: dict, name: str, optional: bool = False) -> str | None:
+    v = obj.get(name)
+    if v is None and optional:
+        return None
+    if not isinstance(v, str) or len(v) > _MAX_TEXT:
+        raise MalformedRequest(f"{name} must be a string of at most {_MAX_TEXT} characters")
+    return v
+
+
+def _gate_id(obj: dict) -> str:
+    try:
+        return check_id(obj.get("gate"), "gate id")
+    except ScopeError as exc:
+        raise MalformedRequest(str(exc)) from exc
+
+
+def encode_audit_batch(batch: AuditBatch) -> bytes:
+    return _pack({
+        "t": "audit", "gate": batch.gate_id, "rid": batch.request_id,
+        "first": batch.first_seq, "last": batch.last_seq,
+        "rows": [[r.seq, r.ts, r.prev_hash, r.hash,
+                  json.dumps(r.body, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)]
+                 for r in batch.rows],
+    })
+
+
+def _decode_row(raw: Any) -> AuditRow:
+    if not isinstance(raw, list) or len(raw) != 5:
+        raise MalformedRequest("each audit row is [seq, ts, prev_hash, hash, body_json]")
+    seq, ts, prev, digest, body_text = raw
+    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 1:
+        raise MalformedRequest("audit seq must be a positive integer")
+    if not isinstance(ts, str) or not 0 < len(ts) <= 64:
+        raise MalformedRequest(f"audit row {seq}: ts must be a short string")
+    for name, value in (("prev_hash", prev), ("hash", digest)):
+        if not isinstance(value, str) or not _HASH_RE.match(value):
+            raise MalformedRequest(f"audit row {seq}: {name} must be 64 lowercase hex digits")
+    if not isinstance(body_text, str):
+        raise MalformedRequest(f"audit row {seq}: body must be JSON text")
+    try:
+        body = json.loads(body_text)
+    except ValueError as exc:
+        raise MalformedRequest(f"audit row {seq}: body is not JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise MalformedRequest(f"audit row {seq}: body must be a JSON object")
+    return AuditRow(seq=seq, ts=ts, prev_hash=prev, hash=digest, body=body)
+
+
+def encode_health(report: HealthReport) -> bytes:
+    return _pack({
+        "t": "health", "gate": report.gate_id, "rid": report.request_id, "status": report.status,
+        "sw": report.software_version, "models": report.model_versions, "wl_seq": report.watchlist_seq,
+        "queue": report.queue_depth, "last_decision": report.last_decision_at, "scopes": list(report.scopes),
+        "extra": report.extra,
+    })
+
+
+def decode_request(frame: bytes) -> AuditBatch | HealthReport:
+    obj = _unpack(frame)
+    kind = obj.get("t")
+    if kind == "audit":
+        rows_raw = obj.get("rows")
+        if not isinstance(rows_raw, list) or not 1 <= len(rows_raw) <= MAX_BATCH_ROWS:
+            raise MalformedRequest(f"an audit batch carries 1..{MAX_BATCH_ROWS} rows")
+        rows = tuple(_decode_row(r) for r in rows_raw)
+        for a, b in zip(rows, rows[1:]):
+            if b.seq <= a.seq:
+                raise MalformedRequest(f"audit rows must be in increasing seq order ({a.seq} then {b.seq})")
+        first, last = _int(obj, "first", 1), _int(obj, "last", 1)
+        if first != rows[0].seq or last != rows[-1].seq:
+            raise MalformedRequest(f"batch header says {first}..{last} but rows hold {rows[0].seq}..{rows[-1].seq}")
+        return AuditBatch(gate_id=_gate_id(obj), request_id=_int(obj, "rid"), rows=rows)
+    if kind == "health":
+        models = obj.get("models")
+        if not isinstance(models, dict) or len(models) > 32 or not all(
+                isinstance(k, str) and isinstance(v, str) and len(k) <= _MAX_TEXT and len(v) <= _MAX_TEXT
+                for k, v in models.items()):
+            raise MalformedRequest("models must map up to 32 model names to version strings")
+        scopes = obj.get("scopes")
+        if not isinstance(scopes, list) or len(scopes) > 64 or not all(isinstance(s, str) and len(s) <= _MAX_TEXT for s in scopes):
+            raise MalformedRequest("scopes must be a list of up to 64 subtrees")
+        extra = obj.get("extra")
+        if not isinstance(extra, dict) or len(_pack(extra)) > _MAX_EXTRA_BYTES:
+            raise MalformedRequest(f"extra must be a map of at most {_MAX_EXTRA_BYTES} bytes")
+        try:
+            json.dumps(extra, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise MalformedRequest(f"extra must be JSON-compatible: {exc}") from exc
+        return HealthReport(
+            gate_id=_gate_id(obj), request_id=_int(obj, "rid"), status=_text(obj, "status"),
+            software_version=_text(obj, "sw"), model_versions=dict(models), watchlist_seq=_int(obj, "wl_seq"),
+            queue_depth=_int(obj, "queue"), last_decision_at=_text(obj, "last_decision", optional=True),
+            scopes=tuple(scopes), extra=extra)
+    raise MalformedRequest(f"unknown request type {kind!r}")
+
+
+def encode_reply(reply: Reply) -> bytes:
+    return _pack({"rid": reply.request_id, "ok": reply.ok, "error": reply.error,
+                  "durable": reply.durable_seq, "heads": reply.scope_heads})
+
+
+def decode_reply(frame: bytes) -> Reply:
+    obj = _unpack(frame)
+    heads = obj.get("heads")
+    if not isinstance(obj.get("ok"), bool) or not isinstance(obj.get("error"), str) or not isinstance(heads, dict):
+        raise MalformedRequest("reply must carry ok, error and heads")
+    if not all(isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) for k, v in heads.items()):
+        raise MalformedRequest("reply heads must map subtrees to sequence numbers")
+    return Reply(request_id=_int(obj, "rid"), ok=obj["ok"], error=obj["error"],
+                 durable_seq=_int(obj, "durable"), scope_heads=dict(heads))

@@ -1,0 +1,125 @@
+"""The body of a subject's key-value message: templates plus what a gate needs to use them.
+
+Layout (format 1): one msgpack map with short keys, templates as one raw little-endian float32
+block, so a 128-d subject costs ~560 bytes and decodes without a per-number loop:
+
+    {"v": 1, "sid": str, "list": "allow"|"deny", "model": str,
+     "vf": int|nil, "vu": int|nil,          # validity window, Unix seconds UTC, nil = open
+     "n": int, "dim": int, "tpl": bin}      # n*dim float32 LE, each row L2-normalised
+
+The validity window travels inside the body (not only as a CHP ttl) so a gate that is cut
+off from the central still stops admitting a subject whose window has closed.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import msgpack
+import numpy as np
+
+FORMAT_VERSION = 1
+LIST_TYPES = ("allow", "deny")
+MAX_TEMPLATES = 64
+MAX_DIM = 4096
+_NORM_TOLERANCE = 1e-3
+_KEYS = {"v", "sid", "list", "model", "vf", "vu", "n", "dim", "tpl"}
+
+
+class MalformedRecord(ValueError):
+    """A body that is not a valid format-1 subject record; the reason names the field."""
+
+
+@dataclass(frozen=True, eq=False)
+class SubjectRecord:
+    subject_id: str
+    list_type: str
+    model_id: str
+    templates: np.ndarray  # (n, dim) float32, rows L2-normalised
+    valid_from: int | None = None
+    valid_until: int | None = None
+
+    def is_valid_at(self, unix_time: float) -> bool:
+        if self.valid_from is not None and unix_time < self.valid_from:
+            return False
+        return self.valid_until is None or unix_time < self.valid_until
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, SubjectRecord):
+            return NotImplemented
+        return (
+            (self.subject_id, self.list_type, self.model_id, self.valid_from, self.valid_until)
+            == (other.subject_id, other.list_type, other.model_id, other.valid_from, other.valid_until)
+            and self.templates.shape == other.templates.shape
+            and bool(np.array_equal(self.templates, other.templates))
+        )
+
+
+def normalise_templates(vectors: np.ndarray) -> np.ndarray:
+    """Validate and L2-normalise enrollment vectors; refuse what would poison a matcher."""
+    arr = np.asarray(vectors, dtype=np.float32)
+    if arr.ndim == 1:
+        arr = arr[None, :]
+    if arr.ndim != 2 or arr.shape[0] < 1 or arr.shape[1] < 1:
+        raise ValueError(f"templates must be a non-empty (n, dim) array, got shape {np.shape(vectors)}")
+    if arr.shape[0] > MAX_TEMPLATES or arr.shape[1] > MAX_DIM:
+        raise ValueError(f"at most {MAX_TEMPLATES} templates of at most {MAX_DIM} dimensions, got {arr.shape}")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError("templates contain NaN or infinite values")
+    norms = np.linalg.norm(arr, axis=1, keepdims=True)
+    if np.any(norms < 1e-6):
+        raise ValueError("a template has zero length and cannot be normalised")
+    return np.ascontiguousarray(arr / norms, dtype=np.float32)
+
+
+def encode_record(rec: SubjectRecord) -> bytes:
+    if rec.list_type not in LIST_TYPES:
+        raise ValueError(f"list type {rec.list_type!r} is not one of {LIST_TYPES}")
+    tpl = np.ascontiguousarray(rec.templates, dtype="<f4")
+    return msgpack.packb(
+        {
+            "v": FORMAT_VERSION,
+            "sid": rec.subject_id,
+            "list": rec.list_type,
+            "model": rec.model_id,
+            "vf": rec.valid_from,
+            "vu": rec.valid_until,
+            "n": int(tpl.shape[0]),
+            "dim": int(tpl.shape[1]),
+            "tpl": tpl.tobytes(),
+        },
+        use_bin_type=True,
+    )
+
+
+def decode_record(body: bytes) -> SubjectRecord:
+    try:
+        obj = msgpack.unpackb(body, raw=False, strict_map_key=True)
+    except (ValueError, msgpack.UnpackException, TypeError) as exc:
+        raise MalformedRecord(f"body is not msgpack: {exc}") from exc
+    if not isinstance(obj, dict) or set(obj) != _KEYS:
+        raise MalformedRecord("body must be a map with exactly the keys " + ", ".join(sorted(_KEYS)))
+    if obj["v"] != FORMAT_VERSION:
+        raise MalformedRecord(f"unsupported record format {obj['v']!r}")
+    for name in ("sid", "list", "model"):
+        if not isinstance(obj[name], str) or not obj[name]:
+            raise MalformedRecord(f"{name} must be a non-empty string")
+    if obj["list"] not in LIST_TYPES:
+        raise MalformedRecord(f"list type {obj['list']!r} is not one of {LIST_TYPES}")
+    for name in ("vf", "vu"):
+        if obj[name] is not None and (not isinstance(obj[name], int) or isinstance(obj[name], bool)):
+            raise MalformedRecord(f"{name} must be an integer or nil")
+    n, dim, tpl = obj["n"], obj["dim"], obj["tpl"]
+    if not (isinstance(n, int) and isinstance(dim, int) and 1 <= n <= MAX_TEMPLATES and 1 <= dim <= MAX_DIM):
+        raise MalformedRecord(f"template count/dimension out of range: n={n!r} dim={dim!r}")
+    if not isinstance(tpl, bytes) or len(tpl) != n * dim * 4:
+        raise MalformedRecord(f"template block must be n*dim*4 = {n * dim * 4} bytes")
+    templates = np.frombuffer(tpl, dtype="<f4").reshape(n, dim).astype(np.float32, copy=False)
+    if not np.all(np.isfinite(templates)):
+        raise MalformedRecord("templates contain NaN or infinite values")
+    norms = np.linalg.norm(templates, axis=1)
+    if np.any(np.abs(norms - 1.0) > _NORM_TOLERANCE):
+        raise MalformedRecord("templates are not L2-normalised")
+    return SubjectRecord(
+        subject_id=obj["sid"], list_type=obj["list"], model_id=obj["model"], templates=templates,
+        valid_from=obj["vf"], valid_until=obj["vu"],
+    )

@@ -1,0 +1,186 @@
+"""Face detectors on real photos: the built MTCNN default and the provisioned SCRFD and YuNet."""
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from models.manifest import ModelError, ModelIntegrityError, load_manifest
+from models.provision import provision
+from tests.paths import SHARED_MODELS, lfw_people, require
+from vision.detect import load_detector
+from vision.image_io import ImageError
+from vision.types import Face
+
+DETECTORS = ("mtcnn", "scrfd", "yunet")
+
+
+def group_photo() -> Path:
+    """insightface's t1.jpg, a group photo that ships in the insightface wheel."""
+    spec = importlib.util.find_spec("insightface")
+    assert spec and spec.submodule_search_locations, "insightface is a dependency"
+    return require(Path(spec.submodule_search_locations[0]) / "data" / "images" / "t1.jpg")
+
+
+@pytest.fixture(scope="module")
+def manifests(mtcnn_manifest, tmp_path_factory):
+    out = tmp_path_factory.mktemp("provisioned")
+    scrfd = provision(require(SHARED_MODELS / "scrfd_500m.onnx"), "scrfd-500m", "scrfd",
+                      "insightface: non-commercial research only", "test-only copy in ../shared/models", out)
+    yunet = provision(require(SHARED_MODELS / "face_detection_yunet_2023mar.onnx"), "yunet-2023mar", "yunet",
+                      "MIT (OpenCV Zoo)", "test-only copy in ../shared/models", out)
+    return {"mtcnn": mtcnn_manifest, "scrfd": scrfd, "yunet": yunet}
+
+
+@pytest.fixture(scope="module")
+def detectors(manifests):
+    return {k: load_detector(m) for k, m in manifests.items()}
+
+
+@pytest.fixture(scope="module")
+def portraits():
+    """One photo each of 12 LFW people: 250x250, one central face."""
+    return [cv2.imread(str(sorted(p.glob("*.jpg"))[0])) for p in lfw_people(12)]
+
+
+def assert_plausible(face: Face):
+    x1, y1, x2, y2 = face.box
+    assert x2 > x1 and y2 > y1 and 0 < face.score <= 1
+    lm = face.landmarks
+    assert lm.shape == (5, 2) and lm.dtype == np.float32
+    assert (lm[:, 0] > x1).all() and (lm[:, 0] < x2).all() and (lm[:, 1] > y1).all() and (lm[:, 1] < y2).all()
+    assert lm[0, 0] < lm[1, 0] and lm[3, 0] < lm[4, 0], "image-left eye and mouth corner come first"
+    assert max(lm[0, 1], lm[1, 1]) < lm[2, 1] < min(lm[3, 1], lm[4, 1]), "eyes above nose above mouth"
+
+
+@pytest.mark.parametrize("kind", DETECTORS)
+def test_finds_the_face_in_lfw_portraits(detectors, portraits, kind):
+    det = detectors[kind]
+    for img in portraits:
+        faces = det.detect(img)
+        assert faces, f"{kind} missed a face"
+        assert_plausible(faces[0])
+        cx, cy = (faces[0].box[:2] + faces[0].box[2:]) / 2
+        assert abs(cx - 125) < 25 and abs(cy - 125) < 35, "LFW faces are centred"
+        assert 60 < faces[0].width < 160
+
+
+def test_detectors_agree_on_landmarks(detectors, portraits):
+    """Three independently trained models put the eyes and mouth corners in the same places,
+    so a scale, offset or ordering bug in any one of them shows up here. Errors are in units
+    of the eye distance; hard poses (turned head with glasses) may disagree more."""
+    errors = {"mtcnn": [], "yunet": []}
+    for img in portraits:
+        marks = {k: d.detect(img)[0].landmarks for k, d in detectors.items()}
+        iod = np.linalg.norm(marks["scrfd"][1] - marks["scrfd"][0])
+        for k in errors:
+            errors[k].append(np.linalg.norm(marks[k] - marks["scrfd"], axis=1)[[0, 1, 3, 4]].mean() / iod)
+    for k, e in errors.items():
+        e = np.asarray(e)
+        assert np.median(e) < 0.1 and (e < 0.2).sum() >= len(e) - 2, f"{k} vs scrfd: {e.round(3)}"
+
+
+@pytest.mark.parametrize("kind", DETECTORS)
+def test_group_photo_gives_several_faces_largest_first(detectors, manifests, kind):
+    det = load_detector(manifests["mtcnn"], min_face=20) if kind == "mtcnn" else detectors[kind]
+    faces = det.detect(cv2.imread(str(group_photo())))
+    assert len(faces) >= 5
+    areas = [f.area for f in faces]
+    assert areas == sorted(areas, reverse=True)
+    for f in faces:
+        assert_plausible(f)
+    centres = np.array([(f.box[:2] + f.box[2:]) / 2 for f in faces])
+    gaps = np.linalg.norm(centres[:, None] - centres[None], axis=2) + np.eye(len(faces)) * 1e9
+    assert gaps.min() > 0.5 * min(f.width for f in faces), "one face reported twice"
+
+
+@pytest.mark.parametrize("kind", DETECTORS)
+def test_coordinates_follow_the_face_across_a_gate_frame(detectors, portraits, kind):
+    """The same photo pasted at two places of a 640x480 gate frame: every point moves by the
+    paste offset (a multiple of every network's stride, so the networks see the same pixels).
+    Catches letterbox, padding and pyramid mapping mistakes; scaling is checked by the huge
+    frame test."""
+    det, img = detectors[kind], portraits[3]
+    points = []
+    for x, y in ((0, 0), (320, 192)):
+        frame = np.full((480, 640, 3), 90, np.uint8)
+        frame[y:y + 250, x:x + 250] = img
+        points.append(det.detect(frame)[0].landmarks)
+    shift = points[1] - points[0]
+    assert np.abs(shift - [320, 192]).max() < 2.0, shift
+
+
+@pytest.mark.parametrize("kind", DETECTORS)
+def test_converted_inputs_still_find_the_face(detectors, portraits, kind):
+    det, img = detectors[kind], portraits[0]
+    grey = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)
+    for variant in (grey, grey[:, :, None], cv2.cvtColor(img, cv2.COLOR_BGR2BGRA), img.astype(np.uint16) * 257,
+                    img[::-1, ::-1][::-1, ::-1]):  # a non-contiguous view
+        faces = det.detect(variant)
+        assert faces, f"{kind}: no face in a {variant.dtype} {variant.shape} frame"
+        assert_plausible(faces[0])
+
+
+@pytest.mark.parametrize("kind", DETECTORS)
+def test_bad_input_is_refused_or_empty(detectors, kind):
+    det = detectors[kind]
+    for bad in (np.zeros((0, 0, 3), np.uint8), np.zeros((10, 10, 2), np.uint8), np.zeros((2, 3, 4, 5), np.uint8),
+                np.zeros((10, 10, 3), bool), [[1, 2], [3, 4]], None):
+        with pytest.raises(ImageError):  # ImageError is a ValueError
+            det.detect(bad)
+    for tiny in (np.zeros((1, 1, 3), np.uint8), np.full((8, 11, 3), 200, np.uint8)):
+        assert det.detect(tiny) == []
+    assert det.detect(np.full((480, 640, 3), 128, np.uint8)) == []
+
+
+@pytest.mark.parametrize("kind", DETECTORS)
+def test_huge_frame_is_shrunk_and_mapped_back(detectors, portraits, kind):
+    frame = np.zeros((8000, 8000, 3), np.uint8)
+    frame[2000:6000, 3000:7000] = cv2.resize(portraits[1], (4000, 4000), interpolation=cv2.INTER_LINEAR)
+    faces = detectors[kind].detect(frame)
+    assert faces
+    small = detectors[kind].detect(portraits[1])[0]
+    expected = small.landmarks * 16 + [3000, 2000]
+    assert np.abs(faces[0].landmarks - expected).max() < 0.08 * faces[0].width
+
+
+def test_modified_model_file_is_refused(manifests, tmp_path):
+    src = manifests["mtcnn"]
+    for f in src.files.values():
+        shutil.copy(src.file_path(f.role), tmp_path / f.file)
+    shutil.copy(src.path, tmp_path / src.path.name)
+    onet = tmp_path / src.files["onet"].file
+    data = bytearray(onet.read_bytes())
+    data[len(data) // 2] ^= 1
+    onet.write_bytes(bytes(data))
+    with pytest.raises(ModelIntegrityError, match="onet"):
+        load_detector(load_manifest(tmp_path / src.path.name))
+
+
+@pytest.mark.parametrize("kind", ("scrfd", "yunet"))
+def test_provisioned_file_with_other_hash_is_refused(manifests, tmp_path, kind):
+    d = manifests[kind].to_dict()
+    d["files"]["model"]["sha256"] = "0" * 64
+    p = tmp_path / "m.manifest.json"
+    p.write_text(json.dumps(d))
+    with pytest.raises(ModelIntegrityError):
+        load_detector(load_manifest(p))
+
+
+def test_factory_refuses_what_it_cannot_run(manifests, tmp_path):
+    d = manifests["scrfd"].to_dict()
+    for key, value, msg in (("format", "retinaface", "can run"), ("kind", "embedder", "not a detector")):
+        p = tmp_path / f"{key}.manifest.json"
+        p.write_text(json.dumps({**d, key: value}))
+        with pytest.raises(ModelError, match=msg):
+            load_detector(load_manifest(p))
+    with pytest.raises(ModelError, match="not an insightface-format SCRFD"):  # a YuNet file claimed as SCRFD
+        load_detector(dataclasses.replace(manifests["yunet"], format="scrfd"))
+    with pytest.raises(ValueError):
+        load_detector(manifests["mtcnn"], min_face=5)

@@ -1,0 +1,592 @@
+"""The lane state machine, driven through whole scenarios and random event sequences.
+
+`Gate` below is a minimal executor with the contract the daemon follows (actions in order;
+after a failed audit write only `after_audit_failure` survivors run, then `AuditFailed` goes
+back into the lane), with a simulated barrier, display and audit store, so tests check what
+a passenger would see and what the audit log would hold, not just the returned tuples.
+"""
+from __future__ import annotations
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from gate.actions import (Action, Alert, Audit, Buzzer, Colour, Direction, Indicate, Lock, Unlock,
+                          after_audit_failure)
+from gate.audit import canonical_body
+from gate.decide import DecisionPolicy, Outcome, Reason
+from gate.events import (AuditFailed, AuditRestored, DeviceFault, DeviceRestored, DoorForced, FireAlarm,
+                         PassageComplete, StaffAction, StaffCommand, Tamper, Tick, TokenRead)
+from gate.lane import AUDIT_LOG, LaneConfig, Mode, start, step
+from gate.observation import Candidate, FaceObservation, FrameObservation, ListType
+from gate.schema import ConfigError, load_dataclass
+from gate.track import TrackPolicy
+
+A, D = ListType.ALLOW, ListType.DENY
+POLICY = DecisionPolicy(threshold_1n=0.5, min_margin=0.1, threshold_1to1=0.45, deny_threshold=0.4,
+                        fuse_k=3, min_observations_to_deny=5, window_s=3.0, acquire_timeout_s=8.0,
+                        low_quality_refer_frames=10, tailgate_size_ratio=0.7)
+CONFIG = LaneConfig(lane_id="T1-lane-3", policy=POLICY,
+                    tracking=TrackPolicy(iou_min=0.3, lost_after_s=1.0, capture_min_face_px=80.0),
+                    open_timeout_s=10.0, result_display_s=3.0, token_ttl_s=30.0)
+NEAR = (100.0, 100.0, 220.0, 240.0)  # ~130 px: in the capture zone
+FAR = (400.0, 100.0, 440.0, 140.0)  # 40 px: a person further back
+
+
+def face(box=NEAR, matches=(("alice", 0.8), ("bob", 0.2)), ok=True, verify=None, reasons=()):
+    cands = None if matches is None else tuple(Candidate(s, sc, D if s == "mallory" else A) for s, sc in matches)
+    return FaceObservation(box=box, detector_score=0.95, quality_ok=ok, quality_reasons=reasons, matches=cands,
+                           verify_score=verify)
+
+
+def frame(t, primary=None, others=()):
+    return FrameObservation(t, primary if primary is not None else face(), tuple(others), {"detect": 12.5})
+
+
+def staff(t, action, operator="op-17", reason="assisting passenger", direction=None):
+    return StaffCommand(t, action, operator, reason, direction)
+
+
+class Gate:
+    def __init__(self, config=CONFIG, t=0.0):
+        self.barrier = "locked"
+        self.unlocked_direction = None
+        self.display = None
+        self.audit: list[dict] = []
+        self.alerts: list[Alert] = []
+        self.disk_full = False
+        self.unlocks = 0
+        self.state, actions = start(config, t)
+        self.last_actions = self._run(actions, t)
+
+    @property
+    def mode(self):
+        return self.state.mode
+
+    def send(self, event) -> tuple[Action, ...]:
+        self.state, actions = step(self.state, event)
+        self.last_actions = self._run(actions, event.t)
+        return actions
+
+    def _run(self, actions, t) -> tuple[Action, ...]:
+        for i, a in enumerate(actions):
+            if isinstance(a, Audit):
+                canonical_body(dict(a.record))  # what gate.audit would refuse, we refuse here
+                if self.disk_full:
+                    for b in after_audit_failure(actions[i + 1:]):
+                        if not isinstance(b, Audit):
+                            self._apply(b)
+                    self.state, more = step(self.state, AuditFailed(t, "disk full"))
+                    return tuple(actions) + self._run(more, t)
+                self.audit.append(dict(a.record))
+            else:
+                self._apply(a)
+        return tuple(actions)
+
+    def _apply(self, a):
+        if isinstance(a, Unlock):
+            self.barrier, self.unlocked_direction = "unlocked", a.direction
+            self.unlocks += 1
+        elif isinstance(a, Lock):
+            self.barrier, self.unlocked_direction = "locked", None
+        elif isinstance(a, Indicate):
+            self.display = a
+        elif isinstance(a, Alert):
+            self.alerts.append(a)
+
+    def events(self):
+        return [r["event"] for r in self.audit]
+
+    def path(self):
+        """The modes the audit log says the lane went through."""
+        out = [self.audit[0]["to"]]
+        for r in self.audit[1:]:
+            if r["from"] != r["to"]:
+                assert r["from"] == out[-1], f"audit chain of modes broken at {r}"
+                out.append(r["to"])
+        return out
+
+    def approach(self, t0, n=3, dt=0.1, **kw):
+        for i in range(n):
+            self.send(frame(t0 + i * dt, face(**kw)))
+
+
+# ---- ordinary passengers ------------------------------------------------------------------------
+
+def test_enrolled_passenger_is_let_through_and_the_lane_returns_to_idle():
+    g = Gate()
+    assert g.mode is Mode.IDLE and g.barrier == "locked"
+    g.send(frame(1.0))
+    assert g.mode is Mode.ACQUIRING and g.barrier == "locked"
+    g.send(frame(1.1))
+    actions = g.send(frame(1.2))
+    assert g.mode is Mode.OPEN and g.barrier == "unlocked" and g.unlocked_direction is Direction.ENTRY
+    assert g.display == Indicate(Colour.GREEN, Buzzer.SHORT, "Please pass")
+    # the decision and the opening are recorded before the barrier moves
+    kinds = [type(a) for a in actions]
+    assert kinds.index(Unlock) > max(i for i, k in enumerate(kinds) if k is Audit)
+    decision = next(r for r in g.audit if r["event"] == "decision")["decision"]
+    assert (decision["outcome"], decision["reason"], decision["subject_id"]) == ("allow", "match", "alice")
+    assert decision["observations_used"] == 3 and decision["margin"] == pytest.approx(0.6)
+    assert next(r for r in g.audit if r["event"] == "decision")["timings_ms"] == {"detect": 12.5}
+    g.send(PassageComplete(3.0, Direction.ENTRY))
+    assert g.mode is Mode.IDLE and g.barrier == "locked"
+    assert g.path() == ["idle", "acquiring", "decided", "open", "idle"]
+    assert g.audit[-1]["opening"]["subject_id"] == "alice"
+
+
+def test_open_times_out_without_a_passage():
+    g = Gate()
+    g.approach(1.0)
+    assert g.mode is Mode.OPEN
+    g.send(Tick(11.1))
+    assert g.mode is Mode.OPEN
+    g.send(Tick(11.25))  # opened at 1.2 + 10 s
+    assert g.mode is Mode.IDLE and g.barrier == "locked" and g.events()[-1] == "open_timeout"
+
+
+def test_no_face_and_far_faces_leave_the_lane_idle_without_actions():
+    g = Gate()
+    assert g.send(FrameObservation(1.0)) == ()
+    assert g.send(frame(1.1, face(box=FAR))) == ()
+    assert g.mode is Mode.IDLE
+
+
+def test_unknown_person_is_refused_then_the_lane_resets():
+    g = Gate()
+    g.approach(1.0, n=5, matches=(("alice", 0.3), ("bob", 0.2)))
+    assert g.mode is Mode.DECIDED and g.barrier == "locked"
+    assert g.display == Indicate(Colour.RED, Buzzer.LONG, "Not recognised")
+    assert g.state.decision.reason is Reason.NO_MATCH
+    g.send(frame(2.0))  # faces are not judged while the result is shown
+    assert g.mode is Mode.DECIDED
+    g.send(Tick(4.45))  # decided at 1.4 + 3 s
+    assert g.mode is Mode.IDLE
+
+
+def test_ambiguous_match_is_referred_to_staff():
+    g = Gate()
+    g.approach(1.0, matches=(("alice", 0.66), ("alicia", 0.61)))
+    assert g.mode is Mode.DECIDED and g.display.colour is Colour.AMBER and g.barrier == "locked"
+    assert g.alerts[-1].kind == "refer" and g.alerts[-1].details["reason"] == "ambiguous_margin"
+
+
+def test_evidence_of_a_previous_person_is_not_used_for_the_next():
+    g = Gate()
+    g.approach(1.0, n=2)
+    g.send(frame(1.2, face(box=(500.0, 100.0, 620.0, 240.0))))  # someone else stepped in
+    assert g.mode is Mode.ACQUIRING and g.events()[-1] == "track_replaced"
+    assert g.audit[-1]["previous_track_id"] == 1 and g.audit[-1]["track_id"] == 2
+    g.send(frame(1.3, face(box=(505.0, 100.0, 625.0, 240.0))))
+    assert g.mode is Mode.ACQUIRING  # two frames of the new person, not three
+    g.send(frame(1.4, face(box=(505.0, 100.0, 625.0, 240.0))))
+    assert g.mode is Mode.OPEN
+
+
+def test_acquisition_timeouts():
+    g = Gate()  # face lost
+    g.approach(1.0, n=1, matches=None)
+    g.send(Tick(1.9))
+    assert g.mode is Mode.ACQUIRING
+    g.send(Tick(2.0))
+    assert g.mode is Mode.IDLE and g.events()[-1] == "face_lost"
+
+    g = Gate()  # no decision in time: searched frames never arrive (e.g. the embedder is skipped)
+    for i in range(90):
+        g.send(frame(1.0 + i * 0.1, face(matches=None)))
+    assert g.mode is Mode.DECIDED and g.state.decision.reason is Reason.TIMEOUT
+    assert g.state.decision.decided_at == pytest.approx(9.0)
+
+    g = Gate()  # persistent low quality
+    for i in range(10):
+        g.send(frame(1.0 + i * 0.1, face(ok=False, matches=None, reasons=("blurred",))))
+    assert g.mode is Mode.DECIDED and g.state.decision.reason is Reason.LOW_QUALITY
+    assert g.alerts[-1].details["reason"] == "low_quality"
+
+
+def test_time_never_runs_backwards():
+    g = Gate()
+    g.approach(1.0)
+    g.send(Tick(0.5))  # a late event stamped before the opening
+    assert g.state.now == pytest.approx(1.2) and g.mode is Mode.OPEN
+    g.send(PassageComplete(0.6))
+    assert g.audit[-1]["t"] == pytest.approx(1.2)
+
+
+# ---- 1:1 mode ------------------------------------------------------------------------------------
+
+def test_token_switches_to_one_to_one_for_its_holder():
+    g = Gate()
+    g.send(TokenRead(0.5, "boarding_pass", "alice", A))
+    assert g.state.one_to_one_subject == "alice" and g.events()[-1] == "token_read"
+    # strong 1:N frames do not count in 1:1 mode; verify scores do
+    g.approach(1.0, n=3, matches=(("bob", 0.9),), verify=None)
+    assert g.mode is Mode.ACQUIRING
+    g.approach(1.3, n=3, matches=None, verify=0.6)
+    assert g.mode is Mode.OPEN
+    decision = next(r for r in g.audit if r["event"] == "decision")["decision"]
+    assert (decision["mode"], decision["subject_id"], decision["details"]["token_kind"]) == ("1:1", "alice",
+                                                                                                "boarding_pass")
+    assert g.state.one_to_one_subject is None  # the token was used up
+
+
+def test_token_read_mid_attempt_restarts_the_evidence():
+    g = Gate()
+    g.approach(1.0, n=2, matches=None, verify=0.9)  # verify scores without a token: not 1:1 evidence yet
+    g.send(TokenRead(1.15, "id_number", "alice", A))
+    g.approach(1.2, n=2, matches=None, verify=0.9)
+    assert g.mode is Mode.ACQUIRING and g.state.track.samples and len(g.state.track.samples) == 2
+    g.send(frame(1.4, face(matches=None, verify=0.9)))
+    assert g.mode is Mode.OPEN
+
+
+def test_token_of_someone_else_is_referred():
+    g = Gate()
+    g.send(TokenRead(0.5, "boarding_pass", "alice", A))
+    g.approach(1.0, n=5, matches=None, verify=0.1)
+    assert g.mode is Mode.DECIDED and g.state.decision.reason is Reason.TOKEN_MISMATCH
+    assert g.display.colour is Colour.AMBER
+
+
+def test_unknown_token_is_referred_at_once_and_expired_tokens_are_dropped():
+    g = Gate()
+    g.send(TokenRead(0.5, "boarding_pass", None, None))
+    assert g.mode is Mode.DECIDED and g.state.decision.reason is Reason.TOKEN_UNKNOWN
+    g = Gate()
+    g.send(TokenRead(0.5, "boarding_pass", "alice", A))
+    g.send(Tick(30.6))
+    assert g.state.one_to_one_subject is None and g.events()[-1] == "token_expired"
+
+
+# ---- alarms ------------------------------------------------------------------------------------
+
+def test_tailgating_holds_the_gate_and_latches_an_alarm_until_staff_reset():
+    g = Gate()
+    g.send(frame(1.0))
+    g.send(frame(1.1, face(), others=[face(box=(300.0, 110.0, 400.0, 220.0))]))  # ratio ~0.8
+    assert g.mode is Mode.ALARM and g.barrier == "locked"
+    assert g.display == Indicate(Colour.RED, Buzzer.ALARM, "Stop: staff called")
+    assert g.alerts[-1].kind == "tailgating"
+    decision = next(r for r in g.audit if r["event"] == "decision")["decision"]
+    assert (decision["outcome"], decision["reason"]) == ("refer", "tailgating")
+    g.approach(2.0, n=5)  # a perfect match while the alarm is latched opens nothing
+    g.send(Tick(60.0))
+    assert g.mode is Mode.ALARM and g.unlocks == 0
+    g.send(staff(61.0, StaffAction.RESET, reason="checked: family of two, escorted"))
+    assert g.mode is Mode.IDLE and g.audit[-1]["operator_id"] == "op-17"
+    assert g.audit[-1]["cleared"] == ["tailgating"]
+
+
+def test_a_person_waiting_further_back_is_not_tailgating():
+    g = Gate()
+    for i in range(3):
+        g.send(frame(1.0 + i * 0.1, face(), others=[face(box=(300.0, 110.0, 360.0, 170.0))]))  # ratio ~0.46
+    assert g.mode is Mode.OPEN
+
+
+def test_tailgater_during_an_opening_raises_the_alarm_and_locks():
+    g = Gate()
+    g.approach(1.0)
+    g.send(frame(1.5, face(), others=[face(box=(300.0, 100.0, 420.0, 240.0))]))
+    assert g.mode is Mode.ALARM and g.barrier == "locked" and g.alerts[-1].kind == "tailgating"
+
+
+def test_deny_list_hit_holds_closed_quietly_and_alerts_staff():
+    g = Gate()
+    g.approach(1.0, matches=(("mallory", 0.7), ("bob", 0.2)))
+    assert g.mode is Mode.ALARM and g.barrier == "locked"
+    assert g.display == Indicate(Colour.RED, Buzzer.NONE, "Please wait")
+    alert = g.alerts[-1]
+    assert alert.kind == "deny_list" and alert.details["subject_id"] == "mallory"
+    g.send(Tick(30.0))
+    assert g.mode is Mode.ALARM
+
+
+def test_forced_door_raises_an_alarm():
+    g = Gate()
+    g.send(DoorForced(1.0, "barrier moved while locked"))
+    assert g.mode is Mode.ALARM and g.barrier == "locked" and g.alerts[-1].kind == "door_forced"
+    g.send(PassageComplete(1.5))
+    assert g.events()[-1] == "unexpected_passage" and g.mode is Mode.ALARM
+    g.send(Tamper(2.0, "cabinet open"))  # a second cause while latched is recorded and alerted
+    assert g.events()[-1] == "tamper" and g.alerts[-1].kind == "tamper" and g.mode is Mode.ALARM
+    g.send(staff(3.0, StaffAction.RESET, reason="door checked"))
+    assert g.mode is Mode.IDLE
+
+
+# ---- emergency ---------------------------------------------------------------------------------
+
+def test_fire_alarm_opens_and_stays_open_until_staff_reset_with_the_input_off():
+    g = Gate()
+    g.approach(1.0, n=2)
+    g.send(FireAlarm(1.5, True))
+    assert g.mode is Mode.EMERGENCY and g.barrier == "unlocked" and g.unlocked_direction is Direction.BOTH
+    assert g.alerts[-1].kind == "emergency"
+    g.send(staff(2.0, StaffAction.LOCK, reason="drill?"))
+    assert g.barrier == "unlocked" and g.audit[-1]["refused"].startswith("emergency")
+    g.send(staff(3.0, StaffAction.RESET, reason="all clear"))
+    assert g.mode is Mode.EMERGENCY and "fire-alarm input" in g.audit[-1]["refused"]
+    g.send(FireAlarm(4.0, False))
+    g.send(Tick(100.0))
+    assert g.mode is Mode.EMERGENCY and g.barrier == "unlocked"  # latched
+    g.send(DoorForced(101.0))  # doors are open by law: recorded, no alarm
+    assert g.mode is Mode.EMERGENCY
+    g.send(staff(102.0, StaffAction.RESET, operator="sup-2", reason="fire brigade all clear"))
+    assert g.mode is Mode.IDLE and g.barrier == "locked"
+    assert (g.audit[-1]["operator_id"], g.audit[-1]["reason"]) == ("sup-2", "fire brigade all clear")
+    assert g.audit[-1]["cleared"] == ["emergency"]
+
+
+def test_fire_alarm_opens_even_when_the_audit_log_cannot_be_written():
+    g = Gate()
+    g.disk_full = True
+    g.send(FireAlarm(1.0, True))
+    assert g.mode is Mode.EMERGENCY and g.barrier == "unlocked"
+    assert AUDIT_LOG in g.state.faults
+    g.send(FireAlarm(2.0, False))
+    g.send(staff(3.0, StaffAction.RESET, reason="all clear"))
+    assert g.mode is Mode.OUT_OF_SERVICE and g.barrier == "locked"  # the audit fault remains
+
+
+# ---- faults ------------------------------------------------------------------------------------
+
+def test_device_fault_mid_opening_locks_and_takes_the_lane_out_of_service():
+    g = Gate()
+    g.approach(1.0)
+    assert g.barrier == "unlocked"
+    g.send(DeviceFault(1.5, "barrier", "motor current"))
+    assert g.mode is Mode.OUT_OF_SERVICE and g.barrier == "locked" and g.display.colour is Colour.RED
+    assert g.alerts[-1].kind == "device_fault" and g.alerts[-1].details["device"] == "barrier"
+    assert g.send(DeviceFault(1.6, "barrier", "motor current")) == ()  # repeats are not news
+    g.send(DeviceFault(1.7, "camera", "no frames"))
+    g.send(DeviceRestored(2.0, "barrier"))
+    assert g.mode is Mode.OUT_OF_SERVICE and g.audit[-1]["faults"] == ["camera"]
+    g.send(DeviceRestored(2.1, "camera"))
+    assert g.mode is Mode.IDLE
+
+
+def test_audit_failure_keeps_the_gate_locked_until_writes_work_again():
+    g = Gate()
+    g.approach(1.0, n=2)
+    g.disk_full = True
+    actions = g.send(frame(1.2))
+    assert any(isinstance(a, Unlock) for a in actions)  # the lane wanted to open...
+    assert g.unlocks == 0 and g.barrier == "locked"  # ...but the record could not be written
+    assert g.mode is Mode.OUT_OF_SERVICE and AUDIT_LOG in g.state.faults
+    assert g.alerts[-1].kind == "audit_failure"
+    assert g.send(AuditFailed(1.3, "disk full")) == ()  # idempotent: the daemon cannot loop on it
+    g.approach(2.0, n=5)
+    g.send(staff(3.0, StaffAction.OPEN_ONCE))
+    assert g.unlocks == 0 and g.mode is Mode.OUT_OF_SERVICE
+    g.disk_full = False
+    g.send(AuditRestored(4.0))
+    assert g.mode is Mode.IDLE
+    g.approach(5.0)
+    assert g.mode is Mode.OPEN and g.barrier == "unlocked"
+
+
+# ---- staff -------------------------------------------------------------------------------------
+
+def test_staff_open_one_passage_is_recorded_with_operator_and_reason():
+    g = Gate()
+    g.send(staff(1.0, StaffAction.OPEN_ONCE, reason="wheelchair user, manual check", direction=Direction.EXIT))
+    assert g.mode is Mode.OPEN and g.barrier == "unlocked" and g.unlocked_direction is Direction.EXIT
+    rec = g.audit[-1]
+    assert (rec["event"], rec["action"], rec["operator_id"], rec["reason"]) == (
+        "manual_action", "open_once", "op-17", "wheelchair user, manual check")
+    g.send(PassageComplete(2.0))
+    assert g.mode is Mode.IDLE and g.barrier == "locked"
+
+
+def test_staff_open_from_alarm_returns_to_the_alarm():
+    g = Gate()
+    g.send(DoorForced(1.0))
+    g.send(staff(2.0, StaffAction.OPEN_ONCE, reason="let the cleaner out"))
+    assert g.mode is Mode.OPEN and g.barrier == "unlocked"
+    g.send(PassageComplete(3.0))
+    assert g.mode is Mode.ALARM and g.barrier == "locked"
+
+
+def test_staff_hold_open_survives_passages_until_lock():
+    g = Gate()
+    g.send(staff(1.0, StaffAction.UNLOCK, reason="crowd flow after a cancelled flight"))
+    for t in (2.0, 3.0, 4.0):
+        g.send(PassageComplete(t))
+    g.send(Tick(100.0))
+    assert g.mode is Mode.OPEN and g.barrier == "unlocked" and g.events().count("passage") == 3
+    g.send(frame(101.0, face(), others=[face(box=(300.0, 100.0, 420.0, 240.0))]))
+    assert g.mode is Mode.OPEN  # free passage: groups are expected
+    g.send(staff(102.0, StaffAction.LOCK, reason="flow back to normal"))
+    assert g.mode is Mode.IDLE and g.barrier == "locked"
+
+
+def test_out_of_service_ignores_faces_until_back_in_service():
+    g = Gate()
+    g.send(staff(1.0, StaffAction.OUT_OF_SERVICE, reason="cleaning"))
+    assert g.mode is Mode.OUT_OF_SERVICE and not g.state.uses_frames
+    g.approach(2.0, n=6)
+    g.send(TokenRead(3.0, "boarding_pass", "alice", A))
+    assert g.mode is Mode.OUT_OF_SERVICE and g.unlocks == 0 and g.events()[-1] == "token_ignored"
+    g.send(DeviceFault(4.0, "reader"))
+    g.send(staff(5.0, StaffAction.IN_SERVICE, reason="cleaning done"))
+    assert g.mode is Mode.OUT_OF_SERVICE and g.audit[-1]["faults"] == ["reader"]
+    g.send(DeviceRestored(6.0, "reader"))
+    assert g.mode is Mode.IDLE and g.state.uses_matching
+    g.approach(7.0)
+    assert g.mode is Mode.OPEN
+
+
+def test_staff_commands_need_an_operator_and_a_reason():
+    with pytest.raises(ValueError, match="operator"):
+        StaffCommand(1.0, StaffAction.OPEN_ONCE, " ", "x")
+    with pytest.raises(ValueError, match="reason"):
+        StaffCommand(1.0, StaffAction.OPEN_ONCE, "op-1", "")
+    with pytest.raises(ValueError):
+        StaffCommand(1.0, "open_wide", "op-1", "x")
+
+
+def test_bad_events_and_configs_are_refused_clearly():
+    with pytest.raises(TypeError, match="no handler"):
+        step(start(CONFIG, 0.0)[0], object())
+    with pytest.raises(ValueError, match="both"):
+        TokenRead(1.0, "boarding_pass", "alice", None)
+    with pytest.raises(ValueError, match="finite"):
+        Tick(float("nan"))
+    with pytest.raises(ValueError, match="name the device"):
+        DeviceFault(1.0, "")
+    with pytest.raises(ValueError):
+        LaneConfig(lane_id="x", policy=POLICY, passage_direction="sideways")
+    with pytest.raises(ConfigError, match="open_timeout_s"):
+        LaneConfig(lane_id="x", policy=POLICY, open_timeout_s=-1.0)
+
+
+def test_lane_config_loads_from_a_config_table():
+    cfg = load_dataclass(LaneConfig, {
+        "lane_id": "B12", "passage_direction": "exit", "open_timeout_s": 6,
+        "policy": {"threshold_1n": 0.5, "min_margin": 0.08, "threshold_1to1": 0.42, "deny_threshold": 0.45},
+        "tracking": {"capture_min_face_px": 120}}, "lane")
+    assert cfg.policy.min_margin == 0.08 and cfg.tracking.capture_min_face_px == 120.0 and cfg.open_timeout_s == 6.0
+    with pytest.raises(ConfigError, match="lane.policy.threshold_1n"):
+        load_dataclass(LaneConfig, {"lane_id": "B12", "policy": {"threshold_1n": 2}}, "lane")
+
+
+# ---- properties over random event sequences ---------------------------------------------------------
+
+SUBJECT_SCORES = st.sampled_from([
+    (("alice", 0.8), ("bob", 0.2)), (("alice", 0.3), ("bob", 0.25)), (("alice", 0.66), ("alicia", 0.6)),
+    (("mallory", 0.7),), (), None])
+BOXES = st.sampled_from([NEAR, (105.0, 102.0, 225.0, 242.0), (500.0, 100.0, 620.0, 240.0), FAR])
+faces = st.builds(lambda box, m, ok, v: face(box=box, matches=m if ok else None, ok=ok, verify=v if ok else None,
+                                             reasons=() if ok else ("blurred",)),
+                  BOXES, SUBJECT_SCORES, st.booleans(), st.one_of(st.none(), st.sampled_from([0.1, 0.7])))
+OTHERS = st.lists(st.sampled_from([(300.0, 100.0, 420.0, 240.0), (300.0, 100.0, 340.0, 140.0)]), max_size=1)
+ACTIONS = st.sampled_from(list(StaffAction))
+
+
+def _event(kind, t, draw):
+    if kind == "frame":
+        primary = draw(st.one_of(st.none(), faces))
+        others = [] if primary is None else [face(box=b) for b in draw(OTHERS)]
+        return FrameObservation(t, primary, tuple(others))
+    if kind == "staff":
+        return StaffCommand(t, draw(ACTIONS), "op-1", "property test", draw(st.sampled_from([None, Direction.EXIT])))
+    if kind == "token":
+        return draw(st.sampled_from([TokenRead(t, "boarding_pass", "alice", A), TokenRead(t, "id_number", None, None),
+                                     TokenRead(t, "boarding_pass", "mallory", D)]))
+    if kind == "fault":
+        return DeviceFault(t, draw(st.sampled_from(["barrier", "camera"])), "x")
+    if kind == "restored":
+        return DeviceRestored(t, draw(st.sampled_from(["barrier", "camera"])))
+    if kind == "fire":
+        return FireAlarm(t, draw(st.booleans()))
+    simple = {"tick": Tick, "passage": PassageComplete, "forced": DoorForced, "tamper": Tamper,
+              "audit_failed": AuditFailed, "audit_restored": AuditRestored}
+    return simple[kind](t)
+
+
+KINDS = (["passenger"] * 10 + ["frame"] * 4 + ["tick"] * 3 + ["passage"] * 3 + ["staff"] * 3
+         + ["token", "fault", "restored", "fire", "forced", "tamper", "audit_failed", "audit_restored", "disk"])
+
+
+@st.composite
+def scenarios(draw):
+    """Mostly passengers (bursts of consistent frames of one person), with every other event mixed in."""
+    t, out = 0.0, []
+    for _ in range(draw(st.integers(1, 40))):
+        t += draw(st.sampled_from([0.0, 0.05, 0.1, 0.5, 2.0, 12.0]))
+        kind = draw(st.sampled_from(KINDS))
+        if kind == "passenger":
+            matches, verify = draw(SUBJECT_SCORES), draw(st.sampled_from([None, 0.1, 0.7]))
+            others = [face(box=b) for b in draw(OTHERS)]
+            for i in range(draw(st.integers(1, 6))):
+                x = 100.0 + 3 * i
+                out.append(FrameObservation(t, face(box=(x, 100.0, x + 120.0, 240.0), matches=matches, verify=verify),
+                                            tuple(others if i == 2 else ())))
+                t += 0.1
+        elif kind == "disk":
+            out.append(("disk", t))
+        else:
+            out.append(_event(kind, t, draw))
+    return out
+
+
+def _opens_allowed_by(event, before_state, actions) -> bool:
+    """An unlock may only come from an accepted passenger, a staff opening or the fire input."""
+    if isinstance(event, StaffCommand) and event.action in (StaffAction.OPEN_ONCE, StaffAction.UNLOCK):
+        return True
+    if isinstance(event, FireAlarm) and event.active:
+        return True
+    return any(isinstance(a, Audit) and a.record["event"] == "decision" and a.record["decision"]["outcome"] == "allow"
+               for a in actions)
+
+
+@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(scenarios())
+def test_safety_properties_hold_for_any_event_sequence(events):
+    g = Gate()
+    for ev in events:
+        if isinstance(ev, tuple):  # the disk fills up or frees space
+            g.disk_full = not g.disk_full
+            continue
+        before = g.state
+        actions = g.send(ev)
+        direct = step(before, ev)[1]  # the lane's own output for this event, before any feedback
+        kinds = [type(a) for a in direct]
+
+        # 1. every unlock has an audit record before it in the same step
+        for i, k in enumerate(kinds):
+            if k is Unlock:
+                assert Audit in kinds[:i], (ev, direct)
+        # 2. unlocks only from an accepted passenger, staff or the fire input; never while the audit
+        #    log is failing (except the emergency release); in ALARM / OUT_OF_SERVICE only staff or fire
+        for a in direct:
+            if isinstance(a, Unlock):
+                assert _opens_allowed_by(ev, before, direct), (before.mode, ev)
+                assert a.fail_safe or AUDIT_LOG not in before.faults
+                if before.mode in (Mode.ALARM, Mode.OUT_OF_SERVICE):
+                    assert isinstance(ev, (StaffCommand, FireAlarm)), (before.mode, ev)
+                assert a.fail_safe == (isinstance(ev, FireAlarm))
+        # 3. every change of mode is in the audit trail, as a connected chain from old to new
+        transitions = [a.record for a in direct if isinstance(a, Audit) and a.record["from"] != a.record["to"]]
+        after = step(before, ev)[0]
+        if after.mode is not before.mode:
+            assert transitions and transitions[0]["from"] == before.mode.value
+            assert transitions[-1]["to"] == after.mode.value
+        for x, y in zip(transitions, transitions[1:]):
+            assert x["to"] == y["from"]
+        # 4. manual actions carry who and why
+        if isinstance(ev, StaffCommand):
+            manual = [a.record for a in direct if isinstance(a, Audit) and a.record["event"] == "manual_action"]
+            assert manual and all(r["operator_id"] == "op-1" and r["reason"] == "property test" for r in manual)
+        # 5. the emergency latch only yields to a staff reset with the fire input off
+        if before.mode is Mode.EMERGENCY and g.mode is not Mode.EMERGENCY:
+            assert isinstance(ev, StaffCommand) and ev.action is StaffAction.RESET and not before.fire_active
+        # 6. after the daemon has run the actions (and any audit-failure feedback), the barrier is
+        #    unlocked exactly when the lane is OPEN or in EMERGENCY
+        assert (g.barrier == "unlocked") == (g.mode in (Mode.OPEN, Mode.EMERGENCY)), (g.mode, ev, actions)
+        # 7. state invariants the daemon relies on
+        assert (g.state.track is not None) == (g.mode is Mode.ACQUIRING)
+        assert (g.state.opening is not None) == (g.mode is Mode.OPEN)
+        assert g.state.fire_active <= (g.mode is Mode.EMERGENCY)
+        if g.mode is Mode.DECIDED:
+            assert g.state.decision is not None and g.state.decision.outcome is not Outcome.ALLOW

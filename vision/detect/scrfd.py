@@ -1,0 +1,107 @@
+"""SCRFD face detection (insightface export format) on ONNX Runtime, decoded in numpy.
+
+SCRFD weights are operator-provisioned (insightface's pretrained ones are licensed for
+non-commercial research only), so edgegate ships the decoder, never the weights.
+
+Format, as insightface exports it: input N x 3 x H x W (H, W multiples of 32), RGB,
+(x - 127.5) / 128. Per stride s in (8, 16, 32) three outputs with one row per anchor:
+face score (already a sigmoid), box distances (left, top, right, bottom) and five landmark
+offsets, all in units of s from the anchor centre. Anchors sit at (x * s, y * s) of the
+stride's grid, several per position (two for the 9-output models). Outputs are matched to
+strides by their row count rather than by position, so an export that lists them in
+another order still decodes correctly.
+"""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from models.manifest import ModelError, ModelManifest
+from vision.detect.boxes import nms, to_faces
+from vision.detect.runtime import session_from_bytes
+from vision.image_io import to_bgr8
+from vision.types import Face
+
+STRIDES = (8, 16, 32)
+ALIGN = 32  # input sides must be multiples of the coarsest stride
+
+
+class ScrfdDetector:
+    """Faces with landmarks from an insightface-format SCRFD model.
+
+    det_side: the frame is scaled so its longer side is this many pixels (then padded to a
+        multiple of 32); 640 matches how SCRFD models are trained and evaluated, and a
+        640x480 gate frame runs unscaled.
+    score_threshold / nms_threshold: insightface's defaults.
+    min_face: faces whose box is narrower than this (frame pixels) are dropped.
+    threads: ONNX Runtime intra-op threads.
+    """
+
+    def __init__(self, manifest: ModelManifest, *, det_side: int = 640, score_threshold: float = 0.5,
+                 nms_threshold: float = 0.4, min_face: float = 20.0, threads: int = 1):
+        if manifest.format != "scrfd":
+            raise ModelError(f"model {manifest.name!r} has format {manifest.format!r}, not 'scrfd'")
+        if det_side < ALIGN or det_side % ALIGN:
+            raise ValueError(f"det_side must be a positive multiple of {ALIGN}, got {det_side}")
+        self.name = manifest.name
+        self.det_side = int(det_side)
+        self.score_threshold = float(score_threshold)
+        self.nms_threshold = float(nms_threshold)
+        self.min_face = float(min_face)
+        self._session = session_from_bytes(manifest.read_verified("model"), threads)
+        inputs = self._session.get_inputs()
+        outputs = self._session.get_outputs()
+        if len(inputs) != 1 or len(outputs) % 3 or len(outputs) // 3 != len(STRIDES):
+            raise ModelError(f"model {manifest.name!r} is not an insightface-format SCRFD with "
+                             f"{len(STRIDES)} strides (1 input, {3 * len(STRIDES)} outputs); "
+                             f"it has {len(inputs)} inputs and {len(outputs)} outputs")
+        self._input = inputs[0].name
+
+    def detect(self, frame_bgr: np.ndarray) -> list[Face]:
+        """Faces in the frame, largest first. Input rules: see vision.detect."""
+        image = to_bgr8(frame_bgr)
+        h, w = image.shape[:2]
+        if min(h, w) < self.min_face:
+            return []
+        scale = self.det_side / max(h, w)
+        sw, sh = max(1, round(w * scale)), max(1, round(h * scale))
+        resized = image if (sw, sh) == (w, h) else cv2.resize(
+            image, (sw, sh), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+        pw, ph = -(-sw // ALIGN) * ALIGN, -(-sh // ALIGN) * ALIGN
+        if (pw, ph) != (sw, sh):
+            resized = cv2.copyMakeBorder(resized, 0, ph - sh, 0, pw - sw, cv2.BORDER_CONSTANT, value=0)
+        blob = cv2.dnn.blobFromImage(resized, 1 / 128, mean=(127.5, 127.5, 127.5), swapRB=True)
+        boxes, scores, landmarks = self._decode(self._session.run(None, {self._input: blob}), ph, pw)
+        keep = nms(boxes, scores, self.nms_threshold)
+        boxes, scores, landmarks = boxes[keep], scores[keep], landmarks[keep]
+        big = (boxes[:, 2] - boxes[:, 0]) >= self.min_face * scale
+        return to_faces(boxes[big], scores[big], landmarks[big], scale)
+
+    def _decode(self, outputs: list[np.ndarray], height: int, width: int):
+        """Boxes, scores and landmarks (input pixels) of all anchors above the score threshold."""
+        by_width: dict[int, dict[int, np.ndarray]] = {1: {}, 4: {}, 10: {}}
+        for out in outputs:
+            out = out.reshape(-1, out.shape[-1])
+            if out.shape[1] not in by_width:
+                raise ModelError(f"SCRFD output with {out.shape[1]} columns; expected 1, 4 or 10")
+            by_width[out.shape[1]][out.shape[0]] = out
+        boxes, scores, marks = [], [], []
+        for s in STRIDES:
+            gh, gw = height // s, width // s
+            rows = next((n for n in by_width[1] if n % (gh * gw) == 0 and n // (gh * gw) in (1, 2, 3)), None)
+            if rows is None or rows not in by_width[4] or rows not in by_width[10]:
+                raise ModelError(f"SCRFD outputs do not match stride {s} on a {width}x{height} input")
+            per_cell = rows // (gh * gw)
+            score = by_width[1][rows][:, 0]
+            hit = np.nonzero(score >= self.score_threshold)[0]
+            if len(hit) == 0:
+                continue
+            cell = hit // per_cell
+            centres = np.stack([(cell % gw) * s, (cell // gw) * s], axis=1).astype(np.float32)
+            d = by_width[4][rows][hit] * s
+            boxes.append(np.concatenate([centres - d[:, 0:2], centres + d[:, 2:4]], axis=1))
+            marks.append(centres[:, None, :] + by_width[10][rows][hit].reshape(-1, 5, 2) * s)
+            scores.append(score[hit])
+        if not boxes:
+            return np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros((0, 5, 2), np.float32)
+        return np.concatenate(boxes), np.concatenate(scores), np.concatenate(marks)

@@ -1,0 +1,70 @@
+"""YuNet face detection through OpenCV's cv2.FaceDetectorYN.
+
+YuNet (OpenCV Zoo) is operator-provisioned. The 2023mar export has a fixed 1x3x640x640
+input, so every frame is scaled to fit 640 px on its longer side, padded to a 640x640
+square at the bottom/right, and the results are scaled back. OpenCV loads the model from
+the verified bytes (FaceDetectorYN.create's framework/buffer overload), never from a path.
+
+cv2.FaceDetectorYN rows are [x, y, w, h, then five (x, y) landmarks, score]; its landmark
+order (the subject's right eye, i.e. the image's left eye, first) already matches
+LANDMARK_NAMES. OpenCV's DNN threads are process-wide: cap them with cv2.setNumThreads.
+"""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from models.manifest import ModelError, ModelManifest
+from vision.detect.boxes import to_faces
+from vision.image_io import to_bgr8
+from vision.types import Face
+
+INPUT_SIDE = 640
+
+
+class YunetDetector:
+    """Faces with landmarks from a YuNet ONNX model.
+
+    score_threshold / nms_threshold / top_k: passed to cv2.FaceDetectorYN (OpenCV Zoo's
+        demo defaults).
+    min_face: faces whose box is narrower than this (frame pixels) are dropped.
+    threads: if given, OpenCV's process-wide thread count (cv2.setNumThreads); OpenCV has
+        no per-model setting.
+    """
+
+    def __init__(self, manifest: ModelManifest, *, score_threshold: float = 0.6, nms_threshold: float = 0.3,
+                 top_k: int = 5000, min_face: float = 20.0, threads: int | None = None):
+        if manifest.format != "yunet":
+            raise ModelError(f"model {manifest.name!r} has format {manifest.format!r}, not 'yunet'")
+        self.name = manifest.name
+        self.min_face = float(min_face)
+        if threads is not None:
+            if threads < 1:
+                raise ValueError(f"threads must be >= 1, got {threads}")
+            cv2.setNumThreads(int(threads))
+        model = np.frombuffer(manifest.read_verified("model"), dtype=np.uint8)
+        try:
+            self._net = cv2.FaceDetectorYN.create(
+                "onnx", model, np.zeros(0, dtype=np.uint8), (INPUT_SIDE, INPUT_SIDE),
+                float(score_threshold), float(nms_threshold), int(top_k))
+        except cv2.error as e:
+            raise ModelError(f"model {manifest.name!r}: OpenCV cannot load it as YuNet: {e}") from e
+
+    def detect(self, frame_bgr: np.ndarray) -> list[Face]:
+        """Faces in the frame, largest first. Input rules: see vision.detect."""
+        image = to_bgr8(frame_bgr)
+        h, w = image.shape[:2]
+        if min(h, w) < self.min_face:
+            return []
+        scale = INPUT_SIDE / max(h, w)
+        sw, sh = min(INPUT_SIDE, max(1, round(w * scale))), min(INPUT_SIDE, max(1, round(h * scale)))
+        resized = image if (sw, sh) == (w, h) else cv2.resize(
+            image, (sw, sh), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+        square = cv2.copyMakeBorder(resized, 0, INPUT_SIDE - sh, 0, INPUT_SIDE - sw, cv2.BORDER_CONSTANT, value=0)
+        _, rows = self._net.detect(square)
+        if rows is None or len(rows) == 0:
+            return []
+        rows = rows.reshape(-1, 15)
+        boxes = np.concatenate([rows[:, 0:2], rows[:, 0:2] + rows[:, 2:4]], axis=1)
+        big = rows[:, 2] >= self.min_face * scale
+        return to_faces(boxes[big], rows[big, 14], rows[big, 4:14], scale)

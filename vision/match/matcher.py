@@ -1,0 +1,441 @@
+"""1:N search and 1:1 verification of face templates by cosine similarity.
+
+A gate decides on the exact float32 cosine, yet reading a million float32 templates per decision
+costs 512 MB of memory traffic (about 17 ms on a small CPU, the same for faiss's flat index:
+both wait for memory). So the gallery is scanned in a compact form (int8 by default: 4x fewer
+bytes) and only a few candidates are rescored against their float32 copies.
+
+Rescoring a fixed handful would usually give the right answer; this matcher proves it does.
+Every stored row knows the bound of its quantisation error, e = ‖x − decode(x)‖, so for a unit
+probe its scanned score is within e of the exact cosine. Per segment, a row that was not among
+the K best scanned scores cannot beat (K-th scanned score + e_max); once the k-th best exact
+score among the rescored candidates clears that bound in every segment, no unseen row can enter
+or reorder the top k. If it does not (near-ties, many dead rows nearby), that segment is scanned
+again for twice as many candidates. The result is identical to an exact float32 search — subject,
+score and order — not a recall figure.
+
+Concurrency: one writer (the sync thread) and any number of searching threads. Writers publish
+immutable snapshots; a search takes the current one under a lock held for microseconds and then
+runs without it, so an update never waits for a scan and a scan never waits for an update (a
+segment merge included). Results are those of the gallery as it was at one instant during the
+call.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from collections import Counter
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from vision.match.exact import open_exact_store
+from vision.match.segments import Codec, CodeSegment, Precision, Staging
+from vision.match.slots import SlotTable, live_rows
+from vision.match.subjects import SubjectTable
+from vision.types import Template
+
+log = logging.getLogger(__name__)
+
+# Headroom for float32 rounding inside the scan kernels: a D-term float32 dot product of unit
+# vectors is off by at most about D * 2^-24 * (1 + ...), so D * 1e-6 is a comfortable margin.
+_SLACK_PER_DIM = 1e-6
+# A subject with more templates than this is a data error, not a use case (and would not fit a
+# staging buffer).
+MAX_TEMPLATES_PER_SUBJECT = 64
+
+
+@dataclass(frozen=True)
+class Match:
+    subject_id: str
+    score: float  # cosine similarity, exact (float32 templates, float64 arithmetic)
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    version: int
+    segments: tuple[CodeSegment, ...]
+    staging: Staging
+    staging_rows: int
+    live: np.ndarray
+    slot_gen: np.ndarray
+    slot_subject: np.ndarray
+    subjects: int
+
+    def parts(self) -> list[tuple[object, int]]:
+        out: list[tuple[object, int]] = [(s, len(s)) for s in self.segments]
+        if self.staging_rows:
+            out.append((self.staging, self.staging_rows))
+        return out
+
+
+class Matcher:
+    """Templates of one model (`model_id`), `dim`-dimensional, several per subject allowed.
+
+    precision: how the scanned copy is stored (int8 default; float16/float32 for comparison).
+    exact_dir: None keeps the float32 copies in RAM; a directory keeps them in an unlinked file
+    there (use a disk-backed state directory, not tmpfs, for million-template galleries).
+    """
+
+    def __init__(self, dim: int, model_id: str, *, precision: Precision | str = Precision.INT8,
+                 exact_dir: Path | str | None = None, staging_rows: int = 4096, candidates: int = 32,
+                 max_segment_rows: int = 1 << 20, merge_fanout: int = 4):
+        if not isinstance(dim, int) or dim < 1:
+            raise ValueError(f"dim must be a positive int, got {dim!r}")
+        if staging_rows < MAX_TEMPLATES_PER_SUBJECT or candidates < 1 or merge_fanout < 2:
+            raise ValueError("staging_rows must be ≥ 64, candidates ≥ 1, merge_fanout ≥ 2")
+        self.dim = dim
+        self.model_id = model_id
+        self.precision = Precision(precision)
+        self._codec = Codec(dim, self.precision)
+        self._exact = open_exact_store(dim, exact_dir)
+        self._staging_rows = staging_rows
+        self._candidates = candidates
+        self._max_segment_rows = max(max_segment_rows, staging_rows)
+        self._fanout = merge_fanout
+        self._slack = dim * _SLACK_PER_DIM
+        self._slots = SlotTable()
+        self._subjects = SubjectTable()
+        self._segments: tuple[CodeSegment, ...] = ()
+        self._staging = Staging(dim, staging_rows)
+        self._dead_rows = 0  # rows in segments/staging whose template was replaced or revoked
+        self._lock = threading.Lock()  # guards the snapshot pointer, reader registry, subject table
+        self._write_lock = threading.RLock()  # serialises writers
+        self._readers: Counter[int] = Counter()
+        self._snap = self._make_snapshot(0)
+        self.rescans = 0  # searches that needed a second scan of some segment (a speed statistic)
+
+    # ---------- input checks ----------
+    def _vectors(self, vectors, what: str) -> np.ndarray:
+        if isinstance(vectors, Template):
+            if vectors.model_id != self.model_id:
+                raise ValueError(f"{what}: template of model {vectors.model_id!r}, matcher holds {self.model_id!r}")
+            vectors = vectors.vector
+        v = np.asarray(vectors)
+        if v.dtype.kind not in "fiu":
+            raise ValueError(f"{what}: expected a numeric array, got dtype {v.dtype}")
+        if v.ndim == 1:
+            v = v[None]
+        if v.ndim != 2 or v.shape[1] != self.dim or v.shape[0] == 0:
+            raise ValueError(f"{what}: expected shape ({self.dim},) or (k, {self.dim}) with k ≥ 1, got {np.shape(vectors)}")
+        v = v.astype(np.float64)
+        if not np.isfinite(v).all():
+            raise ValueError(f"{what}: non-finite values")
+        norms = np.linalg.norm(v, axis=1, keepdims=True)
+        if (norms == 0).any():
+            raise ValueError(f"{what}: zero vector has no direction")
+        return (v / norms).astype(np.float32)
+
+    def _probe(self, vector) -> np.ndarray:
+        v = self._vectors(vector, "probe")
+        if len(v) != 1:
+            raise ValueError(f"probe: expected one vector of {self.dim}, got {len(v)}")
+        return v[0]
+
+    @staticmethod
+    def _check_id(subject_id) -> str:
+        if not isinstance(subject_id, str) or not subject_id:
+            raise ValueError(f"subject_id must be a non-empty str, got {subject_id!r}")
+        return subject_id
+
+    # ---------- snapshots ----------
+    def _make_snapshot(self, version: int) -> _Snapshot:
+        return _Snapshot(version, self._segments, self._staging, self._staging.used, self._slots.live,
+                         self._slots.gen, self._slots.subject, len(self._subjects))
+
+    def _publish(self) -> int:
+        snap = self._make_snapshot(self._snap.version + 1)
+        with self._lock:
+            self._snap = snap
+        return snap.version
+
+    @contextmanager
+    def _reading(self):
+        with self._lock:
+            snap = self._snap
+            self._readers[snap.version] += 1
+        try:
+            yield snap
+        finally:
+            with self._lock:
+                self._readers[snap.version] -= 1
+                if not self._readers[snap.version]:
+                    del self._readers[snap.version]
+
+    def _reclaim(self) -> None:
+        with self._lock:
+            oldest = min(self._readers, default=self._snap.version)
+        self._slots.reclaim(oldest)
+        self._subjects.reclaim(oldest)
+
+    # ---------- writer side ----------
+    def add(self, subject_id: str, vectors) -> None:
+        """Enrol a subject with k ≥ 1 templates, replacing any it had."""
+        self.add_many([(self._check_id(subject_id), vectors)])
+
+    def add_many(self, items: Iterable[tuple[str, object]]) -> None:
+        """Enrol many subjects in one published step (startup load, a sync batch): cheaper than
+        one `add` each, and a search sees all of them or none. Validates everything first, so a
+        bad item changes nothing."""
+        groups = []
+        for sid, vecs in items:
+            v = self._vectors(vecs, f"templates of {sid!r}")
+            if len(v) > MAX_TEMPLATES_PER_SUBJECT:
+                raise ValueError(f"templates of {sid!r}: {len(v)} > {MAX_TEMPLATES_PER_SUBJECT} per subject")
+            groups.append((self._check_id(sid), v))
+        if not groups:
+            return
+        last = {sid: i for i, (sid, _) in enumerate(groups)}  # a repeated id: the last one wins
+        groups = [g for i, g in enumerate(groups) if last[g[0]] == i]
+        with self._write_lock:
+            self._add_groups(groups)
+
+    def add_arrays(self, subject_ids: Sequence[str], vectors: np.ndarray) -> None:
+        """One template per row, rows of one subject id become that subject's templates: the
+        bulk form of `add_many` for a watchlist loaded from a database."""
+        v = np.asarray(vectors)
+        if v.ndim != 2 or len(v) != len(subject_ids):
+            raise ValueError(f"need one subject id per row: {len(subject_ids)} ids, array shape {v.shape}")
+        order: dict[str, list[int]] = {}
+        for i, sid in enumerate(subject_ids):
+            order.setdefault(self._check_id(sid), []).append(i)
+        if all(len(rows) == 1 for rows in order.values()):
+            checked = self._vectors(v, "templates")
+            groups = [(sid, checked[rows[0]:rows[0] + 1]) for sid, rows in order.items()]
+            with self._write_lock:
+                self._add_groups(groups)
+        else:
+            self.add_many((sid, v[rows]) for sid, rows in order.items())
+
+    def _add_groups(self, groups: list[tuple[str, np.ndarray]]) -> None:
+        self._reclaim()
+        version = self._snap.version + 1
+        set_ranges, clear_ranges, placed = [], [], []
+        for sid, vecs in groups:
+            with self._lock:
+                number = self._subjects.number(sid)
+                old = None if number is None else self._subjects.slots(number)
+            if number is None:
+                number = self._subjects.reserve(sid)
+            slot0 = self._slots.allocate(len(vecs), number)
+            placed.append((sid, number, slot0, vecs))
+            set_ranges.append((slot0, len(vecs)))
+            if old is not None:
+                clear_ranges.append(old)
+                self._slots.free(old[0], old[1], version)
+                self._dead_rows += old[1]
+        self._write_exact(placed)
+        for sid, number, slot0, vecs in placed:  # only now can verify() find the new templates
+            with self._lock:
+                self._subjects.bind(sid, number, slot0, len(vecs))
+        self._slots.update_liveness(set_ranges, clear_ranges)
+        vecs = np.concatenate([p[3] for p in placed])
+        row_slots = np.concatenate([np.arange(p[2], p[2] + len(p[3])) for p in placed]).astype(np.int32)
+        gens = self._slots.gen[row_slots]
+        if len(vecs) >= self._staging_rows:
+            for a in range(0, len(vecs), self._max_segment_rows):
+                b = a + self._max_segment_rows
+                self._segments += (self._encode(vecs[a:b], row_slots[a:b], gens[a:b]),)
+        else:
+            if self._staging.used + len(vecs) > self._staging.capacity:
+                self._seal_staging()
+            self._staging.append(vecs, row_slots, gens)
+        self._publish()
+        self._maintain()
+
+    def _write_exact(self, placed: list) -> None:
+        """One write per run of consecutive slots: a bulk load is a few large writes, not a
+        system call per subject."""
+        run_start, run = None, []
+        for _, _, slot0, vecs in sorted(placed, key=lambda p: p[2]):
+            if run and slot0 != run_start + sum(map(len, run)):
+                self._exact.write(run_start, np.concatenate(run))
+                run = []
+            if not run:
+                run_start = slot0
+            run.append(vecs)
+        if run:
+            self._exact.write(run_start, np.concatenate(run))
+
+    def remove(self, subject_id: str) -> bool:
+        """Revoke a subject; False if it was not enrolled."""
+        self._check_id(subject_id)
+        with self._write_lock:
+            self._reclaim()
+            version = self._snap.version + 1
+            with self._lock:
+                number = self._subjects.number(subject_id)
+                if number is None:
+                    return False
+                slot0, count = self._subjects.slots(number)
+                self._subjects.drop(subject_id, version)
+            self._slots.update_liveness([], [(slot0, count)])
+            self._slots.free(slot0, count, version)
+            self._dead_rows += count
+            self._publish()
+            self._maintain()
+            return True
+
+    def _encode(self, vecs: np.ndarray, row_slots: np.ndarray, gens: np.ndarray) -> CodeSegment:
+        codes, err = self._codec.encode(vecs)
+        return CodeSegment.build(self._codec, codes, row_slots, gens, err)
+
+    def _seal_staging(self) -> None:
+        st = self._staging
+        n = st.used
+        keep = live_rows(self._slots.live, self._slots.gen, st.row_slot[:n], st.row_gen[:n])
+        self._dead_rows -= int(n - keep.sum())
+        if keep.any():
+            self._segments += (self._encode(st.vectors[:n][keep], st.row_slot[:n][keep], st.row_gen[:n][keep]),)
+        self._staging = Staging(self.dim, self._staging_rows)
+
+    def _rows(self) -> int:
+        return sum(len(s) for s in self._segments) + self._staging.used
+
+    def _maintain(self) -> None:
+        """Merge same-sized segments (fewer scan calls) and drop dead rows once they are a
+        quarter of the gallery. Runs in the writer; readers keep scanning their snapshot."""
+        if self._dead_rows > max(self._staging_rows, self._rows() // 4):
+            self._compact()
+        while True:
+            tiers: dict[int, list[CodeSegment]] = {}
+            for s in self._segments:
+                t = int(math.log(max(len(s), 1) / self._staging_rows, self._fanout)) if len(s) > self._staging_rows else 0
+                tiers.setdefault(t, []).append(s)
+            group = next((sorted(g, key=len)[:self._fanout] for g in tiers.values() if len(g) >= self._fanout
+                          and sum(map(len, sorted(g, key=len)[:self._fanout])) <= self._max_segment_rows), None)
+            if group is None:
+                return
+            self._replace(group, self._merge(group))
+
+    def _merge(self, group: list[CodeSegment]) -> CodeSegment | None:
+        codes, slots, gens = [], [], []
+        err = 0.0
+        for s in group:
+            keep = live_rows(self._slots.live, self._slots.gen, s.row_slot, s.row_gen)
+            codes.append(s.codes()[keep])
+            slots.append(s.row_slot[keep])
+            gens.append(s.row_gen[keep])
+            err = max(err, s.max_error)
+        self._dead_rows -= sum(len(s) for s in group) - sum(map(len, slots))
+        if not sum(map(len, slots)):
+            return None
+        return CodeSegment.build(self._codec, np.concatenate(codes), np.concatenate(slots), np.concatenate(gens), err)
+
+    def _replace(self, old: list[CodeSegment], new: CodeSegment | None) -> None:
+        ids = {id(s) for s in old}
+        self._segments = tuple(s for s in self._segments if id(s) not in ids) + ((new,) if new is not None else ())
+        log.debug("matcher: %d segments → %s rows", len(old), len(new) if new is not None else 0)
+        self._publish()
+
+    def _compact(self) -> None:
+        """Rewrite every segment holding dead rows. Runs when a quarter of all rows are dead, so
+        its cost (one copy of the gallery, a segment at a time) is spread over as many updates."""
+        if self._staging.used:
+            self._seal_staging()
+            self._publish()
+        for s in self._segments:
+            live = int(live_rows(self._slots.live, self._slots.gen, s.row_slot, s.row_gen).sum())
+            if live < len(s):
+                self._replace([s], self._merge([s]))
+
+    # ---------- reader side ----------
+    def search(self, vector, k: int = 5) -> list[Match]:
+        """Best `k` subjects, best first; a subject's score is its best template's cosine.
+        Ties are ordered by subject id."""
+        if not isinstance(k, (int, np.integer)) or k < 1:
+            raise ValueError(f"k must be a positive int, got {k!r}")
+        q = self._probe(vector)
+        q64 = q.astype(np.float64)
+        with self._reading() as snap:
+            if not snap.subjects:
+                return []
+            parts = snap.parts()
+            want = [min(max(self._candidates, 2 * k), n) for _, n in parts]
+            bound = [math.inf] * len(parts)
+            todo = list(range(len(parts)))
+            best: dict[int, float] = {}  # subject number → best exact score
+            scored: set[int] = set()
+            first = True
+            while todo:
+                if not first:
+                    self.rescans += 1
+                first = False
+                new_slots = []
+                for i in todo:
+                    part, n = parts[i]
+                    scores, rows = part.top(q, want[i], n)
+                    exhausted = want[i] >= n
+                    bound[i] = -math.inf if exhausted or not len(rows) else float(scores[-1]) + part.max_error + self._slack
+                    rs = part.row_slot[rows]
+                    live = live_rows(snap.live, snap.slot_gen, rs, part.row_gen[rows])
+                    new_slots.extend(s for s in rs[live].tolist() if s not in scored)
+                if new_slots:
+                    slots = np.array(sorted(set(new_slots)), dtype=np.int64)
+                    scored.update(slots.tolist())
+                    exact = self._exact.read(slots).astype(np.float64) @ q64
+                    for subj, sc in zip(snap.slot_subject[slots].tolist(), exact.tolist()):
+                        if sc > best.get(subj, -math.inf):
+                            best[subj] = sc
+                ranked = self._rank(best, k)
+                if len(ranked) >= k:
+                    threshold = ranked[-1][1]
+                elif len(best) == snap.subjects:
+                    threshold = min(best.values())
+                else:
+                    threshold = -math.inf
+                todo = [i for i in range(len(parts)) if bound[i] >= threshold]
+                for i in todo:
+                    want[i] = min(2 * want[i], parts[i][1])
+            return [Match(sid, score) for sid, score in ranked]
+
+    def _rank(self, best: dict[int, float], k: int) -> list[tuple[str, float]]:
+        ids = self._subjects.ids
+        ranked = sorted(((ids[n], s) for n, s in best.items()), key=lambda t: (-t[1], t[0]))
+        return ranked[:k]
+
+    def verify(self, vector, subject_id: str) -> float | None:
+        """Exact cosine against the subject's best template; None if not enrolled."""
+        q = self._probe(vector)
+        with self._reading():
+            with self._lock:
+                number = self._subjects.number(subject_id)
+                if number is None:
+                    return None
+                slot0, count = self._subjects.slots(number)
+            vecs = self._exact.read(np.arange(slot0, slot0 + count))
+        return float((vecs.astype(np.float64) @ q.astype(np.float64)).max())
+
+    def __len__(self) -> int:
+        return self._snap.subjects
+
+    def __contains__(self, subject_id: object) -> bool:
+        with self._lock:
+            return isinstance(subject_id, str) and subject_id in self._subjects
+
+    # ---------- housekeeping ----------
+    def stats(self) -> dict:
+        """Sizes for benchmarks and health reports (bytes held by the matcher's arrays)."""
+        snap = self._snap
+        rows = sum(len(s) for s in snap.segments) + snap.staging_rows
+        return {
+            "subjects": snap.subjects, "rows": rows, "dead_rows": self._dead_rows,
+            "segments": len(snap.segments), "precision": self.precision.value,
+            "scan_bytes": sum(s.resident_bytes() for s in snap.segments) + snap.staging.resident_bytes(),
+            "slot_bytes": self._slots.subject.nbytes + self._slots.gen.nbytes + self._slots.live.nbytes,
+            "exact_resident_bytes": self._exact.resident_bytes(),
+        }
+
+    def close(self) -> None:
+        with self._write_lock:
+            self._exact.close()
+
+    def __enter__(self) -> "Matcher":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
