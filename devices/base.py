@@ -20,7 +20,9 @@ Two rules every driver keeps, because the daemon's safety logic depends on them:
 Drivers do not count passages: `unlock(direction, passages)` opens the barrier for at most
 `passages * unlock_pulse_ms` (timed by the peer where the hardware can, so the barrier
 relocks even if the daemon dies) and the lane calls `lock()` when it has seen as many
-`PassageComplete` events as it allowed.
+`PassageComplete` events as it allowed. `unlock(..., hold=True)` opens until `lock()` with
+no time bound: for the fire-alarm release and staff openings, which must not relock on
+their own.
 """
 from __future__ import annotations
 
@@ -42,6 +44,7 @@ class DeviceError(RuntimeError):
 class Direction(enum.StrEnum):
     ENTRY = "entry"
     EXIT = "exit"
+    BOTH = "both"  # free passage either way: emergency release, staff opening
 
 
 class Colour(enum.StrEnum):
@@ -82,7 +85,7 @@ class PassageComplete(DeviceEvent):
     barrier was locked (the lane treats that as an anomaly)."""
 
     kind: ClassVar[str] = "passage_complete"
-    direction: Direction | None = None
+    direction: Direction | None = None  # BOTH when the barrier was free both ways
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -146,8 +149,9 @@ class GateDriver(Protocol):
     def close(self) -> None:
         """Lock if possible, stop threads, release the port. Safe to call twice."""
 
-    def unlock(self, direction: Direction | str, passages: int = 1) -> None:
-        """Release the barrier in `direction` for `passages` passages (bounded in time)."""
+    def unlock(self, direction: Direction | str, passages: int = 1, *, hold: bool = False) -> None:
+        """Release the barrier in `direction` for `passages` passages (bounded in time),
+        or with `hold` until lock()."""
 
     def lock(self) -> None:
         """Lock the barrier in both directions."""

@@ -6,6 +6,7 @@ form their peer reports them and get typed events back.
 """
 from __future__ import annotations
 
+import dataclasses
 import threading
 
 from devices.base import DeviceEvent, Direction, DoorForced, FireAlarm, PassageComplete, Tamper
@@ -28,18 +29,33 @@ class InputDecoder:
         with self._lock:
             self._direction = direction
 
-    def level(self, input_no: int, active: bool) -> list[DeviceEvent]:
-        """A new level for one input; events only for actual changes."""
+    def level(self, input_no: int, active: bool, at: float | None = None) -> list[DeviceEvent]:
+        """A new level for one input; events only for actual changes. `at` is when the
+        peer saw the change (time.monotonic() clock), if it says."""
         with self._lock:
             if input_no not in self._signal_of or self._levels[input_no] == active:
                 return []
             self._levels[input_no] = active
-            return self._events_for(self._signal_of[input_no], active, 1)
+            events = self._events_for(self._signal_of[input_no], active, 1)
+        return [dataclasses.replace(e, at=at) for e in events] if at is not None else events
 
     def levels(self, report: dict[int, bool]) -> list[DeviceEvent]:
         events: list[DeviceEvent] = []
         for input_no, active in sorted(report.items()):
             events += self.level(input_no, active)
+        return events
+
+    def baseline(self, report: dict[int, bool]) -> list[DeviceEvent]:
+        """Levels found on (re)connect. Edge signals are recorded silently, because their
+        edges were not watched; the fire alarm reports a change, because it matters now."""
+        events: list[DeviceEvent] = []
+        with self._lock:
+            for input_no, active in sorted(report.items()):
+                signal = self._signal_of.get(input_no)
+                if signal == "fire_alarm" and self._levels[input_no] != active:
+                    events.append(FireAlarm(active=active))
+                if signal is not None:
+                    self._levels[input_no] = active
         return events
 
     def rises(self, input_no: int, count: int, active_now: bool) -> list[DeviceEvent]:

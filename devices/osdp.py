@@ -19,7 +19,8 @@ Three things libosdp does on its own that a gate cannot live with, and what we d
   locks all outputs before DeviceOnline is announced.
 
 Output commands use OSDP timed pulses (control code 5), so the PD relocks on its own after
-`passages * unlock_pulse_ms` even if the gate dies. libosdp's binding passes the pulse as
+`passages * unlock_pulse_ms` even if the gate dies; `hold=True` sets the output permanently
+on (code 2) until lock(). libosdp's binding passes the pulse as
 one byte of 100 ms units, so pulses are capped at 25.5 s.
 """
 from __future__ import annotations
@@ -60,6 +61,7 @@ IO_PERIOD_S = 0.01
 
 # OSDP output control codes (osdp_OUT)
 OUT_PERMANENT_OFF_ABORT_TIMED = 1
+OUT_PERMANENT_ON_ABORT_TIMED = 2
 OUT_TEMPORARY_ON = 5
 # OSDP reader LED / buzzer control codes
 LED_SET_PERMANENT = 1
@@ -196,19 +198,22 @@ class OsdpDriver:
 
     # --- commands --------------------------------------------------------------------
 
-    def unlock(self, direction: Direction | str, passages: int = 1) -> None:
+    def unlock(self, direction: Direction | str, passages: int = 1, *, hold: bool = False) -> None:
         direction = check_unlock_args(direction, passages)
         self._ensure_online(f"unlock {direction}")
-        output = self._output_for(direction)
-        units = math.ceil(passages * self.cfg.unlock_pulse_ms / 100)
-        if units > MAX_TIMER_UNITS:
-            log.warning("OSDP: unlock pulse %d ms capped at %d ms", units * 100,
-                        MAX_TIMER_UNITS * 100)
-            units = MAX_TIMER_UNITS
-        self._require_outputs(output)
-        self._command({"command": osdp.Command.Output, "output_no": output,
-                       "control_code": OUT_TEMPORARY_ON, "timer_count": units},
-                      f"unlock {direction}")
+        outputs = self._outputs_for(direction)
+        self._require_outputs(max(outputs))
+        if hold:
+            code, units = OUT_PERMANENT_ON_ABORT_TIMED, 0
+        else:
+            code, units = OUT_TEMPORARY_ON, math.ceil(passages * self.cfg.unlock_pulse_ms / 100)
+            if units > MAX_TIMER_UNITS:
+                log.warning("OSDP: unlock pulse %d ms capped at %d ms", units * 100,
+                            MAX_TIMER_UNITS * 100)
+                units = MAX_TIMER_UNITS
+        for output in outputs:
+            self._command({"command": osdp.Command.Output, "output_no": output,
+                           "control_code": code, "timer_count": units}, f"unlock {direction}")
         self._inputs.set_direction(direction)
 
     def lock(self) -> None:
@@ -218,7 +223,7 @@ class OsdpDriver:
     def _lock_outputs(self) -> None:
         """Every lock output permanently off, cancelling running pulses. All outputs are
         tried even if one fails, so a partial failure still locks what it can."""
-        outputs = sorted({self._output_for(d) for d in Direction})
+        outputs = self._outputs_for(Direction.BOTH)
         self._require_outputs(max(outputs))
         errors = []
         for output in outputs:
@@ -275,10 +280,11 @@ class OsdpDriver:
                        "offset_row": 1, "offset_col": 1, "data": shown}, "text")
         self._shown["text"] = shown
 
-    def _output_for(self, direction: Direction) -> int:
-        if direction == Direction.EXIT and self.cfg.exit_output is not None:
-            return self.cfg.exit_output
-        return self.cfg.entry_output
+    def _outputs_for(self, direction: Direction) -> list[int]:
+        entry = self.cfg.entry_output
+        exit_ = entry if self.cfg.exit_output is None else self.cfg.exit_output
+        return sorted({Direction.ENTRY: {entry}, Direction.EXIT: {exit_},
+                       Direction.BOTH: {entry, exit_}}[direction])
 
     def _ensure_online(self, what: str) -> None:
         if not self.online:

@@ -56,6 +56,13 @@ LAMPS = {  # colour -> (green relay on, red relay on)
 }
 
 
+def _nak_reason(payload: bytes) -> str:
+    try:
+        return NakReason(payload[0]).name
+    except (IndexError, ValueError):
+        return f"reason {payload.hex() or 'missing'}"
+
+
 class RelayDriver:
     def __init__(self, cfg: RelayConfig) -> None:
         self.cfg = cfg
@@ -114,11 +121,12 @@ class RelayDriver:
 
     # --- commands --------------------------------------------------------------------
 
-    def unlock(self, direction: Direction | str, passages: int = 1) -> None:
+    def unlock(self, direction: Direction | str, passages: int = 1, *, hold: bool = False) -> None:
         direction = check_unlock_args(direction, passages)
         self._ensure_online(f"unlock {direction}")
-        pulse_ms = min(passages * self.cfg.unlock_pulse_ms, 0xFFFF)
-        self._set_relay(self._relay_for(direction), True, pulse_ms)
+        pulse_ms = 0 if hold else min(passages * self.cfg.unlock_pulse_ms, 0xFFFF)
+        for relay in self._relays_for(direction):
+            self._set_relay(relay, True, pulse_ms)
         self._inputs.set_direction(direction)
 
     def lock(self) -> None:
@@ -145,14 +153,15 @@ class RelayDriver:
         if text:
             log.debug("relay board has no display; message %r not shown", text)
 
-    def _relay_for(self, direction: Direction) -> int:
-        if direction == Direction.EXIT and self.cfg.exit_relay is not None:
-            return self.cfg.exit_relay
-        return self.cfg.entry_relay
+    def _relays_for(self, direction: Direction) -> list[int]:
+        entry = self.cfg.entry_relay
+        exit_ = entry if self.cfg.exit_relay is None else self.cfg.exit_relay
+        return sorted({Direction.ENTRY: {entry}, Direction.EXIT: {exit_},
+                       Direction.BOTH: {entry, exit_}}[direction])
 
     def _lock_relays(self) -> None:
         errors = []
-        for relay in sorted({self._relay_for(d) for d in Direction}):
+        for relay in self._relays_for(Direction.BOTH):
             try:
                 self._set_relay(relay, False)
             except DeviceError as exc:
@@ -183,14 +192,14 @@ class RelayDriver:
                 elif reply.cmd == Cmd.ACK:
                     return reply.payload
                 elif reply.cmd == Cmd.NAK:
-                    reason = reply.payload[0] if reply.payload else 0
-                    name = NakReason(reason).name if reason in iter(NakReason) else str(reason)
-                    raise DeviceError(f"relay board refused {cmd.name} {payload.hex()}: {name}")
+                    raise DeviceError(f"relay board refused {cmd.name} {payload.hex()}: "
+                                      f"{_nak_reason(reply.payload)}")
                 else:
                     problem = f"unexpected reply 0x{reply.cmd:02x}"
                 log.debug("relay board %s: %s, retrying", cmd.name, problem)
         error = f"relay board {cmd.name}: {problem} ({attempts} attempts)"
-        self._link.set_offline(error)
+        if self._link.known:  # before the first announcement, _run decides (connect timeout)
+            self._link.set_offline(error)
         raise DeviceError(error)
 
     def _exchange(self, frame: Frame) -> Frame | None:

@@ -8,28 +8,13 @@ runs what is left, then feeds `AuditFailed` back into the lane.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import Any, Mapping, Sequence
 
+# The driver interface's own vocabulary, so an action maps onto a GateDriver call unchanged.
+from devices.base import Buzzer, Colour, Direction
 
-class Direction(StrEnum):
-    ENTRY = "entry"
-    EXIT = "exit"
-    BOTH = "both"
-
-
-class Colour(StrEnum):
-    GREEN = "green"
-    RED = "red"
-    AMBER = "amber"
-    OFF = "off"
-
-
-class Buzzer(StrEnum):
-    NONE = "none"
-    SHORT = "short"  # accepted
-    LONG = "long"  # refused / see staff
-    ALARM = "alarm"  # until the indicator changes
+__all__ = ["Action", "Alert", "Audit", "Buzzer", "Colour", "Direction", "Indicate", "Lock", "Unlock",
+           "after_audit_failure"]
 
 
 @dataclass(frozen=True)
@@ -41,7 +26,10 @@ class Audit:
 
 @dataclass(frozen=True)
 class Unlock:
+    """`GateDriver.unlock(direction, passages=1, hold=hold)`."""
+
     direction: Direction
+    hold: bool = False  # open until Lock (staff hold-open, emergency), not bounded by the peer
     # True only for the emergency release: fire-safety law requires it to happen even when the
     # audit log cannot be written, so it survives `after_audit_failure`.
     fail_safe: bool = False
@@ -54,9 +42,11 @@ class Lock:
 
 @dataclass(frozen=True)
 class Indicate:
+    """`GateDriver.indicate(colour, buzzer, text)`."""
+
     colour: Colour
     buzzer: Buzzer
-    text: str  # short, for the passenger's display
+    text: str  # for the passenger's display, at most devices.base.MAX_TEXT_LEN characters
 
 
 @dataclass(frozen=True)

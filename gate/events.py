@@ -34,7 +34,12 @@ class Tick(_Timed):
 class PassageComplete(_Timed):
     """The passage sensor saw a person all the way through."""
 
-    direction: Direction | None = None
+    direction: Direction | None = None  # the unlock in force, as the driver reports it
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.direction is not None:
+            object.__setattr__(self, "direction", Direction(self.direction))
 
 
 @dataclass(frozen=True)

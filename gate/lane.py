@@ -182,9 +182,10 @@ def _settle(s: LaneState, event: str, fields: dict[str, Any] | None = None, **ch
 def _entry_actions(s: LaneState) -> list[Action]:
     if s.mode is Mode.OPEN:
         text = TEXT_HELD_OPEN if s.opening.hold else TEXT_PASS
-        return [Unlock(s.opening.direction), Indicate(Colour.GREEN, Buzzer.SHORT, text)]
+        return [Unlock(s.opening.direction, hold=s.opening.hold), Indicate(Colour.GREEN, Buzzer.SHORT, text)]
     if s.mode is Mode.EMERGENCY:
-        return [Unlock(Direction.BOTH, fail_safe=True), Indicate(Colour.GREEN, Buzzer.NONE, TEXT_EMERGENCY)]
+        return [Unlock(Direction.BOTH, hold=True, fail_safe=True),
+                Indicate(Colour.GREEN, Buzzer.NONE, TEXT_EMERGENCY)]
     if s.mode is Mode.IDLE:
         indication = Indicate(Colour.OFF, Buzzer.NONE, TEXT_READY)
     elif s.mode is Mode.ACQUIRING:
@@ -333,12 +334,14 @@ def _fault(s: LaneState, device: str, detail: str) -> Result:
 
 
 def _restored(s: LaneState, device: str) -> Result:
+    """A driver locks the barrier when its link comes back, so the current mode's barrier and
+    display state is applied again (e.g. the emergency release)."""
     if device not in s.faults:
         return s, []
     s = replace(s, faults=s.faults - {device})
     if s.mode is Mode.OUT_OF_SERVICE and _rest_mode(s) is not Mode.OUT_OF_SERVICE:
         return _settle(s, "device_restored", {"device": device})
-    return s, _note(s, "device_restored", device=device, faults=sorted(s.faults))
+    return s, _note(s, "device_restored", device=device, faults=sorted(s.faults)) + _entry_actions(s)
 
 
 def _on_device_fault(s: LaneState, e: DeviceFault) -> Result:

@@ -25,7 +25,9 @@ dlib is a test/reference dependency, so it is imported only when a measurement r
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,12 +56,13 @@ class TemplateMeasurement:
 
 def default_photos() -> list[Path]:
     """insightface's sample photos followed by the LFW development images, sorted."""
-    import insightface
-
-    bundled = Path(insightface.__file__).parent / "data" / "images"
-    lfw = Path(__file__).resolve().parents[2] / "shared" / "faces" / "lfw-dev" / "images"
-    photos = [bundled / "t1.jpg", bundled / "Tom_Hanks_54745.png"]
-    return [p for p in photos if p.exists()] + sorted(lfw.glob("*/*.jpg"))
+    spec = importlib.util.find_spec("insightface")  # located, not imported: it is heavy
+    bundled = []
+    if spec and spec.origin:
+        images = Path(spec.origin).parent / "data" / "images"
+        bundled = [p for p in (images / "t1.jpg", images / "Tom_Hanks_54745.png") if p.exists()]
+    shared = Path(os.environ.get("EDGEGATE_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+    return bundled + sorted((shared / "faces" / "lfw-dev" / "images").glob("*/*.jpg"))
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ Threads, each owning its sockets and its own database connection:
 from __future__ import annotations
 
 import logging
+import signal
 import threading
 import time
 from dataclasses import dataclass
@@ -151,8 +152,13 @@ class CentralServer:
             self._ctx.term()
             self._ctx = None
 
+    def request_stop(self) -> None:
+        """Safe from a signal handler: serve_forever notices and shuts down in order."""
+        self._stop.set()
+        self._wake.set()
+
     def serve_forever(self) -> None:
-        """Run until stop() is called (e.g. from a signal handler)."""
+        """Run until request_stop() (e.g. on SIGTERM) or until a thread dies."""
         while not self._stop.wait(1.0):
             if self._threads and not all(t.is_alive() for t in self._threads):
                 log.error("a central thread has died; stopping")
@@ -322,3 +328,12 @@ class CentralServer:
         except Exception as exc:  # storage trouble must cost a retry, never the service thread
             log.exception("service: could not handle a request from %s", request.gate_id)
             return Reply(request_id=request.request_id, ok=False, error=f"central error: {type(exc).__name__}")
+
+
+def run_central(config: CentralConfig) -> None:
+    """Serve until SIGTERM or SIGINT: the body of `gate-central --config FILE`."""
+    server = CentralServer(config)
+    server.start()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: server.request_stop())
+    server.serve_forever()

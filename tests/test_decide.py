@@ -141,6 +141,18 @@ def test_candidate_missing_from_one_shortlist_is_not_allowed():
     assert d is None or d.outcome is not Outcome.ALLOW
 
 
+def test_the_candidate_is_scored_at_its_pessimistic_bound():
+    no_margin = replace(POLICY, min_margin=0.0)
+    tr = track_of([shortlist(("alice", 0.9), ("bob", 0.2))] * 2 + [shortlist(("bob", 0.3))])
+    d = decide(tr, now_of(tr), no_margin)
+    # optimistically alice would be (0.9 + 0.9 + 0.3) / 3 = 0.7; what is known is (0.9 + 0.9 - 1) / 3
+    assert d is None
+    tr = track_of([shortlist(("alice", 0.9), ("bob", 0.2))] * 2 + [shortlist(("bob", 0.3))] * 3,
+                  dets=[0.9, 0.9, 0.8, 0.5, 0.5])  # the first three frames are fused
+    d = decide(tr, now_of(tr), no_margin)
+    assert d.reason is Reason.NO_MATCH and d.subject_id == "alice" and d.score == pytest.approx(0.8 / 3)
+
+
 def test_close_runner_up_is_referred_as_ambiguous():
     tr = track_of([shortlist(("alice", 0.66), ("alicia", 0.60))] * 3)
     d = decide(tr, now_of(tr), POLICY)

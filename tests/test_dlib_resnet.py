@@ -21,7 +21,7 @@ from models import dlib_resnet
 from models.dlib_chip_template import DlibLandmarker, default_photos, measure_template
 from models.dlib_serial import DlibFormatError, DlibReader
 from models.manifest import ModelIntegrityError, load_manifest
-from tests.paths import lfw_people
+from tests.paths import LFW_IMAGES, lfw_people, require
 from vision.align import align_points
 from vision.embed import load_embedder
 
@@ -170,6 +170,7 @@ def test_reader_refuses_bad_bytes():
 
 def test_stored_template_survives_remeasurement_on_other_photos():
     """Re-derive the chip template from the *last* photos (the stored one used the first)."""
+    require(LFW_IMAGES)
     m = measure_template(list(reversed(default_photos())), max_chips=100)
     assert m.chips == 100
     diff = np.abs(m.template.points - dlib_resnet.DLIB_CHIP_150.points)

@@ -193,6 +193,10 @@ def test_unlock_and_lock_reach_pd_as_output_commands(driver, turnstile):
     locked = [turnstile.next_command(), turnstile.next_command()]
     assert sorted((c["output_no"], c["control_code"], c["timer_count"]) for c in locked) == [
         (0, 1, 0), (1, 1, 0)]
+    driver.unlock("both", hold=True)  # fire release: permanently on until lock()
+    held = [turnstile.next_command(), turnstile.next_command()]
+    assert sorted((c["output_no"], c["control_code"], c["timer_count"]) for c in held) == [
+        (0, 2, 0), (1, 2, 0)]
 
 
 def test_unlock_rejects_bad_arguments_without_sending(driver, turnstile):

@@ -87,7 +87,7 @@ def cmd_add(args) -> int:
     from models.provision import provision
 
     m = provision(Path(args.file), args.name, args.format, args.licence, args.source, Path(args.dir),
-                  embedding_size=args.embedding_size, copy=args.copy)
+                  embedding_size=args.embedding_size, copy=args.copy, normalisation=args.normalisation)
     print(f"provisioned {m.name} ({m.format}, {m.kind}) sha256 {m.files['model'].sha256[:16]}… → {m.path}")
     return 0
 
@@ -112,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--licence", required=True, help="licence of the weights, as the operator's legal review states it")
     a.add_argument("--source", required=True, help="where the weights came from")
     a.add_argument("--embedding-size", type=int)
+    a.add_argument("--normalisation", choices=["symmetric", "imagenet"],
+                   help="embedder input normalisation: symmetric = (x-127.5)/127.5 (insightface), "
+                        "imagenet = ImageNet mean/std on 0..1 pixels (e.g. MobileFaceNet)")
     a.add_argument("--dir", default=str(default_model_dir()))
     a.add_argument("--copy", action="store_true", help="copy the file into --dir instead of referencing it")
     a.set_defaults(func=cmd_add)

@@ -1,0 +1,368 @@
+"""Gate side of CHP: keep the local watchlist equal to the central's subtrees for this gate.
+
+The gate decides from its cache at all times; this thread only ever swaps in a complete
+snapshot or applies updates in order. It takes a fresh snapshot at start, when the central
+comes back after a silence, and when it finds it missed an update. A missed update shows up
+in three ways: an update's `prev` (the sequence of the previous change in that scope) is
+newer than what we applied; an update arrives out of order; or the central's health reply
+says a scope moved on while we heard nothing.
+"""
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from dataclasses import dataclass, replace
+
+import zmq
+
+from sync.config import AgentConfig
+from sync.hashmap import PREV_PROPERTY
+from sync.interfaces import WatchlistSink
+from sync.kvmsg import HUGZ, KTHXBAI, KVMsg, MalformedMessage, icanhaz_frames
+from sync.scopes import ScopeError, split_key
+from sync.subject_record import MalformedRecord, SubjectRecord, decode_record
+from sync.transport import (
+    MAX_KV_FRAME, PUBLISHER_OFFSET, SNAPSHOT_OFFSET, HandshakeWatch, Security, connect_socket)
+
+log = logging.getLogger(__name__)
+
+WAITING, SNAPSHOTTING, LIVE, STOPPED = "waiting-for-central", "snapshotting", "live", "stopped"
+_POLL_MS = 100
+
+
+@dataclass(frozen=True)
+class FollowerStatus:
+    state: str = WAITING
+    applied_seq: int = 0  # highest central sequence applied to the sink
+    central_seq: int = 0  # latest sequence announced in a heartbeat
+    snapshots: int = 0  # snapshots completed since start
+    snapshot_progress: int = 0  # keys received so far for the subtree being snapshotted
+    gaps: int = 0  # missed updates detected
+    discarded: int = 0  # duplicate, replayed or out-of-order updates dropped
+    malformed: int = 0  # messages that failed to parse
+    ignored_foreign_model: int = 0  # records for a model this gate does not run
+    last_heard: float | None = None  # wall-clock time of the last message from the central
+
+
+class _Resnapshot(Exception):
+    """Raised inside the follower to abandon the live state and take a fresh snapshot."""
+
+
+class WatchlistFollower:
+    def __init__(self, config: AgentConfig, security: Security, sink: WatchlistSink, ctx: zmq.Context):
+        self._cfg = config
+        self._security = security
+        self._sink = sink
+        self._ctx = ctx
+        self._lock = threading.Lock()
+        self._status = FollowerStatus(applied_seq=sink.stored_seq())
+        self._heads: dict[str, tuple[int, float]] = {}
+        self._known: dict[str, int] = {}  # scope -> last sequence applied (valid while LIVE)
+        self._last_heard_mono: float | None = None
+        self._central_lost_logged = False
+
+    # ----- called from other threads ---------------------------------------------------
+
+    def status(self) -> FollowerStatus:
+        with self._lock:
+            return self._status
+
+    def note_central_heads(self, heads: dict[str, int]) -> None:
+        """The central's latest sequence per scope, from a health reply."""
+        now = time.monotonic()
+        with self._lock:
+            for scope, head in heads.items():
+                if scope in self._cfg.scopes and self._heads.get(scope, (-1, 0.0))[0] != head:
+                    self._heads[scope] = (head, now)
+
+    # ----- thread body -----------------------------------------------------------------
+
+    def _set(self, **changes) -> None:
+        with self._lock:
+            self._status = replace(self._status, **changes)
+
+    def _bump(self, name: str, by: int = 1) -> None:
+        with self._lock:
+            self._status = replace(self._status, **{name: getattr(self._status, name) + by})
+
+    def run(self, stop: threading.Event) -> None:
+        cfg = self._cfg
+        log.info("gate %s: watchlist cache at sequence %d; taking a fresh snapshot of %s", cfg.gate_id,
+                 self._sink.stored_seq(), ", ".join(cfg.scopes))
+        sub = connect_socket(self._ctx, zmq.SUB, self._security, cfg.central_host,
+                             cfg.base_port + PUBLISHER_OFFSET, MAX_KV_FRAME)
+        sub.rcvhwm = 100_000
+        for scope in cfg.scopes:
+            sub.setsockopt(zmq.SUBSCRIBE, scope.encode())
+        sub.setsockopt(zmq.SUBSCRIBE, HUGZ.encode())
+        watch = HandshakeWatch(sub, "watchlist updates", log)
+        buffered: list[KVMsg] = []
+        backoff = 0.2
+        try:
+            while not stop.is_set():
+                state = self.status().state
+                if state == LIVE:
+                    try:
+                        self._follow(sub, watch, stop)
+                    except _Resnapshot:
+                        self._set(state=WAITING)
+                    continue
+                if not self._await_central(sub, watch, buffered, stop):
+                    continue
+                if self._take_snapshot(sub, buffered, stop):
+                    backoff = 0.2
+                else:
+                    self._set(state=WAITING)
+                    stop.wait(backoff)
+                    backoff = min(backoff * 2, cfg.retry_backoff_max_s)
+        finally:
+            watch.close()
+            sub.close(0)
+            self._set(state=STOPPED)
+
+    def _heard(self) -> None:
+        self._last_heard_mono = time.monotonic()
+        self._set(last_heard=time.time())
+        if self._central_lost_logged:
+            log.info("central is sending again; refreshing the watchlist")
+            self._central_lost_logged = False
+
+    def _central_recent(self) -> bool:
+        return (self._last_heard_mono is not None
+                and time.monotonic() - self._last_heard_mono < self._cfg.heartbeat_timeout_s)
+
+    def _read_sub(self, sub: zmq.Socket, into: list[KVMsg]) -> None:
+        """Drain what the subscriber holds: heartbeats are noted, updates appended."""
+        while sub.poll(0):
+            frames = sub.recv_multipart()
+            try:
+                msg = KVMsg.from_frames(frames)
+            except MalformedMessage as exc:
+                self._bump("malformed")
+                log.warning("dropped a malformed update from the central: %s", exc)
+                continue
+            self._heard()
+            if msg.key == HUGZ:
+                self._set(central_seq=msg.seq)
+            else:
+                into.append(msg)
+
+    def _await_central(self, sub: zmq.Socket, watch: HandshakeWatch, buffered: list[KVMsg],
+                       stop: threading.Event) -> bool:
+        """Wait until the subscription demonstrably works (a message arrived), so no update
+        published during the snapshot can slip past us."""
+        if self._central_recent():
+            return True
+        deadline = time.monotonic() + self._cfg.heartbeat_timeout_s
+        while not stop.is_set() and time.monotonic() < deadline:
+            watch.poll()
+            if sub.poll(_POLL_MS):
+                self._read_sub(sub, buffered)
+                if self._central_recent():
+                    return True
+        if not stop.is_set() and not self._central_lost_logged:
+            self._central_lost_logged = True
+            log.warning("central unreachable (nothing heard for %.1fs); deciding from the cached watchlist "
+                        "at sequence %d", self._cfg.heartbeat_timeout_s, self._sink.stored_seq())
+        return False
+
+    def _take_snapshot(self, sub: zmq.Socket, buffered: list[KVMsg], stop: threading.Event) -> bool:
+        cfg = self._cfg
+        self._set(state=SNAPSHOTTING, snapshot_progress=0)
+        started = time.monotonic()
+        dealer = connect_socket(self._ctx, zmq.DEALER, self._security, cfg.central_host,
+                                cfg.base_port + SNAPSHOT_OFFSET, MAX_KV_FRAME)
+        dealer.rcvhwm = 100_000
+        entries: dict[str, SubjectRecord] = {}
+        snap_seq: dict[str, int] = {}
+        foreign: collections.Counter[str] = collections.Counter()
+        try:
+            for scope in cfg.scopes:
+                dealer.send_multipart(icanhaz_frames(scope))
+                seq = self._receive_subtree(dealer, sub, scope, entries, foreign, buffered, stop)
+                if seq is None:
+                    return False
+                snap_seq[scope] = seq
+        finally:
+            dealer.close(0)
+        for model_id, n in foreign.items():
+            log.warning("snapshot: ignored %d subject(s) enrolled with model %r; this gate runs %s",
+                        n, model_id, ", ".join(sorted(cfg.accepted_models)))
+        seq = max(snap_seq.values())
+        try:
+            self._sink.replace_all(list(entries.items()), seq)
+        except Exception:
+            log.exception("the watchlist store refused the snapshot; keeping the previous watchlist")
+            return False
+        self._known = dict(snap_seq)
+        with self._lock:
+            self._heads.clear()
+        self._set(state=LIVE, applied_seq=seq, snapshots=self.status().snapshots + 1)
+        log.info("snapshot applied: %d key(s) from %s at sequence %d in %.2fs", len(entries),
+                 ", ".join(cfg.scopes), seq, time.monotonic() - started)
+        pending, buffered[:] = list(buffered), []
+        try:
+            for msg in pending:
+                self._apply_update(msg)
+        except _Resnapshot:
+            self._set(state=WAITING)
+        return True
+
+    def _receive_subtree(self, dealer: zmq.Socket, sub: zmq.Socket, scope: str, entries: dict[str, SubjectRecord],
+                         foreign: collections.Counter, buffered: list[KVMsg], stop: threading.Event) -> int | None:
+        cfg = self._cfg
+        poller = zmq.Poller()
+        poller.register(dealer, zmq.POLLIN)
+        poller.register(sub, zmq.POLLIN)
+        last_activity = time.monotonic()
+        received = 0
+        while not stop.is_set():
+            ready = dict(poller.poll(_POLL_MS))
+            if sub in ready:
+                self._read_sub(sub, buffered)
+                if len(buffered) > cfg.max_buffered_updates:
+                    log.warning("snapshot: %d updates queued while snapshotting; starting over", len(buffered))
+                    buffered.clear()
+                    return None
+            if dealer in ready:
+                last_activity = time.monotonic()
+                while dealer.poll(0):
+                    try:
+                        msg = KVMsg.from_frames(dealer.recv_multipart())
+                    except MalformedMessage as exc:
+                        self._bump("malformed")
+                        log.warning("snapshot: dropped a malformed message: %s", exc)
+                        continue
+                    if msg.key == KTHXBAI:
+                        if msg.body.decode("utf-8", "replace") != scope:
+                            log.warning("snapshot: KTHXBAI for %r while waiting for %r; ignored", msg.body, scope)
+                            continue
+                        return msg.seq
+                    received += 1
+                    self._take_record(msg, scope, entries, foreign)
+                    if received % 256 == 0:
+                        self._set(snapshot_progress=received)
+                self._set(snapshot_progress=received)
+            elif time.monotonic() - last_activity > cfg.snapshot_idle_timeout_s:
+                log.warning("snapshot of %s aborted: the central went silent after %d key(s); keeping the cached "
+                            "watchlist at sequence %d", scope, received, self._sink.stored_seq())
+                self._last_heard_mono = None  # make the next attempt wait for the central first
+                return None
+        return None
+
+    def _take_record(self, msg: KVMsg, scope: str, entries: dict[str, SubjectRecord],
+                     foreign: collections.Counter) -> None:
+        try:
+            key_scope, subject_id = split_key(msg.key)
+            if key_scope != scope:
+                raise MalformedRecord(f"key {msg.key} is outside the requested subtree {scope}")
+            rec = decode_record(msg.body)
+            if rec.subject_id != subject_id:
+                raise MalformedRecord(f"key {msg.key} carries the record of {rec.subject_id}")
+        except (ScopeError, MalformedRecord) as exc:
+            self._bump("malformed")
+            log.error("snapshot: skipped %s: %s", msg.key, exc)
+            return
+        if rec.model_id not in self._cfg.accepted_models:
+            foreign[rec.model_id] += 1
+            self._bump("ignored_foreign_model")
+            return
+        entries[msg.key] = rec
+
+    # ----- live updates ----------------------------------------------------------------
+
+    def _follow(self, sub: zmq.Socket, watch: HandshakeWatch, stop: threading.Event) -> None:
+        cfg = self._cfg
+        while not stop.is_set():
+            watch.poll()
+            if sub.poll(_POLL_MS):
+                updates: list[KVMsg] = []
+                self._read_sub(sub, updates)
+                for msg in updates:
+                    self._apply_update(msg)
+            if not self._central_recent():
+                self._central_lost_logged = True
+                log.warning("no heartbeat from the central for %.1fs; deciding from the cached watchlist at "
+                            "sequence %d until it returns", cfg.heartbeat_timeout_s, self._sink.stored_seq())
+                raise _Resnapshot()
+            self._check_heads()
+
+    def _check_heads(self) -> None:
+        now = time.monotonic()
+        with self._lock:
+            heads = dict(self._heads)
+        for scope, (head, noted) in heads.items():
+            if self._known.get(scope, 0) >= head:
+                with self._lock:
+                    if self._heads.get(scope) == (head, noted):
+                        del self._heads[scope]
+            elif now - noted >= self._cfg.head_grace_s:
+                self._bump("gaps")
+                log.warning("missed update(s) in %s: the central is at sequence %d there, we applied %d; "
+                            "taking a fresh snapshot", scope, head, self._known.get(scope, 0))
+                raise _Resnapshot()
+
+    def _apply_update(self, msg: KVMsg) -> None:
+        try:
+            scope, subject_id = split_key(msg.key)
+        except ScopeError as exc:
+            self._bump("malformed")
+            log.warning("ignored an update with key %r: %s", msg.key, exc)
+            return
+        if scope not in self._known:
+            log.debug("ignored an update for %s, which this gate does not follow", msg.key)
+            return
+        known = self._known[scope]
+        if msg.seq <= known:
+            self._bump("discarded")
+            log.debug("discarded update %d for %s: already at %d (duplicate, replay or out of order)",
+                      msg.seq, msg.key, known)
+            return
+        prev_text = msg.props.get(PREV_PROPERTY)
+        if prev_text is not None:
+            try:
+                prev = int(prev_text)
+            except ValueError:
+                self._bump("malformed")
+                log.warning("ignored update %d for %s: prev=%r is not a number", msg.seq, msg.key, prev_text)
+                return
+            if prev > known:
+                self._bump("gaps")
+                log.warning("sequence gap in %s: update %d follows %d, but the last we applied there is %d; "
+                            "taking a fresh snapshot", scope, msg.seq, prev, known)
+                raise _Resnapshot()
+        try:
+            self._apply_to_sink(msg, subject_id)
+        except Exception:
+            log.exception("the watchlist store failed to apply update %d for %s; will re-snapshot", msg.seq, msg.key)
+            raise _Resnapshot()
+        self._known[scope] = msg.seq
+        if msg.seq > self.status().applied_seq:
+            self._set(applied_seq=msg.seq)
+
+    def _apply_to_sink(self, msg: KVMsg, subject_id: str) -> None:
+        if msg.is_delete:
+            self._sink.apply_delete(msg.key, msg.seq)
+            log.info("watchlist: removed %s (sequence %d)", msg.key, msg.seq)
+            return
+        try:
+            rec = decode_record(msg.body)
+            if rec.subject_id != subject_id:
+                raise MalformedRecord(f"the body names subject {rec.subject_id}")
+        except MalformedRecord as exc:
+            # A template we cannot read must not stay in use under an outdated version.
+            self._bump("malformed")
+            self._sink.apply_delete(msg.key, msg.seq)
+            log.error("watchlist: unreadable record for %s (sequence %d): %s; removed it from the cache",
+                      msg.key, msg.seq, exc)
+            return
+        if rec.model_id not in self._cfg.accepted_models:
+            self._bump("ignored_foreign_model")
+            self._sink.apply_delete(msg.key, msg.seq)
+            log.warning("watchlist: ignored templates of %s for model %r; this gate runs %s", msg.key, rec.model_id,
+                        ", ".join(sorted(self._cfg.accepted_models)))
+            return
+        self._sink.apply_upsert(msg.key, rec, msg.seq)
+        log.debug("watchlist: updated %s (sequence %d)", msg.key, msg.seq)

@@ -1,0 +1,261 @@
+"""Small real implementations of the sync interfaces, and set-up helpers, for the sync tests.
+
+MemoryWatchlist and SqliteAuditLog are working stores (not call recorders): the tests check
+what ended up in them. Run as a script, this module hosts a gate agent in its own process so
+a test can kill it with SIGKILL mid-upload.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import socket
+import sqlite3
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from sync.audit_chain import GENESIS_HASH, AuditRow, record_hash  # noqa: E402
+from sync.central import Central  # noqa: E402
+from sync.config import AgentConfig, CentralConfig  # noqa: E402
+from sync.keys import generate_keypair_files, load_public_key  # noqa: E402
+from sync.subject_record import SubjectRecord  # noqa: E402
+
+MODEL = "mobilefacenet-test"
+
+
+class MemoryWatchlist:
+    """An in-memory watchlist cache with a tiny cosine search, safe across threads."""
+
+    def __init__(self, seq: int = 0, entries: dict[str, SubjectRecord] | None = None):
+        self._lock = threading.Lock()
+        self._entries: dict[str, SubjectRecord] = dict(entries or {})
+        self._seq = seq
+        self.replacements = 0
+
+    def apply_upsert(self, key: str, record: SubjectRecord, seq: int) -> None:
+        with self._lock:
+            self._entries[key] = record
+            self._seq = max(self._seq, seq)
+
+    def apply_delete(self, key: str, seq: int) -> None:
+        with self._lock:
+            self._entries.pop(key, None)
+            self._seq = max(self._seq, seq)
+
+    def replace_all(self, entries: Sequence[tuple[str, SubjectRecord]], seq: int) -> None:
+        fresh = dict(entries)
+        with self._lock:
+            self._entries = fresh
+            self._seq = seq
+            self.replacements += 1
+
+    def stored_seq(self) -> int:
+        with self._lock:
+            return self._seq
+
+    def snapshot(self) -> dict[str, SubjectRecord]:
+        with self._lock:
+            return dict(self._entries)
+
+    def search(self, vector: np.ndarray) -> str | None:
+        with self._lock:
+            items = list(self._entries.values())
+        if not items:
+            return None
+        best = max(items, key=lambda r: float(np.max(r.templates @ vector)))
+        return best.subject_id
+
+
+class SqliteAuditLog:
+    """A hash-chained audit log in SQLite with the AuditSource methods the uploader uses."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._local = threading.local()
+        self._write_lock = threading.Lock()
+        conn = self._conn()
+        conn.execute("CREATE TABLE IF NOT EXISTS audit (seq INTEGER PRIMARY KEY, ts TEXT NOT NULL, prev TEXT NOT NULL, "
+                     "hash TEXT NOT NULL, body TEXT NOT NULL, acked INTEGER NOT NULL DEFAULT 0)")
+        conn.execute("CREATE INDEX IF NOT EXISTS audit_unacked ON audit(acked, seq)")
+
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(str(self.path), timeout=30, isolation_level=None)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            self._local.conn = conn
+        return conn
+
+    def append_many(self, bodies: Sequence[dict]) -> list[AuditRow]:
+        conn = self._conn()
+        rows = []
+        with self._write_lock:
+            conn.execute("BEGIN IMMEDIATE")
+            last = conn.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
+            seq, prev = (last[0], last[1]) if last else (0, GENESIS_HASH)
+            for body in bodies:
+                seq += 1
+                ts = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+                digest = record_hash(seq, ts, prev, body)
+                conn.execute("INSERT INTO audit(seq, ts, prev, hash, body) VALUES (?,?,?,?,?)",
+                             (seq, ts, prev, digest, json.dumps(body)))
+                rows.append(AuditRow(seq, ts, prev, digest, body))
+                prev = digest
+            conn.execute("COMMIT")
+        return rows
+
+    def append(self, body: dict) -> AuditRow:
+        return self.append_many([body])[0]
+
+    def read_unsent(self, limit: int) -> list[AuditRow]:
+        return [AuditRow(s, t, p, h, json.loads(b)) for s, t, p, h, b in self._conn().execute(
+            "SELECT seq, ts, prev, hash, body FROM audit WHERE acked = 0 ORDER BY seq LIMIT ?", (limit,))]
+
+    def mark_acked(self, upto_seq: int) -> None:
+        with self._write_lock:
+            self._conn().execute("UPDATE audit SET acked = 1 WHERE seq <= ? AND acked = 0", (upto_seq,))
+
+    def unsent_count(self) -> int:
+        return int(self._conn().execute("SELECT COUNT(*) FROM audit WHERE acked = 0").fetchone()[0])
+
+    def last_seq(self) -> int:
+        return int(self._conn().execute("SELECT COALESCE(MAX(seq), 0) FROM audit").fetchone()[0])
+
+    def all_rows(self) -> list[AuditRow]:
+        return [AuditRow(s, t, p, h, json.loads(b)) for s, t, p, h, b in self._conn().execute(
+            "SELECT seq, ts, prev, hash, body FROM audit ORDER BY seq")]
+
+
+def free_base_port(count: int = 4) -> int:
+    """A base port P with P..P+count-1 all free on loopback right now."""
+    for _ in range(200):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            base = probe.getsockname()[1]
+        if base + count > 65535:
+            continue
+        held = []
+        try:
+            for port in range(base, base + count):
+                s = socket.socket()
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                s.bind(("127.0.0.1", port))
+                held.append(s)
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in held:
+                s.close()
+    raise RuntimeError("no run of free ports found")
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, interval: float = 0.01) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()
+
+
+def unit(rng: np.random.Generator, n: int, dim: int = 16) -> np.ndarray:
+    v = rng.standard_normal((n, dim)).astype(np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def in_days(days: float) -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=days)
+
+
+class Deployment:
+    """Keys, a central database and configs for one central and any number of gates."""
+
+    def __init__(self, root: Path, fast: bool = True):
+        self.root = Path(root)
+        self.keys = self.root / "keys"
+        self.db_path = self.root / "central.db"
+        self.base_port = free_base_port()
+        central_files = generate_keypair_files(self.keys, "central")
+        self.central_secret = central_files.secret
+        self.central_public = central_files.public
+        self.fast = fast
+
+    def central_config(self, **overrides) -> CentralConfig:
+        values = dict(db_path=self.db_path, base_port=self.base_port, bind_host="127.0.0.1",
+                      secret_key_file=self.central_secret, heartbeat_s=0.1, log_poll_s=0.02,
+                      gate_silent_after_s=1.0, snapshot_send_timeout_s=2.0, expiry_check_s=0.2)
+        values.update(overrides)
+        return CentralConfig(**values)
+
+    def central_toml(self, **overrides) -> Path:
+        cfg = self.central_config(**overrides)
+        lines = ["[central]"]
+        for name, value in cfg.__dict__.items():
+            if value is None:
+                continue
+            lines.append(f"{name} = {json.dumps(str(value) if isinstance(value, Path) else value)}")
+        path = self.root / "central.toml"
+        path.write_text("\n".join(lines) + "\n")
+        return path
+
+    def add_gate(self, gate_id: str, scopes: Sequence[str], register: bool = True) -> Path:
+        files = generate_keypair_files(self.keys, f"gate-{gate_id}")
+        if register:
+            central = Central(self.db_path)
+            central.register_gate(gate_id, load_public_key(files.public), scopes)
+            central.close()
+        return files.secret
+
+    def add_admin(self, name: str) -> Path:
+        files = generate_keypair_files(self.keys, f"admin-{name}")
+        central = Central(self.db_path)
+        central.register_admin(name, load_public_key(files.public))
+        central.close()
+        return files.secret
+
+    def agent_config(self, gate_id: str, secret: Path, scopes: Sequence[str], **overrides) -> AgentConfig:
+        from sync.scopes import parse_scope
+
+        values = dict(gate_id=gate_id, central_host="127.0.0.1", base_port=self.base_port,
+                      scopes=tuple(sorted(parse_scope(s) for s in scopes)), accepted_models=frozenset({MODEL}),
+                      secret_key_file=secret, central_public_key_file=self.central_public,
+                      heartbeat_timeout_s=0.6, snapshot_idle_timeout_s=0.8, reply_timeout_s=0.4,
+                      request_retries=2, retry_backoff_max_s=0.4, audit_batch_rows=200, audit_idle_poll_s=0.05,
+                      health_interval_s=0.2, head_grace_s=0.5)
+        values.update(overrides)
+        return AgentConfig(**values)
+
+
+def _run_gate_process(spec_path: str) -> None:
+    """Host one gate agent until killed; spec is JSON written by the test."""
+    import logging
+
+    from sync.agent import GateAgent
+
+    spec = json.loads(Path(spec_path).read_text())
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s gate %(levelname)s %(name)s: %(message)s")
+    cfg = AgentConfig(
+        gate_id=spec["gate_id"], central_host="127.0.0.1", base_port=spec["base_port"], scopes=tuple(spec["scopes"]),
+        accepted_models=frozenset({MODEL}), secret_key_file=Path(spec["secret"]),
+        central_public_key_file=Path(spec["central_public"]), heartbeat_timeout_s=0.6, reply_timeout_s=0.5,
+        request_retries=2, retry_backoff_max_s=0.3, audit_batch_rows=spec["batch"], audit_idle_poll_s=0.05,
+        health_interval_s=0.3)
+    agent = GateAgent(cfg, MemoryWatchlist(), SqliteAuditLog(Path(spec["audit_db"])),
+                      lambda: {"status": "ok", "software_version": "test", "model_versions": {MODEL: "1"}})
+    agent.start()
+    while True:
+        time.sleep(1)
+
+
+if __name__ == "__main__":
+    _run_gate_process(sys.argv[1])

@@ -1,0 +1,161 @@
+"""gate-central: the reference central service and its admin commands.
+
+    gate-central --config central.toml                  serve (CHP, audit collector, health)
+    gate-central keys gen --name NAME --out DIR         CURVE keypair, files 0600
+    gate-central --config F gate add ID --public-key FILE --scope lane:L1 [--scope flight:BA1]
+    gate-central --config F gate remove ID | gate list
+    gate-central --config F admin add NAME --public-key FILE
+    gate-central --config F revoke SUBJECT [--scope lane:L1] [--reason TEXT]
+    gate-central --config F expire
+    gate-central --config F list [--scope lane:L1] [--status active|revoked|expired]
+
+Every command is a thin wrapper over sync.central / sync.central_server / sync.keys.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from sync.central import Central, EnrollmentError
+from sync.config import ConfigError, load_central_config
+from sync.keys import KeyFileError, generate_keypair_files, load_public_key
+
+
+def _central(args) -> Central:
+    if args.config is None:
+        raise ConfigError("this command needs --config FILE (the central's config)")
+    return Central(load_central_config(args.config).db_path)
+
+
+def cmd_serve(args) -> int:
+    from sync.central_server import run_central
+
+    if args.config is None:
+        raise ConfigError("serving needs --config FILE")
+    run_central(load_central_config(args.config))
+    return 0
+
+
+def cmd_keys_gen(args) -> int:
+    files = generate_keypair_files(Path(args.out), args.name, overwrite=args.force)
+    print(f"public key: {files.public}\nsecret key: {files.secret} (0600; keep it on this machine only)")
+    return 0
+
+
+def cmd_gate_add(args) -> int:
+    p = _central(args).register_gate(args.gate_id, load_public_key(Path(args.public_key)), args.scope)
+    print(f"gate {p.ident} allowed; scopes: {', '.join(p.scopes)}")
+    return 0
+
+
+def cmd_gate_remove(args) -> int:
+    if not _central(args).remove_principal("gate", args.gate_id):
+        print(f"no gate {args.gate_id} registered", file=sys.stderr)
+        return 1
+    print(f"gate {args.gate_id} removed; its key is refused from its next connection")
+    return 0
+
+
+def cmd_gate_list(args) -> int:
+    for p in _central(args).principals():
+        print(f"{p.name}\t{p.public_key}\t{' '.join(p.scopes)}")
+    return 0
+
+
+def cmd_admin_add(args) -> int:
+    p = _central(args).register_admin(args.name, load_public_key(Path(args.public_key)))
+    print(f"admin tool {p.ident} allowed")
+    return 0
+
+
+def cmd_revoke(args) -> int:
+    keys = _central(args).revoke(args.subject_id, args.scope or None, args.reason)
+    print(f"revoked {args.subject_id}: {len(keys)} key(s) deleted" + (f" ({', '.join(keys)})" if keys else ""))
+    return 0
+
+
+def cmd_expire(args) -> int:
+    expired = _central(args).expire()
+    print(f"expired {len(expired)} subject(s)" + (f": {', '.join(expired)}" if expired else ""))
+    return 0
+
+
+def cmd_list(args) -> int:
+    from sync.ops import subjects_table
+
+    print(subjects_table(_central(args).list_subjects(args.scope, args.status)))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="gate-central", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", type=Path, help="central config (TOML with a [central] table)")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.set_defaults(func=cmd_serve)
+    # --config is also accepted after the subcommand.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", type=Path, default=argparse.SUPPRESS, help="central config")
+    def with_config(**kw) -> argparse.ArgumentParser:
+        return argparse.ArgumentParser(parents=[common], **kw)
+
+    sub = p.add_subparsers(dest="cmd", parser_class=with_config)
+    sub.add_parser("serve", help="run the central service (the default)").set_defaults(func=cmd_serve)
+
+    keys = sub.add_parser("keys", help="CURVE keys").add_subparsers(dest="keys_cmd", required=True,
+                                                                          parser_class=with_config)
+    gen = keys.add_parser("gen", help="generate NAME.key and NAME.key_secret, both 0600")
+    gen.add_argument("--name", required=True)
+    gen.add_argument("--out", required=True, help="directory (created 0700)")
+    gen.add_argument("--force", action="store_true", help="replace existing files")
+    gen.set_defaults(func=cmd_keys_gen)
+
+    gate = sub.add_parser("gate", help="gates allowed to connect").add_subparsers(dest="gate_cmd", required=True,
+                                                                                        parser_class=with_config)
+    add = gate.add_parser("add", help="allow a gate's public key and set its scopes")
+    add.add_argument("gate_id")
+    add.add_argument("--public-key", required=True, help="the gate's NAME.key file")
+    add.add_argument("--scope", action="append", required=True, help="lane:ID or flight:NO (repeatable)")
+    add.set_defaults(func=cmd_gate_add)
+    rm = gate.add_parser("remove", help="refuse a gate's key from now on")
+    rm.add_argument("gate_id")
+    rm.set_defaults(func=cmd_gate_remove)
+    gate.add_parser("list", help="registered gates and admin tools").set_defaults(func=cmd_gate_list)
+
+    admin = sub.add_parser("admin", help="admin tools allowed to send KVSET").add_subparsers(
+        dest="admin_cmd", required=True, parser_class=with_config)
+    aadd = admin.add_parser("add")
+    aadd.add_argument("name")
+    aadd.add_argument("--public-key", required=True)
+    aadd.set_defaults(func=cmd_admin_add)
+
+    rv = sub.add_parser("revoke", help="withdraw a subject (from all scopes unless --scope)")
+    rv.add_argument("subject_id")
+    rv.add_argument("--scope", action="append", help="lane:ID or flight:NO (repeatable)")
+    rv.add_argument("--reason", default="")
+    rv.set_defaults(func=cmd_revoke)
+
+    sub.add_parser("expire", help="withdraw subjects whose validity has ended").set_defaults(func=cmd_expire)
+
+    ls = sub.add_parser("list", help="enrolled subjects")
+    ls.add_argument("--scope")
+    ls.add_argument("--status", choices=["active", "revoked", "expired"])
+    ls.set_defaults(func=cmd_list)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except (ConfigError, KeyFileError, EnrollmentError, ValueError, OSError) as exc:
+        print(f"gate-central: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,64 @@
+"""gate-ops: operations views over the central's database.
+
+    gate-ops --config central.toml gates
+    gate-ops --config central.toml audit pull --gate ID --since T [--until T] --format jsonl|csv --out FILE
+
+`audit pull` verifies the gate's hash chain while exporting and exits 3 if it is broken
+(the file is still written in full). Times are ISO-8601; a time without offset is UTC.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from sync.audit_export import FORMATS, pull_audit
+from sync.central import Central
+from sync.config import ConfigError, load_central_config
+from sync.ops import gates_table, parse_time
+
+EXIT_CHAIN_BROKEN = 3
+
+
+def cmd_gates(args) -> int:
+    cfg = load_central_config(args.config)
+    print(gates_table(Central(cfg.db_path).gate_statuses(cfg.gate_silent_after_s)))
+    return 0
+
+
+def cmd_audit_pull(args) -> int:
+    cfg = load_central_config(args.config)
+    report = pull_audit(Central(cfg.db_path), args.gate, parse_time(args.since),
+                        parse_time(args.until) if args.until else None, args.format, Path(args.out))
+    print(report.summary())
+    return 0 if report.check.ok else EXIT_CHAIN_BROKEN
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="gate-ops", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", type=Path, required=True, help="central config (TOML with a [central] table)")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("gates", help="every registered gate: last seen, versions, queue depth").set_defaults(func=cmd_gates)
+    audit = sub.add_parser("audit", help="received audit").add_subparsers(dest="audit_cmd", required=True)
+    pull = audit.add_parser("pull", help="export one gate's audit and verify its hash chain")
+    pull.add_argument("--gate", required=True)
+    pull.add_argument("--since", required=True)
+    pull.add_argument("--until")
+    pull.add_argument("--format", choices=FORMATS, default="jsonl")
+    pull.add_argument("--out", required=True)
+    pull.set_defaults(func=cmd_audit_pull)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ConfigError, ValueError, OSError) as exc:
+        print(f"gate-ops: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
