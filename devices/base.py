@@ -176,7 +176,8 @@ def check_indicate_args(
         if not isinstance(text, str):
             raise ValueError(f"text must be a string or None, got {type(text).__name__}")
         if len(text) > MAX_TEXT_LEN:
-            raise ValueError(f"text is {len(text)} characters, at most {MAX_TEXT_LEN} fit: {text!r}")
+            raise ValueError(
+                f"text is {len(text)} characters, at most {MAX_TEXT_LEN} fit: {text!r}")
         if any(not ch.isprintable() for ch in text):
             raise ValueError(f"text contains control characters: {text!r}")
     return Colour(colour), Buzzer(buzzer), text

@@ -145,7 +145,8 @@ class SimConfig:
 
 
 DriverConfig = OsdpConfig | RelayConfig | GpioConfig | SimConfig
-CONFIG_TYPES: dict[str, type] = {c.TYPE: c for c in (OsdpConfig, RelayConfig, GpioConfig, SimConfig)}
+CONFIG_TYPES: dict[str, type] = {
+    c.TYPE: c for c in (OsdpConfig, RelayConfig, GpioConfig, SimConfig)}
 
 
 def driver_config_from_mapping(settings: Mapping[str, Any]) -> DriverConfig:

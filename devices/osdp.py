@@ -13,10 +13,11 @@ Three things libosdp does on its own that a gate cannot live with, and what we d
 * A NAK takes the PD offline for 300 s, and a PD NAKs commands for hardware it does not
   have. We check the capabilities the PD reported before sending LED, buzzer, text or
   output commands, and treat a refused command as a lost session (reconnect).
-* `submit_command` only queues. We wait for libosdp's completion callback (the PD's ACK)
-  and flush the queue on timeout. A frame already on the wire cannot be recalled, though: a
-  stalled PD may still run a timed-out unlock when it wakes up, which is why every (re)connect
-  locks all outputs before DeviceOnline is announced.
+* `submit_command` only queues. We wait for libosdp's completion callback (the PD's ACK).
+  A command without ACK in time ends the session: the CP context goes, with its queue, so
+  the command cannot go out late, and the link is reported offline. A frame already on the
+  wire cannot be recalled, though: a stalled PD may still run a timed-out unlock when it
+  wakes up, which is why every (re)connect locks all outputs before DeviceOnline.
 
 Output commands use OSDP timed pulses (control code 5), so the PD relocks on its own after
 `passages * unlock_pulse_ms` even if the gate dies; `hold=True` sets the output permanently
@@ -312,11 +313,14 @@ class OsdpDriver:
                 self._pending = None
                 raise DeviceError(f"{what}: libosdp did not accept the command (PD not online)")
             if not self._wait_for(pending):
+                # Drop the whole session: its queue (so the command cannot go out late) and
+                # whatever state the PD is in. The reconnect relocks before DeviceOnline.
+                error = f"{what}: no ACK from PD within {self.cfg.command_timeout_s} s"
                 with self._cp_lock:
                     self._pending = None
-                    if self._cp is not None:
-                        self._cp.flush_commands(PD_INDEX)
-                raise DeviceError(f"{what}: no ACK from PD within {self.cfg.command_timeout_s} s")
+                    self._start_session()
+                self._link.set_offline(error)
+                raise DeviceError(error)
             if pending.status != osdp.CompletionStatus.Ok:
                 raise DeviceError(f"{what}: PD did not complete the command "
                                   f"(libosdp completion status {pending.status})")
@@ -382,8 +386,9 @@ class OsdpDriver:
                 self._connect(now)
             return
         if self._link.online:
-            self._link.set_offline(f"PD silent for {silent_for:.1f} s" if session_up else
-                                   "OSDP session lost (PD refused a command or secure channel failed)")
+            self._link.set_offline(
+                f"PD silent for {silent_for:.1f} s" if session_up else
+                "OSDP session lost (PD refused a command or secure channel failed)")
         elif not self._link.known and now - self._opened_at >= self.cfg.connect_timeout_s:
             self._link.set_offline(f"PD at address {self.cfg.address} did not establish a secure "
                                    f"channel within {self.cfg.connect_timeout_s} s "

@@ -43,6 +43,7 @@ class Fault(enum.StrEnum):
     BAD_CRC = "bad_crc"  # reply with one CRC byte flipped
     NOISE = "noise"  # garbage on the line before an intact reply
     TRUNCATED = "truncated"  # the first half of the reply only
+    WRONG_SEQ = "wrong_seq"  # an intact reply carrying another request's SEQ (a late reply)
 
 
 @dataclass(frozen=True)
@@ -101,7 +102,10 @@ class RelayBoardEmulator:
             was = bool(self._levels >> input_no & 1)
             if active and not was:
                 self._counters[input_no] = (self._counters[input_no] + 1) & 0xFF
-            self._levels = self._levels | 1 << input_no if active else self._levels & ~(1 << input_no)
+            if active:
+                self._levels |= 1 << input_no
+            else:
+                self._levels &= ~(1 << input_no)
 
     def pulse_input(self, input_no: int) -> None:
         """A short pulse, over before the host can poll: only the counter remembers it."""
@@ -132,8 +136,7 @@ class RelayBoardEmulator:
             except (BlockingIOError, OSError):
                 continue
             for frame in decoder.feed(data):
-                reply = self._handle(frame)
-                self._send(encode(reply))
+                self._send(self._handle(frame))
 
     def _handle(self, frame: Frame) -> Frame:
         now = time.monotonic()
@@ -171,7 +174,7 @@ class RelayBoardEmulator:
                 del self._pulse_ends[relay]
                 self._switch(ends, relay, False)
 
-    def _send(self, wire: bytes) -> None:
+    def _send(self, reply: Frame) -> None:
         with self._lock:
             fault = self._fault
             if self._fault_left is not None:
@@ -180,6 +183,9 @@ class RelayBoardEmulator:
                     self._fault, self._fault_left = Fault.NONE, None
         if fault == Fault.SILENT:
             return
+        if fault == Fault.WRONG_SEQ:
+            reply = Frame((reply.seq - 1) & 0xFF, reply.cmd, reply.payload)
+        wire = encode(reply)
         if fault == Fault.BAD_CRC:
             wire = wire[:-3] + bytes([wire[-3] ^ 0x5A]) + wire[-2:]
         elif fault == Fault.NOISE:

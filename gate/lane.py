@@ -138,6 +138,11 @@ def start(config: LaneConfig, t: float) -> tuple[LaneState, tuple[Action, ...]]:
 
 
 def step(state: LaneState, event: Event) -> tuple[LaneState, tuple[Action, ...]]:
+    """Bring the lane to `event.t` (firing whatever timeouts are due), then handle the event.
+
+    Timeouts are checked on every event, not only on `Tick`, so a late tick cannot keep a
+    gate open past its deadline when other events are flowing.
+    """
     handler = _HANDLERS.get(type(event))
     if handler is None:
         raise TypeError(f"the lane has no handler for {type(event).__name__}")

@@ -19,8 +19,19 @@ FORMAT_DEFAULTS: dict[str, dict[str, Any]] = {
     "yunet": {"kind": "detector", "input": {"colour": "BGR", "size": [640, 640], "layout": "NCHW"}},
     "arcface": {"kind": "embedder", "input": {"colour": "RGB", "size": [112, 112], "mean": [127.5] * 3,
                                                "std": [127.5] * 3, "layout": "NCHW"}},
-    "minifasnet": {"kind": "pad", "input": {"colour": "BGR", "size": [80, 80], "mean": [0.0] * 3,
-                                             "std": [1.0] * 3, "layout": "NCHW"}},
+    # MiniFASNet (Silent-Face-Anti-Spoofing): BGR bytes as they are (0-255, not divided), on the
+    # detector's box enlarged by a per-model factor; 3 logits, class 1 live, 0 and 2 two attack kinds.
+    "minifasnet": {"kind": "pad", "input": {"colour": "BGR", "size": [80, 80], "range": [0, 255],
+                                             "mean": [0.0] * 3, "std": [1.0] * 3, "layout": "NCHW"},
+                   "extra": {"output": {"activation": "softmax", "classes": ["spoof", "live", "spoof"]}}},
+}
+
+# Input keys a format cannot default because they differ between models of that format; the
+# operator states them when provisioning.
+REQUIRED_INPUT: dict[str, dict[str, str]] = {
+    "minifasnet": {"crop_scale": "the factor the face box is enlarged by about its centre, as the model was "
+                                 "trained: 2.7 for 2.7_80x80_MiniFASNetV2, 4.0 for 4_0_0_80x80_MiniFASNetV1SE "
+                                 "(the number leading the reference file name)"},
 }
 
 
@@ -43,6 +54,10 @@ def provision(file: Path, name: str, fmt: str, licence: str, source: str, out_di
         if normalisation not in NORMALISATIONS:
             raise ValueError(f"unknown normalisation {normalisation!r}; known: {', '.join(NORMALISATIONS)}")
         input_overrides = {**NORMALISATIONS[normalisation], **(input_overrides or {})}
+    inputs = {**FORMAT_DEFAULTS[fmt]["input"], **(input_overrides or {})}
+    missing = [f"{k}: {why}" for k, why in REQUIRED_INPUT.get(fmt, {}).items() if k not in inputs]
+    if missing:
+        raise ValueError(f"a {fmt} model needs input " + "; ".join(missing))
     file = Path(file).resolve()
     if not file.is_file():
         raise FileNotFoundError(f"model file {file} does not exist")
@@ -59,8 +74,9 @@ def provision(file: Path, name: str, fmt: str, licence: str, source: str, out_di
     d = FORMAT_DEFAULTS[fmt]
     m = ModelManifest(
         name=name, kind=d["kind"], format=fmt, files={"model": ModelFile("model", stored, digest)},
-        licence=licence, source={"provisioned": source}, input={**d["input"], **(input_overrides or {})},
-        align=ARCFACE_112 if fmt == "arcface" else None, embedding_size=embedding_size, extra=extra or {},
+        licence=licence, source={"provisioned": source}, input=inputs,
+        align=ARCFACE_112 if fmt == "arcface" else None, embedding_size=embedding_size,
+        extra={**d.get("extra", {}), **(extra or {})},
     )
     path = write_manifest(m, out_dir)
     return ModelManifest(**{**m.__dict__, "path": path})

@@ -260,7 +260,8 @@ def test_one_to_one_with_a_deny_listed_token_holder():
 
 def test_unknown_token_referral():
     d = refer_unknown_token("boarding_pass", None, 4.0)
-    assert (d.outcome, d.reason, d.mode, d.decided_at) == (Outcome.REFER, Reason.TOKEN_UNKNOWN, MatchMode.ONE_TO_ONE, 4.0)
+    assert (d.outcome, d.reason, d.mode, d.decided_at) == (
+        Outcome.REFER, Reason.TOKEN_UNKNOWN, MatchMode.ONE_TO_ONE, 4.0)
 
 
 def test_decision_record_is_a_valid_audit_body():

@@ -17,6 +17,7 @@ from gate.audit import canonical_body
 from gate.decide import DecisionPolicy, Outcome, Reason
 from gate.events import (AuditFailed, AuditRestored, DeviceFault, DeviceRestored, DoorForced, FireAlarm,
                          PassageComplete, StaffAction, StaffCommand, Tamper, Tick, TokenRead)
+from devices.base import check_indicate_args
 from gate.lane import AUDIT_LOG, LaneConfig, Mode, start, step
 from gate.observation import Candidate, FaceObservation, FrameObservation, ListType
 from gate.schema import ConfigError, load_dataclass
@@ -56,6 +57,7 @@ class Gate:
         self.alerts: list[Alert] = []
         self.disk_full = False
         self.unlocks = 0
+        self.last_unlock = None
         self.state, actions = start(config, t)
         self.last_actions = self._run(actions, t)
 
@@ -85,7 +87,7 @@ class Gate:
 
     def _apply(self, a):
         if isinstance(a, Unlock):
-            self.barrier, self.unlocked_direction = "unlocked", a.direction
+            self.barrier, self.unlocked_direction, self.last_unlock = "unlocked", a.direction, a
             self.unlocks += 1
         elif isinstance(a, Lock):
             self.barrier, self.unlocked_direction = "locked", None
@@ -120,7 +122,7 @@ def test_enrolled_passenger_is_let_through_and_the_lane_returns_to_idle():
     assert g.mode is Mode.ACQUIRING and g.barrier == "locked"
     g.send(frame(1.1))
     actions = g.send(frame(1.2))
-    assert g.mode is Mode.OPEN and g.barrier == "unlocked" and g.unlocked_direction is Direction.ENTRY
+    assert g.mode is Mode.OPEN and g.barrier == "unlocked" and g.last_unlock == Unlock(Direction.ENTRY, hold=False)
     assert g.display == Indicate(Colour.GREEN, Buzzer.SHORT, "Please pass")
     # the decision and the opening are recorded before the barrier moves
     kinds = [type(a) for a in actions]
@@ -321,7 +323,13 @@ def test_fire_alarm_opens_and_stays_open_until_staff_reset_with_the_input_off():
     g.approach(1.0, n=2)
     g.send(FireAlarm(1.5, True))
     assert g.mode is Mode.EMERGENCY and g.barrier == "unlocked" and g.unlocked_direction is Direction.BOTH
+    assert g.last_unlock == Unlock(Direction.BOTH, hold=True, fail_safe=True)
     assert g.alerts[-1].kind == "emergency"
+    # the barrier controller drops off and comes back (drivers relock on reconnect): released again
+    g.send(DeviceFault(1.6, "barrier", "link down"))
+    g.barrier = "locked"
+    g.send(DeviceRestored(1.7, "barrier"))
+    assert g.mode is Mode.EMERGENCY and g.barrier == "unlocked"
     g.send(staff(2.0, StaffAction.LOCK, reason="drill?"))
     assert g.barrier == "unlocked" and g.audit[-1]["refused"].startswith("emergency")
     g.send(staff(3.0, StaffAction.RESET, reason="all clear"))
@@ -410,6 +418,7 @@ def test_staff_open_from_alarm_returns_to_the_alarm():
 def test_staff_hold_open_survives_passages_until_lock():
     g = Gate()
     g.send(staff(1.0, StaffAction.UNLOCK, reason="crowd flow after a cancelled flight"))
+    assert g.last_unlock == Unlock(Direction.ENTRY, hold=True)
     for t in (2.0, 3.0, 4.0):
         g.send(PassageComplete(t))
     g.send(Tick(100.0))
@@ -536,6 +545,8 @@ def _opens_allowed_by(event, before_state, actions) -> bool:
         return True
     if isinstance(event, FireAlarm) and event.active:
         return True
+    if isinstance(event, (DeviceRestored, AuditRestored)) and before_state.mode in (Mode.OPEN, Mode.EMERGENCY):
+        return True  # a driver relocks when its link returns; the lane re-applies the opening
     return any(isinstance(a, Audit) and a.record["event"] == "decision" and a.record["decision"]["outcome"] == "allow"
                for a in actions)
 
@@ -550,7 +561,7 @@ def test_safety_properties_hold_for_any_event_sequence(events):
             continue
         before = g.state
         actions = g.send(ev)
-        direct = step(before, ev)[1]  # the lane's own output for this event, before any feedback
+        after, direct = step(before, ev)  # the lane's own output for this event, before any feedback
         kinds = [type(a) for a in direct]
 
         # 1. every unlock has an audit record before it in the same step
@@ -565,10 +576,11 @@ def test_safety_properties_hold_for_any_event_sequence(events):
                 assert a.fail_safe or AUDIT_LOG not in before.faults
                 if before.mode in (Mode.ALARM, Mode.OUT_OF_SERVICE):
                     assert isinstance(ev, (StaffCommand, FireAlarm)), (before.mode, ev)
-                assert a.fail_safe == (isinstance(ev, FireAlarm))
+                assert a.fail_safe == (after.mode is Mode.EMERGENCY) == (a.hold and a.direction is Direction.BOTH)
+            if isinstance(a, Indicate):
+                check_indicate_args(a.colour, a.buzzer, a.text)  # what every driver accepts
         # 3. every change of mode is in the audit trail, as a connected chain from old to new
         transitions = [a.record for a in direct if isinstance(a, Audit) and a.record["from"] != a.record["to"]]
-        after = step(before, ev)[0]
         if after.mode is not before.mode:
             assert transitions and transitions[0]["from"] == before.mode.value
             assert transitions[-1]["to"] == after.mode.value

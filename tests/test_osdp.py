@@ -73,6 +73,7 @@ class Turnstile:
         self._slave = slave  # kept open so the pty never sees a hang-up between sessions
         os.set_blocking(self.master, False)
         self.refuse: set[int] = set()  # command ids the PD NAKs
+        self.stall_next_s = 0.0  # the PD sits on the next command this long before its ACK
         self.pd = osdp.PeripheralDevice(
             osdp.PDInfo(address, MasterChannel(self.master), scbk=key,
                         flags=[osdp.LibFlag.EnforceSecure]),
@@ -82,6 +83,9 @@ class Turnstile:
         self.running = True
 
     def _handle(self, command: dict):
+        if self.stall_next_s:
+            stall, self.stall_next_s = self.stall_next_s, 0.0
+            time.sleep(stall)  # blocks the PD's own thread, as a busy controller would
         return (-1, None) if command["command"] in self.refuse else (0, None)
 
     def next_command(self, timeout: float = 2.0) -> dict:
@@ -317,6 +321,25 @@ def test_unacknowledged_unlock_fails_and_ends_locked(driver, turnstile):
     turnstile.start()
     next_event(driver, DeviceOnline, timeout=5)
     assert_locks_all(turnstile.commands_within(0.5))
+
+
+def test_late_ack_resets_the_session_and_undoes_the_unlock(turnstile, key_file):
+    # The PD carries out the unlock but acknowledges after the driver gave up. The PD is
+    # silent for less than offline_after_s, so only the command timeout can notice.
+    drv = open_driver(make_config(turnstile.port, key_file, command_timeout_s=0.15,
+                                  offline_after_s=1.0))
+    try:
+        assert_locks_all([turnstile.next_command(), turnstile.next_command()])
+        turnstile.stall_next_s = 0.4
+        with pytest.raises(DeviceError, match="no ACK"):
+            drv.unlock("entry")
+        assert "no ACK" in next_event(drv, DeviceOffline).reason
+        next_event(drv, DeviceOnline, timeout=5)
+        seen = turnstile.commands_within(0.5)
+        assert seen[0]["control_code"] == 5  # the PD did run the unlock...
+        assert_locks_all(seen)  # ...and the reconnect locked again
+    finally:
+        drv.close()
 
 
 def test_refused_command_raises_and_session_recovers(driver, turnstile):

@@ -244,7 +244,8 @@ def test_noise_before_a_reply_needs_no_retry(board, quiet_driver):
     assert board.relay_on(EXIT) and board.relay_on(GREEN)
 
 
-@pytest.mark.parametrize("fault", [Fault.BAD_CRC, Fault.TRUNCATED, Fault.SILENT])
+@pytest.mark.parametrize("fault", [Fault.BAD_CRC, Fault.TRUNCATED, Fault.SILENT,
+                                   Fault.WRONG_SEQ])
 def test_persistent_fault_fails_within_the_retry_budget(board, quiet_driver, fault):
     board.set_fault(fault)
     started = time.monotonic()

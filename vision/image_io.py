@@ -47,7 +47,10 @@ def decode_image(data: bytes, name: str = "image") -> np.ndarray:
     if not data:
         raise ImageError(f"{name}: file is empty")
     buf = np.frombuffer(data, dtype=np.uint8)
-    img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    # ANYDEPTH|ANYCOLOR keeps 16-bit and grey images as they are (to_bgr8 converts them) but,
+    # unlike IMREAD_UNCHANGED, applies the EXIF orientation: phone photos are stored sideways
+    # with a rotate tag, and a sideways face is not detected.
+    img = cv2.imdecode(buf, cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)
     if img is None:
         raise ImageError(f"{name}: not a decodable image (truncated, corrupted or not an image format)")
     if img.shape[0] * img.shape[1] > MAX_PIXELS:

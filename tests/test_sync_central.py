@@ -1,0 +1,245 @@
+"""The central's storage API on a real SQLite file: enrollment, change log, audit, health."""
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import json
+import stat
+
+import numpy as np
+import pytest
+
+from sync.audit_chain import GENESIS_HASH, AuditRow, record_hash
+from sync.audit_export import pull_audit
+from sync.central import Central, EnrollmentError, ModelMixError, UnknownSubject
+from sync.hashmap import PREV_PROPERTY
+from sync.kvmsg import KVMsg, new_uuid
+from sync.service_messages import HealthReport
+from sync.subject_record import SubjectRecord, decode_record, encode_record, normalise_templates
+from tests.sync_helpers import MODEL, in_days, unit
+
+UTC = dt.timezone.utc
+
+
+class Clock:
+    def __init__(self, t: float):
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+@pytest.fixture
+def central(tmp_path):
+    c = Central(tmp_path / "central.db")
+    yield c
+    c.close()
+
+
+def test_database_file_is_owner_only(central):
+    assert stat.S_IMODE(central.db_path.stat().st_mode) == 0o600
+
+
+def test_enroll_publishes_one_key_per_scope_with_the_record(central):
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((3, 16)) * 5
+    result = central.enroll_subject("p1", "allow", ["lane:L1", "flight:BA1"], None, in_days(2), MODEL, vectors)
+    assert result.keys == ("/flight/BA1/p1", "/lane/L1/p1")
+    with central.hashmap.snapshot("/lane/L1/") as (seq, msgs):
+        msgs = list(msgs)
+    assert seq == 2 and [m.key for m in msgs] == ["/lane/L1/p1"]
+    rec = decode_record(msgs[0].body)
+    assert rec.model_id == MODEL and rec.list_type == "allow" and rec.templates.shape == (3, 16)
+    assert np.allclose(np.linalg.norm(rec.templates, axis=1), 1.0)
+    assert np.allclose(central.templates_of("p1"), rec.templates)
+    [info] = central.list_subjects()
+    assert (info.status, info.scopes, info.n_templates) == ("active", ("/flight/BA1/", "/lane/L1/"), 3)
+
+
+def test_change_log_is_strictly_increasing_and_chains_each_scope(central):
+    rng = np.random.default_rng(1)
+    central.enroll_subject("a", "allow", ["lane:L1"], None, None, MODEL, unit(rng, 1))
+    central.enroll_subject("b", "allow", ["lane:L2"], None, None, MODEL, unit(rng, 1))
+    central.enroll_subject("c", "deny", ["lane:L1"], None, in_days(1), MODEL, unit(rng, 1))
+    central.revoke("a")
+    changes = central.hashmap.changes_after(0, 100)
+    assert [m.seq for m in changes] == [1, 2, 3, 4]
+    assert [(m.key, m.props[PREV_PROPERTY]) for m in changes] == [
+        ("/lane/L1/a", "0"), ("/lane/L2/b", "0"), ("/lane/L1/c", "1"), ("/lane/L1/a", "3")]
+    assert changes[3].is_delete and "ttl" in changes[2].props
+    assert central.hashmap.scope_heads(["/lane/L1/", "/lane/L2/", "/lane/L9/"]) == {
+        "/lane/L1/": 4, "/lane/L2/": 2, "/lane/L9/": 0}
+    assert [m.seq for m in central.hashmap.changes_after(2, 100)] == [3, 4]
+
+
+def test_reenroll_adds_scopes_and_republishes_everywhere(central):
+    rng = np.random.default_rng(2)
+    central.enroll_subject("p", "allow", ["lane:L1"], None, None, MODEL, unit(rng, 1))
+    new = unit(rng, 2)
+    result = central.enroll_subject("p", "deny", ["flight:X1"], None, None, MODEL, new)
+    assert result.keys == ("/flight/X1/p", "/lane/L1/p")
+    with central.hashmap.snapshot("") as (_, msgs):
+        bodies = {m.key: decode_record(m.body) for m in msgs}
+    assert all(r.list_type == "deny" and np.allclose(r.templates, new) for r in bodies.values())
+
+
+def test_enrollment_refuses_bad_input_and_writes_nothing(central):
+    rng = np.random.default_rng(3)
+    v = unit(rng, 1)
+    cases = [
+        dict(subject_id="bad id"), dict(list_type="vip"), dict(scopes=[]), dict(scopes=["gate:7"]),
+        dict(valid_until=dt.datetime.now(UTC) - dt.timedelta(seconds=5)),
+        dict(valid_until=dt.datetime(2030, 1, 1)),  # naive: which timezone?
+        dict(valid_from=in_days(3), valid_until=in_days(2)), dict(vectors=np.zeros((1, 16))),
+        dict(vectors=np.full((1, 16), np.nan)), dict(model_id=""),
+    ]
+    for change in cases:
+        args = dict(subject_id="p", list_type="allow", scopes=["lane:L1"], valid_from=None, valid_until=None,
+                    model_id=MODEL, vectors=v)
+        args.update(change)
+        with pytest.raises(EnrollmentError):
+            central.enroll_subject(**args)
+    assert central.list_subjects() == [] and central.hashmap.current_seq() == 0
+
+
+def test_enrollment_refuses_to_mix_model_ids_in_a_scope(central):
+    rng = np.random.default_rng(4)
+    central.enroll_subject("a", "allow", ["lane:L1"], None, None, MODEL, unit(rng, 1))
+    with pytest.raises(ModelMixError, match="refusing"):
+        central.enroll_subject("b", "allow", ["lane:L1"], None, None, "arcface-r100", unit(rng, 1))
+    with pytest.raises(EnrollmentError, match="dimensions"):
+        central.enroll_subject("c", "allow", ["lane:L2"], None, None, MODEL, unit(rng, 1, dim=32))
+    central.enroll_subject("d", "allow", ["lane:L2"], None, None, "arcface-r100", unit(rng, 1, dim=512))
+    # Moving 'a' into lane L2 would mix models there, even though 'a' enrolls fine alone.
+    with pytest.raises(ModelMixError):
+        central.enroll_subject("a", "allow", ["lane:L2"], None, None, MODEL, unit(rng, 1))
+    assert [s.subject_id for s in central.list_subjects()] == ["a", "d"]
+
+
+def test_batch_enrollment_is_all_or_nothing(central):
+    from sync.central import Enrollment
+
+    rng = np.random.default_rng(5)
+    good = Enrollment("a", "allow", ["lane:L1"], None, None, MODEL, unit(rng, 1))
+    mixed = Enrollment("b", "allow", ["lane:L1"], None, None, "other-model", unit(rng, 1))
+    with pytest.raises(ModelMixError):
+        central.enroll_subjects([good, mixed])
+    assert central.list_subjects() == []
+
+
+def test_revoke_partial_and_full_deletes_templates(central):
+    rng = np.random.default_rng(6)
+    central.enroll_subject("p", "allow", ["lane:L1", "lane:L2"], None, None, MODEL, unit(rng, 1))
+    assert central.revoke("p", ["lane:L1"]) == ["/lane/L1/p"]
+    assert central.list_subjects()[0].status == "active"
+    assert central.revoke("p", reason="left the company") == ["/lane/L2/p"]
+    [info] = central.list_subjects(status="revoked")
+    assert info.reason == "left the company" and info.scopes == ()
+    with pytest.raises(UnknownSubject):
+        central.templates_of("p")
+    with pytest.raises(UnknownSubject):
+        central.revoke("nobody")
+
+
+def test_expire_withdraws_subjects_whose_window_closed(tmp_path):
+    clock = Clock(1_000_000.0)
+    c = Central(tmp_path / "c.db", clock=clock)
+    rng = np.random.default_rng(7)
+    until = dt.datetime.fromtimestamp(clock.t + 60, UTC)
+    c.enroll_subject("short", "allow", ["lane:L1"], None, until, MODEL, unit(rng, 1))
+    c.enroll_subject("long", "allow", ["lane:L1"], None, None, MODEL, unit(rng, 1))
+    assert c.expire() == []
+    clock.t += 61
+    assert c.expire() == ["short"]
+    assert [(s.subject_id, s.status) for s in c.list_subjects()] == [("long", "active"), ("short", "expired")]
+    assert c.hashmap.changes_after(2, 10)[0].is_delete
+    assert [s.subject_id for s in c.list_subjects(scope="lane:L1")] == ["long"]
+
+
+def test_kvset_goes_through_enrollment_rules_and_is_deduplicated_by_uuid(central):
+    rng = np.random.default_rng(8)
+    rec = SubjectRecord("p9", "allow", MODEL, normalise_templates(unit(rng, 1)))
+    uuid = new_uuid()
+    msg = KVMsg("/lane/L1/p9", 0, uuid, {"ttl": "3600"}, encode_record(rec))
+    assert central.apply_kvset(msg) == ["/lane/L1/p9"]
+    assert central.apply_kvset(msg) == []  # a retried KVSET
+    [info] = central.list_subjects()
+    assert info.valid_until is not None
+    wrong_subject = KVMsg("/lane/L1/someone-else", 0, new_uuid(), {}, encode_record(rec))
+    with pytest.raises(EnrollmentError, match="names subject"):
+        central.apply_kvset(wrong_subject)
+    assert central.apply_kvset(KVMsg("/lane/L1/p9", 0, new_uuid(), {}, b"")) == ["/lane/L1/p9"]
+    assert central.list_subjects()[0].status == "revoked"
+
+
+def chain(n: int, start_ts: dt.datetime = dt.datetime(2026, 3, 1, tzinfo=UTC)) -> list[AuditRow]:
+    rows, prev = [], GENESIS_HASH
+    for seq in range(1, n + 1):
+        ts = (start_ts + dt.timedelta(minutes=seq)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        body = {"event": "decision", "outcome": "allow" if seq % 3 else "deny", "seq_note": seq}
+        h = record_hash(seq, ts, prev, body)
+        rows.append(AuditRow(seq, ts, prev, h, body))
+        prev = h
+    return rows
+
+
+def test_audit_store_is_idempotent_and_keeps_the_first_copy(central):
+    rows = chain(10)
+    first = central.audit.store_batch("G1", rows[:6], 1.0)
+    assert (first.durable_seq, first.inserted, first.duplicates) == (6, 6, 0)
+    again = central.audit.store_batch("G1", rows[3:], 2.0)  # overlapping retry
+    assert (again.durable_seq, again.inserted, again.duplicates, again.conflicts) == (10, 4, 3, ())
+    forged = AuditRow(5, rows[4].ts, rows[4].prev_hash, "f" * 64, {"event": "nothing happened"})
+    res = central.audit.store_batch("G1", [forged], 3.0)
+    assert res.conflicts == (5,) and res.inserted == 0
+    assert central.audit.count("G1") == 10 and central.audit.get("G1", 5) == rows[4]
+    assert central.audit.count("G2") == 0
+
+
+def test_audit_pull_verifies_the_chain_and_names_the_break(central, tmp_path):
+    rows = chain(20)
+    central.audit.store_batch("G1", rows, 1.0)
+    since = dt.datetime(2026, 3, 1, 0, 5, tzinfo=UTC)
+    report = pull_audit(central, "G1", since, None, "jsonl", tmp_path / "a.jsonl")
+    lines = [json.loads(x) for x in (tmp_path / "a.jsonl").read_text().splitlines()]
+    assert report.check.ok and report.anchored and (report.first_seq, report.last_seq, report.records) == (5, 20, 16)
+    assert [x["seq"] for x in lines] == list(range(5, 21)) and lines[0]["body"] == rows[4].body
+    assert stat.S_IMODE((tmp_path / "a.jsonl").stat().st_mode) == 0o600
+
+    # Tamper with record 12 at the central: the export says exactly where the chain breaks.
+    central.conn.execute("UPDATE audit SET body = ? WHERE gate_id = 'G1' AND seq = 12",
+                         (json.dumps({"event": "decision", "outcome": "allow", "seq_note": 12}),))
+    report = pull_audit(central, "G1", since, dt.datetime(2026, 3, 1, 0, 18, tzinfo=UTC), "csv", tmp_path / "a.csv")
+    assert not report.check.ok and report.check.first_broken_seq == 12
+    assert "CHAIN BROKEN at seq 12" in report.summary()
+    with open(tmp_path / "a.csv", newline="") as f:
+        got = list(csv.DictReader(f))
+    assert [int(r["seq"]) for r in got] == list(range(5, 18))  # written in full despite the break
+
+    # A missing record is a break too.
+    central.conn.execute("DELETE FROM audit WHERE gate_id = 'G1' AND seq = 12")
+    report = pull_audit(central, "G1", since, None, "jsonl", tmp_path / "b.jsonl")
+    assert report.check.first_broken_seq == 13 and "jumps from 11 to 13" in report.check.reason
+    # A range whose predecessor is missing cannot be anchored, and says so.
+    report = pull_audit(central, "G1", dt.datetime(2026, 3, 1, 0, 13, tzinfo=UTC), None, "jsonl", tmp_path / "c.jsonl")
+    assert report.check.ok and not report.anchored and "cannot be anchored" in report.summary()
+
+
+def test_health_and_silent_gates(tmp_path):
+    clock = Clock(5_000.0)
+    c = Central(tmp_path / "c.db", clock=clock)
+    c.register_gate("G1", "a" * 40, ["lane:L1"])
+    c.register_gate("G2", "b" * 40, ["lane:L2"])
+    with pytest.raises(EnrollmentError, match="already belongs"):
+        c.register_gate("G3", "a" * 40, ["lane:L3"])
+    c.record_health(HealthReport("G1", 1, "ok", "0.1.0", {"m": "1"}, 7, 3, None, ("/lane/L1/",)))
+    clock.t += 30
+    assert c.flag_silent_gates(20.0) == ["G1", "G2"]
+    assert c.flag_silent_gates(20.0) == []  # flagged once, not every check
+    assert c.record_health(HealthReport("G1", 2, "ok", "0.1.1", {"m": "1"}, 8, 0, None, ("/lane/L1/",)))
+    statuses = {g.gate_id: g for g in c.gate_statuses(20.0)}
+    assert not statuses["G1"].silent and statuses["G1"].software_version == "0.1.1"
+    assert statuses["G1"].watchlist_seq == 8 and statuses["G1"].queue_depth == 0
+    assert statuses["G2"].silent and statuses["G2"].last_seen is None
+    assert c.principal_for_key("a" * 40).name == "gate:G1"
+    assert c.remove_principal("gate", "G1") and c.principal_for_key("a" * 40) is None
