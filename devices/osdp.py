@@ -92,13 +92,15 @@ class SerialChannel(osdp.Channel):
         super().__init__()
         self._port = port
         self.last_rx = 0.0
+        self._failing = False  # log a broken port once, not on every 10 ms refresh
 
     def read(self, max_bytes: int) -> bytes:
         try:
             data = self._port.read(max_bytes)
         except serial.SerialException as exc:  # an exception must not escape into libosdp
-            log.error("OSDP serial read failed: %s", exc)
+            self._failed("read", exc)
             return b""
+        self._failing = False
         if data:
             self.last_rx = time.monotonic()
         return data
@@ -107,14 +109,19 @@ class SerialChannel(osdp.Channel):
         try:
             return self._port.write(buf)
         except serial.SerialException as exc:
-            log.error("OSDP serial write failed: %s", exc)
+            self._failed("write", exc)
             return 0
 
     def flush(self) -> None:
         try:
             self._port.reset_input_buffer()
         except serial.SerialException as exc:
-            log.error("OSDP serial flush failed: %s", exc)
+            self._failed("flush", exc)
+
+    def _failed(self, what: str, exc: Exception) -> None:
+        log.log(logging.DEBUG if self._failing else logging.ERROR,
+                "OSDP serial %s failed: %s", what, exc)
+        self._failing = True
 
 
 @dataclass
@@ -165,8 +172,13 @@ class OsdpDriver:
         self._channel = SerialChannel(self._port)
         osdp_sys.set_loglevel(osdp.LogLevel.Warning)
         self._opened_at = time.monotonic()
-        with self._cp_lock:
-            self._start_session()
+        try:
+            with self._cp_lock:
+                self._start_session()
+        except Exception:
+            self._port.close()
+            self._port = None
+            raise
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name="osdp-cp", daemon=True)
         self._thread.start()

@@ -207,7 +207,7 @@ class RelayDriver:
             self._port.reset_input_buffer()  # drop leftovers of an earlier, spoilt reply
             self._port.write(encode(frame))
         except serial.SerialException as exc:
-            log.warning("relay board write failed: %s", exc)
+            log.debug("relay board write failed: %s", exc)  # reported as the link going down
             return None
         decoder = FrameDecoder()
         deadline = time.monotonic() + self.cfg.reply_timeout_s
@@ -215,7 +215,7 @@ class RelayDriver:
             try:
                 data = self._port.read(max(1, self._port.in_waiting))
             except serial.SerialException as exc:
-                log.warning("relay board read failed: %s", exc)
+                log.debug("relay board read failed: %s", exc)
                 return None
             for reply in decoder.feed(data):
                 if reply.seq == frame.seq:

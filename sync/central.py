@@ -202,12 +202,14 @@ class Central:
         return rec, scopes
 
     def _check_model_mix(self, rec: SubjectRecord, scopes: list[str]) -> None:
-        marks = ",".join("?" * len(scopes))
-        for scope, model_id in self.conn.execute(
-                f"SELECT DISTINCT kv.scope, s.model_id FROM kv JOIN subjects s ON s.subject_id = kv.subject_id "
-                f"WHERE kv.scope IN ({marks}) AND kv.subject_id != ?", [*scopes, rec.subject_id]):
-            if model_id != rec.model_id:
-                raise ModelMixError(f"subject {rec.subject_id}: scope {scope} holds templates of model {model_id!r}, "
+        for scope in scopes:
+            row = self.conn.execute("SELECT model_id FROM scope_models WHERE scope = ?", (scope,)).fetchone()
+            if row is None or row[0] == rec.model_id:
+                continue
+            others = self.conn.execute("SELECT 1 FROM kv WHERE scope = ? AND subject_id != ? LIMIT 1",
+                                       (scope, rec.subject_id)).fetchone()
+            if others:
+                raise ModelMixError(f"subject {rec.subject_id}: scope {scope} holds templates of model {row[0]!r}, "
                                     f"refusing to add model {rec.model_id!r} (re-enroll the scope with one model)")
         row = self.conn.execute("SELECT dim FROM subjects WHERE model_id = ? AND status = 'active' AND subject_id != ? "
                                 "LIMIT 1", (rec.model_id, rec.subject_id)).fetchone()
@@ -240,6 +242,8 @@ class Central:
             key = scope + rec.subject_id
             seq = self.hashmap.put(key, body, uuid, props, rec.valid_until, now)
             keys.append(key)
+            self.conn.execute("INSERT INTO scope_models(scope, model_id) VALUES (?, ?) "
+                              "ON CONFLICT(scope) DO UPDATE SET model_id = excluded.model_id", (scope, rec.model_id))
         return EnrollResult(subject_id=rec.subject_id, keys=tuple(keys), seq=seq)
 
     def revoke(self, subject_id: str, scopes: Sequence[str] | None = None, reason: str = "") -> list[str]:
@@ -263,6 +267,9 @@ class Central:
             keys = [k for k in keys if split_key(k)[0] in wanted]
         for key in keys:
             self.hashmap.delete(key, uuid, now)
+            scope = split_key(key)[0]
+            if self.conn.execute("SELECT 1 FROM kv WHERE scope = ? LIMIT 1", (scope,)).fetchone() is None:
+                self.conn.execute("DELETE FROM scope_models WHERE scope = ?", (scope,))
         if not self.hashmap.keys_of_subject(subject_id):
             # Nowhere published any more: biometric data has no reason to stay.
             self.conn.execute("DELETE FROM templates WHERE subject_id = ?", (subject_id,))

@@ -40,6 +40,9 @@ def _create_schema(db: sqlite_utils.Database) -> None:
         pk="subject_id", not_null=["list_type", "model_id", "dim", "n_templates", "status", "created_at", "updated_at"],
         if_not_exists=True)
     db["subjects"].create_index(["status", "valid_until"], if_not_exists=True)
+    db["subjects"].create_index(["model_id"], if_not_exists=True)
+    # The one model id each non-empty scope holds, so "refuse to mix models" is one lookup.
+    db["scope_models"].create({"scope": str, "model_id": str}, pk="scope", not_null=["model_id"], if_not_exists=True)
     db["templates"].create(
         {"subject_id": str, "idx": int, "model_id": str, "vector": bytes},
         pk=("subject_id", "idx"), not_null=["model_id", "vector"], if_not_exists=True)

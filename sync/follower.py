@@ -87,16 +87,21 @@ class WatchlistFollower:
         with self._lock:
             self._status = replace(self._status, **{name: getattr(self._status, name) + by})
 
-    def run(self, stop: threading.Event) -> None:
+    def _open_sub(self) -> zmq.Socket:
         cfg = self._cfg
-        log.info("gate %s: watchlist cache at sequence %d; taking a fresh snapshot of %s", cfg.gate_id,
-                 self._sink.stored_seq(), ", ".join(cfg.scopes))
         sub = connect_socket(self._ctx, zmq.SUB, self._security, cfg.central_host,
                              cfg.base_port + PUBLISHER_OFFSET, MAX_KV_FRAME)
         sub.rcvhwm = 100_000
         for scope in cfg.scopes:
             sub.setsockopt(zmq.SUBSCRIBE, scope.encode())
         sub.setsockopt(zmq.SUBSCRIBE, HUGZ.encode())
+        return sub
+
+    def run(self, stop: threading.Event) -> None:
+        cfg = self._cfg
+        log.info("gate %s: watchlist cache at sequence %d; taking a fresh snapshot of %s", cfg.gate_id,
+                 self._sink.stored_seq(), ", ".join(cfg.scopes))
+        sub = self._open_sub()
         watch = HandshakeWatch(sub, "watchlist updates", log)
         buffered: list[KVMsg] = []
         backoff = 0.2
@@ -110,6 +115,12 @@ class WatchlistFollower:
                         self._set(state=WAITING)
                     continue
                 if not self._await_central(sub, watch, buffered, stop):
+                    # libzmq gives up on a connection after a protocol error (an oversized or
+                    # garbled frame), so a long silence gets a fresh socket, Lazy Pirate style.
+                    watch.detach()
+                    sub.close(0)
+                    sub = self._open_sub()
+                    watch.attach(sub)
                     continue
                 if self._take_snapshot(sub, buffered, stop):
                     backoff = 0.2
@@ -118,7 +129,7 @@ class WatchlistFollower:
                     stop.wait(backoff)
                     backoff = min(backoff * 2, cfg.retry_backoff_max_s)
         finally:
-            watch.close()
+            watch.detach()
             sub.close(0)
             self._set(state=STOPPED)
 

@@ -128,15 +128,22 @@ class HandshakeWatch:
                | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_SUCCEEDED)
 
     def __init__(self, sock: zmq.Socket, label: str, logger: logging.Logger):
-        self._sock = sock
         self._label = label
         self._log = logger
-        self._monitor = sock.get_monitor_socket(self._EVENTS)
         self._failing = False
         self.auth_refused = False
+        self._sock: zmq.Socket | None = None
+        self._monitor: zmq.Socket | None = None
+        self.attach(sock)
+
+    def attach(self, sock: zmq.Socket) -> None:
+        """Watch a replacement socket, remembering whether we already reported a failure."""
+        self.detach()
+        self._sock = sock
+        self._monitor = sock.get_monitor_socket(self._EVENTS)
 
     def poll(self) -> None:
-        while self._monitor.poll(0):
+        while self._monitor is not None and self._monitor.poll(0):
             event = recv_monitor_message(self._monitor)
             kind = event["event"]
             if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
@@ -154,9 +161,12 @@ class HandshakeWatch:
                     self._log.error("%s: CURVE handshake with the central failed (%s); "
                                     "check the central's public key", self._label, zmq.Event(kind).name)
 
-    def close(self) -> None:
+    def detach(self) -> None:
+        if self._sock is None:
+            return
         try:
             self._sock.disable_monitor()
         except zmq.ZMQError:
             pass
         self._monitor.close(0)
+        self._sock = self._monitor = None

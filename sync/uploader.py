@@ -59,13 +59,15 @@ class LazyPirateClient:
         if self._sock is None:
             self._sock = connect_socket(self._ctx, zmq.REQ, self._security, self._cfg.central_host,
                                         self._cfg.base_port + SERVICE_OFFSET, MAX_CONTROL_FRAME)
-            self._watch = HandshakeWatch(self._sock, self._label, log)
+            if self._watch is None:
+                self._watch = HandshakeWatch(self._sock, self._label, log)
+            else:  # keeps what it already reported, so a refused key is logged once, not per retry
+                self._watch.attach(self._sock)
         return self._sock
 
     def close(self) -> None:
         if self._watch is not None:
-            self._watch.close()
-            self._watch = None
+            self._watch.detach()
         if self._sock is not None:
             self._sock.close(0)
             self._sock = None

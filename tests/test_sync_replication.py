@@ -210,7 +210,7 @@ def test_central_killed_mid_snapshot(running, caplog, tmp_path):
     rng = np.random.default_rng(5)
     central = Central(dep.db_path)
     central.enroll_subjects([Enrollment(f"p{i:05d}", "allow", ["lane:L1"], None, None, MODEL, unit(rng, 1, dim=128))
-                             for i in range(20_000)])
+                             for i in range(12_000)])
     secret = dep.add_gate("G1", ["lane:L1"])
     from sync.subject_record import SubjectRecord
 
@@ -224,11 +224,11 @@ def test_central_killed_mid_snapshot(running, caplog, tmp_path):
         proc.wait()
         killed_at = agent.status().watchlist.snapshot_progress
         assert wait_until(lambda: "snapshot of /lane/L1/ aborted" in caplog.text, timeout=5)
-        assert killed_at < 20_000 and set(sink.snapshot()) == {"/lane/L1/cached"}  # no partial swap
+        assert killed_at < 12_000 and set(sink.snapshot()) == {"/lane/L1/cached"}  # no partial swap
         assert sink.stored_seq() == 3
 
         proc = _central_process(dep, tmp_path / "central.log")
-        assert wait_until(lambda: len(sink.snapshot()) == 20_000, timeout=30)
+        assert wait_until(lambda: len(sink.snapshot()) == 12_000, timeout=30)
         assert sink.stored_seq() == central.hashmap.current_seq()
         assert "/lane/L1/cached" not in sink.snapshot()
     finally:

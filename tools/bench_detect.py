@@ -117,6 +117,7 @@ def frame_times(detectors: dict, frames: list[np.ndarray], rounds: int = 3, warm
 def speed(manifests: dict, frames: list[np.ndarray], threads: int) -> dict:
     cv2.setNumThreads(threads)
     detectors = {k: load_detector(m, threads=threads).detect for k, m in manifests.items()}
+    detectors["mtcnn-min_face20"] = load_detector(manifests["mtcnn"], threads=threads, min_face=20).detect
     for up in (0, 1):
         detectors[f"dlib-hog-upsample{up}"] = DlibReference(upsample=up).boxes
     return frame_times(detectors, frames)

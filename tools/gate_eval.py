@@ -76,8 +76,53 @@ def cmd_ident(args) -> int:
     return 0
 
 
+def cmd_pad(args) -> int:
+    from models.manifest import ModelError
+    from vision.detect import load_detector
+    from vision.loading import resolve_manifest
+    from vision.pad import find_pad_manifests, load_pad
+    from vision.pad.evaluate import pad_report
+
+    models = Path(args.models)
+    threads = {"threads": args.threads} if args.threads else {}
+    try:
+        manifests = [resolve_manifest(models, n) for n in args.pad] if args.pad else find_pad_manifests(models)
+        if not manifests:
+            raise ModelError(f"no PAD model in {models}; give --pad NAME_OR_MANIFEST or provision one with "
+                             f"`gate-models add --format minifasnet`")
+        detector = load_detector(resolve_manifest(models, args.detector),
+                                 **({"min_face": args.min_face} if args.min_face else {}), **threads)
+        pad = load_pad(manifests, **threads)
+        r = pad_report(detector, pad, Path(args.images), args.threshold, _progress("pad", args.quiet or args.json))
+    except (ModelError, ValueError) as e:
+        print(f"gate-eval: {e}", file=sys.stderr)
+        return 2
+    r["detector"] = args.detector
+    if args.json:
+        json.dump(r, sys.stdout, indent=2)
+        print()
+        return 0
+    print(f"{'image':40s} {'label':6s} {'live':>7s}  verdict")
+    for row in r["per_image"]:
+        live = f"{row['live']:.4f}" if row["face"] else "-"
+        verdict = row["verdict"] or row.get("error", "no face")
+        print(f"{row['image'][:40]:40s} {row['label']:6s} {live:>7s}  {verdict}{'' if row['correct'] in (None, True) else '  WRONG'}")
+
+    def pct(v):
+        return "n/a" if v is None else f"{100 * v:.1f}%"
+    print(f"pad {r['pad']}  detector {r['detector']}  live {r['live']}  spoof {r['spoof']}  "
+          f"no_face {r['no_face']}  unreadable {r['unreadable']}")
+    print(f"at threshold {r['threshold']:g}: APCER {pct(r['apcer'])} (worst species; "
+          f"{', '.join(f'{k} {pct(v)}' for k, v in r['apcer_per_species'].items()) or 'none'})  BPCER {pct(r['bpcer'])}")
+    t, auc = r["threshold_at_bpcer_0.05"], r["auc"]
+    print(f"APCER at BPCER<=5% {pct(r['apcer_at_bpcer_0.05'])} (threshold {'n/a' if t is None else f'{t:.4f}'})  "
+          f"AUC {'n/a' if auc is None else f'{auc:.4f}'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from models.registry import DEFAULT_DETECTOR, DEFAULT_EMBEDDER
+    from vision.pad import DEFAULT_THRESHOLD
 
     p = argparse.ArgumentParser(prog="gate-eval", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -100,6 +145,20 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("ident", help="1:N identification: first image enrolled, the rest probes")
     common(s)
     s.set_defaults(func=cmd_ident)
+    s = sub.add_parser("pad", help="presentation-attack detection: APCER/BPCER (ISO/IEC 30107-3) on live/ and "
+                                   "spoof/ captures")
+    s.add_argument("--images", required=True, help="folder with live/ and spoof/ subfolders (spoof/<species>/ allowed)")
+    s.add_argument("--models", default=str(default_model_dir()), help="model folder (manifests)")
+    s.add_argument("--detector", default=DEFAULT_DETECTOR, help="model name in --models, or a manifest path")
+    s.add_argument("--pad", action="append", help="PAD model name in --models or manifest path (repeatable; "
+                                                  "default: every PAD model in --models, fused)")
+    s.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
+                   help="fused live probability below which a face is called an attack")
+    s.add_argument("--min-face", type=int, help="detector minimum face size in pixels")
+    s.add_argument("--threads", type=int)
+    s.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(func=cmd_pad)
     return p
 
 

@@ -87,7 +87,8 @@ def cmd_add(args) -> int:
     from models.provision import provision
 
     m = provision(Path(args.file), args.name, args.format, args.licence, args.source, Path(args.dir),
-                  embedding_size=args.embedding_size, copy=args.copy, normalisation=args.normalisation)
+                  embedding_size=args.embedding_size, copy=args.copy, normalisation=args.normalisation,
+                  input_overrides={"crop_scale": args.crop_scale} if args.crop_scale is not None else None)
     print(f"provisioned {m.name} ({m.format}, {m.kind}) sha256 {m.files['model'].sha256[:16]}… → {m.path}")
     return 0
 
@@ -115,6 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--normalisation", choices=["symmetric", "imagenet"],
                    help="embedder input normalisation: symmetric = (x-127.5)/127.5 (insightface), "
                         "imagenet = ImageNet mean/std on 0..1 pixels (e.g. MobileFaceNet)")
+    a.add_argument("--crop-scale", type=float,
+                   help="PAD models: face box enlargement the model was trained with "
+                        "(MiniFASNetV2 2.7, MiniFASNetV1SE 4.0)")
     a.add_argument("--dir", default=str(default_model_dir()))
     a.add_argument("--copy", action="store_true", help="copy the file into --dir instead of referencing it")
     a.set_defaults(func=cmd_add)

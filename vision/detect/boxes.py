@@ -40,11 +40,11 @@ def nms(boxes: np.ndarray, scores: np.ndarray, threshold: float, mode: str = "un
 def to_faces(boxes: np.ndarray, scores: np.ndarray, landmarks: np.ndarray, scale: float = 1.0) -> list[Face]:
     """Faces from (N,4) boxes, (N,) scores, (N,5,2) landmarks, sorted by box area, largest first.
 
-    `scale` is the factor the frame was resized by before detection; coordinates are divided
-    by it so they land in the caller's frame.
+    `scale` is the factor the frame was resized by before detection. Box edges scale as they
+    are; landmarks are pixel centres, which sit half a pixel inside the edge at either scale.
     """
     boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4) / np.float32(scale)
-    landmarks = np.asarray(landmarks, dtype=np.float32).reshape(-1, 5, 2) / np.float32(scale)
+    landmarks = (np.asarray(landmarks, dtype=np.float32).reshape(-1, 5, 2) + 0.5) / np.float32(scale) - 0.5
     scores = np.asarray(scores, dtype=np.float32).reshape(-1)
     faces = [Face(box=boxes[i].copy(), score=float(scores[i]), landmarks=landmarks[i].copy())
              for i in range(len(boxes))]

@@ -122,13 +122,16 @@ class Matcher:
             v = v[None]
         if v.ndim != 2 or v.shape[1] != self.dim or v.shape[0] == 0:
             raise ValueError(f"{what}: expected shape ({self.dim},) or (k, {self.dim}) with k ≥ 1, got {np.shape(vectors)}")
-        v = v.astype(np.float64)
-        if not np.isfinite(v).all():
-            raise ValueError(f"{what}: non-finite values")
-        norms = np.linalg.norm(v, axis=1, keepdims=True)
-        if (norms == 0).any():
-            raise ValueError(f"{what}: zero vector has no direction")
-        return (v / norms).astype(np.float32)
+        out = np.empty(v.shape, dtype=np.float32)
+        for a in range(0, len(v), 1 << 16):  # float64 in chunks: a bulk load needs no 8-byte copy
+            c = v[a:a + (1 << 16)].astype(np.float64)
+            if not np.isfinite(c).all():
+                raise ValueError(f"{what}: non-finite values")
+            norms = np.linalg.norm(c, axis=1, keepdims=True)
+            if (norms == 0).any():
+                raise ValueError(f"{what}: zero vector has no direction")
+            out[a:a + len(c)] = c / norms
+        return out
 
     def _probe(self, vector) -> np.ndarray:
         v = self._vectors(vector, "probe")
@@ -250,14 +253,15 @@ class Matcher:
     def _write_exact(self, placed: list) -> None:
         """One write per run of consecutive slots: a bulk load is a few large writes, not a
         system call per subject."""
-        run_start, run = None, []
+        run_start, run_len, run = 0, 0, []
         for _, _, slot0, vecs in sorted(placed, key=lambda p: p[2]):
-            if run and slot0 != run_start + sum(map(len, run)):
+            if run and slot0 != run_start + run_len:
                 self._exact.write(run_start, np.concatenate(run))
                 run = []
             if not run:
-                run_start = slot0
+                run_start, run_len = slot0, 0
             run.append(vecs)
+            run_len += len(vecs)
         if run:
             self._exact.write(run_start, np.concatenate(run))
 

@@ -80,12 +80,22 @@ class SlotTable:
         readers may hold it."""
         bits = self.live.copy()
         for ranges, value in ((clear_ranges, 0), (set_ranges, 1)):
-            for slot0, count in ranges:
+            for slot0, count in _coalesce(ranges):
                 b0, b1 = slot0 >> 3, (slot0 + count - 1) >> 3
                 part = np.unpackbits(bits[b0:b1 + 1], bitorder="little")
                 part[slot0 - 8 * b0:slot0 - 8 * b0 + count] = value
                 bits[b0:b1 + 1] = np.packbits(part, bitorder="little")
         self.live = bits
+
+
+def _coalesce(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    out: list[list[int]] = []
+    for slot0, count in sorted(ranges):
+        if out and out[-1][0] + out[-1][1] == slot0:
+            out[-1][1] += count
+        else:
+            out.append([slot0, count])
+    return [(a, c) for a, c in out]
 
 
 def live_rows(live: np.ndarray, gen: np.ndarray, row_slot: np.ndarray, row_gen: np.ndarray) -> np.ndarray:

@@ -1,0 +1,208 @@
+"""The gate's configuration file (TOML), validated once at start-up.
+
+One typed dataclass per section. `load_config` refuses unknown keys, wrong types and
+out-of-range values with a message naming the key, and resolves relative paths against the
+config file's folder so a gate image's config directory can move as a whole. The README's
+configuration reference is generated from these classes (`gatectl config-reference`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from devices.config import CONFIG_TYPES as DEVICE_TYPES
+from devices.config import DriverConfig, SimConfig
+from gate.lane import LaneConfig
+from gate.schema import ConfigError, describe, load_dataclass
+from models.registry import DEFAULT_DETECTOR, DEFAULT_EMBEDDER
+from vision.quality import QualityThresholds
+
+
+@dataclass(frozen=True)
+class GateSection:
+    id: str = field(metadata={"help": "this gate's id (audit records, sync, health)"})
+    site: str = field(default="", metadata={"help": "airport / station code, for operators"})
+    state_dir: Path = field(default=Path("/var/lib/edgegate"), metadata={
+        "help": "watchlist.db, audit.db and keys/ live here (systemd StateDirectory)"})
+    log_level: str = field(default="INFO", metadata={"choices": ("DEBUG", "INFO", "WARNING", "ERROR")})
+
+
+@dataclass(frozen=True)
+class CameraSection:
+    source: str = field(metadata={"help": "camera index (\"0\" = /dev/video0), rtsp:// or http:// URL, "
+                                          "video file, or folder of images"})
+    fps: float | None = field(default=None, metadata={"help": "frame rate to request / play files at", "min": 0.1})
+    width: int | None = field(default=None, metadata={"min": 16})
+    height: int | None = field(default=None, metadata={"min": 16})
+    loop: bool = field(default=False, metadata={"help": "replay a file or folder forever (demos)"})
+    reconnect_max_s: float = field(default=10.0, metadata={
+        "help": "longest back-off between attempts to reopen a dead camera", "min": 0.1})
+    stale_after_s: float = field(default=2.0, metadata={
+        "help": "no new frame for this long = camera fault (lane refuses to decide)", "min": 0.1})
+
+
+@dataclass(frozen=True)
+class ModelsSection:
+    dir: Path = field(metadata={"help": "folder with model manifests and ONNX files"})
+    detector: str = field(default=DEFAULT_DETECTOR, metadata={"help": "detector model name"})
+    embedder: str = field(default=DEFAULT_EMBEDDER, metadata={"help": "embedder model name"})
+    flip: bool = field(default=True, metadata={"help": "average each template with its mirror image's "
+                                                        "(more accurate, ~2× embed time)"})
+    threads: int = field(default=2, metadata={"help": "ONNX Runtime threads per model", "min": 1, "max": 64})
+    min_face_px: int = field(default=60, metadata={"help": "detector's smallest face (pixels)", "min": 12})
+    pad: list[str] = field(default_factory=list, metadata={
+        "help": "presentation-attack (liveness) model names; empty = none provisioned"})
+    pad_required: bool = field(default=True, metadata={
+        "help": "refuse to run the lane when no PAD model is provisioned"})
+    pad_threshold: float = field(default=0.5, metadata={
+        "help": "fused live probability below which a face is treated as a presentation attack",
+        "min": 0.0, "max": 1.0})
+
+
+@dataclass(frozen=True)
+class AuditSection:
+    retention_days: int = field(default=90, metadata={
+        "help": "acknowledged records older than this are pruned from the gate", "min": 1})
+    max_db_mb: float | None = field(default=None, metadata={
+        "help": "cap the audit database size (testing disk-full behaviour)", "min": 0.1})
+
+
+@dataclass(frozen=True)
+class WatchlistSection:
+    encrypt_templates: bool = field(default=True, metadata={"help": "AES-GCM templates at rest"})
+    key_file: Path | None = field(default=None, metadata={
+        "help": "32-byte template key (0600); default <state_dir>/keys/templates.key"})
+    purge_interval_s: float = field(default=60.0, metadata={
+        "help": "how often expired subjects are purged from disk and memory", "min": 1.0})
+
+
+@dataclass(frozen=True)
+class ControlSection:
+    socket: Path | None = field(default=None, metadata={
+        "help": "gatectl's Unix socket; default <state_dir>/control.sock"})
+    group: str | None = field(default=None, metadata={
+        "help": "group allowed to use gatectl (socket mode 0660)"})
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    gate: GateSection
+    camera: CameraSection
+    models: ModelsSection
+    lane: LaneConfig
+    quality: QualityThresholds = field(default_factory=QualityThresholds)
+    device: DriverConfig = field(default_factory=SimConfig)
+    audit: AuditSection = field(default_factory=AuditSection)
+    watchlist: WatchlistSection = field(default_factory=WatchlistSection)
+    control: ControlSection = field(default_factory=ControlSection)
+    sync: Any = None  # sync.config.AgentConfig, or None for a standalone gate
+    path: Path | None = None
+
+    @property
+    def control_socket(self) -> Path:
+        return self.control.socket or self.gate.state_dir / "control.sock"
+
+    @property
+    def template_key_file(self) -> Path:
+        return self.watchlist.key_file or self.gate.state_dir / "keys" / "templates.key"
+
+
+_SECTIONS = {"gate": GateSection, "camera": CameraSection, "models": ModelsSection, "lane": LaneConfig,
+             "quality": QualityThresholds, "audit": AuditSection, "watchlist": WatchlistSection,
+             "control": ControlSection}
+
+
+def _resolve_paths(obj, base: Path):
+    changes = {}
+    for f in dataclasses.fields(obj):
+        v = getattr(obj, f.name)
+        if isinstance(v, Path) and not v.is_absolute():
+            changes[f.name] = (base / v).resolve()
+    return dataclasses.replace(obj, **changes) if changes else obj
+
+
+def parse_config(data: dict, base_dir: Path = Path("."), path: Path | None = None) -> GateConfig:
+    known = set(_SECTIONS) | {"device", "sync"}
+    for k in data:
+        if k not in known:
+            import difflib
+
+            close = difflib.get_close_matches(k, known, n=1)
+            raise ConfigError(f"unknown section [{k}]" + (f" — did you mean [{close[0]}]?" if close else
+                                                          f" (sections: {', '.join(sorted(known))})"))
+    sections = {}
+    for name, cls in _SECTIONS.items():
+        if name in data:
+            try:
+                sections[name] = load_dataclass(cls, data[name], name)
+            except (ValueError, TypeError) as e:  # a dataclass's own __post_init__ check
+                raise ConfigError(str(e) if isinstance(e, ConfigError) else f"[{name}] {e}") from None
+        elif name in ("gate", "camera", "models", "lane"):
+            raise ConfigError(f"missing section [{name}]")
+    for name in ("gate", "camera", "models", "watchlist", "control"):
+        if name in sections:
+            sections[name] = _resolve_paths(sections[name], base_dir)
+    dev = data.get("device", {"type": "sim"})
+    if not isinstance(dev, dict) or dev.get("type") not in DEVICE_TYPES:
+        raise ConfigError(f"device.type = {dev.get('type') if isinstance(dev, dict) else dev!r} is not allowed; "
+                          f"choose one of: {', '.join(map(repr, DEVICE_TYPES))}")
+    dev = dict(dev)
+    cls = DEVICE_TYPES[dev.pop("type")]
+    try:
+        sections["device"] = load_dataclass(cls, dev, "device")
+    except (ValueError, TypeError) as e:
+        raise ConfigError(str(e) if isinstance(e, ConfigError) else f"[device] {e}") from None
+    sync_cfg = None
+    if "sync" in data:
+        from sync.config import ConfigError as SyncConfigError
+        from sync.config import agent_config_from_mapping
+
+        s = dict(data["sync"])
+        s.setdefault("gate_id", sections["gate"].id)
+        try:
+            sync_cfg = agent_config_from_mapping(s, base_dir)
+        except (SyncConfigError, ValueError, TypeError) as e:
+            raise ConfigError(str(e)) from None
+    return GateConfig(**sections, sync=sync_cfg, path=path)
+
+
+def load_config(path: Path) -> GateConfig:
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path} is not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path} is not valid TOML: {e}") from None
+    try:
+        return parse_config(data, path.parent.resolve(), path)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+
+
+def reference_rows() -> list[dict]:
+    """Every key with type, default, allowed values and help, for the README."""
+    rows = []
+    for name, cls in _SECTIONS.items():
+        rows += describe(cls, name)
+    for tname, cls in DEVICE_TYPES.items():
+        rows.append({"key": "device.type", "type": "string", "default": "sim", "allowed": tname,
+                     "help": f"settings below apply when type = {tname!r}"})
+        rows += [dict(r, key=r["key"].replace("device.", f"device.({tname}).", 1)) for r in describe(cls, "device")]
+    return rows
+
+
+def reference_markdown() -> str:
+    lines = ["| key | type | default | allowed | meaning |", "|---|---|---|---|---|"]
+    for r in reference_rows():
+        d = r["default"]
+        d = "" if d is None else (f"`{d}`" if d != "(required)" else "**required**")
+        lines.append(f"| `{r['key']}` | {r['type']} | {d} | {r['allowed']} | {r['help']} |")
+    return "\n".join(lines)

@@ -1,0 +1,432 @@
+"""gated: one lane's daemon. Capture → vision → lane step → audit, then devices.
+
+The lane core (gate.lane) is pure; this module is the only place with side effects, and it
+runs a step's actions strictly in order, so an opening is never commanded before its audit
+record is durable. Capture, device I/O, the control socket and sync each have their own
+thread; the main loop only takes the newest frame, drains queues and pings the watchdog, so a
+stuck loop is a restarted daemon rather than a gate that silently stops deciding.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import devices
+from gate import lane as lanes
+from gate.actions import Alert, Audit, Indicate, Lock, Unlock, after_audit_failure
+from gate.audit import AuditLog, AuditWriteError
+from gate.config import GateConfig
+from gate.events import (AuditFailed, AuditRestored, DeviceFault, DeviceRestored, DoorForced, FireAlarm,
+                         PassageComplete, StaffCommand, Tamper, Tick, TokenRead)
+from gate.notify import Notifier
+from gate.observation import FrameObservation
+from gate.observe import observe, store_lookup
+from gate.watchlist import WatchlistStore
+
+log = logging.getLogger("gated")
+
+SOFTWARE_VERSION = "0.1.0"
+TICK_S = 0.1
+BARRIER = "barrier"
+CAMERA = "camera"
+
+
+class StartupError(RuntimeError):
+    """The lane cannot start; the message says what to fix. The lane stays locked."""
+
+
+def _utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+@dataclass
+class LaneMetrics:
+    """Counters for `gatectl status`, health reports and `gate-bench lane`."""
+
+    frames: int = 0
+    decisions: dict[str, int] = field(default_factory=dict)
+    last_decision_at: str | None = None
+    unlocks: list[dict] = field(default_factory=list)  # recent openings with their latency
+    alerts: list[dict] = field(default_factory=list)
+    vision_ms: list[float] = field(default_factory=list)
+
+    def keep_recent(self, n: int = 200) -> None:
+        for name in ("unlocks", "alerts", "vision_ms"):
+            v = getattr(self, name)
+            if len(v) > n:
+                del v[: len(v) - n]
+
+
+@dataclass
+class _Pending:
+    """A gatectl command waiting for the main loop."""
+
+    event: StaffCommand
+    done: threading.Event = field(default_factory=threading.Event)
+    reply: dict = field(default_factory=dict)
+
+
+class LaneDaemon:
+    def __init__(self, cfg: GateConfig, *, pipeline=None, driver=None, source=None, clock=time.monotonic):
+        self.cfg = cfg
+        self.clock = clock
+        self._pipeline = pipeline
+        self._driver = driver
+        self._source = source
+        self.metrics = LaneMetrics()
+        self.stop_requested = threading.Event()
+        self._commands: queue.Queue[_Pending] = queue.Queue()
+        self.state: lanes.LaneState | None = None
+        self.status_snapshot: dict[str, Any] = {"mode": "starting"}
+        self.agent = None
+        self.control = None
+        self.pad = None
+        self._pending_followups: list = []
+        self._last_frame_index = -1
+        self._last_frame_t: float | None = None
+        self._frame_t_capture: float | None = None
+
+    # ------------------------------------------------------------------ start-up
+    def open(self) -> None:
+        """Open every part or refuse to start with a clear message (nothing half-open)."""
+        cfg = self.cfg
+        state_dir = cfg.gate.state_dir
+        state_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(state_dir, 0o700)
+        if self._pipeline is None:
+            from models.manifest import ModelError
+            from vision.loading import load_pipeline
+
+            try:
+                self._pipeline = load_pipeline(cfg.models.dir, cfg.models.detector, cfg.models.embedder,
+                                               flip=cfg.models.flip, threads=cfg.models.threads,
+                                               thresholds=cfg.quality,
+                                               detector_opts={"min_face": cfg.models.min_face_px})
+            except ModelError as e:
+                raise StartupError(f"models: {e}") from None
+        self.pad = self._load_pad()
+        from gate.template_crypto import TemplateCipher, load_or_create
+        from vision.match import Matcher
+
+        self.matcher = Matcher(self._pipeline.embedder.dim, self._pipeline.model_id)
+        cipher = None
+        if cfg.watchlist.encrypt_templates:
+            keyfile = cfg.template_key_file
+            keyfile.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            cipher = load_or_create(keyfile)
+            assert isinstance(cipher, TemplateCipher)
+        self.store = WatchlistStore(state_dir, cipher=cipher)
+        if self.store.model_id() not in (None, self._pipeline.model_id):
+            log.warning("watchlist holds templates of model %s; this lane runs %s: only matching templates load",
+                        self.store.model_id(), self._pipeline.model_id)
+        self.store.set_listener(self.matcher, self._pipeline.model_id)
+        loaded = 0
+        for s in self.store.iter_active(_utc_now(), self._pipeline.model_id):
+            self.matcher.add(s.subject_id, s.vectors)
+            loaded += 1
+        log.info("watchlist: %d subjects loaded for model %s (sequence %d)", loaded, self._pipeline.model_id,
+                 self.store.sequence())
+        self.lookup = store_lookup(self.store)
+        max_bytes = int(cfg.audit.max_db_mb * 1024 * 1024) if cfg.audit.max_db_mb else None
+        self.audit = AuditLog(state_dir, max_db_bytes=max_bytes)
+        if self._driver is None:
+            self._driver = devices.make_driver(cfg.device)
+        try:
+            self._driver.open()
+        except devices.DeviceError as e:  # offline at start: the lane starts locked and faulted
+            log.error("turnstile driver: %s", e)
+        if self._source is None:
+            from vision.capture import open_source
+
+            c = cfg.camera
+            self._source = open_source(c.source, fps=c.fps, loop=c.loop, width=c.width, height=c.height)
+        from vision.capture import FrameGrabber
+
+        self.grabber = FrameGrabber(self._source, backoff_max_s=cfg.camera.reconnect_max_s).start()
+        from gate.staff import ControlHandler
+        from gate.control import ControlServer
+
+        self.control = ControlServer(cfg.control_socket, ControlHandler(self), group=cfg.control.group).start()
+        if cfg.sync is not None:
+            from gate.watchlist_sync import WatchlistSyncSink
+            from sync.agent import GateAgent
+
+            self.agent = GateAgent(cfg.sync, WatchlistSyncSink(self.store), self.audit, self.health)
+            try:
+                self.agent.start()
+            except Exception as e:  # bad keys: refuse to run half-configured
+                raise StartupError(f"sync: {e}") from None
+        self.notifier = Notifier()
+
+    def _load_pad(self):
+        m = self.cfg.models
+        if not m.pad:
+            if m.pad_required:
+                raise StartupError("models.pad is empty but models.pad_required = true: this lane must not run "
+                                   "without presentation-attack detection. Provision a PAD model, or set "
+                                   "pad_required = false to accept the risk (every audit record then says "
+                                   "'pad: not provisioned').")
+            log.warning("no presentation-attack detection provisioned: audit records say 'pad: not provisioned'")
+            return None
+        from models.manifest import ModelError
+        from vision.loading import resolve_manifest
+        from vision.pad import load_pad
+
+        try:
+            return load_pad([resolve_manifest(m.dir, n) for n in m.pad], threads=m.threads)
+        except ModelError as e:
+            raise StartupError(f"models.pad: {e}") from None
+
+    @property
+    def pad_status(self) -> str:
+        return "not provisioned" if self.pad is None else "+".join(self.cfg.models.pad)
+
+    # ------------------------------------------------------------------ actions
+    def _run(self, actions) -> None:
+        acts = list(actions)
+        followups = []
+        i = 0
+        while i < len(acts):
+            a = acts[i]
+            t = self.clock()
+            if isinstance(a, Audit):
+                body = dict(a.record)
+                body.setdefault("gate", self.cfg.gate.id)
+                body.setdefault("pad", self.pad_status)
+                try:
+                    self.audit.append(body)
+                    if lanes.AUDIT_LOG in self.state.faults:
+                        followups.append(AuditRestored(t))
+                    if self.agent is not None:
+                        self.agent.notify_audit()
+                except AuditWriteError as e:
+                    log.error("audit write failed, no opening without its record: %s", e)
+                    acts = acts[: i + 1] + list(after_audit_failure(acts[i + 1:]))
+                    followups.append(AuditFailed(t, str(e)))
+            elif isinstance(a, Unlock):
+                try:
+                    self._driver.unlock(a.direction, 1, hold=a.hold)
+                    self._note_unlock(t, a)
+                except devices.DeviceError as e:
+                    followups.append(DeviceFault(t, BARRIER, str(e)))
+            elif isinstance(a, Lock):
+                try:
+                    self._driver.lock()
+                except devices.DeviceError as e:
+                    followups.append(DeviceFault(t, BARRIER, str(e)))
+            elif isinstance(a, Indicate):
+                try:
+                    self._driver.indicate(a.colour, a.buzzer, a.text)
+                except devices.DeviceError as e:
+                    followups.append(DeviceFault(t, BARRIER, str(e)))
+            elif isinstance(a, Alert):
+                log.warning("ALERT %s %s", a.kind, dict(a.details))
+                self.metrics.alerts.append({"kind": a.kind, "details": dict(a.details), "at": _utc_now().isoformat()})
+            i += 1
+        for ev in followups:
+            self._step(ev)
+
+    def _note_unlock(self, t: float, a: Unlock) -> None:
+        d = self.state.decision if self.state is not None else None
+        self.metrics.unlocks.append({
+            "at_monotonic": t, "subject_id": d.subject_id if d is not None else None,
+            "direction": str(a.direction), "hold": a.hold,
+            "frame_captured_at": self._frame_t_capture})
+
+    def _step(self, event) -> None:
+        before = self.state.decision if self.state is not None else None
+        self.state, actions = lanes.step(self.state, event)
+        d = self.state.decision
+        if d is not None and d is not before:
+            self.metrics.decisions[str(d.outcome)] = self.metrics.decisions.get(str(d.outcome), 0) + 1
+            self.metrics.last_decision_at = _utc_now().isoformat()
+        self._run(actions)
+
+    # ------------------------------------------------------------------ inputs
+    def _device_events(self) -> None:
+        q = self._driver.events
+        while True:
+            try:
+                e = q.get_nowait()
+            except queue.Empty:
+                return
+            t = self.clock()
+            if isinstance(e, devices.PassageComplete):
+                self._step(PassageComplete(t, e.direction))
+            elif isinstance(e, devices.DoorForced):
+                self._step(DoorForced(t, "door forced"))
+            elif isinstance(e, devices.FireAlarm):
+                self._step(FireAlarm(t, e.active))
+            elif isinstance(e, devices.Tamper):
+                self._step(Tamper(t, "tamper switch"))
+            elif isinstance(e, devices.TokenRead):
+                self._step(self._resolve_token(t, e))
+            elif isinstance(e, devices.DeviceOffline):
+                self._step(DeviceFault(t, BARRIER, e.reason))
+            elif isinstance(e, devices.DeviceOnline):
+                if BARRIER in self.state.faults:
+                    self._step(DeviceRestored(t, BARRIER))
+
+    def _resolve_token(self, t: float, e) -> TokenRead:
+        """A boarding pass or ID read carries the traveller's pseudonymous subject id (as
+        enrolled); the raw text never enters the lane or the audit log."""
+        kind = {"barcode": "boarding_pass", "card": "id_card", "keypad": "id_number"}.get(str(e.source), str(e.source))
+        subject_id = e.text.strip()
+        lt = self.lookup(subject_id, _utc_now()) if subject_id else None
+        return TokenRead(t, kind, subject_id if lt else None, lt)
+
+    def _commands_pending(self) -> None:
+        while True:
+            try:
+                p = self._commands.get_nowait()
+            except queue.Empty:
+                return
+            before = self.state.mode
+            try:
+                ev = StaffCommand(self.clock(), p.event.action, p.event.operator_id, p.event.reason, p.event.direction)
+                self._step(ev)
+                p.reply = {"ok": True, "mode_before": str(before), "mode": str(self.state.mode)}
+            except Exception as e:
+                p.reply = {"ok": False, "error": str(e)}
+            p.done.set()
+
+    def submit(self, command: StaffCommand, timeout: float = 5.0) -> dict:
+        """Called from the control thread: hand a staff command to the main loop and wait."""
+        p = _Pending(command)
+        self._commands.put(p)
+        if not p.done.wait(timeout):
+            return {"ok": False, "error": "the lane did not take the command in time (main loop busy?)"}
+        return p.reply
+
+    def _frame(self) -> None:
+        f = self.grabber.latest(after_index=self._last_frame_index, timeout=0.05)
+        now = self.clock()
+        if f is None:
+            stale = self.cfg.camera.stale_after_s
+            last = self._last_frame_t if self._last_frame_t is not None else self._started
+            if now - last > stale and CAMERA not in self.state.faults:
+                self._step(DeviceFault(now, CAMERA, f"no frame for {now - last:.1f} s ({self.grabber.status}: "
+                                                    f"{self.grabber.last_error or 'no error'})"))
+            return
+        self._last_frame_index = f.index
+        self._last_frame_t = now
+        if CAMERA in self.state.faults:
+            self._step(DeviceRestored(now, CAMERA))
+        self.metrics.frames += 1
+        if not self.state.uses_frames:
+            return
+        embed = "primary" if self.state.uses_matching else "none"
+        self._frame_t_capture = f.t_capture
+        t0 = time.perf_counter()
+        result = self._pipeline.process(f.image, embed=embed)
+        obs = observe(now, result, self.matcher, self.lookup, self.cfg.lane.policy.shortlist_k,
+                      self.state.one_to_one_subject)
+        self.metrics.vision_ms.append((time.perf_counter() - t0) * 1e3)
+        self._step(obs)
+
+    # ------------------------------------------------------------------ status
+    def health(self) -> dict[str, Any]:
+        s = self.state
+        return {"status": "ok" if s is not None and not s.faults and s.mode != lanes.Mode.OUT_OF_SERVICE else "degraded",
+                "software_version": SOFTWARE_VERSION,
+                "model_versions": {"detector": self.cfg.models.detector, "embedder": self.cfg.models.embedder,
+                                   "pad": self.pad_status},
+                "last_decision_at": self.metrics.last_decision_at,
+                "mode": str(s.mode) if s else "starting", "faults": sorted(s.faults) if s else []}
+
+    def _snapshot(self) -> None:
+        s = self.state
+        self.status_snapshot = {
+            "gate": self.cfg.gate.id, "lane": self.cfg.lane.lane_id, "mode": str(s.mode),
+            "faults": sorted(s.faults), "alarm": s.alarm, "fire_active": s.fire_active,
+            "out_of_service_by": s.out_of_service_by, "token_subject": s.one_to_one_subject,
+            "camera": self.grabber.status, "frames": self.metrics.frames,
+            "decisions": dict(self.metrics.decisions), "last_decision_at": self.metrics.last_decision_at,
+            "pad": self.pad_status, "model": self._pipeline.model_id, "watchlist_size": len(self.matcher),
+            "watchlist_sequence": self.store.sequence(), "audit_unsent": self.audit.unsent_count(),
+            "device_online": bool(getattr(self._driver, "online", False)),
+            "recent_alerts": self.metrics.alerts[-5:], "software_version": SOFTWARE_VERSION,
+        }
+
+    # ------------------------------------------------------------------ main loop
+    def run(self) -> int:
+        self._started = self.clock()
+        self.state, actions = lanes.start(self.cfg.lane, self._started)
+        self._run(actions)
+        self._step(Tick(self.clock()))
+        self._snapshot()
+        self.notifier.ready(f"lane {self.cfg.lane.lane_id} {self.state.mode}")
+        log.info("lane %s ready: mode %s, pad %s", self.cfg.lane.lane_id, self.state.mode, self.pad_status)
+        wd_every = self.notifier.watchdog_interval_s() or 1.0
+        last_tick = last_wd = last_purge = last_status = self._started
+        stopping_since = None
+        while True:
+            self._device_events()
+            self._commands_pending()
+            self._frame()
+            now = self.clock()
+            if now - last_tick >= TICK_S:
+                self._step(Tick(now))
+                last_tick = now
+            if now - last_purge >= self.cfg.watchlist.purge_interval_s:
+                gone = self.store.purge_expired(_utc_now())
+                if gone:
+                    log.info("purged %d expired subjects", len(gone))
+                last_purge = now
+            if now - last_status >= 0.5:
+                self._snapshot()
+                self.metrics.keep_recent()
+                self.notifier.status(f"{self.state.mode}; frames {self.metrics.frames}")
+                last_status = now
+            if now - last_wd >= wd_every:
+                self.notifier.watchdog()
+                last_wd = now
+            if self.stop_requested.is_set():
+                if stopping_since is None:
+                    stopping_since = now
+                    self.notifier.stopping()
+                    log.info("stopping: finishing the current passage")
+                # finish a passage in progress (bounded by the lane's own open timeout)
+                if self.state.mode != lanes.Mode.OPEN or now - stopping_since > self.cfg.lane.open_timeout_s + 1:
+                    break
+            if self.grabber.status == "ended" and self._last_frame_t is not None and \
+                    now - self._last_frame_t > 1.0 and self.state.mode == lanes.Mode.IDLE:
+                log.info("camera source ended (file or folder); stopping")
+                break
+        return 0
+
+    def close(self) -> None:
+        """Lock, record the stop, flush, release everything; safe after a partial open."""
+        try:
+            if self._driver is not None:
+                self._driver.lock()
+        except Exception as e:
+            log.error("could not lock the barrier on stop: %s", e)
+        if getattr(self, "audit", None) is not None and self.state is not None:
+            try:
+                self.audit.append({"event": "daemon_stopped", "lane": self.cfg.lane.lane_id, "gate": self.cfg.gate.id,
+                                   "mode": str(self.state.mode), "pad": self.pad_status})
+            except AuditWriteError as e:
+                log.error("could not record the stop: %s", e)
+        for name in ("agent", "control"):
+            part = getattr(self, name, None)
+            if part is not None:
+                part.stop()
+        if getattr(self, "grabber", None) is not None:
+            self.grabber.stop()
+        if self._driver is not None:
+            try:
+                self._driver.close()
+            except Exception:
+                log.exception("closing the driver failed")
+        for name in ("audit", "store"):
+            part = getattr(self, name, None)
+            if part is not None:
+                part.close()

@@ -1,0 +1,147 @@
+"""gatectl: ground staff's view of and control over the running lane (and offline checks)."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from gate.control import ControlError, call
+
+DEFAULT_SOCKET = "/var/lib/edgegate/control.sock"
+
+
+def _socket(args) -> Path:
+    if args.socket:
+        return Path(args.socket)
+    if args.config:
+        from gate.config import load_config
+
+        return load_config(Path(args.config)).control_socket
+    return Path(DEFAULT_SOCKET)
+
+
+def _print_status(r: dict) -> None:
+    keys = ["gate", "lane", "mode", "faults", "alarm", "camera", "device_online", "pad", "model", "watchlist_size",
+            "watchlist_sequence", "audit_unsent", "frames", "decisions", "last_decision_at", "out_of_service_by"]
+    for k in keys:
+        if k in r:
+            v = r[k]
+            if k == "pad" and v == "not provisioned":
+                v = "NOT PROVISIONED (no presentation-attack detection)"
+            print(f"{k:20s} {v}")
+
+
+def cmd_lane(args) -> int:
+    r = call(_socket(args), args.cmd, operator=args.operator, reason=args.reason,
+             **({"direction": args.direction} if getattr(args, "direction", None) else {}))
+    if not r.get("ok"):
+        print(f"gatectl {args.cmd}: refused: {r.get('error')}", file=sys.stderr)
+        return 1
+    print(f"{args.cmd}: done (lane {r.get('mode_before')} → {r.get('mode')})")
+    return 0
+
+
+def cmd_status(args) -> int:
+    r = call(_socket(args), "status")
+    if args.json:
+        print(json.dumps(r, indent=2))
+    else:
+        _print_status(r)
+    return 0 if r.get("ok") else 1
+
+
+def cmd_events(args) -> int:
+    if args.follow:
+        try:
+            for e in call(_socket(args), "events", stream=True, last=args.last, follow=True):
+                print(json.dumps(e, sort_keys=True))
+                sys.stdout.flush()
+        except KeyboardInterrupt:
+            return 0
+        return 0
+    r = call(_socket(args), "events", last=args.last)
+    for e in r.get("events", []):
+        print(json.dumps(e, sort_keys=True))
+    return 0
+
+
+def cmd_watchlist(args) -> int:
+    r = call(_socket(args), "watchlist-stats")
+    print(json.dumps(r, indent=2, default=str))
+    return 0
+
+
+def cmd_audit_verify(args) -> int:
+    """Offline: reads the audit database directly (works with the daemon stopped)."""
+    from gate.audit import AuditLog
+
+    state_dir = Path(args.state_dir) if args.state_dir else None
+    if state_dir is None and args.config:
+        from gate.config import load_config
+
+        state_dir = load_config(Path(args.config)).gate.state_dir
+    if state_dir is None:
+        print("gatectl audit verify: give --state-dir or --config", file=sys.stderr)
+        return 2
+    with AuditLog(state_dir, read_only=True) as log:
+        c = log.verify()
+    if c.ok:
+        print(f"PASS audit chain intact: {c.records} records")
+        return 0
+    print(f"FAIL audit chain broken at seq {c.first_broken_seq}: {c.reason} ({c.records} records checked)")
+    return 1
+
+
+def cmd_config_reference(args) -> int:
+    from gate.config import reference_markdown
+
+    print(reference_markdown())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="gatectl", description=__doc__)
+    p.add_argument("--socket", help=f"control socket (default from --config, else {DEFAULT_SOCKET})")
+    p.add_argument("--config", help="the lane's config file (to find its socket / state dir)")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("status", help="lane mode, faults, camera, device, PAD, watchlist, audit queue")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_status)
+    for name, hlp in (("open", "let one passenger through (audited)"), ("unlock", "hold the gate open until lock"),
+                      ("lock", "lock the gate"), ("out-of-service", "take the lane out of service"),
+                      ("in-service", "return the lane to service"),
+                      ("emergency-reset", "clear a latched alarm or emergency (fire input must be off)")):
+        s = sub.add_parser(name, help=hlp)
+        s.add_argument("--operator", required=True, help="your staff id (audited)")
+        s.add_argument("--reason", required=True, help="why (audited)")
+        if name in ("open", "unlock"):
+            s.add_argument("--direction", choices=["entry", "exit", "both"])
+        s.set_defaults(func=cmd_lane)
+    s = sub.add_parser("events", help="recent audit events")
+    s.add_argument("--last", type=int, default=20)
+    s.add_argument("--follow", action="store_true")
+    s.set_defaults(func=cmd_events)
+    s = sub.add_parser("watchlist", help="watchlist statistics")
+    s.add_argument("what", choices=["stats"])
+    s.set_defaults(func=cmd_watchlist)
+    s = sub.add_parser("audit", help="offline audit checks")
+    s.add_argument("what", choices=["verify"])
+    s.add_argument("--state-dir")
+    s.set_defaults(func=cmd_audit_verify)
+    s = sub.add_parser("config-reference", help="print the configuration reference (markdown)")
+    s.set_defaults(func=cmd_config_reference)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ControlError as e:
+        print(f"gatectl: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,59 @@
+"""gated: run one lane (capture → vision → decision → turnstile, audit, sync)."""
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from gate.schema import ConfigError
+
+
+def setup_logging(level: str) -> None:
+    """Plain lines without timestamps under systemd (journald adds its own), with them by hand."""
+    import os
+
+    fmt = "%(levelname)s %(name)s: %(message)s" if os.environ.get("JOURNAL_STREAM") else \
+        "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    logging.basicConfig(level=getattr(logging, level), format=fmt, force=True)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="gated", description=__doc__)
+    p.add_argument("--config", required=True, help="the lane's TOML config file")
+    p.add_argument("--check", action="store_true", help="validate the config and exit")
+    args = p.parse_args(argv)
+    from gate.config import load_config
+
+    try:
+        cfg = load_config(Path(args.config))
+    except ConfigError as e:
+        print(f"gated: configuration error: {e}", file=sys.stderr)
+        return 2
+    if args.check:
+        print(f"{args.config}: OK (gate {cfg.gate.id}, lane {cfg.lane.lane_id}, device {type(cfg.device).TYPE})")
+        return 0
+    setup_logging(cfg.gate.log_level)
+    from gate.daemon import LaneDaemon, StartupError
+
+    daemon = LaneDaemon(cfg)
+
+    def on_signal(signum, _frame):
+        logging.getLogger("gated").info("signal %s: stopping after the current passage", signal.Signals(signum).name)
+        daemon.stop_requested.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        daemon.open()
+        return daemon.run()
+    except StartupError as e:
+        logging.getLogger("gated").error("cannot start lane: %s", e)
+        return 3
+    finally:
+        daemon.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
