@@ -112,7 +112,7 @@ class LaneDaemon:
             except ModelError as e:
                 raise StartupError(f"models: {e}") from None
         self.pad = self._load_pad()
-        from gate.template_crypto import TemplateCipher, load_or_create
+        from gate.template_crypto import TemplateCipher
         from vision.match import Matcher
 
         self.matcher = Matcher(self._pipeline.embedder.dim, self._pipeline.model_id)
@@ -120,8 +120,7 @@ class LaneDaemon:
         if cfg.watchlist.encrypt_templates:
             keyfile = cfg.template_key_file
             keyfile.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            cipher = load_or_create(keyfile)
-            assert isinstance(cipher, TemplateCipher)
+            cipher = TemplateCipher.load_or_create(keyfile)
         self.store = WatchlistStore(state_dir, cipher=cipher)
         if self.store.model_id() not in (None, self._pipeline.model_id):
             log.warning("watchlist holds templates of model %s; this lane runs %s: only matching templates load",

@@ -9,35 +9,39 @@ import pytest
 from models.manifest import ModelError, ModelManifest, load_model
 
 
-@pytest.fixture(scope="session")
-def mtcnn_manifest(tmp_path_factory) -> ModelManifest:
-    """The default MTCNN detector: the intact copy in $EDGEGATE_MODEL_DIR (what `make models`
-    built), otherwise converted from the installed wheel into a temporary folder."""
-    from models import mtcnn
-
+def _intact_or_build(name: str, build, tmp_path_factory) -> ModelManifest:
+    """The intact copy in $EDGEGATE_MODEL_DIR (what `make models` built), otherwise converted
+    from the installed wheel into a temporary folder."""
     built = os.environ.get("EDGEGATE_MODEL_DIR")
     if built:
         try:
-            m = load_model(Path(built), mtcnn.MODEL_NAME)
+            m = load_model(Path(built), name)
             if not m.verify():
                 return m
         except ModelError:
             pass
-    return mtcnn.build(tmp_path_factory.mktemp("mtcnn"))
+    return build(tmp_path_factory.mktemp(name))
+
+
+@pytest.fixture(scope="session")
+def mtcnn_manifest(tmp_path_factory) -> ModelManifest:
+    from models import mtcnn
+
+    return _intact_or_build(mtcnn.MODEL_NAME, mtcnn.build, tmp_path_factory)
 
 
 @pytest.fixture(scope="session")
 def dlib_resnet_manifest(tmp_path_factory) -> ModelManifest:
-    """The default dlib ResNet embedder: the intact copy in $EDGEGATE_MODEL_DIR, otherwise
-    converted from the installed wheel into a temporary folder (well under a second)."""
     from models import dlib_resnet
 
-    built = os.environ.get("EDGEGATE_MODEL_DIR")
-    if built:
-        try:
-            m = load_model(Path(built), dlib_resnet.MODEL_NAME)
-            if not m.verify():
-                return m
-        except ModelError:
-            pass
-    return dlib_resnet.build(tmp_path_factory.mktemp("dlib-resnet"))
+    return _intact_or_build(dlib_resnet.MODEL_NAME, dlib_resnet.build, tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def default_pipeline(mtcnn_manifest, dlib_resnet_manifest):
+    """The embedded default vision pipeline (MTCNN + dlib ResNet, flip-averaged)."""
+    from vision.detect import load_detector
+    from vision.embed import load_embedder
+    from vision.pipeline import FacePipeline
+
+    return FacePipeline(load_detector(mtcnn_manifest, min_face=40), load_embedder(dlib_resnet_manifest, flip=True))

@@ -92,7 +92,7 @@ def wire(tmp_path):
     dep = Deployment(tmp_path)
     fake = ScriptedCentral(dep, dep.central_secret)
     secret = dep.add_gate("G1", ["lane:L1"])
-    cfg = dep.agent_config("G1", secret, ["lane:L1"], heartbeat_timeout_s=2.0, snapshot_idle_timeout_s=1.0)
+    cfg = dep.agent_config("G1", secret, ["lane:L1"], heartbeat_timeout_s=1.0, snapshot_idle_timeout_s=1.0)
     security = Security(keypair=load_keypair(secret), server_public=load_public_key(dep.central_public))
     sink = MemoryWatchlist()
     ctx = zmq.Context()
@@ -128,7 +128,7 @@ def test_duplicates_replays_truncation_and_bad_bodies_are_dropped(wire, caplog):
     fake.publish([b"/lane/L1/d", b"\0\0\0\0\0\0\x0c", b"", b"prev=11\n", record("d")])  # 7-byte sequence
     fake.publish([b"/lane/L1/d", struct.pack("!Q", 12), b"\1" * 5, b"prev=11\n", record("d")])  # bad uuid
     fake.publish([b"/lane/L1/e", struct.pack("!Q", 12), b"", b"garbage", record("e")])  # bad properties
-    assert wait_until(lambda: follower.status().malformed >= 2 + 4)
+    assert wait_until(lambda: follower.status().malformed >= 2 + 4 and follower.status().discarded >= 2)
     status = follower.status()
     assert status.discarded == 2 and status.gaps == 0 and status.snapshots == 1
     assert set(sink.snapshot()) == {"/lane/L1/a", "/lane/L1/b", "/lane/L1/c"}
@@ -212,6 +212,6 @@ def test_hugz_carries_the_sequence_and_is_not_applied(wire):
     fake, follower, sink, thread = wire
     fake.seq = 41
     thread.start()
-    assert wait_until(lambda: follower.status().central_seq == 41)
-    assert follower.status().state == "live" and sink.snapshot() == {}
+    assert wait_until(lambda: follower.status().central_seq == 41 and follower.status().state == "live")
+    assert sink.snapshot() == {} and sink.stored_seq() == 41
     assert HUGZ not in sink.snapshot()

