@@ -16,7 +16,7 @@ from sync.follower import FollowerStatus, WatchlistFollower
 from sync.health_reporter import HealthReporter
 from sync.interfaces import AuditSource, HealthProvider, WatchlistSink
 from sync.keys import load_keypair, load_public_key
-from sync.transport import Security
+from sync.transport import InsecureTransportError, Security, is_loopback_host
 from sync.uploader import AuditUploader, UploaderStatus
 
 log = logging.getLogger(__name__)
@@ -32,6 +32,9 @@ class AgentStatus:
 def agent_security(config: AgentConfig) -> Security:
     """Load this gate's keypair and the central's public key (raises KeyFileError early)."""
     if config.dev_plain_loopback:
+        if not is_loopback_host(config.central_host):
+            raise InsecureTransportError(
+                f"refusing plain TCP to {config.central_host!r}: the development flag only allows loopback")
         return Security(dev_plain_loopback=True)
     if config.secret_key_file is None or config.central_public_key_file is None:
         raise ValueError("sync.secret_key_file and sync.central_public_key_file are required "

@@ -125,7 +125,7 @@ def test_only_admin_tools_may_publish_through_the_collector(central, caplog):
             for _ in range(20):
                 pub.send_multipart(msg.frames())
                 time.sleep(0.05)
-        assert wait_until(lambda: "collector: enroller" in caplog.text or "collector: admin:enroller" in caplog.text)
+        assert wait_until(lambda: "collector: admin:enroller set /lane/L1/intruder (upsert)" in caplog.text)
         assert "collector: refused KVSET from gate:G1: only admin tools may publish" in caplog.text
         assert [s.subject_id for s in Central(dep.db_path).list_subjects(scope="lane:L1")] == ["intruder", "p1"]
         assert "already applied; ignoring the repeat" in caplog.text
@@ -196,8 +196,8 @@ def test_development_mode_works_on_loopback(tmp_path, caplog):
     caplog.set_level(logging.WARNING)
     dep = Deployment(tmp_path)
     Central(dep.db_path).enroll_subject("p1", "allow", ["lane:L1"], None, None, MODEL, unit(np.random.default_rng(2), 1))
-    Central(dep.db_path).register_gate("G1", generate_keypair_files(tmp_path / "k", "g").public.read_text()
-                                       .split('public-key = "')[1][:40], ["lane:L1"])
+    Central(dep.db_path).register_gate("G1", load_public_key(generate_keypair_files(tmp_path / "k", "g").public),
+                                       ["lane:L1"])
     srv = CentralServer(dep.central_config(dev_plain_loopback=True, secret_key_file=None))
     srv.start()
     sink, audit = MemoryWatchlist(), SqliteAuditLog(tmp_path / "a.db")

@@ -1,0 +1,105 @@
+"""Ground staff's commands against a running lane, over the real control socket."""
+import json
+import threading
+import time
+
+import cv2
+import numpy as np
+import pytest
+
+from gate.config import parse_config
+from gate.control import ControlError, call
+from gate.daemon import LaneDaemon
+from tests.test_config import MINIMAL
+from tools.gatectl import main as gatectl
+
+
+@pytest.fixture()
+def running_lane(tmp_path, default_pipeline):
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    cv2.imwrite(str(frames / "empty.png"), np.full((480, 640, 3), 128, np.uint8))
+    d = dict(MINIMAL, gate={"id": "G1", "state_dir": str(tmp_path / "state")},
+             camera={"source": str(frames), "fps": 20.0, "loop": True},
+             models={"dir": str(tmp_path), "pad_required": False}, device={"type": "sim"})
+    cfg = parse_config(d, tmp_path)
+    daemon = LaneDaemon(cfg, pipeline=default_pipeline)
+    daemon.open()
+    t = threading.Thread(target=daemon.run, daemon=True)
+    t.start()
+    sock = str(cfg.control_socket)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            if call(cfg.control_socket, "status").get("mode") == "idle":
+                break
+        except ControlError:
+            time.sleep(0.05)
+    yield daemon, sock, cfg
+    daemon.stop_requested.set()
+    t.join(10)
+    daemon.close()
+
+
+def _json_lines(out: str) -> list[dict]:
+    return [json.loads(x) for x in out.splitlines() if x.strip()]
+
+
+def test_staff_open_is_one_audited_passage_with_who_and_why(running_lane, capsys):
+    daemon, sock, cfg = running_lane
+    assert gatectl(["--socket", sock, "open", "--operator", "staff-042", "--reason", "wheelchair user"]) == 0
+    assert "lane idle → open" in capsys.readouterr().out
+    sim = daemon._driver
+    assert sim.last("unlock") is not None
+    assert gatectl(["--socket", sock, "events", "--last", "5"]) == 0
+    events = _json_lines(capsys.readouterr().out)
+    manual = [e for e in events if e.get("event") == "manual_action"]
+    assert manual and manual[-1]["operator_id"].startswith("staff-042 (uid ")
+    assert manual[-1]["reason"] == "wheelchair user"
+
+
+def test_out_of_service_ignores_passengers_until_back_in_service(running_lane, capsys):
+    daemon, sock, _ = running_lane
+    assert gatectl(["--socket", sock, "out-of-service", "--operator", "s1", "--reason", "cleaning"]) == 0
+    assert call(sock, "status")["mode"] == "out_of_service" or daemon.state.mode == "out_of_service"
+    time.sleep(0.6)
+    assert gatectl(["--socket", sock, "status"]) == 0
+    out = capsys.readouterr().out
+    assert "out_of_service" in out and "NOT PROVISIONED" in out
+    assert gatectl(["--socket", sock, "in-service", "--operator", "s1", "--reason", "done"]) == 0
+    assert daemon.state.mode == "idle"
+
+
+def test_commands_without_operator_or_reason_are_refused(running_lane):
+    _, sock, _ = running_lane
+    r = call(sock, "open", operator="", reason="x")
+    assert not r["ok"] and "--operator" in r["error"]
+    r = call(sock, "lock", operator="s1", reason=" ")
+    assert not r["ok"]
+    assert not call(sock, "fly")["ok"]
+
+
+def test_events_follow_streams_new_records(running_lane):
+    daemon, sock, _ = running_lane
+    stream = call(sock, "events", stream=True, last=0, follow=True)
+    call(sock, "lock", operator="s2", reason="check")
+    got = None
+    for e in stream:
+        if e.get("event") == "manual_action":
+            got = e
+            break
+    assert got["operator_id"].startswith("s2") and got["action"] == "lock"
+
+
+def test_clear_messages_when_the_daemon_is_not_running(tmp_path, capsys):
+    assert gatectl(["--socket", str(tmp_path / "none.sock"), "status"]) == 2
+    assert "gated is not running" in capsys.readouterr().err
+
+
+def test_audit_verify_offline_after_the_lane_stops(running_lane, capsys):
+    daemon, sock, cfg = running_lane
+    call(sock, "lock", operator="s3", reason="end of shift")
+    daemon.stop_requested.set()
+    time.sleep(0.5)
+    assert gatectl(["audit", "verify", "--state-dir", str(cfg.gate.state_dir)]) == 0
+    assert "PASS audit chain intact" in capsys.readouterr().out
