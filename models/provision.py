@@ -80,3 +80,18 @@ def provision(file: Path, name: str, fmt: str, licence: str, source: str, out_di
     )
     path = write_manifest(m, out_dir)
     return ModelManifest(**{**m.__dict__, "path": path})
+
+
+# The Silent-Face-Anti-Spoofing pair as its reference runs it; the crop scale is the number that
+# leads each file name. Used by `gate-models add-minifasnet`, the demo and the benchmarks.
+MINIFASNET_PAIR = (
+    ("minifasnet-v2", "2.7_80x80_MiniFASNetV2.onnx", 2.7),
+    ("minifasnet-v1se", "4_0_0_80x80_MiniFASNetV1SE.onnx", 4.0),
+)
+
+
+def provision_minifasnet_pair(folder: Path, out_dir: Path, licence: str = "Apache-2.0",
+                              source: str = "minivision Silent-Face-Anti-Spoofing (ONNX export)") -> list[ModelManifest]:
+    folder = Path(folder)
+    return [provision(folder / file, name, "minifasnet", licence, source, out_dir, input_overrides={"crop_scale": scale})
+            for name, file, scale in MINIFASNET_PAIR]

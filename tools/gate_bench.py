@@ -15,20 +15,72 @@ def _print_json(obj) -> None:
     sys.stdout.write("\n")
 
 
-def cmd_search(args) -> int:
-    from tools.bench_search import add_search_args, run_search_cli  # noqa: F401  (owned by the search bench)
+def _table(rows: list[tuple[str, str]]) -> None:
+    w = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        print(f"{k:<{w}}  {v}")
 
-    return run_search_cli(args)
+
+def cmd_vision(args) -> int:
+    import os
+    import tempfile
+    from pathlib import Path
+
+    from tools.bench_vision import vision_bench
+    from vision.loading import load_pipeline
+
+    pipe = load_pipeline(Path(args.models), args.detector, args.embedder, flip=not args.no_flip,
+                         threads=args.threads, detector_opts={"min_face": args.min_face})
+    pad = None
+    if args.pad_from:
+        from models.provision import provision_minifasnet_pair
+        from vision.pad import load_pad
+
+        tmp = Path(tempfile.mkdtemp(prefix="edgegate-pad-"))
+        pad = load_pad(provision_minifasnet_pair(Path(args.pad_from), tmp), threads=1)
+    images = Path(args.images)
+    photos = sorted(images.rglob("*.jpg"))[: max(args.frames, 50)]
+    if not photos:
+        print(f"gate-bench vision: no .jpg photos under {images}", file=sys.stderr)
+        return 2
+    r = vision_bench(pipe, photos, n_frames=args.frames, gallery=args.gallery, reference=not args.no_reference,
+                     pad=pad)
+    r.update({"detector": args.detector, "embedder": args.embedder, "flip": not args.no_flip, "threads": args.threads,
+              "pad": bool(pad), "cpu_count": os.cpu_count()})
+    if args.json:
+        _print_json(r)
+        return 0
+    print(f"{r['frames']} frames 640x480, one real face each; gallery {r['gallery']}; threads {args.threads}")
+    stages = [k[:-10] for k in r if k.endswith("_ms_median") and not k.startswith("reference")]
+    rows = [(s, f"median {r[s + '_ms_median']:7.2f} ms   p95 {r[s + '_ms_p95']:7.2f} ms") for s in stages]
+    if "reference_frame_ms_median" in r:
+        rows.append(("dlib reference", f"median {r['reference_frame_ms_median']:7.2f} ms   "
+                                       f"p95 {r['reference_frame_ms_p95']:7.2f} ms"))
+        rows.append(("speedup", f"{r['speedup']:.1f}x (reference median / ours, same frames, same run)"))
+    _table(rows)
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from models.registry import DEFAULT_DETECTOR, DEFAULT_EMBEDDER
+    from tools.gate_models import default_model_dir
+
     p = argparse.ArgumentParser(prog="gate-bench", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
-    from tools.bench_search import add_search_args
-
-    s = sub.add_parser("search", help="1:N search latency and memory per gallery size and method")
-    add_search_args(s)
-    s.set_defaults(func=cmd_search)
+    s = sub.add_parser("vision", help="per-stage latency on 640x480 frames, side by side with dlib's pipeline")
+    s.add_argument("--images", default="../shared/faces/lfw-dev/images", help="folder of face photos (.jpg)")
+    s.add_argument("--models", default=str(default_model_dir()))
+    s.add_argument("--detector", default=DEFAULT_DETECTOR)
+    s.add_argument("--embedder", default=DEFAULT_EMBEDDER)
+    s.add_argument("--no-flip", action="store_true")
+    s.add_argument("--min-face", type=int, default=60)
+    s.add_argument("--threads", type=int, default=2)
+    s.add_argument("--frames", type=int, default=100)
+    s.add_argument("--gallery", type=int, default=10_000)
+    s.add_argument("--pad-from", help="folder with the MiniFASNet pair (e.g. ../shared/models) to time PAD too")
+    s.add_argument("--no-reference", action="store_true", help="skip the dlib reference pipeline")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_vision)
     return p
 
 
