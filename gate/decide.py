@@ -20,6 +20,14 @@ frame counts at the cosine minimum, so in practice it must appear in every frame
 rivals and deny-list subjects optimistically (at most the lowest listed score of that frame).
 The margin is therefore a lower bound on the true margin, and a deny-list hit is never missed
 because the subject slipped out of one shortlist.
+
+Liveness (presentation-attack detection) is judged on the same evidence as the match. On a
+lane with a PAD model a frame only counts as evidence once PAD has scored it, and the PAD
+frames are picked from the same pool by the same rule (`best_samples`), so the frames PAD
+judged and the frames the match rests on are nested: with `pad.frames` >= `fuse_k` every
+matched frame was judged live, otherwise every judged frame is a matched one. A printed photo
+cannot supply the match while the holder's own face supplies the liveness. On a lane without
+PAD the decision rests on matching alone and its record says "pad": "not provisioned".
 """
 from __future__ import annotations
 
@@ -32,8 +40,11 @@ from gate.field_ranges import check_ranges
 from gate.observation import Candidate, ListType
 from gate.schema import ConfigError
 from gate.track import Sample, Track
+from vision.pad.fusion import PadPolicy, PadState, PadVerdict, fuse_frames
 
 ABSENT_SCORE = -1.0  # the cosine minimum: the most pessimistic value of an unlisted score
+PAD_NOT_PROVISIONED = "not provisioned"  # the lane runs without PAD: its records never claim a check
+PAD_NOT_JUDGED = "not judged"  # a decision on a token alone: no face was in front of the camera
 
 
 class Outcome(StrEnum):
@@ -52,6 +63,7 @@ class Reason(StrEnum):
     DENY_LIST = "deny_list"
     TOKEN_MISMATCH = "token_mismatch"
     TOKEN_UNKNOWN = "token_unknown"
+    PRESENTATION_ATTACK = "presentation_attack_suspected"
 
 
 class MatchMode(StrEnum):
@@ -103,6 +115,9 @@ class DecisionPolicy:
         "help": "a second face at least this fraction of the primary face's linear size is a second "
                 "person at the gate (tailgating); 0.7 ≈ standing within 1.4x the distance", "min": 0.0,
         "max": 1.0})
+    pad: PadPolicy = field(default_factory=PadPolicy, metadata={
+        "help": "presentation-attack detection: live-probability threshold and frames fused; used only "
+                "when a PAD model is provisioned"})
 
     def __post_init__(self) -> None:
         check_ranges(self)
@@ -139,6 +154,27 @@ class FusedScore:
 
 
 @dataclass(frozen=True)
+class PadEvidence:
+    """The liveness verdict of one attempt and the frames behind it: scores, never images."""
+
+    verdict: PadVerdict
+    samples: tuple[Sample, ...]  # the frames fused into the verdict, oldest first
+
+    def to_record(self) -> dict[str, Any]:
+        return {**self.verdict.to_dict(), "scores": [
+            {"t": round(s.t, 6), "live": round(s.pad_live, 4),
+             "models": {m: round(live, 4) for m, live in s.pad_scores or ()}} for s in self.samples]}
+
+
+def judge_liveness(samples: Sequence[Sample], policy: PadPolicy) -> PadEvidence:
+    """The verdict over the `policy.frames` most confident detections among PAD-scored samples
+    (`best_samples`, the rule matching uses); pending until that many exist."""
+    judged = tuple(sorted(best_samples([s for s in samples if s.pad_live is not None], policy.frames),
+                          key=lambda s: s.t))
+    return PadEvidence(fuse_frames([s.pad_live for s in judged], policy), judged)
+
+
+@dataclass(frozen=True)
 class Decision:
     """One decision, with every figure it rests on, for the audit record and the operator."""
 
@@ -160,6 +196,13 @@ class Decision:
     elapsed_s: float = 0.0
     top: tuple[FusedScore, ...] = ()
     details: Mapping[str, Any] = field(default_factory=dict)
+    pad_provisioned: bool = False  # so a record never claims a liveness check that did not run
+    pad: PadEvidence | None = None  # the liveness verdict, on a lane with PAD (None: no face judged)
+
+    def pad_record(self) -> str | dict[str, Any]:
+        if not self.pad_provisioned:
+            return PAD_NOT_PROVISIONED
+        return PAD_NOT_JUDGED if self.pad is None else self.pad.to_record()
 
     def to_record(self) -> dict[str, Any]:
         def r(x: float | None) -> float | None:
@@ -173,7 +216,7 @@ class Decision:
             "margin": r(self.margin), "observations_used": self.observations_used,
             "observations_in_window": self.observations_in_window, "frames": self.frames,
             "low_quality_streak": self.low_quality_streak, "elapsed_s": round(self.elapsed_s, 3),
-            "top": [f.to_record() for f in self.top], "details": dict(self.details),
+            "top": [f.to_record() for f in self.top], "details": dict(self.details), "pad": self.pad_record(),
         }
 
 
@@ -203,28 +246,34 @@ def best_samples(samples: Sequence[Sample], k: int) -> tuple[Sample, ...]:
     return tuple(sorted(samples, key=lambda s: (s.detector_score, s.t), reverse=True)[:k])
 
 
-def refer_unknown_token(kind: str, subject_id: str | None, now: float) -> Decision:
+def refer_unknown_token(kind: str, subject_id: str | None, now: float, *, pad_provisioned: bool) -> Decision:
     """A token that resolves to nobody enrolled (or to a subject no longer valid): the
     passenger has a document but no biometric enrolment here, which is for staff to handle."""
     return Decision(Outcome.REFER, Reason.TOKEN_UNKNOWN, MatchMode.ONE_TO_ONE, decided_at=now,
-                    subject_id=subject_id, details={"token_kind": kind})
+                    subject_id=subject_id, details={"token_kind": kind}, pad_provisioned=pad_provisioned)
 
 
 def decide(track: Track, now: float, policy: DecisionPolicy, token: Token | None = None,
-           tailgate_ratio: float | None = None) -> Decision | None:
+           tailgate_ratio: float | None = None, *, pad_provisioned: bool) -> Decision | None:
     """The decision for `track` at time `now`, or None while evidence is still coming in.
 
     `tailgate_ratio` is the current frame's second-face ratio (`gate.track.tailgate_ratio`);
     with a `token`, the track's verify scores are judged against that subject (1:1 mode).
-    Precedence: tailgating, deny-list hit, acceptance, refusal/mismatch, persistent low
+    `pad_provisioned` says whether the lane runs a PAD model; it is not inferred from the
+    samples, because a PAD model that failed on every frame must not look like no PAD model.
+    Precedence: tailgating, deny-list hit, suspected presentation attack, (while liveness is
+    pending, nothing else from the evidence), acceptance, refusal/mismatch, persistent low
     quality, timeout.
     """
     window = tuple(s for s in track.samples if now - s.t <= policy.window_s)
+    if pad_provisioned:  # a frame PAD did not score vouches for nobody (see the module docstring)
+        window = tuple(s for s in window if s.pad_live is not None)
     searched = tuple(s for s in window if s.matches is not None)
     used = best_samples(searched, policy.fuse_k)
     fused = fuse([s.matches for s in used]) if len(used) >= policy.fuse_k else ()
     verified = tuple(s for s in window if s.verify_score is not None)
     used_v = best_samples(verified, policy.fuse_k)
+    pad = judge_liveness(searched if token is None else verified, policy.pad) if pad_provisioned else None
 
     if token is None:
         mode = MatchMode.ONE_TO_MANY
@@ -250,31 +299,43 @@ def decide(track: Track, now: float, policy: DecisionPolicy, token: Token | None
         details = {**evidence.get("details", {}), **override.pop("details", {})}
         return Decision(outcome, reason, mode, decided_at=now, track_id=track.track_id, frames=track.frames,
                         low_quality_streak=track.low_quality_streak, elapsed_s=now - track.started_t,
-                        top=fused[:3], **{**evidence, **override, "details": details})
+                        top=fused[:3], pad_provisioned=pad_provisioned, pad=pad,
+                        **{**evidence, **override, "details": details})
 
     if tailgate_ratio is not None and tailgate_ratio >= policy.tailgate_size_ratio:
         return result(Outcome.REFER, Reason.TAILGATING, details={"tailgate_ratio": round(tailgate_ratio, 3)})
 
+    # A deny-list hit comes before the liveness verdict and does not wait for it. The hit latches
+    # an alarm and brings staff either way, and ranking a spoof verdict first would let a PAD
+    # false reject (BPCER ~8% at the reference operating point) turn a wanted person's alarm into
+    # a "suspected photo" referral. The PAD verdict, whatever it is, stays in the record.
     hits = [f for f in fused if f.list_type is ListType.DENY and f.high >= policy.deny_threshold]
     if hits:
         hit = max(hits, key=lambda f: (f.high, f.subject_id))
         return result(Outcome.DENY, Reason.DENY_LIST, subject_id=hit.subject_id, list_type=ListType.DENY,
                       score=hit.high, runner_up_id=None, runner_up_score=None, margin=None)
+    if token is not None and token.list_type is ListType.DENY and score is not None \
+            and score >= policy.deny_threshold:
+        return result(Outcome.DENY, Reason.DENY_LIST)
 
-    if token is None:
-        if score is not None and score >= policy.threshold_1n:
-            if margin is None or margin >= policy.min_margin:
+    if pad is not None and pad.verdict.state is PadState.SPOOF:  # before any match: never an opening
+        return result(Outcome.REFER, Reason.PRESENTATION_ATTACK)
+    # While liveness is pending no conclusion is drawn from the matching either: not an
+    # acceptance, and not a refusal or referral that may turn out to be an attack and should
+    # then be reported as one. Persistent low quality and the timeout still end the attempt.
+    if pad is None or pad.verdict.state is PadState.LIVE:
+        if token is None:
+            if score is not None and score >= policy.threshold_1n:
+                if margin is None or margin >= policy.min_margin:
+                    return result(Outcome.ALLOW, Reason.MATCH)
+                return result(Outcome.REFER, Reason.AMBIGUOUS_MARGIN)
+            if len(searched) >= policy.min_observations_to_deny:
+                return result(Outcome.DENY, Reason.NO_MATCH)
+        else:
+            if score is not None and token.list_type is ListType.ALLOW and score >= policy.threshold_1to1:
                 return result(Outcome.ALLOW, Reason.MATCH)
-            return result(Outcome.REFER, Reason.AMBIGUOUS_MARGIN)
-        if len(searched) >= policy.min_observations_to_deny:
-            return result(Outcome.DENY, Reason.NO_MATCH)
-    else:
-        if score is not None and token.list_type is ListType.DENY and score >= policy.deny_threshold:
-            return result(Outcome.DENY, Reason.DENY_LIST)
-        if score is not None and token.list_type is ListType.ALLOW and score >= policy.threshold_1to1:
-            return result(Outcome.ALLOW, Reason.MATCH)
-        if len(verified) >= policy.min_observations_to_deny:
-            return result(Outcome.REFER, Reason.TOKEN_MISMATCH)
+            if len(verified) >= policy.min_observations_to_deny:
+                return result(Outcome.REFER, Reason.TOKEN_MISMATCH)
 
     if track.low_quality_streak >= policy.low_quality_refer_frames:
         return result(Outcome.REFER, Reason.LOW_QUALITY,

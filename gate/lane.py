@@ -1,7 +1,7 @@
 """The lane state machine: `step(state, event) -> (state, actions)`, with no I/O and no clock.
 
 Modes: IDLE → ACQUIRING → DECIDED → OPEN → IDLE for a passenger; ALARM (forced door, tamper,
-tailgating, deny-list hit) latched until a staff reset; EMERGENCY (fire input: fail open,
+tailgating, deny-list hit, suspected presentation attack) latched until a staff reset; EMERGENCY (fire input: fail open,
 latched until a staff reset with the input off); OUT_OF_SERVICE while a device or the audit
 log is faulty or staff took the lane out.
 
@@ -54,7 +54,16 @@ class Mode(StrEnum):
 # Modes of ordinary service: a fault or a staff out-of-service takes the lane out of them at once.
 _IN_SERVICE = frozenset({Mode.IDLE, Mode.ACQUIRING, Mode.DECIDED, Mode.OPEN})
 # Decisions that latch an alarm instead of being shown and forgotten.
-_ALARM_REASONS = frozenset({Reason.TAILGATING, Reason.DENY_LIST})
+# A suspected presentation attack latches too, rather than showing "see staff" for a few
+# seconds and serving the next attempt: at the reference operating point about one spoof in
+# six is judged live (APCER 16.9%), so a self-clearing referral would let an attacker retry
+# until one attempt passes. Latched, the lane stays locked until a person has come, looked at
+# whoever is standing there and reset it, which is what the referral asks for anyway.
+_ALARM_REASONS = frozenset({Reason.TAILGATING, Reason.DENY_LIST, Reason.PRESENTATION_ATTACK})
+# Alarms held without the siren. A deny-list subject should not learn that staff are coming;
+# a PAD alarm is most often a genuine traveller (BPCER 8.2%: one in twelve), who deserves a
+# "please wait" rather than a siren, and an attacker is told nothing about which check tripped.
+_QUIET_ALARMS = frozenset({Reason.DENY_LIST.value, Reason.PRESENTATION_ATTACK.value})
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -100,6 +109,7 @@ class LaneState:
     mode: Mode
     now: float  # time of the latest event
     since: float  # when the current mode was entered
+    pad_provisioned: bool  # a PAD model runs on this lane's frames (a fact of start-up, not a setting)
     track: Track | None = None  # while ACQUIRING
     next_track_id: int = 1
     token: Token | None = None
@@ -129,11 +139,18 @@ class LaneState:
 Result = tuple[LaneState, list[Action]]
 
 
-def start(config: LaneConfig, t: float) -> tuple[LaneState, tuple[Action, ...]]:
-    """The lane at daemon start-up: locked, idle, and the start recorded."""
-    state = LaneState(config=config, mode=Mode.IDLE, now=t, since=t)
+def start(config: LaneConfig, t: float, *, pad_provisioned: bool) -> tuple[LaneState, tuple[Action, ...]]:
+    """The lane at daemon start-up: locked, idle, and the start recorded.
+
+    `pad_provisioned` is whether the daemon loaded a PAD model. It is an argument, not a
+    LaneConfig key, because it states what is running rather than what the operator wants
+    (that is `models.pad_required`); a config key could claim PAD that is not there. It has no
+    default so a caller cannot forget it: with it False every decision records "pad":
+    "not provisioned", with it True no frame counts as evidence until PAD has scored it.
+    """
+    state = LaneState(config=config, mode=Mode.IDLE, now=t, since=t, pad_provisioned=pad_provisioned)
     record = {"event": "lane_started", "lane": config.lane_id, "t": round(t, 6), "from": None,
-              "to": Mode.IDLE.value}
+              "to": Mode.IDLE.value, "pad_provisioned": pad_provisioned}
     return state, (Audit(record), *_entry_actions(state))
 
 
@@ -203,8 +220,7 @@ def _entry_actions(s: LaneState) -> list[Action]:
         else:
             indication = Indicate(Colour.AMBER, Buzzer.LONG, TEXT_SEE_STAFF)
     elif s.mode is Mode.ALARM:
-        # a deny-list subject is held quietly: staff are alerted, the subject is not alarmed
-        indication = (Indicate(Colour.RED, Buzzer.NONE, TEXT_WAIT) if s.alarm == Reason.DENY_LIST.value
+        indication = (Indicate(Colour.RED, Buzzer.NONE, TEXT_WAIT) if s.alarm in _QUIET_ALARMS
                       else Indicate(Colour.RED, Buzzer.ALARM, TEXT_ALARM))
     else:
         indication = Indicate(Colour.RED, Buzzer.NONE, TEXT_CLOSED)
@@ -236,7 +252,8 @@ def _apply_decision(s: LaneState, d: Decision, timings_ms: dict[str, float] | No
         return s, actions + more
     if d.reason in _ALARM_REASONS:
         s, more = _raise_alarm(s, d.reason.value, subject_id=d.subject_id,
-                               score=None if d.score is None else round(d.score, 4), details=dict(d.details))
+                               score=None if d.score is None else round(d.score, 4), details=dict(d.details),
+                               pad=d.pad_record())
         return s, actions + more
     if d.outcome is Outcome.REFER:
         actions.append(_alert(s, "refer", reason=d.reason.value, subject_id=d.subject_id))
@@ -244,7 +261,7 @@ def _apply_decision(s: LaneState, d: Decision, timings_ms: dict[str, float] | No
 
 
 def _judge(s: LaneState, ratio: float | None, timings_ms: dict[str, float] | None) -> Result:
-    d = decide(s.track, s.now, s.config.policy, s.token, ratio)
+    d = decide(s.track, s.now, s.config.policy, s.token, ratio, pad_provisioned=s.pad_provisioned)
     return (s, []) if d is None else _apply_decision(s, d, timings_ms)
 
 
@@ -372,7 +389,7 @@ def _on_token(s: LaneState, e: TokenRead) -> Result:
     if e.subject_id is None:
         if s.mode is Mode.OPEN:  # the next passenger, while the previous one walks through
             return s, _note(s, "token_unknown", **fields) + [_alert(s, "refer", reason=Reason.TOKEN_UNKNOWN.value)]
-        return _apply_decision(s, refer_unknown_token(e.kind, None, s.now))
+        return _apply_decision(s, refer_unknown_token(e.kind, None, s.now, pad_provisioned=s.pad_provisioned))
     token = Token(e.subject_id, e.list_type, e.kind, s.now)
     track = None if s.track is None else restart(s.track, s.now)
     return replace(s, token=token, track=track), _note(s, "token_read", **fields)

@@ -5,8 +5,9 @@ decision pure and auditable (every number it used can go into the audit record) 
 biometric vectors out of the lane's state.
 
 The daemon builds a `FrameObservation` from `vision.pipeline.FrameResult`: its primary face
-(the largest, the one that was embedded) becomes `primary` with the matcher's shortlist and,
-in 1:1 mode, the verify score; every other detected face goes into `others`, because a
+(the largest, the one that was embedded) becomes `primary` with the matcher's shortlist,
+in 1:1 mode the verify score, and, when a presentation-attack detector is provisioned, its
+live probability for that same face; every other detected face goes into `others`, because a
 second face close behind the first is how tailgating shows up.
 """
 from __future__ import annotations
@@ -31,6 +32,26 @@ def _finite(value: float, what: str) -> float:
     if not math.isfinite(value):
         raise ValueError(f"{what} is {value}; it must be a finite number")
     return value
+
+
+def _probability(value: float, what: str) -> float:
+    value = float(value)
+    if not 0.0 <= value <= 1.0:  # also refuses NaN
+        raise ValueError(f"{what} is {value}; it must be a probability in [0, 1]")
+    return value
+
+
+PadModelScores = tuple[tuple[str, float], ...]  # (model id, that model's live probability), model order
+
+
+def _pad_scores(scores: Mapping[str, float] | Sequence[tuple[str, float]]) -> PadModelScores:
+    pairs = tuple(scores.items()) if isinstance(scores, Mapping) else tuple(scores)
+    out = []
+    for pair in pairs:
+        if not isinstance(pair, tuple) or len(pair) != 2 or not isinstance(pair[0], str) or not pair[0]:
+            raise ValueError(f"a PAD model score is a (model id, live probability) pair, got {pair!r}")
+        out.append((pair[0], _probability(pair[1], f"PAD live probability of {pair[0]!r}")))
+    return tuple(out)
 
 
 def as_box(box: Sequence[float]) -> Box:
@@ -71,7 +92,9 @@ class FaceObservation:
 
     `matches` is None when the face was not searched (not the primary, failed quality, or
     the embedder was skipped) and an empty tuple when it was searched and nothing came back
-    (an empty gallery): the two mean different things to the decision.
+    (an empty gallery): the two mean different things to the decision. `pad_scores` accepts a
+    mapping {model id: live} or (model id, live) pairs and is kept as pairs, so observations
+    stay hashable and the models keep their order.
     """
 
     box: Box
@@ -81,6 +104,10 @@ class FaceObservation:
     quality_figures: Mapping[str, float] = field(default_factory=dict)
     matches: tuple[Candidate, ...] | None = None  # best first, as Matcher.search returns them
     verify_score: float | None = None  # 1:1 mode: Matcher.verify against the token's subject
+    # vision.pad PadScore.live for this face; None = PAD did not run on it (or none is provisioned)
+    pad_live: float | None = None
+    # each PAD network's own live probability behind pad_live, for the audit record (numbers only)
+    pad_scores: PadModelScores | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "box", as_box(self.box))
@@ -92,6 +119,12 @@ class FaceObservation:
             object.__setattr__(self, "matches", tuple(self.matches))
         if self.verify_score is not None:
             object.__setattr__(self, "verify_score", _finite(self.verify_score, "verify score"))
+        if self.pad_live is not None:
+            object.__setattr__(self, "pad_live", _probability(self.pad_live, "PAD live probability"))
+        if self.pad_scores is not None:
+            if self.pad_live is None:
+                raise ValueError("per-model PAD scores without the fused pad_live they were fused into")
+            object.__setattr__(self, "pad_scores", _pad_scores(self.pad_scores))
 
     @property
     def size(self) -> float:

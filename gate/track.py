@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from gate.field_ranges import check_ranges
-from gate.observation import Box, Candidate, FaceObservation, FrameObservation
+from gate.observation import Box, Candidate, FaceObservation, FrameObservation, PadModelScores
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -32,12 +32,18 @@ class TrackPolicy:
 
 @dataclass(frozen=True)
 class Sample:
-    """The evidence one quality-passing frame contributes."""
+    """The evidence one quality-passing frame contributes.
+
+    The liveness score travels in the same sample as the match scores, so both are judged
+    on the same frames of the same tracked person (see gate.decide).
+    """
 
     t: float
     detector_score: float
     matches: tuple[Candidate, ...] | None
     verify_score: float | None
+    pad_live: float | None = None  # None: PAD did not score this frame
+    pad_scores: PadModelScores | None = None
 
 
 @dataclass(frozen=True)
@@ -86,7 +92,8 @@ def follow(track: Track | None, face: FaceObservation, t: float, new_id: int,
     samples = track.samples
     streak, reasons = track.low_quality_streak, track.last_quality_reasons
     if face.scored:
-        samples = samples + (Sample(t, face.detector_score, face.matches, face.verify_score),)
+        samples = samples + (Sample(t, face.detector_score, face.matches, face.verify_score, face.pad_live,
+                                    face.pad_scores),)
         streak, reasons = 0, ()
     elif not face.quality_ok:
         streak, reasons = streak + 1, face.quality_reasons

@@ -80,8 +80,8 @@ def calibration_photos(lfw_dev: Path | None = None) -> list[Path]:
         images = Path(spec.origin).parent / "data" / "images"
         bundled = [p for p in (images / "t1.jpg", images / "Tom_Hanks_54745.png") if p.exists()]
     lfw_dev = lfw_dev or shared_dir() / "faces" / "lfw-dev"
-    return bundled + [p for p in sorted((lfw_dev / "images").glob("*/*.jpg"))
-                      if p.name not in pair_photo_names(lfw_dev / "pairs.txt")]
+    in_pairs = pair_photo_names(lfw_dev / "pairs.txt")
+    return bundled + [p for p in sorted((lfw_dev / "images").glob("*/*.jpg")) if p.name not in in_pairs]
 
 
 def pair_photo_names(pairs_file: Path) -> frozenset[str]:

@@ -28,7 +28,7 @@ class CentralConfig:
     secret_key_file: Path | None = None  # central's CURVE keypair (NAME.key_secret)
     dev_plain_loopback: bool = False  # plain TCP; refuses any non-loopback bind
     heartbeat_s: float = 1.0  # HUGZ interval
-    log_poll_s: float = 0.05  # how often changes written by other processes are published
+    log_poll_s: float = 0.01  # how often changes written by other processes are looked for
     gate_silent_after_s: float = 60.0
     snapshot_send_timeout_s: float = 10.0  # a gate that stops reading for this long loses its snapshot
     log_retention_s: float = 3600.0  # KVSET UUID de-duplication window

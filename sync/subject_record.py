@@ -114,10 +114,11 @@ def decode_record(body: bytes) -> SubjectRecord:
     if not isinstance(tpl, bytes) or len(tpl) != n * dim * 4:
         raise MalformedRecord(f"template block must be n*dim*4 = {n * dim * 4} bytes")
     templates = np.frombuffer(tpl, dtype="<f4").reshape(n, dim).astype(np.float32, copy=False)
-    if not np.all(np.isfinite(templates)):
-        raise MalformedRecord("templates contain NaN or infinite values")
-    norms = np.linalg.norm(templates, axis=1)
-    if np.any(np.abs(norms - 1.0) > _NORM_TOLERANCE):
+    # One pass checks both: a NaN or infinity makes the squared norm fail the comparison.
+    squared = np.einsum("ij,ij->i", templates, templates)
+    if not (np.abs(squared - 1.0) <= 2 * _NORM_TOLERANCE).all():
+        if not np.isfinite(templates).all():
+            raise MalformedRecord("templates contain NaN or infinite values")
         raise MalformedRecord("templates are not L2-normalised")
     return SubjectRecord(
         subject_id=obj["sid"], list_type=obj["list"], model_id=obj["model"], templates=templates,

@@ -32,28 +32,54 @@ MODEL = "mobilefacenet-test"
 
 
 class MemoryWatchlist:
-    """An in-memory watchlist cache with a tiny cosine search, safe across threads."""
+    """An in-memory watchlist cache with an incremental cosine index, safe across threads."""
 
     def __init__(self, seq: int = 0, entries: dict[str, SubjectRecord] | None = None):
         self._lock = threading.Lock()
-        self._entries: dict[str, SubjectRecord] = dict(entries or {})
         self._seq = seq
         self.replacements = 0
+        self._load(dict(entries or {}))
+
+    def _load(self, entries: dict[str, SubjectRecord]) -> None:
+        self._entries = entries
+        recs = list(entries.items())
+        self._rows_of: dict[str, list[int]] = {}
+        self._owners: list[str | None] = []
+        for key, rec in recs:
+            self._rows_of[key] = list(range(len(self._owners), len(self._owners) + len(rec.templates)))
+            self._owners.extend([rec.subject_id] * len(rec.templates))
+        self._matrix = (np.concatenate([r.templates for _, r in recs]) if recs else np.zeros((0, 1), np.float32))
+        self._used = len(self._owners)
+
+    def _drop(self, key: str) -> None:
+        for row in self._rows_of.pop(key, []):
+            self._owners[row] = None
+            self._matrix[row] = 0.0
+        self._entries.pop(key, None)
 
     def apply_upsert(self, key: str, record: SubjectRecord, seq: int) -> None:
         with self._lock:
+            self._drop(key)
+            n = len(record.templates)
+            if self._used == 0:
+                self._matrix = np.zeros((max(64, n), record.templates.shape[1]), np.float32)
+            while self._used + n > len(self._matrix):
+                self._matrix = np.concatenate([self._matrix, np.zeros_like(self._matrix)])
+            self._matrix[self._used:self._used + n] = record.templates
+            self._rows_of[key] = list(range(self._used, self._used + n))
+            self._owners.extend([record.subject_id] * n)
+            self._used += n
             self._entries[key] = record
             self._seq = max(self._seq, seq)
 
     def apply_delete(self, key: str, seq: int) -> None:
         with self._lock:
-            self._entries.pop(key, None)
+            self._drop(key)
             self._seq = max(self._seq, seq)
 
     def replace_all(self, entries: Sequence[tuple[str, SubjectRecord]], seq: int) -> None:
-        fresh = dict(entries)
         with self._lock:
-            self._entries = fresh
+            self._load(dict(entries))
             self._seq = seq
             self.replacements += 1
 
@@ -66,12 +92,16 @@ class MemoryWatchlist:
             return dict(self._entries)
 
     def search(self, vector: np.ndarray) -> str | None:
+        """The subject whose best template is closest to `vector` (cosine), or None if empty."""
         with self._lock:
-            items = list(self._entries.values())
-        if not items:
-            return None
-        best = max(items, key=lambda r: float(np.max(r.templates @ vector)))
-        return best.subject_id
+            if not self._entries:
+                return None
+            scores = self._matrix[:self._used] @ np.asarray(vector, np.float32)
+            best = int(np.argmax(scores))
+            if self._owners[best] is None:  # a deleted row (zeroed) won over negative scores
+                scores[[i for i, o in enumerate(self._owners) if o is None]] = -np.inf
+                best = int(np.argmax(scores))
+            return self._owners[best]
 
 
 class SqliteAuditLog:

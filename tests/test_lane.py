@@ -7,6 +7,11 @@ a passenger would see and what the audit log would hold, not just the returned t
 """
 from __future__ import annotations
 
+import sys
+import threading
+from contextlib import contextmanager
+from dataclasses import replace
+
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -22,6 +27,7 @@ from gate.lane import AUDIT_LOG, LaneConfig, Mode, start, step
 from gate.observation import Candidate, FaceObservation, FrameObservation, ListType
 from gate.schema import ConfigError, load_dataclass
 from gate.track import TrackPolicy
+from vision.pad.fusion import PadPolicy
 
 A, D = ListType.ALLOW, ListType.DENY
 POLICY = DecisionPolicy(threshold_1n=0.5, min_margin=0.1, threshold_1to1=0.45, deny_threshold=0.4,
@@ -34,10 +40,12 @@ NEAR = (100.0, 100.0, 220.0, 240.0)  # ~130 px: in the capture zone
 FAR = (400.0, 100.0, 440.0, 140.0)  # 40 px: a person further back
 
 
-def face(box=NEAR, matches=(("alice", 0.8), ("bob", 0.2)), ok=True, verify=None, reasons=()):
+def face(box=NEAR, matches=(("alice", 0.8), ("bob", 0.2)), ok=True, verify=None, reasons=(), pad=None):
+    """`pad`: the PAD live probability the daemon measured on this face (None: PAD did not run)."""
     cands = None if matches is None else tuple(Candidate(s, sc, D if s == "mallory" else A) for s, sc in matches)
     return FaceObservation(box=box, detector_score=0.95, quality_ok=ok, quality_reasons=reasons, matches=cands,
-                           verify_score=verify)
+                           verify_score=verify, pad_live=pad,
+                           pad_scores=None if pad is None else {"minifasnet-v2": pad, "minifasnet-v1se": pad})
 
 
 def frame(t, primary=None, others=()):
@@ -48,8 +56,35 @@ def staff(t, action, operator="op-17", reason="assisting passenger", direction=N
     return StaffCommand(t, action, operator, reason, direction)
 
 
+# What counts as I/O for the pure core: files, sockets, processes, databases, foreign libraries,
+# sleeping, and imports (an import at step time reads files and can run anything).
+_IO_EVENTS = ("open", "import", "os.", "socket.", "subprocess.", "sqlite3.", "shutil.", "ctypes.", "urllib.",
+              "http.", "mmap.", "time.sleep")
+_io_guard = threading.local()
+
+
+def _refuse_io(event: str, args: tuple) -> None:
+    if getattr(_io_guard, "on", False) and event.startswith(_IO_EVENTS):
+        raise RuntimeError(f"I/O in the pure lane core: {event} {args!r}")
+
+
+@contextmanager
+def forbid_io():
+    """Python's audit hooks (PEP 578) see every file open, socket, process and import; this
+    one refuses them in the current thread while the block runs. A hook cannot be removed, so
+    it is installed once and does nothing outside the block."""
+    if not getattr(forbid_io, "installed", False):
+        sys.addaudithook(_refuse_io)
+        forbid_io.installed = True
+    _io_guard.on = True
+    try:
+        yield
+    finally:
+        _io_guard.on = False
+
+
 class Gate:
-    def __init__(self, config=CONFIG, t=0.0):
+    def __init__(self, config=CONFIG, t=0.0, pad_provisioned=False):
         self.barrier = "locked"
         self.unlocked_direction = None
         self.display = None
@@ -58,7 +93,7 @@ class Gate:
         self.disk_full = False
         self.unlocks = 0
         self.last_unlock = None
-        self.state, actions = start(config, t)
+        self.state, actions = start(config, t, pad_provisioned=pad_provisioned)
         self.last_actions = self._run(actions, t)
 
     @property
@@ -316,6 +351,108 @@ def test_forced_door_raises_an_alarm():
     assert g.mode is Mode.IDLE
 
 
+# ---- liveness (presentation-attack detection) -----------------------------------------------------
+
+LIVE, PHOTO = 0.93, 0.15  # PadScore.live of a live face and of a photo held to the camera
+
+
+def decisions(g):
+    return [r["decision"] for r in g.audit if r["event"] == "decision"]
+
+
+def test_a_photo_of_an_enrolled_passenger_opens_nothing_and_holds_the_lane_for_staff():
+    g = Gate(pad_provisioned=True)
+    assert g.audit[0]["pad_provisioned"] is True
+    g.approach(1.0, pad=PHOTO)
+    assert g.mode is Mode.ALARM and g.barrier == "locked" and g.unlocks == 0
+    assert g.display == Indicate(Colour.RED, Buzzer.NONE, "Please wait")  # quiet: staff are alerted
+    decision = decisions(g)[-1]
+    assert (decision["outcome"], decision["reason"], decision["subject_id"]) == (
+        "refer", "presentation_attack_suspected", "alice")
+    assert decision["pad"]["state"] == "presentation_attack_suspected" and decision["pad"]["live"] == PHOTO
+    assert [f["models"] for f in decision["pad"]["scores"]] == [{"minifasnet-v2": PHOTO, "minifasnet-v1se": PHOTO}] * 3
+    alert = g.alerts[-1]
+    assert alert.kind == "presentation_attack_suspected" and alert.details["subject_id"] == "alice"
+    assert alert.details["pad"] == decision["pad"]
+    alarm = g.audit[-1]
+    assert (alarm["event"], alarm["to"], alarm["pad"]["live"]) == ("presentation_attack_suspected", "alarm", PHOTO)
+    # the attacker steps back and tries again, live or not: nothing opens until staff have looked
+    g.send(Tick(5.0))
+    g.approach(6.0, n=5, pad=LIVE)
+    g.send(Tick(60.0))
+    assert g.mode is Mode.ALARM and g.unlocks == 0
+    g.send(staff(61.0, StaffAction.RESET, reason="checked passport by hand: genuine traveller, glare on glasses"))
+    assert g.mode is Mode.IDLE and g.audit[-1]["cleared"] == ["presentation_attack_suspected"]
+    g.approach(62.0, pad=LIVE)
+    assert g.mode is Mode.OPEN
+
+
+def test_a_live_enrolled_passenger_opens_and_the_record_shows_the_liveness_check():
+    g = Gate(pad_provisioned=True)
+    g.approach(1.0, pad=LIVE)
+    assert g.mode is Mode.OPEN and g.unlocks == 1
+    pad = decisions(g)[-1]["pad"]
+    assert (pad["state"], pad["live"], pad["frames"]) == ("live", LIVE, 3)
+    assert [f["t"] for f in pad["scores"]] == [1.0, 1.1, 1.2]
+
+
+def test_no_opening_before_the_liveness_verdict():
+    config = LaneConfig(lane_id="T1-lane-3", policy=replace(POLICY, pad=PadPolicy(frames=5)),
+                        tracking=CONFIG.tracking)
+    g = Gate(config, pad_provisioned=True)
+    g.approach(1.0, n=4, pad=LIVE)
+    assert g.mode is Mode.ACQUIRING and g.unlocks == 0  # matching alone would have opened at frame 3
+    g.send(frame(1.4, face(pad=LIVE)))
+    assert g.mode is Mode.OPEN and decisions(g)[-1]["pad"]["frames"] == 5
+
+
+def test_frames_without_a_pad_score_never_open_a_lane_that_has_pad():
+    g = Gate(pad_provisioned=True)
+    for i in range(90):  # e.g. the PAD model raises on every frame
+        g.send(frame(1.0 + i * 0.1, face(pad=None)))
+    assert g.unlocks == 0 and g.mode is Mode.DECIDED
+    decision = decisions(g)[-1]
+    assert decision["reason"] == "timeout" and decision["pad"]["state"] == "pending"
+    assert g.display.colour is Colour.AMBER
+
+
+def test_without_pad_the_lane_runs_on_matching_alone_and_every_decision_says_so():
+    g = Gate(pad_provisioned=False)
+    assert g.audit[0]["pad_provisioned"] is False
+    g.approach(1.0)
+    assert g.mode is Mode.OPEN
+    g.send(PassageComplete(2.0))
+    g.send(TokenRead(3.0, "boarding_pass", None, None))
+    g.send(Tick(6.5))
+    g.approach(7.0, n=5, matches=(("alice", 0.3),))
+    assert [(d["reason"], d["pad"]) for d in decisions(g)] == [
+        ("match", "not provisioned"), ("token_unknown", "not provisioned"), ("no_match", "not provisioned")]
+    g = Gate(pad_provisioned=True)
+    g.send(TokenRead(1.0, "boarding_pass", None, None))
+    assert decisions(g)[-1]["pad"] == "not judged"  # no face was there to check
+
+
+def test_the_lane_start_must_say_whether_pad_runs():
+    with pytest.raises(TypeError):
+        start(CONFIG, 0.0)  # type: ignore[call-arg]
+
+
+def test_the_pure_core_does_no_io_while_stepping():
+    """The lane decides from its arguments alone: a whole attempt, an attack and a staff reset
+    run with the interpreter's audit hooks refusing files, sockets, processes and imports."""
+    events = [frame(1.0 + i * 0.1, face(pad=PHOTO)) for i in range(3)]
+    events += [Tick(5.0), staff(6.0, StaffAction.RESET, reason="checked"), TokenRead(6.5, "boarding_pass", "alice", A)]
+    events += [frame(7.0 + i * 0.1, face(matches=None, verify=0.7, pad=LIVE)) for i in range(3)]
+    events += [PassageComplete(8.0), Tick(20.0)]
+    state, _ = start(CONFIG, 0.0, pad_provisioned=True)
+    with forbid_io():
+        for ev in events:
+            state, _ = step(state, ev)
+    assert state.mode is Mode.IDLE and state.decision is None
+    with pytest.raises(RuntimeError, match="I/O"), forbid_io():
+        open("/dev/null").close()  # the guard itself works
+
+
 # ---- emergency ---------------------------------------------------------------------------------
 
 def test_fire_alarm_opens_and_stays_open_until_staff_reset_with_the_input_off():
@@ -456,7 +593,7 @@ def test_staff_commands_need_an_operator_and_a_reason():
 
 def test_bad_events_and_configs_are_refused_clearly():
     with pytest.raises(TypeError, match="no handler"):
-        step(start(CONFIG, 0.0)[0], object())
+        step(start(CONFIG, 0.0, pad_provisioned=False)[0], object())
     with pytest.raises(ValueError, match="both"):
         TokenRead(1.0, "boarding_pass", "alice", None)
     with pytest.raises(ValueError, match="finite"):
@@ -485,9 +622,10 @@ SUBJECT_SCORES = st.sampled_from([
     (("alice", 0.8), ("bob", 0.2)), (("alice", 0.3), ("bob", 0.25)), (("alice", 0.66), ("alicia", 0.6)),
     (("mallory", 0.7),), (), None])
 BOXES = st.sampled_from([NEAR, (105.0, 102.0, 225.0, 242.0), (500.0, 100.0, 620.0, 240.0), FAR])
-faces = st.builds(lambda box, m, ok, v: face(box=box, matches=m if ok else None, ok=ok, verify=v if ok else None,
-                                             reasons=() if ok else ("blurred",)),
-                  BOXES, SUBJECT_SCORES, st.booleans(), st.one_of(st.none(), st.sampled_from([0.1, 0.7])))
+PAD_SCORES = st.sampled_from([LIVE, 0.7, 0.45, PHOTO, None])  # per frame, so verdicts mix live and spoof frames
+faces = st.builds(lambda box, m, ok, v, pad: face(box=box, matches=m if ok else None, ok=ok, verify=v if ok else None,
+                                                  reasons=() if ok else ("blurred",), pad=pad),
+                  BOXES, SUBJECT_SCORES, st.booleans(), st.one_of(st.none(), st.sampled_from([0.1, 0.7])), PAD_SCORES)
 OTHERS = st.lists(st.sampled_from([(300.0, 100.0, 420.0, 240.0), (300.0, 100.0, 340.0, 140.0)]), max_size=1)
 ACTIONS = st.sampled_from(list(StaffAction))
 
@@ -526,11 +664,13 @@ def scenarios(draw):
         kind = draw(st.sampled_from(KINDS))
         if kind == "passenger":
             matches, verify = draw(SUBJECT_SCORES), draw(st.sampled_from([None, 0.1, 0.7]))
+            liveness = draw(st.sampled_from([LIVE, PHOTO, "mixed"]))  # a live person, a photo, or anything
             others = [face(box=b) for b in draw(OTHERS)]
             for i in range(draw(st.integers(1, 6))):
                 x = 100.0 + 3 * i
-                out.append(FrameObservation(t, face(box=(x, 100.0, x + 120.0, 240.0), matches=matches, verify=verify),
-                                            tuple(others if i == 2 else ())))
+                pad = draw(PAD_SCORES) if liveness == "mixed" else liveness
+                out.append(FrameObservation(t, face(box=(x, 100.0, x + 120.0, 240.0), matches=matches, verify=verify,
+                                                    pad=pad), tuple(others if i == 2 else ())))
                 t += 0.1
         elif kind == "disk":
             out.append(("disk", t))
@@ -552,13 +692,18 @@ def _opens_allowed_by(event, before_state, actions) -> bool:
 
 
 @settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(scenarios())
-def test_safety_properties_hold_for_any_event_sequence(events):
-    g = Gate()
+@given(scenarios(), st.booleans())
+def test_safety_properties_hold_for_any_event_sequence(events, pad_provisioned):
+    g = Gate(pad_provisioned=pad_provisioned)
+    fed_pad: dict[float, set[float]] = {}  # frame time -> PAD scores the lane was given at that time
+    spoof_seen = False  # a spoof verdict was reached and no staff member has acted since
     for ev in events:
         if isinstance(ev, tuple):  # the disk fills up or frees space
             g.disk_full = not g.disk_full
             continue
+        if isinstance(ev, FrameObservation) and ev.primary is not None and ev.primary.pad_live is not None:
+            # stamped as the lane stamps it: its clock never runs backwards, records round to the µs
+            fed_pad.setdefault(round(max(g.state.now, ev.t), 6), set()).add(ev.primary.pad_live)
         before = g.state
         actions = g.send(ev)
         after, direct = step(before, ev)  # the lane's own output for this event, before any feedback
@@ -602,3 +747,66 @@ def test_safety_properties_hold_for_any_event_sequence(events):
         assert g.state.fire_active <= (g.mode is Mode.EMERGENCY)
         if g.mode is Mode.DECIDED:
             assert g.state.decision is not None and g.state.decision.outcome is not Outcome.ALLOW
+        # 8. liveness: a lane without PAD never claims a check; on a lane with PAD an opening rests
+        #    on a live verdict over scores the lane was really given, and no opening ever follows a
+        #    spoof verdict until a staff member has acted (or the fire input releases the doors)
+        if isinstance(ev, StaffCommand):
+            spoof_seen = False
+        for a in direct:
+            if isinstance(a, Unlock):
+                assert not spoof_seen or isinstance(ev, (StaffCommand, FireAlarm)), (ev, direct)
+            if not (isinstance(a, Audit) and a.record["event"] == "decision"):
+                continue
+            d = a.record["decision"]
+            if not pad_provisioned:
+                assert d["pad"] == "not provisioned"
+            elif d["pad"] != "not judged":
+                assert d["pad"]["state"] != "live" or d["pad"]["live"] >= POLICY.pad.threshold
+                for f in d["pad"]["scores"]:
+                    assert f["live"] in fed_pad[f["t"]]
+                if d["pad"]["state"] == "presentation_attack_suspected":
+                    assert d["outcome"] != "allow"
+                    spoof_seen = True
+            if d["outcome"] == "allow" and pad_provisioned:
+                assert d["pad"]["state"] == "live" and len(d["pad"]["scores"]) == POLICY.pad.frames
+                assert sum(f["live"] for f in d["pad"]["scores"]) / POLICY.pad.frames >= POLICY.pad.threshold
+
+
+attempts = st.lists(st.tuples(
+    st.sampled_from([0.1, 0.5, 2.0, 4.0]),  # pause before the attempt (the track is lost after 1 s)
+    st.sampled_from([LIVE, PHOTO, "mixed"]),  # a live face, a photo, or anything frame by frame
+    st.lists(PAD_SCORES, min_size=6, max_size=6),  # the frame-by-frame scores of a "mixed" attempt
+    st.integers(1, 6),
+    st.sampled_from([(("alice", 0.8), ("bob", 0.2)), (("alice", 0.3),), (("alice", 0.66), ("alicia", 0.6))]),
+    st.booleans()), min_size=1, max_size=8)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(attempts)
+def test_no_opening_ever_follows_a_spoof_verdict(tries):
+    """Someone with a photo tries, steps back, tries again, mixes in their own face: once a
+    spoof verdict is reached, no attempt opens the gate until staff have acted."""
+    g = Gate(pad_provisioned=True)
+    t, spoofed = 0.0, False
+    for pause, liveness, mixed, n, matches, with_token in tries:
+        t += pause
+        if with_token:
+            g.send(TokenRead(t, "boarding_pass", "alice", A))
+        for i in range(n):
+            pad = mixed[i] if liveness == "mixed" else liveness
+            verify = 0.7 if matches[0][1] > 0.5 else 0.2
+            actions = g.send(frame(t, face(box=(100.0 + 2 * i, 100.0, 220.0 + 2 * i, 240.0), matches=matches,
+                                           verify=verify, pad=pad)))
+            t += 0.1
+            for a in actions:
+                if isinstance(a, Unlock):
+                    assert not spoofed, g.audit[-4:]
+                if isinstance(a, Audit) and a.record["event"] == "decision":
+                    pad_record = a.record["decision"]["pad"]
+                    spoofed = spoofed or (pad_record != "not judged"
+                                          and pad_record["state"] == "presentation_attack_suspected")
+        g.send(Tick(t + 3.5))
+        if g.mode is Mode.OPEN:
+            g.send(PassageComplete(t + 3.6))
+    if spoofed:
+        assert g.mode is Mode.ALARM and g.barrier == "locked"

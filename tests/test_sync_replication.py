@@ -170,9 +170,11 @@ def test_sequence_gap_triggers_a_fresh_snapshot(running, caplog):
     agent = running.agent("G1", secret, ["lane:L1"], sink=sink, heartbeat_timeout_s=5.0, health_interval_s=30.0)
     assert wait_until(lambda: "/lane/L1/a" in sink.snapshot())
 
+    restarted = time.time()
     _publish_nothing_for_one_change(running, central, srv, lambda: central.enroll_subject(
         "missed", "allow", ["lane:L1"], None, None, MODEL, unit(rng, 1)))
-    time.sleep(0.3)
+    # Wait until the gate hears the new server, so the next update cannot be lost in transit.
+    assert wait_until(lambda: (agent.status().watchlist.last_heard or 0) > restarted + 0.05)
     assert "/lane/L1/missed" not in sink.snapshot()
     central.enroll_subject("after", "allow", ["lane:L1"], None, None, MODEL, unit(rng, 1))
     assert wait_until(lambda: {"/lane/L1/missed", "/lane/L1/after"} <= set(sink.snapshot()))

@@ -114,21 +114,27 @@ def test_only_admin_tools_may_publish_through_the_collector(central, caplog):
     dep = central
     gate_secret = dep.add_gate("G1", ["lane:L1"])
     admin_secret = dep.add_admin("enroller")
-    body = encode_record(SubjectRecord("intruder", "allow", MODEL, unit(np.random.default_rng(1), 1)))
+    rng = np.random.default_rng(1)
     ctx = zmq.Context()
     try:
-        for secret in (gate_secret, admin_secret):
-            pub = _client(dep, secret, zmq.PUB, 2, ctx)
-            msg = KVMsg("/lane/L1/intruder", 0, new_uuid(), {}, body)
-            # PUB drops what it sends before the collector's subscription arrives; the UUID
-            # makes the repeats harmless.
-            for _ in range(20):
-                pub.send_multipart(msg.frames())
-                time.sleep(0.05)
-        assert wait_until(lambda: "collector: admin:enroller set /lane/L1/intruder (upsert)" in caplog.text)
-        assert "collector: refused KVSET from gate:G1: only admin tools may publish" in caplog.text
-        assert [s.subject_id for s in Central(dep.db_path).list_subjects(scope="lane:L1")] == ["intruder", "p1"]
-        assert "already applied; ignoring the repeat" in caplog.text
+        gate_pub, admin_pub = _client(dep, gate_secret, zmq.PUB, 2, ctx), _client(dep, admin_secret, zmq.PUB, 2, ctx)
+        gate_msg = KVMsg("/lane/L1/planted", 0, new_uuid(), {},
+                         encode_record(SubjectRecord("planted", "allow", MODEL, unit(rng, 1))))
+        admin_msg = KVMsg("/lane/L1/approved", 0, new_uuid(), {},
+                          encode_record(SubjectRecord("approved", "allow", MODEL, unit(rng, 1))))
+
+        def both_seen() -> bool:
+            # PUB drops what it sends before the collector's subscription arrives, so keep
+            # sending; the UUID makes the repeats harmless.
+            gate_pub.send_multipart(gate_msg.frames())
+            admin_pub.send_multipart(admin_msg.frames())
+            return ("collector: admin:enroller set /lane/L1/approved (upsert)" in caplog.text
+                    and "collector: refused KVSET from gate:G1: only admin tools may publish" in caplog.text)
+
+        assert wait_until(both_seen, timeout=5, interval=0.05)
+        admin_pub.send_multipart(admin_msg.frames())
+        assert [s.subject_id for s in Central(dep.db_path).list_subjects(scope="lane:L1")] == ["approved", "p1"]
+        assert wait_until(lambda: "already applied; ignoring the repeat" in caplog.text)
     finally:
         ctx.destroy(0)
 
