@@ -56,10 +56,8 @@ class ModelsSection:
     pad: list[str] = field(default_factory=list, metadata={
         "help": "presentation-attack (liveness) model names; empty = none provisioned"})
     pad_required: bool = field(default=True, metadata={
-        "help": "refuse to run the lane when no PAD model is provisioned"})
-    pad_threshold: float = field(default=0.5, metadata={
-        "help": "fused live probability below which a face is treated as a presentation attack",
-        "min": 0.0, "max": 1.0})
+        "help": "refuse to run the lane when no PAD model is provisioned (threshold and frames: "
+                "[lane.policy.pad])"})
 
 
 @dataclass(frozen=True)

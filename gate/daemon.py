@@ -326,7 +326,7 @@ class LaneDaemon:
         t0 = time.perf_counter()
         result = self._pipeline.process(f.image, embed=embed)
         obs = observe(now, result, self.matcher, self.lookup, self.cfg.lane.policy.shortlist_k,
-                      self.state.one_to_one_subject)
+                      self.state.one_to_one_subject, pad=self.pad, frame=f.image)
         self.metrics.vision_ms.append((time.perf_counter() - t0) * 1e3)
         self._step(obs)
 
@@ -357,7 +357,7 @@ class LaneDaemon:
     # ------------------------------------------------------------------ main loop
     def run(self) -> int:
         self._started = self.clock()
-        self.state, actions = lanes.start(self.cfg.lane, self._started)
+        self.state, actions = lanes.start(self.cfg.lane, self._started, pad_provisioned=self.pad is not None)
         self._run(actions)
         self._step(Tick(self.clock()))
         self._snapshot()

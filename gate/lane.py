@@ -1,9 +1,9 @@
 """The lane state machine: `step(state, event) -> (state, actions)`, with no I/O and no clock.
 
 Modes: IDLE → ACQUIRING → DECIDED → OPEN → IDLE for a passenger; ALARM (forced door, tamper,
-tailgating, deny-list hit, suspected presentation attack) latched until a staff reset; EMERGENCY (fire input: fail open,
-latched until a staff reset with the input off); OUT_OF_SERVICE while a device or the audit
-log is faulty or staff took the lane out.
+tailgating, deny-list hit, suspected presentation attack) latched until a staff reset;
+EMERGENCY (fire input: fail open, latched until a staff reset with the input off);
+OUT_OF_SERVICE while a device or the audit log is faulty or staff took the lane out.
 
 Safety shape:
 - Every change of mode emits an `Audit` action before any device action of the same step, so

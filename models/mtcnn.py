@@ -255,7 +255,8 @@ class _GraphBuilder:
             self.channels = layer.out
         return out
 
-    def head(self, head: Head, trunk: str) -> str:
+    def head(self, head: Head, trunk: str) -> None:
+        """An output named `head.name`, computed from the trunk's last tensor."""
         raw = head.name + "_logits" if head.softmax else head.name
         if self.spec.input_hw is None:
             self.conv(Conv(head.out, 1), source=trunk, output=raw)
@@ -263,7 +264,6 @@ class _GraphBuilder:
             self.dense(Dense(head.out), source=trunk, output=raw)
         if head.softmax:
             self._emit("Softmax", [raw], self._name("softmax"), head.name, axis=1)
-        return head.name
 
     def finish(self) -> None:
         if self._next != len(self._weights):
@@ -284,7 +284,8 @@ def build_graph(spec: NetSpec, weights: list[np.ndarray], source_version_: str) 
         else:
             b.dense(layer)
     trunk = b.tensor
-    outputs = [b.head(h, trunk) for h in spec.heads]
+    for head in spec.heads:
+        b.head(head, trunk)
     b.finish()
 
     h, w = spec.input_hw or ("H", "W")
@@ -294,7 +295,6 @@ def build_graph(spec: NetSpec, weights: list[np.ndarray], source_version_: str) 
                     for o in spec.heads]
     else:
         out_info = [helper.make_tensor_value_info(o.name, TensorProto.FLOAT, ["N", o.out]) for o in spec.heads]
-    assert [i.name for i in out_info] == outputs
     graph = helper.make_graph(b.nodes, f"mtcnn_{spec.role}", [graph_input], out_info, b.initializers)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
                               producer_name="edgegate.models.mtcnn", producer_version="1")

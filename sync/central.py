@@ -340,7 +340,7 @@ class Central:
         if ttl is not None:
             try:
                 limit = int(now + float(ttl))
-            except ValueError as exc:
+            except (ValueError, OverflowError) as exc:
                 raise EnrollmentError(f"KVSET ttl {ttl!r} is not a number of seconds") from exc
             until = limit if rec.valid_until is None else min(rec.valid_until, limit)
             rec = SubjectRecord(rec.subject_id, rec.list_type, rec.model_id, rec.templates, rec.valid_from, until)

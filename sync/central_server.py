@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import sqlite3
 import threading
 import time
 from dataclasses import dataclass
@@ -60,14 +61,22 @@ class _AllowlistAuthenticator(ThreadAuthenticator):
         await super().handle_zap_message(msg)
 
     def callback(self, domain: str, key: bytes) -> bool:
-        principal = self._db().principal_for_key(key)
+        try:
+            principal = self._db().principal_for_key(key)
+        except Exception:
+            log.exception("could not look up a CURVE key; refusing the connection from %s", self._peer)
+            return False
         if principal is None:
             log.warning("refused connection from %s: CURVE key %s is not registered", self._peer, key.decode("ascii"))
             return False
         return True
 
     def curve_user_id(self, client_public_key: bytes) -> str:
-        principal = self._db().principal_for_key(zmq.utils.z85.encode(client_public_key))
+        try:
+            principal = self._db().principal_for_key(zmq.utils.z85.encode(client_public_key))
+        except Exception:
+            log.exception("could not name a CURVE key; its requests will be refused")
+            return "unknown"
         return principal.name if principal else "unknown"
 
 
@@ -77,6 +86,44 @@ class Endpoints:
     publisher: int
     collector: int
     service: int
+
+
+class _Publisher:
+    """Tails the change log in sequence order onto the PUB socket, with heartbeats, validity
+    expiry and log pruning on their own clocks. Starts at the current sequence: gates take a
+    snapshot when they (re)connect, and catch anything older through `prev` or health heads."""
+
+    def __init__(self, config: CentralConfig, central: Central, sock: zmq.Socket, wake: threading.Event):
+        self._cfg = config
+        self._central = central
+        self._sock = sock
+        self._wake = wake
+        self.published = central.hashmap.current_seq()
+        now = time.monotonic()
+        self._next_hugz, self._next_expiry, self._next_prune = now, now, now + 60.0
+
+    def seconds_to_heartbeat(self) -> float:
+        return min(self._cfg.log_poll_s, max(0.0, self._next_hugz - time.monotonic()))
+
+    def step(self) -> None:
+        while True:
+            changes = self._central.hashmap.changes_after(self.published, 1000)
+            for msg in changes:
+                self._sock.send_multipart(msg.frames(), copy=False)
+                self.published = msg.seq
+            if len(changes) < 1000:
+                break
+        now = time.monotonic()
+        if now >= self._next_hugz:
+            self._sock.send_multipart(hugz(self.published).frames())
+            self._next_hugz = now + self._cfg.heartbeat_s
+        if now >= self._next_expiry:
+            self._next_expiry = now + self._cfg.expiry_check_s
+            if self._central.expire():
+                self._wake.set()  # publish the deletions without waiting for the next poll
+        if now >= self._next_prune:
+            self._next_prune = now + 60.0
+            self._central.hashmap.prune_log(self.published, time.time() - self._cfg.log_retention_s)
 
 
 class CentralServer:
@@ -197,7 +244,11 @@ class CentralServer:
                 continue
             frames = sock.recv_multipart(copy=False)
             identity = frames[0].bytes
-            principal = self._principal(central, frames[0])
+            try:
+                principal = self._principal(central, frames[0])
+            except sqlite3.Error:
+                log.exception("snapshot: could not look up the requesting peer")
+                continue
             try:
                 subtree = parse_icanhaz([f.bytes for f in frames[1:]])
             except MalformedMessage as exc:
@@ -208,7 +259,10 @@ class CentralServer:
                             principal.name if principal else "an unknown peer",
                             ", ".join(principal.scopes) if principal else "nothing")
                 continue
-            self._send_snapshot(central, sock, identity, subtree, principal)
+            try:
+                self._send_snapshot(central, sock, identity, subtree, principal)
+            except sqlite3.Error:
+                log.exception("snapshot of %r to %s failed reading the database", subtree, principal.name)
         central.close()
 
     def _send_snapshot(self, central: Central, sock: zmq.Socket, identity: bytes, subtree: str, who: Principal) -> None:
@@ -233,32 +287,16 @@ class CentralServer:
     # ----- publisher ---------------------------------------------------------------------
 
     def _publish(self, sock: zmq.Socket) -> None:
-        cfg = self.config
-        central = Central(cfg.db_path)
-        published = central.hashmap.current_seq()
-        now = time.monotonic()
-        next_hugz, next_expiry, next_prune = now, now, now + 60.0
+        central = Central(self.config.db_path)
+        publisher = _Publisher(self.config, central, sock, self._wake)
         while not self._stop.is_set():
-            self._wake.wait(timeout=min(cfg.log_poll_s, max(0.0, next_hugz - time.monotonic())))
+            self._wake.wait(timeout=publisher.seconds_to_heartbeat())
             self._wake.clear()
-            while True:
-                changes = central.hashmap.changes_after(published, 1000)
-                for msg in changes:
-                    sock.send_multipart(msg.frames(), copy=False)
-                    published = msg.seq
-                if len(changes) < 1000:
-                    break
-            now = time.monotonic()
-            if now >= next_hugz:
-                sock.send_multipart(hugz(published).frames())
-                next_hugz = now + cfg.heartbeat_s
-            if now >= next_expiry:
-                next_expiry = now + cfg.expiry_check_s
-                if central.expire():
-                    self._wake.set()  # publish the deletions without waiting for the next poll
-            if now >= next_prune:
-                next_prune = now + 60.0
-                central.hashmap.prune_log(published, time.time() - cfg.log_retention_s)
+            try:
+                publisher.step()
+            except sqlite3.Error:
+                log.exception("publisher: database error; retrying")
+                self._stop.wait(0.5)
         central.close()
 
     # ----- collector and service ---------------------------------------------------------
@@ -272,17 +310,30 @@ class CentralServer:
         while not self._stop.is_set():
             ready = dict(poller.poll(_POLL_MS))
             if collector in ready:
-                self._collect(central, collector.recv_multipart(copy=False))
+                frames = collector.recv_multipart(copy=False)
+                try:
+                    self._collect(central, frames)
+                except sqlite3.Error:
+                    log.exception("collector: database error; the KVSET was not applied")
             if service in ready:
                 frames = service.recv_multipart(copy=False)
                 if len(frames) != 3 or frames[1].bytes != b"":
                     log.warning("service: dropped a message that is not a REQ envelope (%d frames)", len(frames))
                 else:
-                    reply = self._answer(central, frames[0], frames[2].bytes)
+                    try:
+                        reply = self._answer(central, frames[0], frames[2].bytes)
+                    except sqlite3.Error:
+                        log.exception("service: database error")
+                        reply = Reply(request_id=0, ok=False, error="central storage error")
                     service.send_multipart([frames[0].bytes, b"", encode_reply(reply)])
             if time.monotonic() >= next_silence_check:
                 next_silence_check = time.monotonic() + 1.0
-                for gate_id in central.flag_silent_gates(self.config.gate_silent_after_s):
+                try:
+                    silent = central.flag_silent_gates(self.config.gate_silent_after_s)
+                except sqlite3.Error:
+                    log.exception("could not check for silent gates")
+                    silent = []
+                for gate_id in silent:
                     log.warning("gate %s is silent: no health report for %.0fs", gate_id,
                                 self.config.gate_silent_after_s)
         central.close()

@@ -21,10 +21,10 @@ from sync.config import AgentConfig
 from sync.hashmap import PREV_PROPERTY
 from sync.interfaces import WatchlistSink
 from sync.kvmsg import HUGZ, KTHXBAI, KVMsg, MalformedMessage, icanhaz_frames
-from sync.scopes import ScopeError, split_key
+from sync.scopes import ScopeError, check_id, split_key
 from sync.subject_record import MalformedRecord, SubjectRecord, decode_record
 from sync.transport import (
-    MAX_KV_FRAME, PUBLISHER_OFFSET, SNAPSHOT_OFFSET, HandshakeWatch, Security, connect_socket)
+    MAX_KV_FRAME, PUBLISHER_OFFSET, SNAPSHOT_OFFSET, HandshakeWatch, Security, connect_socket, recv_frames)
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +147,7 @@ class WatchlistFollower:
     def _read_sub(self, sub: zmq.Socket, into: list[KVMsg]) -> None:
         """Drain what the subscriber holds: heartbeats are noted, updates appended."""
         while sub.poll(0):
-            frames = sub.recv_multipart()
+            frames = recv_frames(sub)
             try:
                 msg = KVMsg.from_frames(frames)
             except MalformedMessage as exc:
@@ -241,7 +241,7 @@ class WatchlistFollower:
                 last_activity = time.monotonic()
                 while dealer.poll(0):
                     try:
-                        msg = KVMsg.from_frames(dealer.recv_multipart())
+                        msg = KVMsg.from_frames(recv_frames(dealer))
                     except MalformedMessage as exc:
                         self._bump("malformed")
                         log.warning("snapshot: dropped a malformed message: %s", exc)
@@ -257,8 +257,9 @@ class WatchlistFollower:
                         self._set(snapshot_progress=received)
                 self._set(snapshot_progress=received)
             elif time.monotonic() - last_activity > cfg.snapshot_idle_timeout_s:
-                log.warning("snapshot of %s aborted: the central went silent after %d key(s); keeping the cached "
-                            "watchlist at sequence %d", scope, received, self._sink.stored_seq())
+                log.warning("snapshot of %s aborted: no answer from the central for %.1fs after %d key(s) (it went "
+                            "away, or refuses this scope to this gate); keeping the cached watchlist at sequence %d",
+                            scope, cfg.snapshot_idle_timeout_s, received, self._sink.stored_seq())
                 self._last_heard_mono = None  # make the next attempt wait for the central first
                 return None
         return None
@@ -266,9 +267,9 @@ class WatchlistFollower:
     def _take_record(self, msg: KVMsg, scope: str, entries: dict[str, SubjectRecord],
                      foreign: collections.Counter) -> None:
         try:
-            key_scope, subject_id = split_key(msg.key)
-            if key_scope != scope:
+            if not msg.key.startswith(scope):
                 raise MalformedRecord(f"key {msg.key} is outside the requested subtree {scope}")
+            subject_id = check_id(msg.key[len(scope):], "subject id")
             rec = decode_record(msg.body)
             if rec.subject_id != subject_id:
                 raise MalformedRecord(f"key {msg.key} carries the record of {rec.subject_id}")

@@ -30,6 +30,7 @@ class HealthReporter:
         self._source = source
         self._on_heads = on_heads
         self._provider_failed = False
+        self._refused_logged: list[str] = []
         self.reports_acked = 0
 
     def build_report(self) -> HealthReport:
@@ -53,6 +54,15 @@ class HealthReporter:
             watchlist_seq=self._sink.stored_seq(), queue_depth=self._source.unsent_count(),
             last_decision_at=last_decision, scopes=self._cfg.scopes, extra=extra)
 
+    def _check_scopes(self, heads: dict[str, int]) -> None:
+        """The central answers heads only for scopes this gate is registered for; a scope
+        missing from the answer is one the central will never serve it."""
+        refused = sorted(set(self._cfg.scopes) - set(heads))
+        if refused and refused != self._refused_logged:
+            log.error("the central does not serve %s to gate %s (not among its registered scopes); "
+                      "the watchlist cannot be refreshed until that is fixed", ", ".join(refused), self._cfg.gate_id)
+        self._refused_logged = refused
+
     def run(self, stop: threading.Event) -> None:
         try:
             while not stop.is_set():
@@ -66,6 +76,7 @@ class HealthReporter:
                     if reply.ok:
                         self.reports_acked += 1
                         self._on_heads(reply.scope_heads)
+                        self._check_scopes(reply.scope_heads)
                     else:
                         log.error("central refused our health report: %s", reply.error)
                 stop.wait(self._cfg.health_interval_s)

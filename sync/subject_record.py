@@ -12,6 +12,7 @@ off from the central still stops admitting a subject whose window has closed.
 """
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
 
 import msgpack
@@ -91,36 +92,38 @@ def encode_record(rec: SubjectRecord) -> bytes:
     )
 
 
+_FIELDS = operator.itemgetter("v", "sid", "list", "model", "vf", "vu", "n", "dim", "tpl")
+
+
 def decode_record(body: bytes) -> SubjectRecord:
+    """Parse and check one body. Written for speed (a snapshot decodes 100k of them): exact
+    type checks (`type(x) is int` also rules out bool) and one numeric pass."""
     try:
         obj = msgpack.unpackb(body, raw=False, strict_map_key=True)
     except (ValueError, msgpack.UnpackException, TypeError) as exc:
         raise MalformedRecord(f"body is not msgpack: {exc}") from exc
-    if not isinstance(obj, dict) or set(obj) != _KEYS:
+    if type(obj) is not dict or obj.keys() != _KEYS:
         raise MalformedRecord("body must be a map with exactly the keys " + ", ".join(sorted(_KEYS)))
-    if obj["v"] != FORMAT_VERSION:
-        raise MalformedRecord(f"unsupported record format {obj['v']!r}")
-    for name in ("sid", "list", "model"):
-        if not isinstance(obj[name], str) or not obj[name]:
+    version, sid, list_type, model, vf, vu, n, dim, tpl = _FIELDS(obj)
+    if version != FORMAT_VERSION:
+        raise MalformedRecord(f"unsupported record format {version!r}")
+    for name, value in (("sid", sid), ("model", model)):
+        if type(value) is not str or not value:
             raise MalformedRecord(f"{name} must be a non-empty string")
-    if obj["list"] not in LIST_TYPES:
-        raise MalformedRecord(f"list type {obj['list']!r} is not one of {LIST_TYPES}")
-    for name in ("vf", "vu"):
-        if obj[name] is not None and (not isinstance(obj[name], int) or isinstance(obj[name], bool)):
-            raise MalformedRecord(f"{name} must be an integer or nil")
-    n, dim, tpl = obj["n"], obj["dim"], obj["tpl"]
-    if not (isinstance(n, int) and isinstance(dim, int) and 1 <= n <= MAX_TEMPLATES and 1 <= dim <= MAX_DIM):
+    if list_type not in LIST_TYPES:
+        raise MalformedRecord(f"list type {list_type!r} is not one of {LIST_TYPES}")
+    if (vf is not None and type(vf) is not int) or (vu is not None and type(vu) is not int):
+        raise MalformedRecord("vf and vu must be integers or nil")
+    if type(n) is not int or type(dim) is not int or not (1 <= n <= MAX_TEMPLATES and 1 <= dim <= MAX_DIM):
         raise MalformedRecord(f"template count/dimension out of range: n={n!r} dim={dim!r}")
-    if not isinstance(tpl, bytes) or len(tpl) != n * dim * 4:
+    if type(tpl) is not bytes or len(tpl) != n * dim * 4:
         raise MalformedRecord(f"template block must be n*dim*4 = {n * dim * 4} bytes")
-    templates = np.frombuffer(tpl, dtype="<f4").reshape(n, dim).astype(np.float32, copy=False)
+    templates = np.frombuffer(tpl, dtype="<f4").reshape(n, dim)
     # One pass checks both: a NaN or infinity makes the squared norm fail the comparison.
     squared = np.einsum("ij,ij->i", templates, templates)
     if not (np.abs(squared - 1.0) <= 2 * _NORM_TOLERANCE).all():
         if not np.isfinite(templates).all():
             raise MalformedRecord("templates contain NaN or infinite values")
         raise MalformedRecord("templates are not L2-normalised")
-    return SubjectRecord(
-        subject_id=obj["sid"], list_type=obj["list"], model_id=obj["model"], templates=templates,
-        valid_from=obj["vf"], valid_until=obj["vu"],
-    )
+    return SubjectRecord(subject_id=sid, list_type=list_type, model_id=model, templates=templates,
+                         valid_from=vf, valid_until=vu)

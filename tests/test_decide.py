@@ -34,7 +34,9 @@ def shortlist(*entries):
 
 def pad_models(live):
     """Per-model scores as the daemon passes them: each network's own live probability."""
-    return None if live is None else (("minifasnet-v2", min(1.0, live + 0.05)), ("minifasnet-v1se", max(0.0, live - 0.05)))
+    if live is None:
+        return None
+    return ("minifasnet-v2", min(1.0, live + 0.05)), ("minifasnet-v1se", max(0.0, live - 0.05))
 
 
 def track_of(shortlists=(), verifies=(), t0=10.0, dt=0.1, dets=None, streak=0, started=None, pads=None):
@@ -45,7 +47,8 @@ def track_of(shortlists=(), verifies=(), t0=10.0, dt=0.1, dets=None, streak=0, s
     for i, v in enumerate(verifies):
         samples.append(Sample(t0 + (len(shortlists) + i) * dt, dets[i] if dets else 0.9, None, v))
     if pads is not None:
-        samples = [replace(smp, pad_live=live, pad_scores=pad_models(live)) for smp, live in zip(samples, pads, strict=True)]
+        samples = [replace(smp, pad_live=live, pad_scores=pad_models(live))
+                   for smp, live in zip(samples, pads, strict=True)]
     n = len(samples)
     return Track(track_id=1, started_t=t0 if started is None else started, last_seen_t=t0 + max(n - 1, 0) * dt,
                  box=(0, 0, 100, 100), frames=n + streak, samples=tuple(samples), low_quality_streak=streak,
@@ -268,7 +271,8 @@ def test_one_to_one_with_a_deny_listed_token_holder():
     assert (d.outcome, d.reason, d.subject_id) == (Outcome.DENY, Reason.DENY_LIST, "mallory")
     # a shortlist deny-list hit also counts in 1:1 mode
     tr = track_of([shortlist(("eve", 0.7, D))] * 3)
-    assert matching_only(tr, now_of(tr), POLICY, token=Token("alice", A, "boarding_pass", 9.0)).reason is Reason.DENY_LIST
+    d = matching_only(tr, now_of(tr), POLICY, token=Token("alice", A, "boarding_pass", 9.0))
+    assert d.reason is Reason.DENY_LIST
 
 
 def test_unknown_token_referral():

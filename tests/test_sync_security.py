@@ -217,3 +217,22 @@ def test_development_mode_works_on_loopback(tmp_path, caplog):
     finally:
         agent.stop()
         srv.stop()
+
+
+def test_a_gate_configured_beyond_its_registration_is_told_and_keeps_its_cache(central, caplog, tmp_path):
+    caplog.set_level(logging.INFO)
+    dep = central
+    secret = dep.add_gate("G1", ["lane:L1"])
+    sink = MemoryWatchlist(seq=4, entries={"/lane/L1/cached": SubjectRecord("cached", "allow", MODEL,
+                                                                             unit(np.random.default_rng(5), 1))})
+    agent = GateAgent(dep.agent_config("G1", secret, ["lane:L1", "lane:L2"]), sink,
+                      SqliteAuditLog(tmp_path / "a.db"), lambda: HEALTH)
+    agent.start()
+    try:
+        assert wait_until(lambda: "the central does not serve /lane/L2/ to gate G1" in caplog.text, timeout=5)
+        assert wait_until(lambda: "snapshot: refused '/lane/L2/' to gate:G1" in caplog.text, timeout=5)
+        assert wait_until(lambda: "snapshot of /lane/L2/ aborted" in caplog.text, timeout=5)
+        assert set(sink.snapshot()) == {"/lane/L1/cached"} and sink.stored_seq() == 4
+        assert caplog.text.count("the central does not serve") == 1  # said once, not every report
+    finally:
+        agent.stop()

@@ -128,3 +128,33 @@ def test_track_policy_ranges_are_enforced_for_code_built_policies():
         TrackPolicy(lost_after_s=-1.0)
     with pytest.raises(ConfigError, match="NaN"):
         TrackPolicy(capture_min_face_px=math.nan)
+
+
+def test_pad_scores_travel_with_the_frame_s_other_evidence():
+    scored = FaceObservation(box=(100, 100, 220, 240), detector_score=0.9, quality_ok=True,
+                             matches=(Candidate("alice", 0.8, ListType.ALLOW),), pad_live=0.9,
+                             pad_scores={"minifasnet-v2": 0.95, "minifasnet-v1se": 0.85})
+    t = follow(None, scored, 0.0, 1, POLICY, 3.0)
+    assert t.samples[0].pad_live == 0.9
+    assert t.samples[0].pad_scores == (("minifasnet-v2", 0.95), ("minifasnet-v1se", 0.85))  # in the models' order
+    hash(t.samples[0])  # samples stay hashable, so they can be compared as sets
+    t = follow(t, face(), 0.1, 1, POLICY, 3.0)  # PAD did not run on this frame
+    assert (t.samples[1].pad_live, t.samples[1].pad_scores) == (None, None)
+    # a face that failed quality is no evidence, whatever PAD said about it
+    t = follow(t, face(ok=False, matches=None, reasons=("blurred",)), 0.2, 1, POLICY, 3.0)
+    assert len(t.samples) == 2
+
+
+@pytest.mark.parametrize("pad_live, pad_scores, message", [
+    (1.2, None, "probability"),
+    (math.nan, None, "probability"),
+    (-0.1, None, "probability"),
+    (None, {"minifasnet-v2": 0.9}, "without the fused pad_live"),
+    (0.9, {"minifasnet-v2": 1.5}, "minifasnet-v2"),
+    (0.9, {"": 0.9}, "model id"),
+    (0.9, [("minifasnet-v2",)], "pair"),
+])
+def test_pad_scores_must_be_probabilities(pad_live, pad_scores, message):
+    with pytest.raises(ValueError, match=message):
+        FaceObservation(box=(0, 0, 10, 10), detector_score=0.9, quality_ok=True, pad_live=pad_live,
+                        pad_scores=pad_scores)

@@ -36,27 +36,24 @@ class Appearance:
     extra: dict = field(default_factory=dict)
 
 
-def _background(seed: int) -> np.ndarray:
-    """A faceless concourse: soft gradient plus low-contrast texture, fixed per seed."""
-    rng = np.random.default_rng(seed)
-    y = np.linspace(0, 1, FRAME_H)[:, None, None]
-    x = np.linspace(0, 1, FRAME_W)[None, :, None]
-    base = 90 + 60 * y + 30 * x * np.array([1.0, 0.8, 0.6])
-    noise = cv2.GaussianBlur(rng.normal(0, 12, (FRAME_H, FRAME_W, 3)), (0, 0), 4)
-    return np.clip(base + noise, 0, 255).astype(np.uint8)
+def _scene(photo: np.ndarray) -> np.ndarray:
+    """The photo's own surroundings, defocused, as the lane behind the passenger. A synthetic
+    backdrop would make every frame look like a pasted picture to the liveness model; the
+    photo's own colours and light look like a camera scene."""
+    return cv2.GaussianBlur(cv2.resize(photo, (FRAME_W, FRAME_H)), (0, 0), 20)
 
 
-def _head(photo: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
-    """The photo's central head region scaled to `width`, with a soft oval alpha mask."""
-    h0, w0 = photo.shape[:2]
-    crop = photo[int(h0 * 0.12): int(h0 * 0.92), int(w0 * 0.18): int(w0 * 0.82)]
-    s = width / crop.shape[1]
-    img = cv2.resize(crop, None, fx=s, fy=s, interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR)
-    hh, ww = img.shape[:2]
-    mask = np.zeros((hh, ww), np.float32)
-    cv2.ellipse(mask, (ww // 2, hh // 2), (int(ww * 0.48), int(hh * 0.49)), 0, 0, 360, 1.0, -1)
-    mask = cv2.GaussianBlur(mask, (0, 0), max(1.0, ww * 0.03))
-    return img, mask[:, :, None]
+def _feathered(img: np.ndarray, feather: float = 0.12) -> np.ndarray:
+    """An alpha mask that fades the picture's edges into the scene (no hard rectangle)."""
+    h, w = img.shape[:2]
+    f = max(1, int(feather * min(h, w)))
+    m = np.zeros((h, w), np.float32)
+    m[f:h - f, f:w - f] = 1.0
+    return cv2.GaussianBlur(m, (0, 0), f / 2)[:, :, None]
+
+
+def _scaled(photo: np.ndarray, scale: float) -> np.ndarray:
+    return cv2.resize(photo, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
 
 
 def _paste(canvas: np.ndarray, img: np.ndarray, mask: np.ndarray, cx: int, cy: int) -> None:
@@ -77,13 +74,13 @@ def write_walkup_video(path: Path, passengers: list[Passenger], fps: float = 15.
                        ) -> list[Appearance]:
     """Write an MJPG .avi and return the ground truth; also writes `<path>.truth.json`."""
     path = Path(path)
-    bg = _background(seed)
     rng = np.random.default_rng(seed)
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (FRAME_W, FRAME_H))
     if not writer.isOpened():
         raise RuntimeError(f"cannot write video {path}")
     frame_no = 0
     truth: list[Appearance] = []
+    empty = np.full((FRAME_H, FRAME_W, 3), 110, np.uint8)
 
     def emit(img):
         nonlocal frame_no
@@ -91,28 +88,29 @@ def write_walkup_video(path: Path, passengers: list[Passenger], fps: float = 15.
         frame_no += 1
 
     for _ in range(lead_in_frames):
-        emit(bg)
+        emit(empty)
     for p in passengers:
         photo = cv2.imread(p.photo)
         if photo is None:
             raise FileNotFoundError(f"cannot read passenger photo {p.photo}")
         follower = cv2.imread(p.follower_photo) if p.follower_photo else None
-        cx = FRAME_W // 2 + int(rng.integers(-40, 41))
+        scene = _scene(photo)
+        cx = FRAME_W // 2 + int(rng.integers(-30, 31))
         first = frame_no
         for i in range(approach_frames + dwell_frames):
             a = min(1.0, i / max(1, approach_frames - 1))
-            width = int(110 + a * 130)  # head 110 → 240 px wide as the person approaches
-            cy = int(FRAME_H * 0.62 - a * FRAME_H * 0.12)
-            canvas = bg.copy()
+            scale = 1.3 + 0.6 * a  # a 250-px photo's face grows from ~130 to ~190 px as they approach
+            cy = FRAME_H // 2 + int((1 - a) * 30)
+            canvas = scene.copy()
             if follower is not None:
-                fimg, fmask = _head(follower, int(width * 0.8))
-                _paste(canvas, fimg, fmask, cx + int(width * 0.55), cy - int(width * 0.15))
-            img, mask = _head(photo, width)
-            _paste(canvas, img, mask, cx, cy)
+                fimg = _scaled(follower, scale * 0.8)
+                _paste(canvas, fimg, _feathered(fimg, 0.2), cx + int(fimg.shape[1] * 0.55), cy - 20)
+            img = _scaled(photo, scale)
+            _paste(canvas, img, _feathered(img), cx, cy)
             emit(canvas)
         truth.append(Appearance(p.label, p.subject_id, first, frame_no - 1, tailgate=follower is not None))
         for _ in range(gap_frames):
-            emit(bg)
+            emit(empty)
     writer.release()
     Path(str(path) + ".truth.json").write_text(json.dumps({"fps": fps, "frames": frame_no,
                                                             "appearances": [asdict(a) for a in truth]}, indent=1))
