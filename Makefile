@@ -13,7 +13,7 @@ export EDGEGATE_SHARED := $(abspath $(SHARED))
 $(VENV)/.installed: setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -e '.[test,demo]'
 	touch $@
 
 install: $(VENV)/.installed
@@ -29,7 +29,7 @@ test: models
 	$(PY) -m pytest -q tests
 
 demo: models
-	$(PY) -m tools.demo --models $(MODELS) --shared $(SHARED)
+	$(PY) -m tools.demo --models $(MODELS) --shared $(SHARED) --out out/demo
 
 clean:
 	rm -rf $(MODELS) build *.egg-info

@@ -74,6 +74,7 @@ class _Pending:
 
 
 class LaneDaemon:
+    UPLOAD_GRACE_S = 2.0  # on stop, how long to wait for the central to acknowledge the last records
     def __init__(self, cfg: GateConfig, *, pipeline=None, driver=None, source=None, clock=time.monotonic):
         self.cfg = cfg
         self.clock = clock
@@ -307,6 +308,8 @@ class LaneDaemon:
     def _frame(self) -> None:
         f = self.grabber.latest(after_index=self._last_frame_index, timeout=0.05)
         now = self.clock()
+        if f is None and self.grabber.status == "ended":
+            return
         if f is None:
             stale = self.cfg.camera.stale_after_s
             last = self._last_frame_t if self._last_frame_t is not None else self._started
@@ -395,8 +398,8 @@ class LaneDaemon:
                 # finish a passage in progress (bounded by the lane's own open timeout)
                 if self.state.mode != lanes.Mode.OPEN or now - stopping_since > self.cfg.lane.open_timeout_s + 1:
                     break
-            if self.grabber.status == "ended" and self._last_frame_t is not None and \
-                    now - self._last_frame_t > 1.0 and self.state.mode == lanes.Mode.IDLE:
+            if self.grabber.status == "ended" and self.state.mode != lanes.Mode.OPEN:
+                # a recorded feed (file or folder) is over: nothing more will be seen
                 log.info("camera source ended (file or folder); stopping")
                 break
         return 0
@@ -414,6 +417,11 @@ class LaneDaemon:
                                    "mode": str(self.state.mode), "pad": self.pad_status})
             except AuditWriteError as e:
                 log.error("could not record the stop: %s", e)
+            if self.agent is not None:  # give a reachable central a moment to take the last records
+                self.agent.notify_audit()
+                deadline = time.monotonic() + self.UPLOAD_GRACE_S
+                while self.audit.unsent_count() and time.monotonic() < deadline:
+                    time.sleep(0.05)
         for name in ("agent", "control"):
             part = getattr(self, name, None)
             if part is not None:

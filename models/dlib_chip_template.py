@@ -208,7 +208,7 @@ def main(argv: list[str] | None = None) -> None:
     detector = load_detector(load_model(args.models, args.detector), min_face=40, threads=1)
     m = measure_template(detector, max_chips=args.max_chips)
     print(f"{m.chips} faces from {m.photos} photos")
-    print("points:", np.round(m.template.points, 3).tolist())
+    print("points:", np.round(m.template.points.astype(np.float64), 3).tolist())
     print("spread:", np.round(m.spread, 2).tolist())
 
 

@@ -51,15 +51,18 @@ PRODUCER_VERSION = "1"
 OPSET = 17
 IR_VERSION = 8  # readable by every onnxruntime >= 1.14
 
-# Where the 5 landmarks (order LANDMARK_NAMES) land in a dlib 150x150 face chip
-# (get_face_chip, padding 0.25). Measured, not copied: the mean over 1,000 chips from
-# `python -m models.dlib_chip_template 1000` (per-chip spread 1.5 px for the eyes, 5-7 px
-# for nose and mouth, so the means are good to about 0.2 px); tests/test_dlib_resnet.py
-# re-measures it on other photos.
+# Where the default detector's 5 landmarks (MTCNN, order LANDMARK_NAMES) fall in a dlib
+# 150x150 face chip (get_face_chip, padding 0.25), so that our chips look like the ones the
+# network was trained on. Measured, not copied: the mean over the 2,446 faces found by both
+# dlib and MTCNN in the photos no LFW pair refers to, from
+# `python -m models.dlib_chip_template --models .models` (per-face spread 1.7-2.0 px for the
+# eyes, 4-6 px for nose and mouth, so the means are good to about 0.1 px). Calibrated to
+# MTCNN because every landmark model has its own "eye centre": dlib's 68-point eyes sit
+# 1.5 px lower. tests/test_dlib_resnet.py re-measures it on other photos.
 DLIB_CHIP_150 = AlignTemplate(
     size=(CHIP_SIZE, CHIP_SIZE),
     points=np.array(
-        [[47.0642, 46.299], [100.1795, 46.1668], [73.01, 75.097], [49.627, 103.837], [98.028, 103.936]],
+        [[46.606, 44.764], [101.122, 44.655], [73.341, 76.655], [49.67, 104.669], [97.673, 104.629]],
         dtype=np.float32,
     ),
 )

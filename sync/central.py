@@ -21,8 +21,8 @@ import numpy as np
 
 from sync.audit_store import AuditStore
 from sync.central_db import open_central_db, write_transaction
-from sync.hashmap import TTL_PROPERTY, Hashmap
-from sync.kvmsg import KVMsg, new_uuid
+from sync.hashmap import Hashmap
+from sync.kvmsg import TTL_PROPERTY, KVMsg, new_uuid
 from sync.scopes import ScopeError, check_id, parse_scope, split_key
 from sync.service_messages import HealthReport
 from sync.subject_record import LIST_TYPES, SubjectRecord, decode_record, encode_record, normalise_templates

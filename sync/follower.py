@@ -18,9 +18,8 @@ from dataclasses import dataclass, replace
 import zmq
 
 from sync.config import AgentConfig
-from sync.hashmap import PREV_PROPERTY
 from sync.interfaces import WatchlistSink
-from sync.kvmsg import HUGZ, KTHXBAI, KVMsg, MalformedMessage, icanhaz_frames
+from sync.kvmsg import HUGZ, KTHXBAI, PREV_PROPERTY, KVMsg, MalformedMessage, icanhaz_frames
 from sync.scopes import ScopeError, check_id, split_key
 from sync.subject_record import MalformedRecord, SubjectRecord, decode_record
 from sync.transport import (
@@ -30,6 +29,7 @@ log = logging.getLogger(__name__)
 
 WAITING, SNAPSHOTTING, LIVE, STOPPED = "waiting-for-central", "snapshotting", "live", "stopped"
 _POLL_MS = 100
+_SUBSCRIBE_GRACE_S = 0.05
 
 
 @dataclass(frozen=True)
@@ -61,6 +61,7 @@ class WatchlistFollower:
         self._heads: dict[str, tuple[int, float]] = {}
         self._known: dict[str, int] = {}  # scope -> last sequence applied (valid while LIVE)
         self._last_heard_mono: float | None = None
+        self._lost_at: float | None = None  # when we last concluded the central was gone
         self._central_lost_logged = False
 
     # ----- called from other threads ---------------------------------------------------
@@ -137,7 +138,7 @@ class WatchlistFollower:
         self._last_heard_mono = time.monotonic()
         self._set(last_heard=time.time())
         if self._central_lost_logged:
-            log.info("central is sending again; refreshing the watchlist")
+            log.info("central is back; refreshing the watchlist")
             self._central_lost_logged = False
 
     def _central_recent(self) -> bool:
@@ -162,14 +163,20 @@ class WatchlistFollower:
 
     def _await_central(self, sub: zmq.Socket, watch: HandshakeWatch, buffered: list[KVMsg],
                        stop: threading.Event) -> bool:
-        """Wait until the subscription demonstrably works (a message arrived), so no update
-        published during the snapshot can slip past us."""
+        """Wait until the subscription works: a message arrived, or the handshake succeeded a
+        moment ago (the subscription travels right behind it). An update that still slips past
+        during the snapshot is caught by `prev` or the health heads."""
         if self._central_recent():
             return True
         deadline = time.monotonic() + self._cfg.heartbeat_timeout_s
         while not stop.is_set() and time.monotonic() < deadline:
             watch.poll()
-            if sub.poll(_POLL_MS):
+            connected = watch.connected_at
+            if (connected is not None and (self._lost_at is None or connected > self._lost_at)
+                    and time.monotonic() - connected >= _SUBSCRIBE_GRACE_S):
+                self._heard()  # a handshake since we lost the central is its first sign of life
+                return True
+            if sub.poll(10):
                 self._read_sub(sub, buffered)
                 if self._central_recent():
                     return True
@@ -260,7 +267,8 @@ class WatchlistFollower:
                 log.warning("snapshot of %s aborted: no answer from the central for %.1fs after %d key(s) (it went "
                             "away, or refuses this scope to this gate); keeping the cached watchlist at sequence %d",
                             scope, cfg.snapshot_idle_timeout_s, received, self._sink.stored_seq())
-                self._last_heard_mono = None  # make the next attempt wait for the central first
+                self._lost_at = time.monotonic()  # the next attempt waits for a sign of life
+                self._last_heard_mono = None
                 return None
         return None
 
@@ -295,6 +303,7 @@ class WatchlistFollower:
                 for msg in updates:
                     self._apply_update(msg)
             if not self._central_recent():
+                self._lost_at = time.monotonic()
                 self._central_lost_logged = True
                 log.warning("no heartbeat from the central for %.1fs; deciding from the cached watchlist at "
                             "sequence %d until it returns", cfg.heartbeat_timeout_s, self._sink.stored_seq())

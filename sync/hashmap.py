@@ -12,11 +12,8 @@ from contextlib import contextmanager
 from typing import Iterable, Iterator
 
 from sync.central_db import read_snapshot
-from sync.kvmsg import KVMsg, decode_properties, encode_properties
+from sync.kvmsg import PREV_PROPERTY, KVMsg, decode_properties, encode_properties
 from sync.scopes import split_key
-
-PREV_PROPERTY = "prev"
-TTL_PROPERTY = "ttl"
 
 
 def _subtree_bounds(subtree: str) -> tuple[str, str]:

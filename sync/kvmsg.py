@@ -17,6 +17,10 @@ ICANHAZ = b"ICANHAZ?"
 KTHXBAI = "KTHXBAI"
 HUGZ = "HUGZ"
 
+# KVPUB properties set by edgegate's central (docs/protocol.md 3.2).
+PREV_PROPERTY = "prev"  # sequence of the previous change in the same scope
+TTL_PROPERTY = "ttl"  # seconds until the subject's validity ends
+
 MAX_KEY_BYTES = 255
 MAX_SEQ = 2**63 - 1  # keeps the 8-byte sequence readable as signed by any client
 

@@ -42,10 +42,6 @@ def parse_scope(text: str) -> str:
     return f"/{kind}/{ident}/"
 
 
-def subject_key(scope: str, subject_id: str) -> str:
-    return parse_scope(scope) + check_id(subject_id, "subject id")
-
-
 def split_key(key: str) -> tuple[str, str]:
     """Return (scope subtree, subject id) of a subject key, refusing anything else."""
     parts = key.split("/")

@@ -39,11 +39,6 @@ class SubjectRecord:
     valid_from: int | None = None
     valid_until: int | None = None
 
-    def is_valid_at(self, unix_time: float) -> bool:
-        if self.valid_from is not None and unix_time < self.valid_from:
-            return False
-        return self.valid_until is None or unix_time < self.valid_until
-
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, SubjectRecord):
             return NotImplemented

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import time
 from dataclasses import dataclass
 
 import zmq
@@ -132,17 +133,18 @@ def recv_frames(sock: zmq.Socket) -> list[bytes]:
 
 
 class HandshakeWatch:
-    """Turns a client socket's monitor events into log lines, so 'the central is silent' can
-    be told apart from 'the central refused our key'. Logs each change of state once."""
+    """Turns a client socket's monitor events into state and log lines, so 'the central is
+    silent' can be told apart from 'the central refused our key'. Logs each change once.
+    `connected_at` is when the current connection's handshake succeeded (None while down)."""
 
     _EVENTS = (zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
-               | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_SUCCEEDED)
+               | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
 
     def __init__(self, sock: zmq.Socket, label: str, logger: logging.Logger):
         self._label = label
         self._log = logger
         self._failing = False
-        self.auth_refused = False
+        self.connected_at: float | None = None
         self._sock: zmq.Socket | None = None
         self._monitor: zmq.Socket | None = None
         self.attach(sock)
@@ -158,19 +160,21 @@ class HandshakeWatch:
             event = recv_monitor_message(self._monitor)
             kind = event["event"]
             if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self.connected_at = time.monotonic()
                 if self._failing:
                     self._log.info("%s: CURVE handshake with the central succeeded again", self._label)
                 self._failing = False
-                self.auth_refused = False
-            elif not self._failing:
-                self._failing = True
-                if kind == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
-                    self.auth_refused = True
-                    self._log.error("%s: the central refused our CURVE key (ZAP status %d); "
-                                    "is this gate's public key registered there?", self._label, int(event["value"]))
-                else:
-                    self._log.error("%s: CURVE handshake with the central failed (%s); "
-                                    "check the central's public key", self._label, zmq.Event(kind).name)
+                continue
+            self.connected_at = None
+            if kind == zmq.EVENT_DISCONNECTED or self._failing:
+                continue
+            self._failing = True
+            if kind == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+                self._log.error("%s: the central refused our CURVE key (ZAP status %d); "
+                                "is this gate's public key registered there?", self._label, int(event["value"]))
+            else:
+                self._log.error("%s: CURVE handshake with the central failed (%s); "
+                                "check the central's public key", self._label, zmq.Event(kind).name)
 
     def detach(self) -> None:
         if self._sock is None:
@@ -181,3 +185,4 @@ class HandshakeWatch:
             pass
         self._monitor.close(0)
         self._sock = self._monitor = None
+        self.connected_at = None

@@ -35,18 +35,28 @@ class Reference:
 
     def __init__(self):
         self.templates: dict[str, np.ndarray] = {}
+        self._stacked = None
 
     def add(self, sid, vecs):
         self.templates[sid] = unit32(vecs)
+        self._stacked = None
 
     def remove(self, sid):
+        self._stacked = None
         return self.templates.pop(sid, None) is not None
 
     def search(self, q, k):
-        q = unit32(q)[0]
-        scored = [(sid, float(cos(t, q).max())) for sid, t in self.templates.items()]
-        scored.sort(key=lambda t: (-t[1], t[0]))
-        return scored[:k]
+        if not self.templates:
+            return []
+        if self._stacked is None:
+            owners = [sid for sid, t in self.templates.items() for _ in range(len(t))]
+            self._stacked = (np.array(owners), np.concatenate(list(self.templates.values())))
+        owners, rows = self._stacked
+        scores = cos(rows, unit32(q)[0])
+        best: dict[str, float] = {}
+        for sid, sc in zip(owners.tolist(), scores.tolist()):
+            best[sid] = max(sc, best.get(sid, -np.inf))
+        return sorted(best.items(), key=lambda t: (-t[1], t[0]))[:k]
 
 
 def assert_same(got: list[Match], want: list[tuple[str, float]]):
@@ -82,6 +92,8 @@ def test_search_equals_brute_force_on_crowded_gallery(precision):
         for k in (1, 5):
             assert_same(m.search(q, k), ref.search(q, k))
     assert m.stats()["segments"] >= 2
+    if precision is Precision.INT8:  # near-ties within the int8 error forced second scans
+        assert m.rescans > 0
 
 
 def test_int8_rows_with_clipped_components_stay_exact():

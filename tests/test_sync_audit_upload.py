@@ -89,7 +89,7 @@ def test_lazy_pirate_reopens_after_a_lost_reply_and_acks_only_on_reply(tmp_path,
     audit.append_many([{"event": "decision", "n": i} for i in range(30)])
     agent = _agent(dep, audit, audit_batch_rows=100)
     try:
-        assert wait_until(lambda: audit.unsent_count() == 0, timeout=10)
+        assert wait_until(lambda: audit.unsent_count() == 0 and agent.status().audit.acked_seq == 30, timeout=10)
         assert acked_before_reply == [30, 30, 30, 30]  # nothing marked before a good reply
         assert [b.rows for b in service.batches[1:]] == [service.batches[0].rows] * 3  # the same batch resent
         status = agent.status().audit

@@ -12,8 +12,7 @@ import pytest
 from sync.audit_chain import GENESIS_HASH, AuditRow, record_hash
 from sync.audit_export import pull_audit
 from sync.central import Central, EnrollmentError, ModelMixError, UnknownSubject
-from sync.hashmap import PREV_PROPERTY
-from sync.kvmsg import KVMsg, new_uuid
+from sync.kvmsg import PREV_PROPERTY, KVMsg, new_uuid
 from sync.service_messages import HealthReport
 from sync.subject_record import SubjectRecord, decode_record, encode_record, normalise_templates
 from tests.sync_helpers import MODEL, in_days, unit

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from sync.audit_chain import GENESIS_HASH, AuditRow, record_hash
 from sync.kvmsg import (
     KVMsg, MalformedMessage, decode_properties, encode_properties, hugz, icanhaz_frames, kthxbai, parse_icanhaz)
-from sync.scopes import ScopeError, parse_scope, split_key, subject_key
+from sync.scopes import ScopeError, parse_scope, split_key
 from sync.service_messages import (
     AuditBatch, HealthReport, MalformedRequest, Reply, decode_reply, decode_request, encode_audit_batch, encode_health,
     encode_reply)
@@ -72,7 +72,6 @@ def test_properties_and_icanhaz_are_strict():
 
 def test_scoped_keys():
     assert parse_scope("lane:L1") == "/lane/L1/" == parse_scope("/lane/L1/")
-    assert subject_key("flight:BA123", "p-7") == "/flight/BA123/p-7"
     assert split_key("/lane/L1/p-7") == ("/lane/L1/", "p-7")
     for bad in ("lane", "door:1", "lane:", "lane:a/b", "lane:has space"):
         with pytest.raises(ScopeError):
@@ -96,11 +95,6 @@ def test_subject_record_round_trip_is_compact():
     assert decode_record(body) == rec
     assert len(body) < 2 * 128 * 4 + 100
     assert decode_record(encode_record(_record(n=1, dim=4, list_type="deny", valid_until=5000))).valid_until == 5000
-
-
-def test_subject_record_validity_window():
-    rec = _record(valid_from=100, valid_until=200)
-    assert not rec.is_valid_at(99) and rec.is_valid_at(100) and rec.is_valid_at(199.9) and not rec.is_valid_at(200)
 
 
 def _packed(**changes) -> bytes:

@@ -17,7 +17,7 @@ from sync.agent import GateAgent
 from sync.central import Central, Enrollment
 from sync.central_server import CentralServer
 from tests.sync_helpers import (
-    MODEL, REPO, Deployment, MemoryWatchlist, SqliteAuditLog, in_days, unit, wait_until)
+    MODEL, REPO, Deployment, MemoryWatchlist, SqliteAuditLog, unit, wait_until)
 
 HEALTH = {"status": "ok", "software_version": "test", "model_versions": {MODEL: "1"}, "last_decision_at": None}
 
@@ -146,7 +146,7 @@ def test_gate_restart_keeps_cache_and_takes_a_fresh_snapshot(running, tmp_path):
     second = running.agent("G1", secret, ["lane:L1"], sink=sink)
     assert wait_until(lambda: set(sink.snapshot()) == {"/lane/L1/b"})
     assert sink.stored_seq() == central.hashmap.current_seq() and sink.replacements == 2
-    assert second.status().watchlist.snapshots == 1
+    assert wait_until(lambda: second.status().watchlist.snapshots == 1)
 
 
 def _publish_nothing_for_one_change(running, central: Central, srv: CentralServer, change) -> CentralServer:
@@ -179,8 +179,8 @@ def test_sequence_gap_triggers_a_fresh_snapshot(running, caplog):
     central.enroll_subject("after", "allow", ["lane:L1"], None, None, MODEL, unit(rng, 1))
     assert wait_until(lambda: {"/lane/L1/missed", "/lane/L1/after"} <= set(sink.snapshot()))
     assert "sequence gap in /lane/L1/" in caplog.text
-    status = agent.status().watchlist
-    assert status.gaps == 1 and status.snapshots == 2
+    assert wait_until(lambda: agent.status().watchlist.snapshots == 2)
+    assert agent.status().watchlist.gaps == 1
 
 
 def test_a_missed_last_update_is_caught_by_the_health_heads(running, caplog):

@@ -81,6 +81,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-reference", action="store_true", help="skip the dlib reference pipeline")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_vision)
+    from tools.bench_search import add_search_args, run_search_cli
+
+    s = sub.add_parser("search", help="1:N latency, memory and exactness per gallery size, dim and precision, "
+                                      "side by side with faiss IndexFlatIP")
+    add_search_args(s)
+    s.set_defaults(func=run_search_cli)
     return p
 
 

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
+import faiss
 import numpy as np
 
 from vision.match.exact import open_exact_store
@@ -44,6 +45,21 @@ log = logging.getLogger(__name__)
 # Headroom for float32 rounding inside the scan kernels: a D-term float32 dot product of unit
 # vectors is off by at most about D * 2^-24 * (1 + ...), so D * 1e-6 is a comfortable margin.
 _SLACK_PER_DIM = 1e-6
+_thread_state = threading.local()
+
+
+def _faiss_one_thread() -> None:
+    """faiss opens an OpenMP parallel region for every call, even a search of one query. On a
+    CPU shared with the vision pipeline the region's barrier waits for a descheduled thread:
+    measured 3-11 ms per search instead of 8 µs on this 2-core machine under load, and a
+    writer's team spinning on the second core starves the searching thread. One query or a
+    few thousand rows gain nothing from a team, so every thread that calls into the matcher
+    runs faiss with one thread (an OpenMP setting of the calling thread only)."""
+    if not getattr(_thread_state, "single", False):
+        faiss.omp_set_num_threads(1)
+        _thread_state.single = True
+
+
 # A subject with more templates than this is a data error, not a use case (and would not fit a
 # staging buffer).
 MAX_TEMPLATES_PER_SUBJECT = 64
@@ -178,7 +194,7 @@ class Matcher:
 
     def _reclaim(self) -> None:
         with self._lock:
-            oldest = 10**18
+            oldest = min(self._readers, default=self._snap.version)
         self._slots.reclaim(oldest)
         self._subjects.reclaim(oldest)
 
@@ -190,61 +206,63 @@ class Matcher:
     def add_many(self, items: Iterable[tuple[str, object]]) -> None:
         """Enrol many subjects in one published step (startup load, a sync batch): cheaper than
         one `add` each, and a search sees all of them or none. Validates everything first, so a
-        bad item changes nothing."""
-        groups = []
+        bad item changes nothing. A repeated id: the last one wins."""
+        groups: dict[str, np.ndarray] = {}
         for sid, vecs in items:
             v = self._vectors(vecs, f"templates of {sid!r}")
             if len(v) > MAX_TEMPLATES_PER_SUBJECT:
                 raise ValueError(f"templates of {sid!r}: {len(v)} > {MAX_TEMPLATES_PER_SUBJECT} per subject")
-            groups.append((self._check_id(sid), v))
-        if not groups:
-            return
-        last = {sid: i for i, (sid, _) in enumerate(groups)}  # a repeated id: the last one wins
-        groups = [g for i, g in enumerate(groups) if last[g[0]] == i]
-        with self._write_lock:
-            self._add_groups(groups)
+            groups.pop(self._check_id(sid), None)
+            groups[sid] = v
+        if groups:
+            counts = np.fromiter((len(v) for v in groups.values()), dtype=np.int64, count=len(groups))
+            with self._write_lock:
+                self._add_groups(list(groups), counts, np.concatenate(list(groups.values())))
 
     def add_arrays(self, subject_ids: Sequence[str], vectors: np.ndarray) -> None:
-        """One template per row, rows of one subject id become that subject's templates: the
-        bulk form of `add_many` for a watchlist loaded from a database."""
+        """One template per row; rows sharing a subject id become that subject's templates. The
+        bulk form for a watchlist loaded from a database: no Python object per template."""
         v = np.asarray(vectors)
         if v.ndim != 2 or len(v) != len(subject_ids):
             raise ValueError(f"need one subject id per row: {len(subject_ids)} ids, array shape {v.shape}")
-        order: dict[str, list[int]] = {}
-        for i, sid in enumerate(subject_ids):
-            order.setdefault(self._check_id(sid), []).append(i)
-        if all(len(rows) == 1 for rows in order.values()):
+        ids = [self._check_id(sid) for sid in subject_ids]
+        if len(set(ids)) == len(ids):
             checked = self._vectors(v, "templates")
-            groups = [(sid, checked[rows[0]:rows[0] + 1]) for sid, rows in order.items()]
             with self._write_lock:
-                self._add_groups(groups)
+                self._add_groups(ids, np.ones(len(ids), dtype=np.int64), checked)
         else:
-            self.add_many((sid, v[rows]) for sid, rows in order.items())
+            rows: dict[str, list[int]] = {}
+            for i, sid in enumerate(ids):
+                rows.setdefault(sid, []).append(i)
+            self.add_many((sid, v[r]) for sid, r in rows.items())
 
-    def _add_groups(self, groups: list[tuple[str, np.ndarray]]) -> None:
+    def _add_groups(self, ids: list[str], counts: np.ndarray, vecs: np.ndarray) -> None:
+        """Subject ids[i] gets the next counts[i] rows of vecs (unit float32, ids distinct)."""
+        _faiss_one_thread()
         self._reclaim()
         version = self._snap.version + 1
-        set_ranges, clear_ranges, placed = [], [], []
-        for sid, vecs in groups:
+        numbers = np.empty(len(ids), dtype=np.int64)
+        starts = np.empty(len(ids), dtype=np.int64)
+        clear_ranges = []
+        for i, (sid, k) in enumerate(zip(ids, counts.tolist())):
             with self._lock:
                 number = self._subjects.number(sid)
                 old = None if number is None else self._subjects.slots(number)
             if number is None:
                 number = self._subjects.reserve(sid)
-            slot0 = self._slots.allocate(len(vecs), number)
-            placed.append((sid, number, slot0, vecs))
-            set_ranges.append((slot0, len(vecs)))
+            numbers[i] = number
+            starts[i] = self._slots.allocate(k, number)
             if old is not None:
                 clear_ranges.append(old)
                 self._slots.free(old[0], old[1], version)
                 self._dead_rows += old[1]
-        self._write_exact(placed)
-        for sid, number, slot0, vecs in placed:  # only now can verify() find the new templates
-            with self._lock:
-                self._subjects.bind(sid, number, slot0, len(vecs))
-        self._slots.update_liveness(set_ranges, clear_ranges)
-        vecs = np.concatenate([p[3] for p in placed])
-        row_slots = np.concatenate([np.arange(p[2], p[2] + len(p[3])) for p in placed]).astype(np.int32)
+        row_slots = (np.repeat(starts, counts) + np.arange(len(vecs))
+                     - np.repeat(np.cumsum(counts) - counts, counts)).astype(np.int32)
+        self._write_exact(row_slots, vecs)
+        for sid, number, slot0, k in zip(ids, numbers.tolist(), starts.tolist(), counts.tolist()):
+            with self._lock:  # only now, with its templates stored, can verify() find a subject
+                self._subjects.bind(sid, number, slot0, k)
+        self._slots.update_liveness(list(zip(starts.tolist(), counts.tolist())), clear_ranges)
         gens = self._slots.gen[row_slots]
         if len(vecs) >= self._staging_rows:
             for a in range(0, len(vecs), self._max_segment_rows):
@@ -257,24 +275,19 @@ class Matcher:
         self._publish()
         self._maintain()
 
-    def _write_exact(self, placed: list) -> None:
+    def _write_exact(self, row_slots: np.ndarray, vecs: np.ndarray) -> None:
         """One write per run of consecutive slots: a bulk load is a few large writes, not a
         system call per subject."""
-        run_start, run_len, run = 0, 0, []
-        for _, _, slot0, vecs in sorted(placed, key=lambda p: p[2]):
-            if run and slot0 != run_start + run_len:
-                self._exact.write(run_start, np.concatenate(run))
-                run = []
-            if not run:
-                run_start, run_len = slot0, 0
-            run.append(vecs)
-            run_len += len(vecs)
-        if run:
-            self._exact.write(run_start, np.concatenate(run))
+        order = np.argsort(row_slots, kind="stable")
+        sorted_slots = row_slots[order]
+        breaks = np.flatnonzero(np.diff(sorted_slots) != 1) + 1
+        for a, b in zip(np.r_[0, breaks].tolist(), np.r_[breaks, len(order)].tolist()):
+            self._exact.write(int(sorted_slots[a]), vecs[order[a:b]])
 
     def remove(self, subject_id: str) -> bool:
         """Revoke a subject; False if it was not enrolled."""
         self._check_id(subject_id)
+        _faiss_one_thread()
         with self._write_lock:
             self._reclaim()
             version = self._snap.version + 1
@@ -346,6 +359,7 @@ class Matcher:
     def compact(self) -> None:
         """Drop every dead row now (normally done when a quarter of the rows are dead), e.g.
         after a large expiry batch, to return the memory at once."""
+        _faiss_one_thread()
         with self._write_lock:
             self._compact()
 
@@ -367,6 +381,7 @@ class Matcher:
         if not isinstance(k, (int, np.integer)) or k < 1:
             raise ValueError(f"k must be a positive int, got {k!r}")
         q = self._probe(vector)
+        _faiss_one_thread()
         with self._reading() as snap:
             if not snap.subjects:
                 return []
@@ -404,7 +419,7 @@ class Matcher:
                     threshold = min(best.values())
                 else:
                     threshold = -math.inf
-                todo = [i for i in range(len(parts)) if bound[i] >= threshold]
+                todo = [i for i in range(len(parts)) if bound[i] != -math.inf and bound[i] >= threshold]
                 for i in todo:
                     want[i] = min(2 * want[i], parts[i][1])
             return [Match(sid, score) for sid, score in ranked]

@@ -1,0 +1,47 @@
+"""Enrolment at the central from photo folders: vision makes the templates, the central
+stores and publishes them. This is the one place the two meet (vision never imports sync and
+sync never imports vision), so both `gate-central enroll` and the demo call it.
+"""
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from vision.enroll import PhotoVerdict, enrol_photos, photos_in
+
+
+@dataclass
+class FolderEnrolment:
+    enrolled: list[str] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)  # subject id -> why nothing was enrolled
+    rejects: list[PhotoVerdict] = field(default_factory=list)  # individual photos refused
+
+
+def enrol_folder(central, pipeline, folder: Path, scopes: list[str], list_type: str = "allow",
+                 valid_from: dt.datetime | None = None, valid_until: dt.datetime | None = None,
+                 subjects: list[str] | None = None, progress: Callable[[int, int], None] | None = None
+                 ) -> FolderEnrolment:
+    """One subject per sub-folder (its name is the pseudonymous subject id). All of a subject's
+    acceptable photos become its templates; a subject with none is skipped, never enrolled
+    empty. The central refuses to mix model ids within a scope."""
+    folder = Path(folder)
+    people = sorted(p for p in folder.iterdir() if p.is_dir())
+    if subjects is not None:
+        wanted = set(subjects)
+        people = [p for p in people if p.name in wanted]
+    if not people:
+        raise ValueError(f"{folder} has no sub-folders (one per person, named by subject id)")
+    out = FolderEnrolment()
+    for i, person in enumerate(people):
+        r = enrol_photos(pipeline, person.name, photos_in(person))
+        out.rejects += [v for v in r.verdicts if not v.accepted]
+        if len(r.vectors) == 0:
+            out.skipped[person.name] = "no acceptable photo"
+        else:
+            central.enroll_subject(person.name, list_type, scopes, valid_from, valid_until, r.model_id, r.vectors)
+            out.enrolled.append(person.name)
+        if progress:
+            progress(i + 1, len(people))
+    return out
