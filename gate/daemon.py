@@ -93,6 +93,8 @@ class LaneDaemon:
         self._last_frame_index = -1
         self._last_frame_t: float | None = None
         self._frame_t_capture: float | None = None
+        self._thumb = None
+        self._empty_scene = None  # thumbnail of the last frame in which no face was found
 
     # ------------------------------------------------------------------ start-up
     def open(self) -> None:
@@ -324,6 +326,9 @@ class LaneDaemon:
         self.metrics.frames += 1
         if not self.state.uses_frames:
             return
+        if self._unchanged_empty_scene(f.image):
+            self._step(FrameObservation(now))
+            return
         embed = "primary" if self.state.uses_matching else "none"
         self._frame_t_capture = f.t_capture
         t0 = time.perf_counter()
@@ -331,7 +336,23 @@ class LaneDaemon:
         obs = observe(now, result, self.matcher, self.lookup, self.cfg.lane.policy.shortlist_k,
                       self.state.one_to_one_subject, pad=self.pad, frame=f.image)
         self.metrics.vision_ms.append((time.perf_counter() - t0) * 1e3)
+        self._empty_scene = None if result.faces else self._thumb
         self._step(obs)
+
+    MOTION_THRESHOLD = 3.0  # mean absolute grey-level change (0-255) of a 80x60 thumbnail
+
+    def _unchanged_empty_scene(self, image) -> bool:
+        """Skip the detector while the lane is idle and the picture has not changed since a
+        frame in which no face was found (the way Frigate gates object detection on motion):
+        an empty lane then costs a thumbnail difference per frame instead of a detector run.
+        Any change (a person stepping in, lights) runs the full pipeline again."""
+        import cv2
+
+        self._thumb = cv2.resize(cv2.cvtColor(image, cv2.COLOR_BGR2GRAY), (80, 60), interpolation=cv2.INTER_AREA)
+        if self.state.mode != lanes.Mode.IDLE or self._empty_scene is None:
+            return False
+        diff = float(cv2.absdiff(self._thumb, self._empty_scene).mean())
+        return diff < self.MOTION_THRESHOLD
 
     # ------------------------------------------------------------------ status
     def health(self) -> dict[str, Any]:

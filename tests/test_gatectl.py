@@ -21,7 +21,8 @@ def running_lane(tmp_path, default_pipeline):
     cv2.imwrite(str(frames / "empty.png"), np.full((480, 640, 3), 128, np.uint8))
     d = dict(MINIMAL, gate={"id": "G1", "state_dir": str(tmp_path / "state")},
              camera={"source": str(frames), "fps": 20.0, "loop": True},
-             models={"dir": str(tmp_path), "pad_required": False}, device={"type": "sim"})
+             models={"dir": str(tmp_path), "pad_required": False}, device={"type": "sim"},
+             lane={**MINIMAL["lane"], "open_timeout_s": 1.0})
     cfg = parse_config(d, tmp_path)
     daemon = LaneDaemon(cfg, pipeline=default_pipeline)
     daemon.open()

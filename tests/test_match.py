@@ -201,6 +201,26 @@ def test_many_revocations_compact_and_reuse_slots_without_ghosts(tmp_path):
     m.close()
 
 
+def test_subject_ids_of_any_length_survive_growth_revocation_and_reuse():
+    """The id index is a hash table of its own: lookups must hold through table growth,
+    tombstones, wider ids arriving later and reused subject numbers."""
+    rng = np.random.default_rng(10)
+    m = Matcher(D, "m", staging_rows=64)
+    ids = [f"p{i}" for i in range(1500)] + ["Zoë Ünïcødé-" + "x" * i for i in range(0, 200, 7)]
+    vecs = rng.standard_normal((len(ids), D))
+    for sid, v in zip(ids, vecs):
+        m.add(sid, v)
+    for sid in ids[::3]:
+        assert m.remove(sid)
+    for sid, v in zip(ids[::3], vecs[::3]):  # back, into reused numbers
+        m.add(sid, -v)
+    assert len(m) == len(ids) and all(sid in m for sid in ids) and "p1500" not in m
+    for i in list(range(0, len(ids), 97)) + [len(ids) - 1]:
+        sign = -1 if i % 3 == 0 else 1
+        assert m.search(sign * vecs[i], 1)[0].subject_id == ids[i]
+        assert m.verify(sign * vecs[i], ids[i]) == pytest.approx(1.0, abs=1e-6)
+
+
 @pytest.mark.parametrize("bad", [
     np.zeros(D), np.full(D, np.nan), np.r_[np.inf, np.ones(D - 1)], np.ones(D + 1), np.ones((0, D)),
     np.ones((2, 3, D)), np.array(["a"] * D),
@@ -229,6 +249,10 @@ def test_other_bad_input():
         m.add("", v)
     with pytest.raises(ValueError):
         m.add(7, v)
+    with pytest.raises(ValueError):
+        m.add("x" * 300, v)
+    with pytest.raises(ValueError):
+        m.add("nul\0", v)
     with pytest.raises(ValueError):
         m.search(v, k=0)
     with pytest.raises(ValueError, match="model"):

@@ -212,7 +212,7 @@ def test_central_killed_mid_snapshot(running, caplog, tmp_path):
     rng = np.random.default_rng(5)
     central = Central(dep.db_path)
     central.enroll_subjects([Enrollment(f"p{i:05d}", "allow", ["lane:L1"], None, None, MODEL, unit(rng, 1, dim=128))
-                             for i in range(12_000)])
+                             for i in range(6_000)])
     secret = dep.add_gate("G1", ["lane:L1"])
     from sync.subject_record import SubjectRecord
 
@@ -226,13 +226,38 @@ def test_central_killed_mid_snapshot(running, caplog, tmp_path):
         proc.wait()
         killed_at = agent.status().watchlist.snapshot_progress
         assert wait_until(lambda: "snapshot of /lane/L1/ aborted" in caplog.text, timeout=5)
-        assert killed_at < 12_000 and set(sink.snapshot()) == {"/lane/L1/cached"}  # no partial swap
+        assert killed_at < 6_000 and set(sink.snapshot()) == {"/lane/L1/cached"}  # no partial swap
         assert sink.stored_seq() == 3
 
         proc = _central_process(dep, tmp_path / "central.log")
-        assert wait_until(lambda: len(sink.snapshot()) == 12_000, timeout=30)
+        assert wait_until(lambda: len(sink.snapshot()) == 6_000, timeout=30)
         assert sink.stored_seq() == central.hashmap.current_seq()
         assert "/lane/L1/cached" not in sink.snapshot()
     finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_a_frozen_central_is_treated_as_gone_until_it_answers_again(running, caplog, tmp_path):
+    """SIGSTOP keeps the central's TCP connections open but silent: only heartbeats can tell."""
+    caplog.set_level(logging.INFO)
+    dep = running.dep
+    central = Central(dep.db_path)
+    central.enroll_subject("a", "allow", ["lane:L1"], None, None, MODEL, unit(np.random.default_rng(6), 1))
+    secret = dep.add_gate("G1", ["lane:L1"])
+    proc = _central_process(dep, tmp_path / "central.log")
+    try:
+        sink = MemoryWatchlist()
+        agent = running.agent("G1", secret, ["lane:L1"], sink=sink)
+        assert wait_until(lambda: agent.status().watchlist.state == "live", timeout=15)
+        os.kill(proc.pid, signal.SIGSTOP)
+        assert wait_until(lambda: "no heartbeat from the central" in caplog.text, timeout=5)
+        assert wait_until(lambda: "central unreachable (nothing heard" in caplog.text, timeout=5)
+        assert agent.status().watchlist.state != "live" and set(sink.snapshot()) == {"/lane/L1/a"}
+        os.kill(proc.pid, signal.SIGCONT)
+        assert wait_until(lambda: agent.status().watchlist.snapshots == 2, timeout=10)
+        assert "central is back; refreshing the watchlist" in caplog.text
+    finally:
+        os.kill(proc.pid, signal.SIGCONT)
         proc.kill()
         proc.wait()

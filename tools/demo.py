@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tools.feedgen import Passenger, write_walkup_video
+from tools.feedgen import Passenger, one_face, write_walkup_video
 
 log = logging.getLogger("demo")
 FPS = 15.0
@@ -44,12 +44,12 @@ class Cast:
     passengers: list[Passenger]
 
 
-def _lfw_cast(images: Path, rng: np.random.Generator, pad_samples: Path | None) -> Cast:
+def _lfw_cast(images: Path, rng: np.random.Generator, pad_samples: Path | None, detector) -> Cast:
     people = sorted(d for d in images.iterdir() if d.is_dir())
-    multi = [d for d in people if len(list(d.glob("*.jpg"))) >= 2]
-    single = [d for d in people if len(list(d.glob("*.jpg"))) == 1]
-    pick = [multi[i] for i in rng.choice(len(multi), 10, replace=False)]
-    strangers = [single[i] for i in rng.choice(len(single), 4, replace=False)]
+    multi = [people[i] for i in rng.permutation(len(people)) if len(list(people[i].glob("*.jpg"))) >= 2]
+    single = [people[i] for i in rng.permutation(len(people)) if len(list(people[i].glob("*.jpg"))) == 1]
+    pick = [d for d in multi[:40] if one_face(detector, sorted(d.glob("*.jpg"))[1])][:10]
+    strangers = [d for d in single[:20] if one_face(detector, next(d.glob("*.jpg")))][:4]
     photos = {d.name: sorted(d.glob("*.jpg")) for d in pick}
     enrolled = {d.name: photos[d.name][0] for d in pick[:7]}
     deny = {pick[7].name: photos[pick[7].name][0]}
@@ -263,7 +263,7 @@ def run_demo(models: Path, shared: Path, out: Path, seed: int = 7) -> int:
     rng = np.random.default_rng(seed)
     if lfw.is_dir():
         pad_samples = shared / "faces" / "pad-samples" if pad else None
-        cast = _lfw_cast(lfw, rng, pad_samples)
+        cast = _lfw_cast(lfw, rng, pad_samples, pipeline.detector)
         print(f"people: LFW photos from {lfw}")
     else:
         cast = _insightface_cast(work, pipeline)

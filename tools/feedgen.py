@@ -36,11 +36,20 @@ class Appearance:
     extra: dict = field(default_factory=dict)
 
 
+def one_face(detector, photo: str | Path) -> bool:
+    """Whether a photo shows exactly one face: a photo with a bystander would make the feed
+    show two people at the gate, which the lane rightly treats as tailgating."""
+    img = cv2.imread(str(photo))
+    return img is not None and len(detector.detect(img)) == 1
+
+
 def _scene(photo: np.ndarray) -> np.ndarray:
     """The photo's own surroundings, defocused, as the lane behind the passenger. A synthetic
     backdrop would make every frame look like a pasted picture to the liveness model; the
     photo's own colours and light look like a camera scene."""
-    return cv2.GaussianBlur(cv2.resize(photo, (FRAME_W, FRAME_H)), (0, 0), 20)
+    # blurred at the photo's own scale, strongly enough that a bystander's face in it can no
+    # longer be detected (a stray second face would read as tailgating)
+    return cv2.resize(cv2.GaussianBlur(photo, (0, 0), 25), (FRAME_W, FRAME_H), interpolation=cv2.INTER_LINEAR)
 
 
 def _feathered(img: np.ndarray, feather: float = 0.12) -> np.ndarray:

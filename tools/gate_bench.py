@@ -61,6 +61,20 @@ def cmd_vision(args) -> int:
     return 0
 
 
+def cmd_lane(args) -> int:
+    from pathlib import Path
+
+    from tools.bench_lane import lane_bench
+
+    r = lane_bench(Path(args.models), Path(args.images), enrolled=args.enrolled, strangers=args.strangers,
+                   idle_s=args.idle_seconds)
+    if args.json:
+        _print_json(r)
+    else:
+        _table([(k, f"{v:.1f}" if isinstance(v, float) else str(v)) for k, v in r.items()])
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from models.registry import DEFAULT_DETECTOR, DEFAULT_EMBEDDER
     from tools.gate_models import default_model_dir
@@ -81,6 +95,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-reference", action="store_true", help="skip the dlib reference pipeline")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_vision)
+    s = sub.add_parser("lane", help="the real daemon on a 15 fps feed of passengers: face-to-open, false opens, idle CPU")
+    s.add_argument("--images", default="../shared/faces/lfw-dev/images")
+    s.add_argument("--models", default=str(default_model_dir()))
+    s.add_argument("--enrolled", type=int, default=12)
+    s.add_argument("--strangers", type=int, default=8)
+    s.add_argument("--idle-seconds", type=float, default=10.0)
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_lane)
     from tools.bench_search import add_search_args, run_search_cli
 
     s = sub.add_parser("search", help="1:N latency, memory and exactness per gallery size, dim and precision, "

@@ -42,8 +42,8 @@ from vision.types import Template
 
 log = logging.getLogger(__name__)
 
-# Headroom for float32 rounding inside the scan kernels: a D-term float32 dot product of unit
-# vectors is off by at most about D * 2^-24 * (1 + ...), so D * 1e-6 is a comfortable margin.
+# Headroom for float32 rounding inside the scan kernels: summing D float32 products of unit
+# vectors errs by at most about D * 2^-24 (6e-8 per term), so D * 1e-6 is a wide margin.
 _SLACK_PER_DIM = 1e-6
 _thread_state = threading.local()
 
@@ -63,6 +63,22 @@ def _faiss_one_thread() -> None:
 # A subject with more templates than this is a data error, not a use case (and would not fit a
 # staging buffer).
 MAX_TEMPLATES_PER_SUBJECT = 64
+
+
+def unit_rows(v: np.ndarray, what: str = "vectors") -> np.ndarray:
+    """Rows scaled to unit length in float64, stored as float32: what the matcher keeps and
+    searches with, so an exact reference must start from the same rows. Not idempotent in the
+    last bit, hence one shared definition."""
+    out = np.empty(v.shape, dtype=np.float32)
+    for a in range(0, len(v), 1 << 16):  # float64 in chunks: a bulk load needs no 8-byte copy
+        c = v[a:a + (1 << 16)].astype(np.float64)
+        if not np.isfinite(c).all():
+            raise ValueError(f"{what}: non-finite values")
+        norms = np.linalg.norm(c, axis=1, keepdims=True)
+        if (norms == 0).any():
+            raise ValueError(f"{what}: zero vector has no direction")
+        out[a:a + len(c)] = c / norms
+    return out
 
 
 def exact_scores(rows: np.ndarray, q: np.ndarray) -> np.ndarray:
@@ -100,8 +116,10 @@ class Matcher:
     """Templates of one model (`model_id`), `dim`-dimensional, several per subject allowed.
 
     precision: how the scanned copy is stored (int8 default; float16/float32 for comparison).
-    exact_dir: None keeps the float32 copies in RAM; a directory keeps them in an unlinked file
-    there (use a disk-backed state directory, not tmpfs, for million-template galleries).
+    exact_dir: None keeps the float32 copies for rescoring in RAM (512 B/template at 128-d); a
+    directory keeps them in an unlinked file there, read through a mapping (use a disk-backed
+    state directory, not tmpfs, for million-template galleries: see exact.py).
+    candidates: rows taken from each segment's scan before the proof asks for more.
     """
 
     def __init__(self, dim: int, model_id: str, *, precision: Precision | str = Precision.INT8,
@@ -130,7 +148,7 @@ class Matcher:
         self._write_lock = threading.RLock()  # serialises writers
         self._readers: Counter[int] = Counter()
         self._snap = self._make_snapshot(0)
-        self.rescans = 0  # searches that needed a second scan of some segment (a speed statistic)
+        self.rescans = 0  # extra scan rounds forced by near-ties or dead rows (a speed statistic)
 
     # ---------- input checks ----------
     def _vectors(self, vectors, what: str) -> np.ndarray:
@@ -145,16 +163,7 @@ class Matcher:
             v = v[None]
         if v.ndim != 2 or v.shape[1] != self.dim or v.shape[0] == 0:
             raise ValueError(f"{what}: expected shape ({self.dim},) or (k, {self.dim}) with k ≥ 1, got {np.shape(vectors)}")
-        out = np.empty(v.shape, dtype=np.float32)
-        for a in range(0, len(v), 1 << 16):  # float64 in chunks: a bulk load needs no 8-byte copy
-            c = v[a:a + (1 << 16)].astype(np.float64)
-            if not np.isfinite(c).all():
-                raise ValueError(f"{what}: non-finite values")
-            norms = np.linalg.norm(c, axis=1, keepdims=True)
-            if (norms == 0).any():
-                raise ValueError(f"{what}: zero vector has no direction")
-            out[a:a + len(c)] = c / norms
-        return out
+        return unit_rows(v, what)
 
     def _probe(self, vector) -> np.ndarray:
         v = self._vectors(vector, "probe")
@@ -166,6 +175,7 @@ class Matcher:
     def _check_id(subject_id) -> str:
         if not isinstance(subject_id, str) or not subject_id:
             raise ValueError(f"subject_id must be a non-empty str, got {subject_id!r}")
+        SubjectTable.encode(subject_id)
         return subject_id
 
     # ---------- snapshots ----------
@@ -262,6 +272,7 @@ class Matcher:
         for sid, number, slot0, k in zip(ids, numbers.tolist(), starts.tolist(), counts.tolist()):
             with self._lock:  # only now, with its templates stored, can verify() find a subject
                 self._subjects.bind(sid, number, slot0, k)
+            self._subjects.rehash_if_needed()
         self._slots.update_liveness(list(zip(starts.tolist(), counts.tolist())), clear_ranges)
         gens = self._slots.gen[row_slots]
         if len(vecs) >= self._staging_rows:
@@ -425,12 +436,13 @@ class Matcher:
             return [Match(sid, score) for sid, score in ranked]
 
     def _rank(self, best: dict[int, float], k: int) -> list[tuple[str, float]]:
-        ids = self._subjects.ids
-        ranked = sorted(((ids[n], s) for n, s in best.items()), key=lambda t: (-t[1], t[0]))
+        id_of = self._subjects.id_of
+        ranked = sorted(((id_of(n), s) for n, s in best.items()), key=lambda t: (-t[1], t[0]))
         return ranked[:k]
 
     def verify(self, vector, subject_id: str) -> float | None:
         """Exact cosine against the subject's best template; None if not enrolled."""
+        self._check_id(subject_id)
         q = self._probe(vector)
         with self._reading():
             with self._lock:
@@ -458,6 +470,7 @@ class Matcher:
             "segments": len(snap.segments), "precision": self.precision.value,
             "scan_bytes": sum(s.resident_bytes() for s in snap.segments) + snap.staging.resident_bytes(),
             "slot_bytes": self._slots.subject.nbytes + self._slots.gen.nbytes + self._slots.live.nbytes,
+            "subject_bytes": self._subjects.nbytes(),
             "exact_resident_bytes": self._exact.resident_bytes(),
         }
 
