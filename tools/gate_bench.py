@@ -75,6 +75,45 @@ def cmd_lane(args) -> int:
     return 0
 
 
+def gate_side_factories(dim: int = 128, model_id: str = "bench-model"):
+    """The gate's real watchlist store, matcher and audit log, as the sync benchmark's sink,
+    probe and audit source."""
+    from gate.audit import AuditLog
+    from gate.watchlist import WatchlistStore
+    from gate.watchlist_sync import WatchlistSyncSink
+    from vision.match import Matcher
+
+    def sink_factory(folder):
+        store = WatchlistStore(folder)
+        matcher = Matcher(dim, model_id)
+        store.set_listener(matcher, model_id)
+        sink = WatchlistSyncSink(store)
+        sink.matcher = matcher
+        return sink
+
+    def probe(sink, subject_id, vector) -> bool:
+        found = sink.matcher.search(vector, 1)
+        return bool(found) and found[0].subject_id == subject_id
+
+    def audit_factory(folder):
+        log = AuditLog(folder)
+        return log, lambda bodies: [log.append(b) for b in bodies]
+
+    return sink_factory, probe, audit_factory
+
+
+def cmd_sync(args) -> int:
+    from sync.bench import sync_bench
+
+    r = sync_bench(*gate_side_factories(), subjects=args.subjects, audit_events=args.audit_events,
+                   outage_events=args.outage_events)
+    if args.json:
+        _print_json(r)
+    else:
+        _table([(k, f"{v:.3f}" if isinstance(v, float) else str(v)) for k, v in r.items()])
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from models.registry import DEFAULT_DETECTOR, DEFAULT_EMBEDDER
     from tools.gate_models import default_model_dir
@@ -103,6 +142,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--idle-seconds", type=float, default=10.0)
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_lane)
+    s = sub.add_parser("sync", help="central -> gate snapshot and update latency, audit upload rate, outage drain")
+    s.add_argument("--subjects", type=int, default=100_000)
+    s.add_argument("--audit-events", type=int, default=20_000)
+    s.add_argument("--outage-events", type=int, default=10_000)
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_sync)
     from tools.bench_search import add_search_args, run_search_cli
 
     s = sub.add_parser("search", help="1:N latency, memory and exactness per gallery size, dim and precision, "

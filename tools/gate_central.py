@@ -8,6 +8,7 @@
     gate-central --config F revoke SUBJECT [--scope lane:L1] [--reason TEXT]
     gate-central --config F expire
     gate-central --config F list [--scope lane:L1] [--status active|revoked|expired]
+    gate-central --config F enroll --from DIR --scope lane:L1 [--list deny] [--valid-until T]
 
 Every command is a thin wrapper over sync.central / sync.central_server / sync.keys.
 """
@@ -18,6 +19,7 @@ import logging
 import sys
 from pathlib import Path
 
+from models.manifest import ModelError
 from sync.central import Central, EnrollmentError
 from sync.config import ConfigError, load_central_config
 from sync.keys import KeyFileError, generate_keypair_files, load_public_key
@@ -89,6 +91,41 @@ def cmd_list(args) -> int:
     return 0
 
 
+def cmd_enroll(args) -> int:
+    """Photos → templates with the configured models → stored and published in the scope."""
+    import datetime as dt
+
+    from tqdm import tqdm
+
+    from tools.enrolment import enrol_folder
+    from vision.loading import load_pipeline
+
+    central = _central(args)
+    pipeline = load_pipeline(Path(args.models), args.detector, args.embedder, flip=not args.no_flip)
+    until = dt.datetime.fromisoformat(args.valid_until) if args.valid_until else None
+    if until is not None and until.tzinfo is None:
+        until = until.replace(tzinfo=dt.timezone.utc)
+    bar = tqdm(desc="enrolling", unit="person", file=sys.stderr)
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    try:
+        r = enrol_folder(central, pipeline, Path(args.from_dir), args.scope, args.list, valid_until=until,
+                         progress=progress)
+    finally:
+        bar.close()
+    for v in r.rejects:
+        print(f"REJECT {v.photo}: {v.reason}")
+    for sid, why in r.skipped.items():
+        print(f"SKIP   {sid}: {why}")
+    print(f"enrolled {len(r.enrolled)} subject(s) as {args.list} in {', '.join(args.scope)} "
+          f"with model {pipeline.model_id}; {len(r.rejects)} photo(s) rejected, {len(r.skipped)} subject(s) skipped")
+    return 0 if r.enrolled else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gate-central", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -139,6 +176,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("expire", help="withdraw subjects whose validity has ended").set_defaults(func=cmd_expire)
 
+    from models.registry import DEFAULT_DETECTOR, DEFAULT_EMBEDDER
+    from tools.gate_models import default_model_dir
+
+    en = sub.add_parser("enroll", help="enrol people from photos: one sub-folder per person, named by subject id")
+    en.add_argument("--from", dest="from_dir", required=True, help="folder of per-person photo folders")
+    en.add_argument("--scope", action="append", required=True, help="lane:ID or flight:NO (repeatable)")
+    en.add_argument("--list", choices=["allow", "deny"], default="allow")
+    en.add_argument("--valid-until", help="ISO-8601 end of validity, e.g. 2026-11-23T18:00Z (UTC if no offset)")
+    en.add_argument("--models", default=str(default_model_dir()))
+    en.add_argument("--detector", default=DEFAULT_DETECTOR)
+    en.add_argument("--embedder", default=DEFAULT_EMBEDDER)
+    en.add_argument("--no-flip", action="store_true")
+    en.set_defaults(func=cmd_enroll)
+
     ls = sub.add_parser("list", help="enrolled subjects")
     ls.add_argument("--scope")
     ls.add_argument("--status", choices=["active", "revoked", "expired"])
@@ -152,7 +203,7 @@ def main(argv=None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)
-    except (ConfigError, KeyFileError, EnrollmentError, ValueError, OSError) as exc:
+    except (ConfigError, KeyFileError, EnrollmentError, ModelError, ValueError, OSError) as exc:
         print(f"gate-central: {exc}", file=sys.stderr)
         return 2
 

@@ -1,0 +1,55 @@
+"""`gate-central enroll`: photo folders → templates with the real default models → central."""
+import dataclasses
+import shutil
+
+import cv2
+import numpy as np
+
+from models.manifest import write_manifest
+from models.provision import NORMALISATIONS, provision
+from sync.central import Central
+from tests.paths import SHARED_MODELS, lfw_people, require
+from tools.gate_central import main as central_main
+
+
+def _models_dir(tmp, *manifests):
+    d = tmp / "models"
+    d.mkdir(exist_ok=True)
+    for m in manifests:
+        files = {r: dataclasses.replace(f, file=str(m.file_path(r))) for r, f in m.files.items()}
+        write_manifest(dataclasses.replace(m, files=files, path=None), d)
+    return d
+
+
+def test_enrol_folder_reports_rejects_and_refuses_mixed_models(tmp_path, mtcnn_manifest, dlib_resnet_manifest, capsys):
+    models = _models_dir(tmp_path, mtcnn_manifest, dlib_resnet_manifest)
+    people = tmp_path / "people"
+    for d in lfw_people(3, min_images=2):
+        (people / d.name).mkdir(parents=True)
+        for photo in sorted(d.glob("*.jpg"))[:2]:
+            shutil.copy(photo, people / d.name / photo.name)
+    bad = people / "Nobody_Here"
+    bad.mkdir()
+    cv2.imwrite(str(bad / "wall.png"), np.full((200, 200, 3), 90, np.uint8))
+    (bad / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    cfg = tmp_path / "central.toml"
+    cfg.write_text(f'[central]\ndb_path = "{tmp_path / "central.db"}"\n')
+    rc = central_main(["--config", str(cfg), "enroll", "--from", str(people), "--scope", "lane:L1",
+                       "--valid-until", "2099-01-01T00:00Z", "--models", str(models)])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "REJECT" in out and "wall.png: no_face" in out and "broken.jpg: unreadable" in out
+    assert "SKIP   Nobody_Here" in out and "enrolled 3 subject(s)" in out
+    c = Central(tmp_path / "central.db")
+    subjects = {s.subject_id: s for s in c.list_subjects(scope="lane:L1")}
+    assert set(subjects) == {d.name for d in lfw_people(3, min_images=2)}
+    assert all(c.templates_of(sid).shape == (2, 128) for sid in subjects)
+    c.close()
+
+    # a different embedder's templates may not join the same scope
+    mfn = provision(require(SHARED_MODELS / "mobilefacenet.onnx"), "mobilefacenet", "arcface", "test only",
+                    "../shared", tmp_path / "mfn", input_overrides=NORMALISATIONS["imagenet"])
+    _models_dir(tmp_path, mfn)
+    rc = central_main(["--config", str(cfg), "enroll", "--from", str(people), "--scope", "lane:L1",
+                       "--models", str(models), "--embedder", "mobilefacenet"])
+    assert rc == 2 and "model" in capsys.readouterr().err.lower()
