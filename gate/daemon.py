@@ -75,6 +75,7 @@ class _Pending:
 
 class LaneDaemon:
     UPLOAD_GRACE_S = 2.0  # on stop, how long to wait for the central to acknowledge the last records
+    AUDIT_PROBE_S = 2.0  # while the audit log is failing (disk full), how often to try it again
     def __init__(self, cfg: GateConfig, *, pipeline=None, driver=None, source=None, clock=time.monotonic):
         self.cfg = cfg
         self.clock = clock
@@ -235,6 +236,17 @@ class LaneDaemon:
         for ev in followups:
             self._step(ev)
 
+    def _probe_audit(self, now: float) -> None:
+        """The lane stays locked while its audit log cannot be written; it only learns that
+        space is back by writing, so it writes a small record now and then."""
+        try:
+            self.audit.append({"event": "audit_probe", "lane": self.cfg.lane.lane_id, "gate": self.cfg.gate.id,
+                               "pad": self.pad_status})
+        except AuditWriteError:
+            return
+        log.warning("audit log writable again; returning the lane to service")
+        self._step(AuditRestored(now))
+
     def _note_unlock(self, t: float, a: Unlock) -> None:
         d = self.state.decision if self.state is not None else None
         self.metrics.unlocks.append({
@@ -388,7 +400,7 @@ class LaneDaemon:
         self.notifier.ready(f"lane {self.cfg.lane.lane_id} {self.state.mode}")
         log.info("lane %s ready: mode %s, pad %s", self.cfg.lane.lane_id, self.state.mode, self.pad_status)
         wd_every = self.notifier.watchdog_interval_s() or 1.0
-        last_tick = last_wd = last_purge = last_status = self._started
+        last_tick = last_wd = last_purge = last_status = last_audit_probe = self._started
         stopping_since = None
         while True:
             self._device_events()
@@ -398,6 +410,9 @@ class LaneDaemon:
             if now - last_tick >= TICK_S:
                 self._step(Tick(now))
                 last_tick = now
+            if lanes.AUDIT_LOG in self.state.faults and now - last_audit_probe >= self.AUDIT_PROBE_S:
+                self._probe_audit(now)
+                last_audit_probe = now
             if now - last_purge >= self.cfg.watchlist.purge_interval_s:
                 gone = self.store.purge_expired(_utc_now())
                 if gone:

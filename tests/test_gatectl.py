@@ -104,3 +104,27 @@ def test_audit_verify_offline_after_the_lane_stops(running_lane, capsys):
     time.sleep(0.5)
     assert gatectl(["audit", "verify", "--state-dir", str(cfg.gate.state_dir)]) == 0
     assert "PASS audit chain intact" in capsys.readouterr().out
+
+
+def test_full_disk_keeps_the_lane_locked_and_it_recovers_when_space_returns(running_lane):
+    daemon, sock, _ = running_lane
+    audit = daemon.audit
+    audit.set_size_limit(1)  # the disk is full: the database cannot grow by one more page
+    for i in range(300):  # records still fit in the last page's free space for a while
+        call(sock, "lock", operator="s9", reason=f"filling {i}")
+        if "audit_log" in call(sock, "status").get("faults", []) or "audit_log" in daemon.state.faults:
+            break
+    sim = daemon._driver
+    unlocks_before = [c for c in sim.commands if c.name == "unlock"]
+    r = call(sock, "open", operator="s9", reason="test")
+    time.sleep(0.6)
+    status = call(sock, "status")
+    assert "audit_log" in status["faults"] and status["mode"] == "out_of_service"
+    assert not r.get("ok") or r["mode"] != "open"
+    assert [c for c in sim.commands if c.name == "unlock"] == unlocks_before  # no opening without its record
+    audit.set_size_limit(1 << 30)  # space is back
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and call(sock, "status").get("faults"):
+        time.sleep(0.2)
+    assert call(sock, "status")["faults"] == []
+    assert call(sock, "open", operator="s9", reason="after recovery")["mode"] == "open"
