@@ -98,8 +98,8 @@ def decode_properties(raw: bytes) -> dict[str, str]:
         if not line:
             continue
         name, sep, value = line.partition("=")
-        if not sep or not name:
-            raise MalformedMessage(f"property line {line!r} is not name=value")
+        if not sep or not _PROP_NAME_RE.match(name):
+            raise MalformedMessage(f"property line {line!r} is not name=value (a name holds no NUL)")
         props[name] = value
     return props
 

@@ -8,6 +8,7 @@ chain commits to instead of a re-serialisation of it.
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -116,6 +117,19 @@ def encode_audit_batch(batch: AuditBatch) -> bytes:
     })
 
 
+def _refuse_constant(name: str) -> None:
+    # NaN and Infinity are not JSON; the chain's canonical form (allow_nan=False) could not
+    # hash a body holding them, so the central could neither verify nor re-export it.
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:32]} is out of range")
+    return value
+
+
 def _decode_row(raw: Any) -> AuditRow:
     if not isinstance(raw, list) or len(raw) != 5:
         raise MalformedRequest("each audit row is [seq, ts, prev_hash, hash, body_json]")
@@ -130,7 +144,7 @@ def _decode_row(raw: Any) -> AuditRow:
     if not isinstance(body_text, str):
         raise MalformedRequest(f"audit row {seq}: body must be JSON text")
     try:
-        body = json.loads(body_text)
+        body = json.loads(body_text, parse_constant=_refuse_constant, parse_float=_finite_float)
     except ValueError as exc:
         raise MalformedRequest(f"audit row {seq}: body is not JSON: {exc}") from exc
     if not isinstance(body, dict):
