@@ -78,6 +78,15 @@ class WatchlistSection:
 
 
 @dataclass(frozen=True)
+class PrivacySection:
+    keep_refer_crops: bool = field(default=False, metadata={
+        "help": "keep an encrypted face crop of each REFER decision for staff review (opt-in; "
+                "no face image is stored otherwise)"})
+    refer_crop_retention_days: int = field(default=7, metadata={
+        "help": "kept crops older than this are deleted (checked with the watchlist purge)", "min": 1, "max": 365})
+
+
+@dataclass(frozen=True)
 class ControlSection:
     socket: Path | None = field(default=None, metadata={
         "help": "gatectl's Unix socket; default <state_dir>/control.sock"})
@@ -96,6 +105,7 @@ class GateConfig:
     audit: AuditSection = field(default_factory=AuditSection)
     watchlist: WatchlistSection = field(default_factory=WatchlistSection)
     control: ControlSection = field(default_factory=ControlSection)
+    privacy: PrivacySection = field(default_factory=PrivacySection)
     sync: Any = None  # sync.config.AgentConfig, or None for a standalone gate
     path: Path | None = None
 
@@ -110,7 +120,7 @@ class GateConfig:
 
 _SECTIONS = {"gate": GateSection, "camera": CameraSection, "models": ModelsSection, "lane": LaneConfig,
              "quality": QualityThresholds, "audit": AuditSection, "watchlist": WatchlistSection,
-             "control": ControlSection}
+             "control": ControlSection, "privacy": PrivacySection}
 
 
 def _resolve_paths(obj, base: Path):

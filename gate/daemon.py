@@ -14,7 +14,7 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +23,15 @@ from gate import lane as lanes
 from gate.actions import Alert, Audit, Indicate, Lock, Unlock, after_audit_failure
 from gate.audit import AuditLog, AuditWriteError
 from gate.config import GateConfig
+from gate.decide import Outcome
 from gate.events import (AuditFailed, AuditRestored, DeviceFault, DeviceRestored, DoorForced, FireAlarm,
                          PassageComplete, StaffCommand, Tamper, Tick, TokenRead)
 from gate.notify import Notifier
 from gate.observation import FrameObservation
 from gate.observe import observe, store_lookup
+from gate.refer_crops import CROPS_DIR_NAME, CropError, ReferCropStore
+from gate.sqlite_store import InsecureFileError, parse_utc_iso
+from gate.template_crypto import TemplateCipher, TemplateKeyError
 from gate.watchlist import WatchlistStore
 
 log = logging.getLogger("gated")
@@ -44,6 +48,15 @@ class StartupError(RuntimeError):
 
 def _utc_now() -> datetime:
     return datetime.now(timezone.utc)
+
+
+def _private(what: str, opener):
+    """Open a key or store file, turning a loose-permission or wrong-key refusal into a
+    StartupError that names the file and the fix (gated prints it; no traceback)."""
+    try:
+        return opener()
+    except (InsecureFileError, TemplateKeyError) as e:
+        raise StartupError(f"{what}: {e}") from None
 
 
 @dataclass
@@ -96,6 +109,8 @@ class LaneDaemon:
         self._frame_t_capture: float | None = None
         self._thumb = None
         self._empty_scene = None  # thumbnail of the last frame in which no face was found
+        self.refer_crops: ReferCropStore | None = None  # [privacy] keep_refer_crops (opt-in)
+        self._last_processed = None  # (image, FrameResult) of the last frame run through the pipeline
 
     # ------------------------------------------------------------------ start-up
     def open(self) -> None:
@@ -124,8 +139,9 @@ class LaneDaemon:
         if cfg.watchlist.encrypt_templates:
             keyfile = cfg.template_key_file
             keyfile.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            cipher = TemplateCipher.load_or_create(keyfile)
-        self.store = WatchlistStore(state_dir, cipher=cipher)
+            cipher = _private("template key", lambda: TemplateCipher.load_or_create(keyfile))
+        self.store = _private("watchlist", lambda: WatchlistStore(state_dir, cipher=cipher))
+        self.refer_crops = self._open_refer_crops(cipher)
         if self.store.model_id() not in (None, self._pipeline.model_id):
             log.warning("watchlist holds templates of model %s; this lane runs %s: only matching templates load",
                         self.store.model_id(), self._pipeline.model_id)
@@ -138,7 +154,7 @@ class LaneDaemon:
                  self.store.sequence())
         self.lookup = store_lookup(self.store)
         max_bytes = int(cfg.audit.max_db_mb * 1024 * 1024) if cfg.audit.max_db_mb else None
-        self.audit = AuditLog(state_dir, max_db_bytes=max_bytes)
+        self.audit = _private("audit log", lambda: AuditLog(state_dir, max_db_bytes=max_bytes))
         if self._driver is None:
             self._driver = devices.make_driver(cfg.device)
         try:
@@ -167,6 +183,35 @@ class LaneDaemon:
             except Exception as e:  # bad keys: refuse to run half-configured
                 raise StartupError(f"sync: {e}") from None
         self.notifier = Notifier()
+
+    def _open_refer_crops(self, cipher) -> ReferCropStore | None:
+        """Opened when the setting is on, or when crops are left from when it was: those still
+        expire on schedule after the setting is turned off."""
+        p = self.cfg.privacy
+        if not p.keep_refer_crops and not (self.cfg.gate.state_dir / CROPS_DIR_NAME).exists():
+            return None
+        if cipher is None:  # crops are sealed even where templates are not
+            keyfile = self.cfg.template_key_file
+            keyfile.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            cipher = _private("template key", lambda: TemplateCipher.load_or_create(keyfile))
+        return _private("refer crops", lambda: ReferCropStore(self.cfg.gate.state_dir, cipher,
+                                                              timedelta(days=p.refer_crop_retention_days)))
+
+    def _keep_refer_crop(self, d) -> None:
+        """Seal the primary face of the last processed frame as the crop of REFER decision `d`,
+        named after its audit record. No record (audit write failed) or no face: no crop."""
+        if self._last_processed is None or self._last_processed[1].primary is None:
+            return
+        image, result = self._last_processed
+        record = next((r for r in reversed(self.audit.tail(8)) if r.body.get("event") == "decision"), None)
+        if record is None or record.body["decision"].get("outcome") != str(d.outcome) \
+                or record.body["decision"].get("track_id") != d.track_id:
+            log.warning("REFER decision without its audit record: no face crop kept")
+            return
+        try:
+            self.refer_crops.save(image, result.primary.face.box, record.seq, parse_utc_iso(record.ts))
+        except (CropError, OSError) as e:
+            log.error("could not keep the face crop of audit record %d: %s", record.seq, e)
 
     def _load_pad(self):
         m = self.cfg.models
@@ -262,6 +307,8 @@ class LaneDaemon:
             self.metrics.decisions[str(d.outcome)] = self.metrics.decisions.get(str(d.outcome), 0) + 1
             self.metrics.last_decision_at = _utc_now().isoformat()
         self._run(actions)
+        if d is not None and d is not before and d.outcome is Outcome.REFER and self.cfg.privacy.keep_refer_crops:
+            self._keep_refer_crop(d)
 
     # ------------------------------------------------------------------ inputs
     def _device_events(self) -> None:
@@ -349,6 +396,7 @@ class LaneDaemon:
                       self.state.one_to_one_subject, pad=self.pad, frame=f.image)
         self.metrics.vision_ms.append((time.perf_counter() - t0) * 1e3)
         self._empty_scene = None if result.faces else self._thumb
+        self._last_processed = (f.image, result)
         self._step(obs)
 
     MOTION_THRESHOLD = 3.0  # mean absolute grey-level change (0-255) of a 80x60 thumbnail
@@ -417,6 +465,8 @@ class LaneDaemon:
                 gone = self.store.purge_expired(_utc_now())
                 if gone:
                     log.info("purged %d expired subjects", len(gone))
+                if self.refer_crops is not None:
+                    self.refer_crops.purge(_utc_now())
                 last_purge = now
             if now - last_status >= 0.5:
                 self._snapshot()

@@ -67,13 +67,22 @@ def open_central_db(path: Path) -> sqlite_utils.Database:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # Templates are biometric data: the file (and the -wal/-shm files SQLite derives from
-    # its mode) is owner-only from the first byte.
-    os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
+    # its mode) is owner-only from the first byte. Only a missing file is touched: closing
+    # any descriptor of a database file drops every POSIX lock this process holds on it, so
+    # another process could then take the database for unused and delete the WAL under this
+    # process's open connections, losing commits already acknowledged (found by gate-bench crash).
+    if not path.exists():
+        try:
+            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600))
+        except FileExistsError:  # another process created it first
+            pass
     conn = sqlite3.connect(str(path), timeout=30.0, isolation_level=None, check_same_thread=True)
     conn.execute("PRAGMA journal_mode=WAL")
     # FULL: a reply that says "durable" to a gate must survive a power cut of the central.
     conn.execute("PRAGMA synchronous=FULL")
     conn.execute("PRAGMA busy_timeout=30000")
+    # Deleted templates and ids are overwritten, not left in free pages (sync.forget proves it).
+    conn.execute("PRAGMA secure_delete=ON")
     db = sqlite_utils.Database(conn)
     _create_schema(db)
     return db

@@ -24,6 +24,7 @@ from zmq.auth.thread import ThreadAuthenticator
 
 from sync.central import Central, EnrollmentError, Principal
 from sync.config import CentralConfig
+from sync.forget import forget_withdrawn
 from sync.keys import load_keypair
 from sync.kvmsg import KVMsg, MalformedMessage, hugz, kthxbai, parse_icanhaz
 from sync.scopes import ScopeError
@@ -124,6 +125,7 @@ class _Publisher:
         if now >= self._next_prune:
             self._next_prune = now + 60.0
             self._central.hashmap.prune_log(self.published, time.time() - self._cfg.log_retention_s)
+            forget_withdrawn(self._central, self.published, time.time() - self._cfg.log_retention_s)
 
 
 class CentralServer:

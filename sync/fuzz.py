@@ -309,7 +309,7 @@ def reason_class(exc: BaseException) -> str:
             break
         text = shorter
     text = _VALUE_WORD.sub("…", _NUMBER.sub("…", text))
-    return text[:120]
+    return re.sub("…+", "…", text).rstrip(": ")[:120]
 
 
 def _hexes(frames: Frames) -> tuple[str, ...]:

@@ -114,6 +114,36 @@ def cmd_sync(args) -> int:
     return 0
 
 
+def cmd_fuzz(args) -> int:
+    from sync.fuzz import run_fuzz
+
+    r = run_fuzz(frames=args.frames, seed=args.seed).as_dict()
+    if args.json:
+        _print_json(r)
+    else:
+        _table([(k, str(r[k])) for k in ("frames", "accepted", "rejected", "crashes", "roundtrip_failures",
+                                         "frames_per_s", "seconds")])
+        print()
+        _table([(reason, str(n)) for reason, n in r["rejected_by_reason"].items()])
+        for finding in r["findings"]:
+            print(f"FINDING {finding['kind']} in {finding['target']} ({finding['mutation']}, "
+                  f"seed {args.seed} index {finding['index']}): {finding['error']}")
+    return 0 if r["crashes"] == 0 and r["roundtrip_failures"] == 0 else 1
+
+
+def cmd_crash(args) -> int:
+    from tools.bench_crash import crash_bench
+
+    r = crash_bench(cycles=args.cycles, seed=args.seed)
+    if args.json:
+        _print_json(r)
+    else:
+        _table([(k, str(v)) for k, v in r.items()])
+    ok = (r["lost"] == 0 and r["duplicated"] == 0 and r["mismatched"] == 0 and r["chain_ok"] and r["integrity_ok"]
+          and r["watchlist_converged"])
+    return 0 if ok else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     from models.registry import DEFAULT_DETECTOR, DEFAULT_EMBEDDER
     from tools.gate_models import default_model_dir
@@ -148,6 +178,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--outage-events", type=int, default=10_000)
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_sync)
+    s = sub.add_parser("fuzz", help="mutated and random frames through every sync decoder: crashes (must be 0), "
+                                    "rejections by reason")
+    s.add_argument("--frames", type=int, default=100_000)
+    s.add_argument("--seed", type=int, default=0, help="a finding is reproduced by sync.fuzz.fuzz_one(seed, index)")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_fuzz)
+    s = sub.add_parser("crash", help="kill -9 of the gate side and the central during traffic, then check audit "
+                                     "loss/duplicates, hash chains, SQLite integrity and watchlist convergence")
+    s.add_argument("--cycles", type=int, default=100)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_crash)
     from tools.bench_search import add_search_args, run_search_cli
 
     s = sub.add_parser("search", help="1:N latency, memory and exactness per gallery size, dim and precision, "

@@ -2,9 +2,12 @@
 
     gate-ops --config central.toml gates
     gate-ops --config central.toml audit pull --gate ID --since T [--until T] --format jsonl|csv --out FILE
+    gate-ops --config central.toml subject-gone SUBJECT_ID
 
 `audit pull` verifies the gate's hash chain while exporting and exits 3 if it is broken
 (the file is still written in full). Times are ISO-8601; a time without offset is UTC.
+`subject-gone` prints PASS/FAIL for every place at the central that could hold the id
+(tables, change log, raw database bytes) and exits 1 unless all pass.
 """
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ from pathlib import Path
 from sync.audit_export import FORMATS, pull_audit
 from sync.central import Central
 from sync.config import ConfigError, load_central_config
+from sync.forget import all_gone, subject_presence
 from sync.ops import gates_table, parse_time
 
 EXIT_CHAIN_BROKEN = 3
@@ -34,6 +38,19 @@ def cmd_audit_pull(args) -> int:
     return 0 if report.check.ok else EXIT_CHAIN_BROKEN
 
 
+def cmd_subject_gone(args) -> int:
+    central = Central(load_central_config(args.config).db_path)
+    try:
+        checks = subject_presence(central, args.subject_id)
+    finally:
+        central.close()
+    for c in checks:
+        print(c.line())
+    gone = all_gone(checks)
+    print(f"{'PASS' if gone else 'FAIL'} subject {args.subject_id} is {'gone' if gone else 'still present'}")
+    return 0 if gone else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gate-ops", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -48,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     pull.add_argument("--format", choices=FORMATS, default="jsonl")
     pull.add_argument("--out", required=True)
     pull.set_defaults(func=cmd_audit_pull)
+    gone = sub.add_parser("subject-gone", help="prove a subject id has left the central's database")
+    gone.add_argument("subject_id")
+    gone.set_defaults(func=cmd_subject_gone)
     return p
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sqlite3
 import sys
 from pathlib import Path
 
@@ -72,6 +73,32 @@ def cmd_watchlist(args) -> int:
     return 0
 
 
+def cmd_watchlist_gone(args) -> int:
+    """Offline: reads watchlist.db and audit.db directly; stop the daemon for a final proof
+    (its WAL may hold the id until the next checkpoint)."""
+    from gate.forget import subject_presence
+    from sync.forget import all_gone
+
+    state_dir = Path(args.state_dir) if args.state_dir else None
+    if state_dir is None and args.config:
+        from gate.config import load_config
+
+        state_dir = load_config(Path(args.config)).gate.state_dir
+    if state_dir is None:
+        print("gatectl watchlist gone: give --state-dir or --config", file=sys.stderr)
+        return 2
+    try:
+        checks = subject_presence(state_dir, args.subject_id)
+    except (OSError, sqlite3.Error) as e:
+        print(f"gatectl watchlist gone: {e}", file=sys.stderr)
+        return 2
+    for c in checks:
+        print(c.line())
+    gone = all_gone(checks)
+    print(f"{'PASS' if gone else 'FAIL'} subject {args.subject_id} is {'gone' if gone else 'still on this gate'}")
+    return 0 if gone else 1
+
+
 def cmd_audit_verify(args) -> int:
     """Offline: reads the audit database directly (works with the daemon stopped)."""
     from gate.audit import AuditLog
@@ -91,6 +118,24 @@ def cmd_audit_verify(args) -> int:
         return 0
     print(f"FAIL audit chain broken at seq {c.first_broken_seq}: {c.reason} ({c.records} records checked)")
     return 1
+
+
+def cmd_selftest(args) -> int:
+    """Offline: opens the camera and the turnstile itself, so run it with the lane's daemon stopped."""
+    from gate.checks import format_table, passed
+    from gate.selftest import SelftestOptions, selftest_config
+
+    config = args.selftest_config or args.config
+    if config is None and args.root:
+        config = Path(args.root) / "current" / "config.toml"
+    if config is None:
+        print("gatectl selftest: give --config FILE or --root DIR", file=sys.stderr)
+        return 2
+    opts = SelftestOptions(camera_timeout_s=args.camera_timeout, central_timeout_s=args.central_timeout,
+                           min_free_mb=args.min_free_mb)
+    checks = selftest_config(Path(config), opts)
+    print(json.dumps([c.to_dict() for c in checks], indent=2) if args.json else format_table(checks))
+    return 0 if passed(checks) else 1
 
 
 def cmd_config_reference(args) -> int:
@@ -122,13 +167,27 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--last", type=int, default=20)
     s.add_argument("--follow", action="store_true")
     s.set_defaults(func=cmd_events)
-    s = sub.add_parser("watchlist", help="watchlist statistics")
-    s.add_argument("what", choices=["stats"])
-    s.set_defaults(func=cmd_watchlist)
+    s = sub.add_parser("watchlist", help="watchlist statistics; `gone ID`: prove a subject left this gate")
+    wl = s.add_subparsers(dest="what", required=True)
+    wl.add_parser("stats", help="watchlist statistics (from the running lane)").set_defaults(func=cmd_watchlist)
+    g = wl.add_parser("gone", help="offline: PASS/FAIL per place a subject id could still be on disk")
+    g.add_argument("subject_id")
+    g.add_argument("--state-dir")
+    g.set_defaults(func=cmd_watchlist_gone)
     s = sub.add_parser("audit", help="offline audit checks")
     s.add_argument("what", choices=["verify"])
     s.add_argument("--state-dir")
     s.set_defaults(func=cmd_audit_verify)
+    s = sub.add_parser("selftest", help="camera, models (known answer), PAD, turnstile, central, disk, clock; "
+                                        "run with the daemon stopped")
+    s.add_argument("--config", dest="selftest_config", metavar="FILE",
+                   help="the config to test (e.g. SLOT/config.toml)")
+    s.add_argument("--root", help="gate-image install root: test ROOT/current/config.toml")
+    s.add_argument("--camera-timeout", type=float, default=5.0, help="seconds for the camera to deliver frames")
+    s.add_argument("--central-timeout", type=float, default=3.0, help="seconds to wait for the central's reply")
+    s.add_argument("--min-free-mb", type=float, default=500.0, help="free space needed for the state directory")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_selftest)
     s = sub.add_parser("config-reference", help="print the configuration reference (markdown)")
     s.set_defaults(func=cmd_config_reference)
     return p

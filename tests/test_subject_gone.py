@@ -1,0 +1,182 @@
+"""Proving a subject id is gone, on a real central database and a real gate watchlist: the
+checks fail while any trace is left (rows, change log, tombstone, raw bytes) and pass once
+the subject has been withdrawn and purged after its validity window."""
+from __future__ import annotations
+
+import datetime as dt
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gate.audit import AuditLog
+from gate.forget import subject_presence as gate_presence
+from gate.template_crypto import TemplateCipher
+from gate.watchlist import Subject, WatchlistStore
+from sync.audit_chain import GENESIS_HASH, AuditRow, record_hash
+from sync.central import Central
+from sync.forget import all_gone, count_bytes, forget_withdrawn
+from sync.forget import subject_presence as central_presence
+from tests.sync_helpers import MODEL, Deployment
+from tools import gate_ops, gatectl
+from vision.types import Template
+
+UTC = dt.timezone.utc
+T0 = dt.datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+WHO = "trav-7f3a9c"  # the subject to forget
+OTHERS = [f"trav-{i:04d}" for i in range(40)]
+
+
+class Clock:
+    def __init__(self, t: float):
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def failing(checks) -> set[str]:
+    return {c.place for c in checks if c.counts and not c.ok}
+
+
+def unit_rows(rng, n: int, dim: int = 128) -> np.ndarray:
+    v = rng.standard_normal((n, dim)).astype(np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+# ---- byte scan ---------------------------------------------------------------------------
+
+def test_byte_scan_counts_matches_across_chunk_borders(tmp_path):
+    import sync.forget as forget
+
+    data = b"x" * (forget._SCAN_CHUNK - 3) + b"needle" + b"y" * 10 + b"needle"
+    (tmp_path / "f").write_bytes(data)
+    assert count_bytes([tmp_path / "f", tmp_path / "missing"], b"needle") == 2
+    assert count_bytes([tmp_path / "f"], b"absent") == 0
+
+
+# ---- central -----------------------------------------------------------------------------
+
+@pytest.fixture
+def clock():
+    return Clock(T0.timestamp())
+
+
+@pytest.fixture
+def central(tmp_path, clock):
+    c = Central(tmp_path / "central.db", clock=clock)
+    rng = np.random.default_rng(0)
+    for sid in OTHERS[:20]:
+        c.enroll_subject(sid, "allow", ["lane:L1"], None, None, MODEL, unit_rows(rng, 2))
+    c.enroll_subject(WHO, "allow", ["lane:L1", "flight:VN1"], None, T0 + dt.timedelta(days=1), MODEL,
+                     unit_rows(rng, 3))
+    for sid in OTHERS[20:]:
+        c.enroll_subject(sid, "allow", ["lane:L1"], None, None, MODEL, unit_rows(rng, 2))
+    yield c
+    c.close()
+
+
+def test_central_subject_is_gone_only_after_expiry_and_forgetting(central, clock):
+    assert central.conn.execute("PRAGMA secure_delete").fetchone() == (1,)
+    before = central_presence(central, WHO)
+    assert failing(before) == {"subjects", "templates", "hashmap keys", "change log", "database bytes"}
+    clock.t = (T0 + dt.timedelta(days=1, seconds=1)).timestamp()
+    assert central.expire() == [WHO]
+    expired = central_presence(central, WHO)
+    # templates and keys go at once; the row and the published change log stay for a while
+    assert failing(expired) == {"subjects", "change log", "database bytes"}
+    assert not all_gone(expired)
+    published = central.hashmap.current_seq()
+    # the deletion has not been published yet: nothing is forgotten
+    assert forget_withdrawn(central, published - 1, clock.t + 1) == []
+    # still inside the retention window: nothing is forgotten
+    assert forget_withdrawn(central, published, clock.t - 60) == []
+    assert forget_withdrawn(central, published, clock.t + 1) == [WHO]
+    after = central_presence(central, WHO)
+    assert all_gone(after), [c.line() for c in after]
+    assert count_bytes([central.db_path, central.db_path.with_name("central.db-wal")], WHO.encode()) == 0
+    # nobody else was touched
+    assert [s.subject_id for s in central.list_subjects()] == sorted(OTHERS)
+    assert central.templates_of(OTHERS[0]).shape == (2, 128)
+    assert central.conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+
+
+def test_audit_mentions_are_reported_but_do_not_fail_the_proof(central, clock):
+    body = {"event": "decision", "decision": {"outcome": "allow", "subject_id": WHO}}
+    ts = "2026-11-23T12:00:01.000000Z"
+    central.audit.store_batch("G1", [AuditRow(1, ts, GENESIS_HASH, record_hash(1, ts, GENESIS_HASH, body), body)],
+                              clock.t)
+    central.revoke(WHO)
+    forget_withdrawn(central, central.hashmap.current_seq(), clock.t + 1)
+    checks = central_presence(central, WHO)
+    assert all_gone(checks), [c.line() for c in checks]
+    info = next(c for c in checks if c.place == "received audit")
+    assert not info.counts and info.line().startswith("INFO") and "1 mentions" in info.detail
+
+
+def test_gate_ops_subject_gone_cli(tmp_path, capsys):
+    dep = Deployment(tmp_path)
+    toml = dep.central_toml()
+    c = Central(dep.db_path)
+    c.enroll_subject(WHO, "deny", ["lane:L1"], None, None, MODEL, unit_rows(np.random.default_rng(1), 1))
+    assert gate_ops.main(["--config", str(toml), "subject-gone", WHO]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL hashmap keys: /lane/L1/" + WHO in out and out.splitlines()[-1] == f"FAIL subject {WHO} is still present"
+    c.revoke(WHO)
+    forget_withdrawn(c, c.hashmap.current_seq(), time.time() + 1)
+    c.close()
+    assert gate_ops.main(["--config", str(toml), "subject-gone", WHO]) == 0
+    out = capsys.readouterr().out
+    assert "PASS database bytes: 0 occurrences" in out and out.splitlines()[-1] == f"PASS subject {WHO} is gone"
+
+
+# ---- gate --------------------------------------------------------------------------------
+
+def _gate_state(tmp_path: Path) -> tuple[Path, TemplateCipher]:
+    state = tmp_path / "state"
+    (state / "keys").mkdir(parents=True, mode=0o700)
+    cipher = TemplateCipher.load_or_create(state / "keys" / "templates.key")
+    rng = np.random.default_rng(2)
+    with WatchlistStore(state, cipher=cipher) as store:
+        seq = 0
+        for sid in OTHERS[:20] + [WHO] + OTHERS[20:]:
+            seq += 1
+            until = T0 + dt.timedelta(hours=1) if sid == WHO else None
+            store.upsert_subject(Subject(sid, "allow", valid_until=until, scopes=frozenset({"lane:L1"})),
+                                 [Template(v, "m") for v in unit_rows(rng, 2)], seq=seq)
+    with AuditLog(state) as audit:  # the lane's legal log names the subject
+        audit.append({"event": "decision", "decision": {"outcome": "allow", "subject_id": WHO}})
+    return state, cipher
+
+
+def test_gate_subject_is_gone_after_revoke_and_purge_past_its_window(tmp_path):
+    state, cipher = _gate_state(tmp_path)
+    assert failing(gate_presence(state, WHO)) == {"watchlist subjects", "watchlist scopes", "watchlist templates",
+                                                  "watchlist bytes"}
+    with WatchlistStore(state, cipher=cipher) as store:
+        assert store.revoke(WHO, seq=100)
+        tombstoned = gate_presence(state, WHO)  # read while the store is open, like a running daemon
+        assert failing(tombstoned) == {"watchlist subjects", "watchlist bytes"}
+        assert "tombstone of the revocation at seq 100" in tombstoned[0].detail
+        store.purge_expired(T0 + dt.timedelta(hours=2))
+    checks = gate_presence(state, WHO)
+    assert all_gone(checks), [c.line() for c in checks]
+    audit = next(c for c in checks if c.place == "audit log")
+    assert not audit.counts and "1 occurrences" in audit.detail
+    with WatchlistStore(state, cipher=cipher) as store:  # nobody else was touched
+        assert store.get(OTHERS[0]).templates and store.get(OTHERS[-1]).templates
+
+
+def test_gatectl_watchlist_gone_cli(tmp_path, capsys):
+    state, cipher = _gate_state(tmp_path)
+    assert gatectl.main(["watchlist", "gone", WHO, "--state-dir", str(state)]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL watchlist templates: 2 rows" in out and out.splitlines()[-1] == f"FAIL subject {WHO} is still on this gate"
+    with WatchlistStore(state, cipher=cipher) as store:
+        store.purge_expired(T0 + dt.timedelta(hours=2))  # expired without a revocation
+    assert gatectl.main(["watchlist", "gone", WHO, "--state-dir", str(state)]) == 0
+    out = capsys.readouterr().out
+    assert "PASS watchlist bytes: 0 occurrences" in out and "INFO audit log" in out
+    assert gatectl.main(["watchlist", "gone", WHO, "--state-dir", str(tmp_path / "nowhere")]) == 2
+    assert "does not exist" in capsys.readouterr().err
