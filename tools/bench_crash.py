@@ -260,7 +260,9 @@ def _run(root: Path, cycles: int, rng: random.Random, min_traffic_s: float, max_
                                         str(_central_toml(root, db_path, base_port, keys.secret))],
                             root / "central.log")
     gate_proc = _Process("gate", [sys.executable, "-m", "tools.bench_crash", "gate", str(spec_path)], root / "gate.log")
-    logs = lambda: f"--- central log ---\n{central_proc.log_tail()}\n--- gate log ---\n{gate_proc.log_tail()}"  # noqa: E731
+
+    def logs() -> str:
+        return f"--- central log ---\n{central_proc.log_tail()}\n--- gate log ---\n{gate_proc.log_tail()}"
 
     def start_central() -> float:
         central_proc.start()

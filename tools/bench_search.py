@@ -109,7 +109,7 @@ def _peak_resident_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def _exact_truth(gallery: np.ndarray, ids: list[str], probes: np.ndarray, k: int, chunk: int = 1 << 18
+def _exact_truth(gallery: np.ndarray, ids: list[str], probes: np.ndarray, k: int
                  ) -> list[list[tuple[str, float]]]:
     """Exact float32 search of every probe, over the rows exactly as the matcher stores them:
     a float32 GEMM per chunk finds each probe's neighbourhood (everything within 1e-4 of its
@@ -117,6 +117,7 @@ def _exact_truth(gallery: np.ndarray, ids: list[str], probes: np.ndarray, k: int
     from vision.match.matcher import exact_scores, unit_rows
 
     q = unit_rows(probes)
+    chunk = max(1024, (256 << 20) // (4 * len(q)))  # a 256 MB score block at most
     cands: list[list[np.ndarray]] = [[] for _ in range(len(q))]
     for a in range(0, len(gallery), chunk):
         scores = unit_rows(gallery[a:a + chunk]) @ q.T  # (rows, probes)
