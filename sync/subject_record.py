@@ -90,6 +90,9 @@ def encode_record(rec: SubjectRecord) -> bytes:
 _FIELDS = operator.itemgetter("v", "sid", "list", "model", "vf", "vu", "n", "dim", "tpl")
 
 
+_MAX_UNIX_SECONDS = 253_402_300_799  # 9999-12-31T23:59:59Z
+
+
 def decode_record(body: bytes) -> SubjectRecord:
     """Parse and check one body. Written for speed (a snapshot decodes 100k of them): exact
     type checks (`type(x) is int` also rules out bool) and one numeric pass."""
@@ -109,6 +112,11 @@ def decode_record(body: bytes) -> SubjectRecord:
         raise MalformedRecord(f"list type {list_type!r} is not one of {LIST_TYPES}")
     if (vf is not None and type(vf) is not int) or (vu is not None and type(vu) is not int):
         raise MalformedRecord("vf and vu must be integers or nil")
+    for name, value in (("vf", vf), ("vu", vu)):
+        # Unix seconds a gate can turn into a date (years 1970-9999); anything else would
+        # only fail later, deep inside the gate's watchlist store.
+        if value is not None and not 0 <= value <= _MAX_UNIX_SECONDS:
+            raise MalformedRecord(f"{name} = {value} is not a Unix time between 1970 and 9999")
     if type(n) is not int or type(dim) is not int or not (1 <= n <= MAX_TEMPLATES and 1 <= dim <= MAX_DIM):
         raise MalformedRecord(f"template count/dimension out of range: n={n!r} dim={dim!r}")
     if type(tpl) is not bytes or len(tpl) != n * dim * 4:

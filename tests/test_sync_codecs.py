@@ -168,3 +168,20 @@ def test_health_and_reply_round_trip():
     assert decode_reply(encode_reply(reply)) == reply
     with pytest.raises(MalformedRequest):
         decode_request(encode_health(HealthReport("G1", 7, "ok", "v", {"m": "1"}, -1, 0, None)))
+
+
+def test_validity_times_a_gate_cannot_represent_are_rejected_at_decode():
+    import msgpack
+    import numpy as np
+    import pytest
+
+    from sync.subject_record import MalformedRecord, SubjectRecord, decode_record, encode_record
+
+    v = np.ones((1, 4), np.float32) / 2.0
+    good = encode_record(SubjectRecord("p1", "allow", "m", v, valid_from=0, valid_until=2_000_000_000))
+    assert decode_record(good).valid_until == 2_000_000_000
+    obj = msgpack.unpackb(good, raw=False)
+    for bad in (-1, 10**15):
+        obj["vu"] = bad
+        with pytest.raises(MalformedRecord, match="Unix time"):
+            decode_record(msgpack.packb(obj, use_bin_type=True))
