@@ -231,20 +231,27 @@ class Matcher:
 
     def add_arrays(self, subject_ids: Sequence[str], vectors: np.ndarray) -> None:
         """One template per row; rows sharing a subject id become that subject's templates. The
-        bulk form for a watchlist loaded from a database: no Python object per template."""
+        bulk form for a watchlist loaded from a database: no Python object per template, and
+        with distinct ids the rows go in a segment (a million rows) at a time, so loading ten
+        million templates never holds a second copy of them. Everything is validated before
+        anything changes."""
         v = np.asarray(vectors)
         if v.ndim != 2 or len(v) != len(subject_ids):
             raise ValueError(f"need one subject id per row: {len(subject_ids)} ids, array shape {v.shape}")
         ids = [self._check_id(sid) for sid in subject_ids]
-        if len(set(ids)) == len(ids):
-            checked = self._vectors(v, "templates")
-            with self._write_lock:
-                self._add_groups(ids, np.ones(len(ids), dtype=np.int64), checked)
-        else:
+        if len(set(ids)) != len(ids):
             rows: dict[str, list[int]] = {}
             for i, sid in enumerate(ids):
                 rows.setdefault(sid, []).append(i)
             self.add_many((sid, v[r]) for sid, r in rows.items())
+            return
+        step = self._max_segment_rows
+        for a in range(0, len(v), step):  # validate all first: a bad row changes nothing
+            self._vectors(v[a:a + step], "templates")
+        with self._write_lock:
+            for a in range(0, len(v), step):
+                self._add_groups(ids[a:a + step], np.ones(len(v[a:a + step]), dtype=np.int64),
+                                 self._vectors(v[a:a + step], "templates"))
 
     def _add_groups(self, ids: list[str], counts: np.ndarray, vecs: np.ndarray) -> None:
         """Subject ids[i] gets the next counts[i] rows of vecs (unit float32, ids distinct)."""
@@ -287,13 +294,15 @@ class Matcher:
         self._maintain()
 
     def _write_exact(self, row_slots: np.ndarray, vecs: np.ndarray) -> None:
-        """One write per run of consecutive slots: a bulk load is a few large writes, not a
-        system call per subject."""
+        """One write per run of consecutive slots (a bulk load is a few large writes, not a
+        system call per subject), in pieces, so a reordered copy never holds all of them."""
         order = np.argsort(row_slots, kind="stable")
         sorted_slots = row_slots[order]
         breaks = np.flatnonzero(np.diff(sorted_slots) != 1) + 1
         for a, b in zip(np.r_[0, breaks].tolist(), np.r_[breaks, len(order)].tolist()):
-            self._exact.write(int(sorted_slots[a]), vecs[order[a:b]])
+            for c in range(a, b, 1 << 16):
+                d = min(b, c + (1 << 16))
+                self._exact.write(int(sorted_slots[c]), vecs[order[c:d]])
 
     def remove(self, subject_id: str) -> bool:
         """Revoke a subject; False if it was not enrolled."""

@@ -68,8 +68,11 @@ class Codec:
         codes = self._template.sa_encode(np.ascontiguousarray(vectors, dtype=np.float32))
         if self.precision is Precision.FLOAT32 or len(vectors) == 0:
             return codes, 0.0
-        err = np.linalg.norm(self._template.sa_decode(codes).astype(np.float64) - vectors, axis=1)
-        return codes, float(err.max())
+        err = 0.0
+        for a in range(0, len(codes), 1 << 16):
+            decoded = self._template.sa_decode(codes[a:a + (1 << 16)]).astype(np.float64)
+            err = max(err, float(np.linalg.norm(decoded - vectors[a:a + (1 << 16)], axis=1).max()))
+        return codes, err
 
 
 @dataclass(frozen=True)
