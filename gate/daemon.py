@@ -146,10 +146,9 @@ class LaneDaemon:
             log.warning("watchlist holds templates of model %s; this lane runs %s: only matching templates load",
                         self.store.model_id(), self._pipeline.model_id)
         self.store.set_listener(self.matcher, self._pipeline.model_id)
-        loaded = 0
-        for s in self.store.iter_active(_utc_now(), self._pipeline.model_id):
-            self.matcher.add(s.subject_id, s.vectors)
-            loaded += 1
+        active = [(s.subject_id, s.vectors) for s in self.store.iter_active(_utc_now(), self._pipeline.model_id)]
+        self.matcher.add_many(active)
+        loaded = len(active)
         log.info("watchlist: %d subjects loaded for model %s (sequence %d)", loaded, self._pipeline.model_id,
                  self.store.sequence())
         self.lookup = store_lookup(self.store)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 
+import faiss
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -12,6 +13,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from vision.match import MAX_TEMPLATES_PER_SUBJECT, Match, Matcher, Precision
+from vision.match.segments import Codec
 from vision.types import Template
 
 D = 32
@@ -240,6 +242,27 @@ def test_bad_vectors_are_refused_and_change_nothing(bad):
         m.verify(bad, "keep")
     assert len(m) == 1 and "ok" not in m and "new" not in m
     assert m.search(good, 5)[0].subject_id == "keep"
+
+
+@pytest.mark.parametrize("dim", [32, 100, 128, 512])
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_scan_kernel_self_check_passes_on_this_machine(dim, precision):
+    Codec(dim, precision)  # raises if faiss's kernel for this dim/CPU scores wrongly
+
+
+def test_scan_kernel_self_check_refuses_a_kernel_that_scores_wrongly():
+    """A scan whose scores disagree with the codes' decoding (here: an index that decodes the
+    codes on another range, as a miscompiled SIMD kernel would) must stop the matcher."""
+
+    class OtherRange(Codec):
+        def new_index(self):
+            idx = super().new_index()
+            if hasattr(self, "_template"):  # the scanning index, not the encoder
+                faiss.copy_array_to_vector(np.array([-1.0, 2.0], dtype=np.float32), idx.sq.trained)
+            return idx
+
+    with pytest.raises(RuntimeError, match="wrong int8 scan scores"):
+        OtherRange(128, Precision.INT8)
 
 
 def test_other_bad_input():

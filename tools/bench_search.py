@@ -129,7 +129,8 @@ def _exact_truth(gallery: np.ndarray, ids: list[str], probes: np.ndarray, k: int
     for p in range(len(q)):
         rows = np.concatenate(cands[p])
         exact = exact_scores(unit_rows(gallery[rows]), q[p])
-        ranked = sorted(((ids[i], float(s)) for i, s in zip(rows.tolist(), exact.tolist())), key=lambda t: (-t[1], t[0]))
+        ranked = sorted(((ids[i], float(s)) for i, s in zip(rows.tolist(), exact.tolist())),
+                        key=lambda t: (-t[1], t[0]))
         out.append(ranked[:k])
     return out
 

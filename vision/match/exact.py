@@ -5,12 +5,12 @@ decision uses. Two homes for the float32 copies, same interface:
 
 - `RamExactStore`: in process memory. Right for galleries of thousands (airport boarding gates,
   tests, evaluation) where 512 B/template is nothing.
-- `FileExactStore`: in an unlinked, owner-only file, read through a mapping. Right for a metro line's
-  million-template gallery on a small box: a search reads tens of rows (a few 4 KiB pages), so
-  keeping 512 MB resident to serve them would quadruple the matcher's memory. The kernel's page
-  cache keeps the hot rows; under memory pressure it drops them and a candidate costs one flash
-  read instead. The file is unlinked at creation, so templates never outlive the process and no
-  other user can open it.
+- `FileExactStore`: in an unlinked, owner-only file, read through a mapping. Right for a
+  metro line's million-template gallery on a small box: a search reads tens of rows (a few
+  4 KiB pages), so keeping 512 MB resident to serve them would quadruple the matcher's memory.
+  The kernel's page cache keeps the hot rows; under memory pressure it drops them and a
+  candidate costs one flash read instead. The file is unlinked at creation, so templates never
+  outlive the process and no other user can open it.
 
 Rows are addressed by slot. A slot is rewritten only after no reader can still see its previous
 owner (the matcher's quarantine), so reads need no lock.

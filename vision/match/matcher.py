@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
+import time
 from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -58,6 +59,14 @@ def _faiss_one_thread() -> None:
     if not getattr(_thread_state, "single", False):
         faiss.omp_set_num_threads(1)
         _thread_state.single = True
+
+
+def _yield_to_readers() -> None:
+    """Called after each update. A search thread waiting for the GIL would otherwise wait out
+    the interpreter's switch interval (5 ms) each time while the sync thread applies a burst of
+    updates; sleep(0) releases the GIL at once. Measured on 300k templates during 6000
+    updates: median search 5.9 → 4.5 ms, p99 24-34 → 17 ms on this 2-core machine."""
+    time.sleep(0)
 
 
 # A subject with more templates than this is a data error, not a use case (and would not fit a
@@ -162,7 +171,8 @@ class Matcher:
         if v.ndim == 1:
             v = v[None]
         if v.ndim != 2 or v.shape[1] != self.dim or v.shape[0] == 0:
-            raise ValueError(f"{what}: expected shape ({self.dim},) or (k, {self.dim}) with k ≥ 1, got {np.shape(vectors)}")
+            raise ValueError(f"{what}: expected shape ({self.dim},) or (k, {self.dim}) with k ≥ 1, "
+                             f"got {np.shape(vectors)}")
         return unit_rows(v, what)
 
     def _probe(self, vector) -> np.ndarray:
@@ -228,6 +238,7 @@ class Matcher:
             counts = np.fromiter((len(v) for v in groups.values()), dtype=np.int64, count=len(groups))
             with self._write_lock:
                 self._add_groups(list(groups), counts, np.concatenate(list(groups.values())))
+            _yield_to_readers()
 
     def add_arrays(self, subject_ids: Sequence[str], vectors: np.ndarray) -> None:
         """One template per row; rows sharing a subject id become that subject's templates. The
@@ -248,10 +259,11 @@ class Matcher:
         step = self._max_segment_rows
         for a in range(0, len(v), step):  # validate all first: a bad row changes nothing
             self._vectors(v[a:a + step], "templates")
-        with self._write_lock:
-            for a in range(0, len(v), step):
+        for a in range(0, len(v), step):
+            with self._write_lock:
                 self._add_groups(ids[a:a + step], np.ones(len(v[a:a + step]), dtype=np.int64),
                                  self._vectors(v[a:a + step], "templates"))
+            _yield_to_readers()
 
     def _add_groups(self, ids: list[str], counts: np.ndarray, vecs: np.ndarray) -> None:
         """Subject ids[i] gets the next counts[i] rows of vecs (unit float32, ids distinct)."""
@@ -322,7 +334,8 @@ class Matcher:
             self._dead_rows += count
             self._publish()
             self._maintain()
-            return True
+        _yield_to_readers()
+        return True
 
     def _encode(self, vecs: np.ndarray, row_slots: np.ndarray, gens: np.ndarray) -> CodeSegment:
         codes, err = self._codec.encode(vecs)
@@ -347,8 +360,8 @@ class Matcher:
             self._compact()
         while True:
             tiers: dict[int, list[CodeSegment]] = {}
-            for s in self._segments:
-                t = int(math.log(max(len(s), 1) / self._staging_rows, self._fanout)) if len(s) > self._staging_rows else 0
+            for s in self._segments:  # tier t: about staging_rows * fanout**t rows
+                t = int(math.log(len(s) / self._staging_rows, self._fanout)) if len(s) > self._staging_rows else 0
                 tiers.setdefault(t, []).append(s)
             group = next((sorted(g, key=len)[:self._fanout] for g in tiers.values() if len(g) >= self._fanout
                           and sum(map(len, sorted(g, key=len)[:self._fanout])) <= self._max_segment_rows), None)
@@ -411,17 +424,18 @@ class Matcher:
             todo = list(range(len(parts)))
             best: dict[int, float] = {}  # subject number → best exact score
             scored: set[int] = set()
-            first = True
+            rounds = 0
             while todo:
-                if not first:
-                    self.rescans += 1
-                first = False
+                self.rescans += rounds > 0
+                rounds += 1
                 new_slots = []
                 for i in todo:
                     part, n = parts[i]
                     scores, rows = part.top(q, want[i], n)
-                    exhausted = want[i] >= n
-                    bound[i] = -math.inf if exhausted or not len(rows) else float(scores[-1]) + part.max_error + self._slack
+                    if want[i] >= n or not len(rows):  # every row seen: nothing left to bound
+                        bound[i] = -math.inf
+                    else:
+                        bound[i] = float(scores[-1]) + part.max_error + self._slack
                     rs = part.row_slot[rows]
                     live = live_rows(snap.live, snap.slot_gen, rs, part.row_gen[rows])
                     new_slots.extend(s for s in rs[live].tolist() if s not in scored)
@@ -433,16 +447,22 @@ class Matcher:
                         if sc > best.get(subj, -math.inf):
                             best[subj] = sc
                 ranked = self._rank(best, k)
-                if len(ranked) >= k:
-                    threshold = ranked[-1][1]
-                elif len(best) == snap.subjects:
-                    threshold = min(best.values())
-                else:
-                    threshold = -math.inf
+                threshold = self._threshold(ranked, best, k, snap.subjects)
                 todo = [i for i in range(len(parts)) if bound[i] != -math.inf and bound[i] >= threshold]
                 for i in todo:
                     want[i] = min(2 * want[i], parts[i][1])
             return [Match(sid, score) for sid, score in ranked]
+
+    @staticmethod
+    def _threshold(ranked: list[tuple[str, float]], best: dict[int, float], k: int, subjects: int) -> float:
+        """What an unseen row would have to reach to change the answer: the k-th best score so
+        far; with fewer than k subjects found, the lowest found score if every subject has been
+        found (an unseen row could only raise a listed subject), else anything."""
+        if len(ranked) >= k:
+            return ranked[-1][1]
+        if len(best) == subjects:
+            return min(best.values())
+        return -math.inf
 
     def _rank(self, best: dict[int, float], k: int) -> list[tuple[str, float]]:
         id_of = self._subjects.id_of
