@@ -50,7 +50,7 @@ def test_an_independent_rfc12_client_follows_the_central(served):
         central.enroll_subject("new", "allow", ["lane:L2"], None, None, MODEL, unit(rng, 1))
         central.revoke("p2")
         central.enroll_subject("p3", "deny", ["lane:L1"], None, None, MODEL, unit(rng, 2))
-        assert wait_until(lambda: client.receive_updates(0.05) >= 0 and client.sequence == 9, timeout=5)
+        assert wait_until(lambda: client.receive_updates(0.05) >= 0 and client.sequence == 9, timeout=20)
         assert client.kvmap == _central_map(central, "")
         assert client.props["/lane/L1/p3"]["prev"] == "8"
         client.receive_updates(0.3)

@@ -91,7 +91,7 @@ def test_gate_follows_snapshot_updates_deletions_and_expiry(running, caplog):
                            dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=1.5), MODEL, unit(rng, 1))
     assert wait_until(lambda: "/lane/L1/p0" not in sink.snapshot() and "/lane/L1/brief" in sink.snapshot())
     # The central expires "brief" on its own and publishes the deletion.
-    assert wait_until(lambda: "/lane/L1/brief" not in sink.snapshot(), timeout=5)
+    assert wait_until(lambda: "/lane/L1/brief" not in sink.snapshot(), timeout=20)
     assert keys_of(sink) == central_keys(central, ["/lane/L1/", "/flight/BA1/"])
     status = agent.status().watchlist
     assert status.state == "live" and status.snapshots == 1 and status.gaps == 0
@@ -115,8 +115,8 @@ def test_central_down_at_gate_start_then_converges(running, caplog, tmp_path):
 
     audit.append_many([{"event": "decision", "n": i} for i in range(50)])
     agent.notify_audit()
-    assert wait_until(lambda: "central unreachable (nothing heard" in caplog.text, timeout=5)
-    assert wait_until(lambda: "central unreachable: no reply to audit batch 1..50" in caplog.text, timeout=5)
+    assert wait_until(lambda: "central unreachable (nothing heard" in caplog.text, timeout=20)
+    assert wait_until(lambda: "central unreachable: no reply to audit batch 1..50" in caplog.text, timeout=20)
     assert set(sink.snapshot()) == {"/lane/L1/gone"}  # still deciding from the cache
     assert audit.unsent_count() == 50
 
@@ -196,7 +196,7 @@ def test_a_missed_last_update_is_caught_by_the_health_heads(running, caplog):
     assert wait_until(lambda: "/lane/L1/a" in sink.snapshot())
     _publish_nothing_for_one_change(running, central, srv, lambda: central.revoke("a"))
     # No later update will follow; the central's per-scope head in the health reply tells.
-    assert wait_until(lambda: "/lane/L1/a" not in sink.snapshot(), timeout=8)
+    assert wait_until(lambda: "/lane/L1/a" not in sink.snapshot(), timeout=20)
     assert "missed update(s) in /lane/L1/" in caplog.text
 
 
@@ -225,7 +225,7 @@ def test_central_killed_mid_snapshot(running, caplog, tmp_path):
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
         killed_at = agent.status().watchlist.snapshot_progress
-        assert wait_until(lambda: "snapshot of /lane/L1/ aborted" in caplog.text, timeout=5)
+        assert wait_until(lambda: "snapshot of /lane/L1/ aborted" in caplog.text, timeout=20)
         assert killed_at < 6_000 and set(sink.snapshot()) == {"/lane/L1/cached"}  # no partial swap
         assert sink.stored_seq() == 3
 
@@ -251,8 +251,8 @@ def test_a_frozen_central_is_treated_as_gone_until_it_answers_again(running, cap
         agent = running.agent("G1", secret, ["lane:L1"], sink=sink)
         assert wait_until(lambda: agent.status().watchlist.state == "live", timeout=15)
         os.kill(proc.pid, signal.SIGSTOP)
-        assert wait_until(lambda: "no heartbeat from the central" in caplog.text, timeout=5)
-        assert wait_until(lambda: "central unreachable (nothing heard" in caplog.text, timeout=5)
+        assert wait_until(lambda: "no heartbeat from the central" in caplog.text, timeout=20)
+        assert wait_until(lambda: "central unreachable (nothing heard" in caplog.text, timeout=20)
         assert agent.status().watchlist.state != "live" and set(sink.snapshot()) == {"/lane/L1/a"}
         os.kill(proc.pid, signal.SIGCONT)
         assert wait_until(lambda: agent.status().watchlist.snapshots == 2, timeout=10)

@@ -48,8 +48,8 @@ def test_an_unknown_gate_key_is_refused_and_logged_at_both_ends(central, caplog,
     agent = GateAgent(dep.agent_config("G9", stranger, ["lane:L1"]), sink, audit, lambda: HEALTH)
     agent.start()
     try:
-        assert wait_until(lambda: "is not registered" in caplog.text, timeout=5)
-        assert wait_until(lambda: "the central refused our CURVE key" in caplog.text, timeout=5)
+        assert wait_until(lambda: "is not registered" in caplog.text, timeout=20)
+        assert wait_until(lambda: "the central refused our CURVE key" in caplog.text, timeout=20)
         time.sleep(0.5)
         assert sink.snapshot() == {} and audit.unsent_count() == 5
         assert Central(dep.db_path).audit.count("G9") == 0
@@ -102,7 +102,7 @@ def test_a_gate_cannot_upload_under_another_gates_id(central, caplog, tmp_path):
     forged = GateAgent(dep.agent_config("G2", secret_g1, ["lane:L2"]), MemoryWatchlist(), audit, lambda: HEALTH)
     forged.start()
     try:
-        assert wait_until(lambda: "service: refused a request for gate G2 from gate:G1" in caplog.text, timeout=5)
+        assert wait_until(lambda: "service: refused a request for gate G2 from gate:G1" in caplog.text, timeout=20)
         assert wait_until(lambda: "central refused audit batch 1..3: not authorised for gate G2" in caplog.text)
         assert Central(dep.db_path).audit.count("G2") == 0 and audit.unsent_count() == 3
     finally:
@@ -229,9 +229,9 @@ def test_a_gate_configured_beyond_its_registration_is_told_and_keeps_its_cache(c
                       SqliteAuditLog(tmp_path / "a.db"), lambda: HEALTH)
     agent.start()
     try:
-        assert wait_until(lambda: "the central does not serve /lane/L2/ to gate G1" in caplog.text, timeout=5)
-        assert wait_until(lambda: "snapshot: refused '/lane/L2/' to gate:G1" in caplog.text, timeout=5)
-        assert wait_until(lambda: "snapshot of /lane/L2/ aborted" in caplog.text, timeout=5)
+        assert wait_until(lambda: "the central does not serve /lane/L2/ to gate G1" in caplog.text, timeout=20)
+        assert wait_until(lambda: "snapshot: refused '/lane/L2/' to gate:G1" in caplog.text, timeout=20)
+        assert wait_until(lambda: "snapshot of /lane/L2/ aborted" in caplog.text, timeout=20)
         assert set(sink.snapshot()) == {"/lane/L1/cached"} and sink.stored_seq() == 4
         assert caplog.text.count("the central does not serve") == 1  # said once, not every report
     finally:

@@ -173,7 +173,7 @@ def test_an_oversized_message_never_reaches_the_sink(wire, caplog):
     fake.publish(fake.change("/lane/L1/b", 3, 2, record("b")))
     # libzmq drops the connection on the oversized frame; whatever follows is a gap or silence,
     # and the follower converges by snapshot either way.
-    assert wait_until(lambda: "/lane/L1/b" in sink.snapshot(), timeout=8)
+    assert wait_until(lambda: "/lane/L1/b" in sink.snapshot(), timeout=20)
     assert "/lane/L1/huge" not in sink.snapshot()
     assert wait_until(lambda: follower.status().snapshots >= 2)
 
@@ -197,8 +197,8 @@ def test_a_central_with_an_unknown_key_is_never_heard(tmp_path, caplog):
     thread = threading.Thread(target=follower.run, args=(stop,), daemon=True)
     thread.start()
     try:
-        assert wait_until(lambda: "CURVE handshake with the central failed" in caplog.text, timeout=5)
-        assert wait_until(lambda: "central unreachable" in caplog.text, timeout=5)
+        assert wait_until(lambda: "CURVE handshake with the central failed" in caplog.text, timeout=20)
+        assert wait_until(lambda: "central unreachable" in caplog.text, timeout=20)
         assert impostor.snapshots_served == 0
         assert set(sink.snapshot()) == {"/lane/L1/genuine"} and sink.stored_seq() == 7
     finally:
