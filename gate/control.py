@@ -155,7 +155,11 @@ def call(path: Path, cmd: str, stream: bool = False, timeout: float = 10.0, **ar
         s.close()
         raise ControlError(f"permission denied on {path}: ask an administrator to add you to the gate "
                            f"operators' group (control.group in the gate config)") from None
-    s.sendall(_line({"cmd": cmd, **args}))
+    try:
+        s.sendall(_line({"cmd": cmd, **args}))
+    except OSError as e:
+        s.close()
+        raise ControlError(f"gated closed the connection ({e.strerror or e})") from None
     f = s.makefile("rb")
 
     def lines() -> Iterator[dict]:
@@ -173,6 +177,8 @@ def call(path: Path, cmd: str, stream: bool = False, timeout: float = 10.0, **ar
         raw = f.readline()
     except socket.timeout:
         raise ControlError(f"gated did not answer within {timeout:.0f} s") from None
+    except OSError as e:  # the daemon stopped while answering
+        raise ControlError(f"gated closed the connection ({e.strerror or e})") from None
     finally:
         f.close()
         s.close()

@@ -158,6 +158,25 @@ def test_add_replaces_and_remove_revokes():
     assert "x" not in m and len(m) == 0 and m.search(b) == [] and m.verify(b, "x") is None
 
 
+def test_bulk_load_in_segment_sized_steps_is_all_or_nothing():
+    rng = np.random.default_rng(11)
+    v = rng.standard_normal((2000, D))
+    ids = [f"s{i}" for i in range(2000)]
+    m = Matcher(D, "m", staging_rows=64, max_segment_rows=500)
+    bad = v.copy()
+    bad[1900] = np.nan  # in the last step: the first three must not have gone in either
+    with pytest.raises(ValueError):
+        m.add_arrays(ids, bad)
+    assert len(m) == 0
+    m.add_arrays(ids, v)
+    ref = Reference()
+    for sid, x in zip(ids, v):
+        ref.add(sid, x)
+    assert len(m) == 2000 and m.stats()["segments"] >= 2
+    for q in v[::97] + 0.1 * rng.standard_normal((len(v[::97]), D)):
+        assert_same(m.search(q, 5), ref.search(q, 5))
+
+
 def test_add_arrays_groups_rows_of_one_subject():
     rng = np.random.default_rng(6)
     v = rng.standard_normal((4, D))

@@ -296,7 +296,9 @@ def run_demo(models: Path, shared: Path, out: Path, seed: int = 7) -> int:
           f"({len(r.rejects)} photos rejected)")
     central.close()
     # 3 s of empty lane first: the gate takes its first watchlist snapshot meanwhile
-    truth = write_walkup_video(work / "feed.avi", cast.passengers, fps=FPS, lead_in_frames=int(3 * FPS))
+    # and 1.6 s between passengers, so staff can clear an alarm before the next one arrives
+    truth = write_walkup_video(work / "feed.avi", cast.passengers, fps=FPS, lead_in_frames=int(3 * FPS),
+                               gap_frames=24)
     print(f"camera feed: {len(cast.passengers)} passengers, {truth[-1].last_frame / FPS:.0f} s at {FPS:.0f} fps")
 
     procs = Procs()
@@ -370,8 +372,8 @@ def run_demo(models: Path, shared: Path, out: Path, seed: int = 7) -> int:
                 st = call(sock, "status", timeout=2)
             except ControlError:
                 st = {}
-            if st.get("mode") == "alarm" and now - last_reset > 2.0:
-                time.sleep(0.5)  # staff walk over, look, decide
+            if st.get("mode") == "alarm" and now - last_reset > 1.0:
+                time.sleep(0.3)  # staff look, decide
                 reason = {"tailgating": "second person sent back", "deny_list": "security informed",
                           "presentation_attack": "photo attack, passenger escorted"}
                 why = next((v for k, v in reason.items() if k in str(st.get("alarm"))), "checked")

@@ -156,13 +156,11 @@ class Staging:
         self.used += n
 
     def top(self, q: np.ndarray, k: int, visible: int) -> tuple[np.ndarray, np.ndarray]:
-        scores = self.vectors[:visible] @ q
-        if k < visible:
-            rows = np.argpartition(-scores, k - 1)[:k]
-        else:
-            rows = np.arange(visible)
-        rows = rows[np.argsort(-scores[rows], kind="stable")]
-        return scores[rows], rows
+        # faiss's own loop, not numpy's matmul: BLAS would wake its thread team for a few
+        # thousand rows (measured 3.5 ms against 0.1 ms on this busy 2-core machine)
+        scores, rows = faiss.knn(q[None], self.vectors[:visible], min(k, visible), metric=faiss.METRIC_INNER_PRODUCT)
+        keep = rows[0] >= 0
+        return scores[0][keep], rows[0][keep]
 
     def resident_bytes(self) -> int:
         return self.vectors.nbytes + self.row_slot.nbytes + self.row_gen.nbytes
