@@ -134,7 +134,8 @@ class LaneDaemon:
         from gate.template_crypto import TemplateCipher
         from vision.match import Matcher
 
-        self.matcher = Matcher(self._pipeline.embedder.dim, self._pipeline.model_id)
+        self.matcher = Matcher(self._pipeline.embedder.dim, self._pipeline.model_id,
+                               exact_dir=state_dir if cfg.watchlist.exact_on_disk else None)
         cipher = None
         if cfg.watchlist.encrypt_templates:
             keyfile = cfg.template_key_file
