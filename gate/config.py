@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from devices.barcode import ScannerConfig
 from devices.config import CONFIG_TYPES as DEVICE_TYPES
 from devices.config import DriverConfig, SimConfig
 from gate.lane import LaneConfig
@@ -111,6 +112,7 @@ class GateConfig:
     control: ControlSection = field(default_factory=ControlSection)
     privacy: PrivacySection = field(default_factory=PrivacySection)
     sync: Any = None  # sync.config.AgentConfig, or None for a standalone gate
+    scanner: ScannerConfig | None = None  # a serial boarding-pass / ID barcode scanner (1:1 mode)
     path: Path | None = None
 
     @property
@@ -137,7 +139,7 @@ def _resolve_paths(obj, base: Path):
 
 
 def parse_config(data: dict, base_dir: Path = Path("."), path: Path | None = None) -> GateConfig:
-    known = set(_SECTIONS) | {"device", "sync"}
+    known = set(_SECTIONS) | {"device", "sync", "scanner"}
     for k in data:
         if k not in known:
             import difflib
@@ -178,7 +180,8 @@ def parse_config(data: dict, base_dir: Path = Path("."), path: Path | None = Non
             sync_cfg = agent_config_from_mapping(s, base_dir)
         except (SyncConfigError, ValueError, TypeError) as e:
             raise ConfigError(str(e)) from None
-    return GateConfig(**sections, sync=sync_cfg, path=path)
+    scanner = load_dataclass(ScannerConfig, data["scanner"], "scanner") if "scanner" in data else None
+    return GateConfig(**sections, sync=sync_cfg, scanner=scanner, path=path)
 
 
 def load_config(path: Path) -> GateConfig:
@@ -204,6 +207,7 @@ def reference_rows() -> list[dict]:
     rows = []
     for name, cls in _SECTIONS.items():
         rows += describe(cls, name)
+    rows += describe(ScannerConfig, "scanner")
     for tname, cls in DEVICE_TYPES.items():
         rows.append({"key": "device.type", "type": "string", "default": "sim", "allowed": tname,
                      "help": f"settings below apply when type = {tname!r}"})

@@ -103,7 +103,7 @@ class LaneDaemon:
         self.agent = None
         self.control = None
         self.pad = None
-        self._pending_followups: list = []
+        self.scanner = None
         self._last_frame_index = -1
         self._last_frame_t: float | None = None
         self._frame_t_capture: float | None = None
@@ -161,6 +161,10 @@ class LaneDaemon:
             self._driver.open()
         except devices.DeviceError as e:  # offline at start: the lane starts locked and faulted
             log.error("turnstile driver: %s", e)
+        if cfg.scanner is not None:  # its tokens join the driver's event queue
+            from devices.barcode import BarcodeScanner
+
+            self.scanner = BarcodeScanner(cfg.scanner, events=self._driver.events).open()
         if self._source is None:
             from vision.capture import open_source
 
@@ -512,6 +516,8 @@ class LaneDaemon:
             part = getattr(self, name, None)
             if part is not None:
                 part.stop()
+        if getattr(self, "scanner", None) is not None:
+            self.scanner.close()
         if getattr(self, "grabber", None) is not None:
             self.grabber.stop()
         if self._driver is not None:

@@ -128,3 +128,25 @@ def test_full_disk_keeps_the_lane_locked_and_it_recovers_when_space_returns(runn
         time.sleep(0.2)
     assert call(sock, "status")["faults"] == []
     assert call(sock, "open", operator="s9", reason="after recovery")["mode"] == "open"
+
+
+def test_a_scanned_boarding_pass_puts_the_lane_in_one_to_one_mode(running_lane):
+    """The pass names the traveller (their pseudonymous id); an unknown pass is referred."""
+    from gate.watchlist import Subject
+    from vision.types import Template
+
+    daemon, sock, _ = running_lane
+    v = np.ones(128, np.float32) / np.sqrt(128)
+    daemon.store.upsert_subject(Subject("VN-P-000042", "allow"), [Template(v, daemon.matcher.model_id)], seq=1)
+    sim = daemon._driver
+    sim.present_token("VN-P-000042", "barcode")
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and call(sock, "status").get("token_subject") != "VN-P-000042":
+        time.sleep(0.1)
+    assert call(sock, "status")["token_subject"] == "VN-P-000042"
+    sim.present_token("NOT-ENROLLED-1", "barcode")
+    time.sleep(0.8)
+    events = call(sock, "events", last=20)["events"]
+    assert any(e.get("event") == "token_unknown" or e.get("decision", {}).get("reason") == "token_unknown"
+               for e in events), [e.get("event") for e in events]
+    assert all("NOT-ENROLLED-1" not in json.dumps(e) for e in events)  # the raw token is never logged
