@@ -162,6 +162,24 @@ class GateDriver(Protocol):
         """Set the lane lamp, sound the buzzer, show a short message (None clears it)."""
 
 
+class DriverBase:
+    """What every driver shares: `with driver:` opens the link and always closes it (which
+    locks the barrier when the peer still answers)."""
+
+    def open(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):
+        self.open()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
 def check_unlock_args(direction: Direction | str, passages: int) -> Direction:
     """Shared argument check so every driver rejects the same bad calls the same way."""
     if isinstance(passages, bool) or not isinstance(passages, int) or passages < 1:

@@ -26,6 +26,7 @@ from datetime import timedelta
 from types import ModuleType
 
 from devices.base import (
+    DriverBase,
     Buzzer,
     Colour,
     DeviceError,
@@ -51,7 +52,7 @@ LAMPS = {  # colour -> (green on, red on)
 }
 
 
-class GpioDriver:
+class GpioDriver(DriverBase):
     def __init__(self, cfg: GpioConfig, gpiod_module: ModuleType | None = None) -> None:
         self.cfg = cfg
         self._gpiod = gpiod_module or importlib.import_module("gpiod")
@@ -119,13 +120,6 @@ class GpioDriver:
             self._request = None
             self._drop_at.clear()
         self._link.reset()
-
-    def __enter__(self) -> GpioDriver:
-        self.open()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
 
     # --- commands --------------------------------------------------------------------
 

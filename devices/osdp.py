@@ -39,6 +39,7 @@ import osdp_sys
 import serial
 
 from devices.base import (
+    DriverBase,
     Buzzer,
     Colour,
     DeviceError,
@@ -131,7 +132,7 @@ class _PendingCommand:
     status: int | None = None
 
 
-class OsdpDriver:
+class OsdpDriver(DriverBase):
     def __init__(self, cfg: OsdpConfig) -> None:
         self.cfg = cfg
         self.events: queue.Queue[DeviceEvent] = queue.Queue()
@@ -201,13 +202,6 @@ class OsdpDriver:
             self._port.close()
             self._port = None
         self._link.reset()
-
-    def __enter__(self) -> OsdpDriver:
-        self.open()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
 
     # --- commands --------------------------------------------------------------------
 

@@ -23,6 +23,7 @@ import time
 import serial
 
 from devices.base import (
+    DriverBase,
     Buzzer,
     Colour,
     DeviceError,
@@ -63,7 +64,7 @@ def _nak_reason(payload: bytes) -> str:
         return f"reason {payload.hex() or 'missing'}"
 
 
-class RelayDriver:
+class RelayDriver(DriverBase):
     def __init__(self, cfg: RelayConfig) -> None:
         self.cfg = cfg
         self.events: queue.Queue[DeviceEvent] = queue.Queue()
@@ -111,13 +112,6 @@ class RelayDriver:
         self._port = None
         self._counters = None
         self._link.reset()
-
-    def __enter__(self) -> RelayDriver:
-        self.open()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
 
     # --- commands --------------------------------------------------------------------
 

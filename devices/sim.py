@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from devices.base import (
+    DriverBase,
     Buzzer,
     Colour,
     DeviceError,
@@ -43,7 +44,7 @@ class SimCommand:
     args: dict[str, Any] = field(default_factory=dict)
 
 
-class SimDriver:
+class SimDriver(DriverBase):
     def __init__(self, cfg: SimConfig | None = None) -> None:
         self.cfg = cfg or SimConfig()
         self.events: queue.Queue[DeviceEvent] = queue.Queue()
@@ -82,13 +83,6 @@ class SimDriver:
             self._timers.clear()
         self._opened = False
         self._link.reset()
-
-    def __enter__(self) -> SimDriver:
-        self.open()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
 
     def unlock(self, direction: Direction | str, passages: int = 1, *, hold: bool = False) -> None:
         direction = check_unlock_args(direction, passages)
