@@ -252,8 +252,10 @@ def test_a_frozen_central_is_treated_as_gone_until_it_answers_again(running, cap
         assert wait_until(lambda: agent.status().watchlist.state == "live", timeout=15)
         os.kill(proc.pid, signal.SIGSTOP)
         assert wait_until(lambda: "no heartbeat from the central" in caplog.text, timeout=20)
-        assert wait_until(lambda: "central unreachable (nothing heard" in caplog.text, timeout=20)
-        assert agent.status().watchlist.state != "live" and set(sink.snapshot()) == {"/lane/L1/a"}
+        # whether the follower then also logs "central unreachable" depends on where in its
+        # loop the freeze caught it; what matters is that it stops claiming to be live
+        assert wait_until(lambda: agent.status().watchlist.state != "live", timeout=20)
+        assert set(sink.snapshot()) == {"/lane/L1/a"}
         os.kill(proc.pid, signal.SIGCONT)
         assert wait_until(lambda: agent.status().watchlist.snapshots == 2, timeout=10)
         assert "central is back; refreshing the watchlist" in caplog.text
