@@ -180,6 +180,19 @@ class DriverBase:
         self.close()
 
 
+def lock_each(outputs, lock_one) -> None:
+    """Lock every output even if one fails, so a partial failure still locks what it can;
+    then report all failures together as one DeviceError."""
+    errors = []
+    for output in outputs:
+        try:
+            lock_one(output)
+        except DeviceError as exc:
+            errors.append(str(exc))
+    if errors:
+        raise DeviceError("; ".join(errors))
+
+
 def check_unlock_args(direction: Direction | str, passages: int) -> Direction:
     """Shared argument check so every driver rejects the same bad calls the same way."""
     if isinstance(passages, bool) or not isinstance(passages, int) or passages < 1:

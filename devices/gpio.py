@@ -27,6 +27,7 @@ from types import ModuleType
 
 from devices.base import (
     DriverBase,
+    lock_each,
     Buzzer,
     Colour,
     DeviceError,
@@ -131,15 +132,10 @@ class GpioDriver(DriverBase):
         self._inputs.set_direction(direction)
 
     def lock(self) -> None:
-        errors = []
-        for n in self._lines_for(Direction.BOTH):
-            try:
-                self._set(n, False)
-            except DeviceError as exc:
-                errors.append(str(exc))
-        self._inputs.set_direction(None)
-        if errors:
-            raise DeviceError("; ".join(errors))
+        try:
+            lock_each(self._lines_for(Direction.BOTH), lambda n: self._set(n, False))
+        finally:
+            self._inputs.set_direction(None)
 
     def indicate(self, colour: Colour | str, buzzer: Buzzer | str = Buzzer.NONE,
                  text: str | None = None) -> None:

@@ -40,6 +40,7 @@ import serial
 
 from devices.base import (
     DriverBase,
+    lock_each,
     Buzzer,
     Colour,
     DeviceError,
@@ -232,17 +233,12 @@ class OsdpDriver(DriverBase):
         tried even if one fails, so a partial failure still locks what it can."""
         outputs = self._outputs_for(Direction.BOTH)
         self._require_outputs(max(outputs))
-        errors = []
-        for output in outputs:
-            try:
-                self._command({"command": osdp.Command.Output, "output_no": output,
-                               "control_code": OUT_PERMANENT_OFF_ABORT_TIMED, "timer_count": 0},
-                              f"lock output {output}")
-            except DeviceError as exc:
-                errors.append(str(exc))
-        self._inputs.set_direction(None)
-        if errors:
-            raise DeviceError("; ".join(errors))
+        try:
+            lock_each(outputs, lambda output: self._command(
+                {"command": osdp.Command.Output, "output_no": output,
+                 "control_code": OUT_PERMANENT_OFF_ABORT_TIMED, "timer_count": 0}, f"lock output {output}"))
+        finally:
+            self._inputs.set_direction(None)
 
     def indicate(self, colour: Colour | str, buzzer: Buzzer | str = Buzzer.NONE,
                  text: str | None = None) -> None:

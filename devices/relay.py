@@ -24,6 +24,7 @@ import serial
 
 from devices.base import (
     DriverBase,
+    lock_each,
     Buzzer,
     Colour,
     DeviceError,
@@ -154,15 +155,10 @@ class RelayDriver(DriverBase):
                        Direction.BOTH: {entry, exit_}}[direction])
 
     def _lock_relays(self) -> None:
-        errors = []
-        for relay in self._relays_for(Direction.BOTH):
-            try:
-                self._set_relay(relay, False)
-            except DeviceError as exc:
-                errors.append(str(exc))
-        self._inputs.set_direction(None)
-        if errors:
-            raise DeviceError("; ".join(errors))
+        try:
+            lock_each(self._relays_for(Direction.BOTH), lambda relay: self._set_relay(relay, False))
+        finally:
+            self._inputs.set_direction(None)
 
     def _ensure_online(self, what: str) -> None:
         if not self.online:

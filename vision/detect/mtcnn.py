@@ -27,7 +27,7 @@ import numpy as np
 from models.manifest import ModelError, ModelManifest
 from vision.detect.boxes import nms, to_faces
 from vision.detect.frame import shrink_to
-from vision.detect.runtime import session_from_bytes
+from vision.onnx_session import verified_session
 from vision.image_io import to_bgr8
 from vision.types import Face
 
@@ -68,9 +68,9 @@ class MtcnnDetector:
         self.thresholds = tuple(float(t) for t in thresholds)
         self.scale_factor = float(scale_factor)
         self.max_side = int(max_side)
-        self._pnet = session_from_bytes(manifest.read_verified("pnet"), threads)
-        self._rnet = session_from_bytes(manifest.read_verified("rnet"), threads)
-        self._onet = session_from_bytes(manifest.read_verified("onet"), threads)
+        self._pnet = verified_session(manifest, "pnet", threads)
+        self._rnet = verified_session(manifest, "rnet", threads)
+        self._onet = verified_session(manifest, "onet", threads)
 
     def detect(self, frame_bgr: np.ndarray) -> list[Face]:
         """Faces in the frame, largest first. Input rules: see vision.detect."""

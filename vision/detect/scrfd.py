@@ -18,7 +18,7 @@ import numpy as np
 
 from models.manifest import ModelError, ModelManifest
 from vision.detect.boxes import nms, to_faces
-from vision.detect.runtime import session_from_bytes
+from vision.onnx_session import verified_session
 from vision.image_io import to_bgr8
 from vision.types import Face
 
@@ -50,7 +50,7 @@ class ScrfdDetector:
         self.score_threshold = float(score_threshold)
         self.nms_threshold = float(nms_threshold)
         self.min_face = float(min_face)
-        self._session = session_from_bytes(manifest.read_verified("model"), threads)
+        self._session = verified_session(manifest, "model", threads)
         inputs = self._session.get_inputs()
         outputs = self._session.get_outputs()
         if len(inputs) != 1 or len(outputs) % 3 or len(outputs) // 3 != len(STRIDES):

@@ -12,7 +12,7 @@ import logging
 import numpy as np
 
 from models.manifest import ModelError, ModelManifest
-from vision.detect.runtime import session_from_bytes
+from vision.onnx_session import verified_session
 from vision.embed.base import InputSpec
 from vision.types import AlignTemplate
 
@@ -49,11 +49,7 @@ class OnnxEmbedder:
         self.template: AlignTemplate = manifest.align
         self.flip = flip
 
-        weights = manifest.read_verified()
-        try:
-            self._session = session_from_bytes(weights, threads)
-        except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph/InvalidProtobuf types
-            raise ModelError(f"{where}: ONNX Runtime cannot load {manifest.file_path()}: {e}") from e
+        self._session = verified_session(manifest, "model", threads)
         inputs = self._session.get_inputs()
         if len(inputs) != 1:
             raise ModelError(f"{where}: an embedder has one input, this model has {len(inputs)}")

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from models.manifest import ModelError, ModelManifest, find_manifests
-from vision.detect.runtime import session_from_bytes
+from vision.onnx_session import verified_session
 from vision.embed.base import InputSpec
 from vision.image_io import to_bgr8
 from vision.pad.base import ModelOutput, PadScore
@@ -69,11 +69,7 @@ class OnnxPadModel:
         self.spec = InputSpec.from_manifest(manifest.input, where)
         self.crop = CropRule.from_manifest(manifest.input, where)
         self.output = OutputSpec.from_manifest(manifest.extra, where)
-        weights = manifest.read_verified()
-        try:
-            self._session = session_from_bytes(weights, threads)
-        except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph/InvalidProtobuf types
-            raise ModelError(f"{where}: ONNX Runtime cannot load {manifest.file_path()}: {e}") from e
+        self._session = verified_session(manifest, "model", threads)
         inputs = self._session.get_inputs()
         if len(inputs) != 1:
             raise ModelError(f"{where}: a PAD model has one input, this model has {len(inputs)}")

@@ -1,11 +1,13 @@
-"""ONNX Runtime sessions built from verified model bytes.
+"""ONNX Runtime sessions built from verified model bytes, for every model kind.
 
-Detectors never pass a path to the runtime: they hand over the bytes that
-`ModelManifest.read_verified` hashed, so what runs is exactly what the manifest vouches for.
+No model is loaded from a path: the runtime gets the bytes that `ModelManifest.read_verified`
+hashed, so what runs is exactly what the manifest vouches for.
 """
 from __future__ import annotations
 
 import onnxruntime as ort
+
+from models.manifest import ModelError, ModelManifest
 
 # ORT warns on every run when a model's recorded output shapes differ from the actual ones
 # (SCRFD exports record 640x640 shapes but run on any size); errors still get through.
@@ -29,3 +31,13 @@ def session_from_bytes(model: bytes, threads: int = 1) -> ort.InferenceSession:
     opts.log_severity_level = _LOG_ERRORS_ONLY
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(model, sess_options=opts, providers=["CPUExecutionProvider"])
+
+
+def verified_session(manifest: ModelManifest, role: str = "model", threads: int = 1) -> ort.InferenceSession:
+    """The session for one of a manifest's files; a file ONNX Runtime cannot load is a
+    ModelError naming it (its own Fail/InvalidGraph/InvalidProtobuf types mean nothing to staff)."""
+    weights = manifest.read_verified(role)
+    try:
+        return session_from_bytes(weights, threads)
+    except Exception as e:
+        raise ModelError(f"model {manifest.name!r}: ONNX Runtime cannot load {manifest.file_path(role)}: {e}") from e
