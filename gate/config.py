@@ -80,6 +80,9 @@ class WatchlistSection:
         "help": "keep the float32 copies used for exact rescoring in an unlinked 0600 file in state_dir "
                 "(memory-mapped) instead of RAM: ~180 instead of ~700 resident bytes per template, for "
                 "line-wide galleries of millions"})
+    scan_threads: int = field(default=2, metadata={
+        "help": "cores one 1:N search may use (capped at the cores the daemon may run on); 2 halves the "
+                "search of a million-template gallery", "min": 1, "max": 64})
 
 
 @dataclass(frozen=True)

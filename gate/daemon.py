@@ -135,7 +135,8 @@ class LaneDaemon:
         from vision.match import Matcher
 
         self.matcher = Matcher(self._pipeline.embedder.dim, self._pipeline.model_id,
-                               exact_dir=state_dir if cfg.watchlist.exact_on_disk else None)
+                               exact_dir=state_dir if cfg.watchlist.exact_on_disk else None,
+                               scan_threads=cfg.watchlist.scan_threads)
         cipher = None
         if cfg.watchlist.encrypt_templates:
             keyfile = cfg.template_key_file

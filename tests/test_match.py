@@ -177,6 +177,34 @@ def test_bulk_load_in_segment_sized_steps_is_all_or_nothing():
         assert_same(m.search(q, 5), ref.search(q, 5))
 
 
+def test_search_split_over_two_cores_gives_the_exact_answer():
+    """A gallery large enough to be split between the calling thread and a scan worker, in
+    segments of unequal size plus a staging buffer, clustered so the proof needs rescans."""
+    rng = np.random.default_rng(12)
+    n = 80_000
+    v = clustered(rng, n, spread=0.3).astype(np.float32)
+    ids = [f"s{i}" for i in range(n)]
+    split = Matcher(D, "m", max_segment_rows=30_000, candidates=4, scan_threads=2)
+    split.add_arrays(ids, v)
+    split.add("late", v[5] + 0.01)  # lands in the staging buffer
+    ref = Reference()
+    for sid, x in zip(ids, v):
+        ref.add(sid, x)
+    ref.add("late", v[5] + 0.01)
+    assert split.stats()["segments"] == 3
+    for q in v[::4000] + 0.05 * rng.standard_normal((len(v[::4000]), D)):
+        assert_same(split.search(q, 5), ref.search(q, 5))
+    if split.scan_threads > 1:  # the machine lets this process use two cores
+        assert any(t.name.startswith("match-scan") for t in threading.enumerate())
+
+
+def test_parts_are_shared_out_by_rows():
+    from vision.match.scan import _shares
+
+    assert _shares([500, 100, 400, 50], 2) == [[0, 3], [2, 1]]
+    assert _shares([10], 2) == [[0]]
+
+
 def test_add_arrays_groups_rows_of_one_subject():
     rng = np.random.default_rng(6)
     v = rng.standard_normal((4, D))

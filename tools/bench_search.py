@@ -274,11 +274,17 @@ def search_bench(sizes=(10_000, 100_000, 1_000_000), dims=(128, 512), methods=("
                 flat.add(data.gallery)
                 build["faiss_flat"] = {"load_s": time.perf_counter() - t0, "rss_delta": _resident_bytes() - rss0}
                 engines["faiss_flat"] = flat
+                if threads > 1:  # the same scan on as many cores as the matcher may use
+                    rss0 = _resident_bytes()
+                    t0 = time.perf_counter()
+                    engines["faiss_flat_sharded"] = _sharded_flat(data.gallery, threads)
+                    build["faiss_flat_sharded"] = {"load_s": time.perf_counter() - t0,
+                                                   "rss_delta": _resident_bytes() - rss0}
             for method in methods:
                 gc.collect()
                 rss0 = _resident_bytes()
                 t0 = time.perf_counter()
-                m = Matcher(dim, "bench", precision=method, exact_dir=exact_dir)
+                m = Matcher(dim, "bench", precision=method, exact_dir=exact_dir, scan_threads=threads)
                 m.add_arrays(data.ids, data.gallery)
                 gc.collect()
                 build[method] = {"load_s": time.perf_counter() - t0, "rss_delta": _resident_bytes() - rss0,
@@ -298,28 +304,33 @@ def search_bench(sizes=(10_000, 100_000, 1_000_000), dims=(128, 512), methods=("
                         lat[name].append(time.perf_counter() - t0)
                         answers[name].append(ans)
             faiss_median = float(np.median(lat["faiss_flat"]) * 1e3) if faiss_baseline else None
+            sharded_median = (float(np.median(lat["faiss_flat_sharded"]) * 1e3)
+                              if "faiss_flat_sharded" in lat else None)
             for name in engines:
                 ms = np.array(lat[name]) * 1e3
-                agree = [a[:1] == t[:1] if name != "faiss_flat" else _same_top1_id(a, t)
+                baseline = name.startswith("faiss_flat")
+                agree = [a[:1] == t[:1] if not baseline else _same_top1_id(a, t)
                          for a, t in zip(answers[name], truth)]
                 row = {
                     "size": size, "dim": dim, "method": name, "k": k, "probes": len(data.probes),
                     "median_ms": float(np.median(ms)), "p99_ms": float(np.quantile(ms, 0.99)),
                     "faiss_median_ms": faiss_median,
                     "speedup_vs_faiss": faiss_median / float(np.median(ms)) if faiss_median else None,
+                    "faiss_sharded_median_ms": sharded_median,
+                    "speedup_vs_faiss_sharded": sharded_median / float(np.median(ms)) if sharded_median else None,
                     "top1_agreement": float(np.mean(agree)),
                     "topk_disagreements": int(sum(a != t for a, t in zip(answers[name], truth)))
-                    if name != "faiss_flat" else None,
+                    if not baseline else None,
                     "load_s": build[name]["load_s"],
                     "resident_bytes": int(build[name]["rss_delta"]),
                     "bytes_per_template": build[name]["rss_delta"] / size,
                     "peak_rss_bytes": _peak_resident_bytes(), "threads": threads,
                 }
                 real = [i for i, kd in enumerate(data.probe_kind) if kd.startswith("real")]
-                if real and name != "faiss_flat":
+                if real and not baseline:
                     row["real_probes"] = len(real)
                     row["real_decision_changes"] = int(sum(not agree[i] for i in real))
-                if name != "faiss_flat":
+                if not baseline:
                     st = build[name]["stats"]
                     row["matcher_bytes_per_template"] = (st["scan_bytes"] + st["slot_bytes"] + st["subject_bytes"]
                                                          + st["exact_resident_bytes"]) / size
@@ -330,15 +341,29 @@ def search_bench(sizes=(10_000, 100_000, 1_000_000), dims=(128, 512), methods=("
                 res = _burst(engines["int8"], data, np.random.default_rng(seed + 1), burst)
                 next(r for r in rows if r["size"] == size and r["dim"] == dim and r["method"] == "int8").update(res)
             for name, e in engines.items():
-                if name != "faiss_flat":
+                if not name.startswith("faiss_flat"):
                     e.close()
             del engines, data, truth
             gc.collect()
     return rows
 
 
+def _sharded_flat(gallery: np.ndarray, shards: int):
+    """faiss IndexFlatIP split into `shards` row ranges searched by one C++ thread each: the
+    flat baseline given the cores the matcher gets."""
+    import faiss
+
+    index = faiss.IndexShards(gallery.shape[1], True, True)  # threaded, successive ids
+    bounds = np.linspace(0, len(gallery), shards + 1).astype(int)
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        shard = faiss.IndexFlatIP(gallery.shape[1])
+        shard.add(gallery[a:b])
+        index.add_shard(shard)
+    return index  # faiss's Python wrapper keeps the shards alive with the index
+
+
 def _query(engine, name: str, q: np.ndarray, k: int, ids: list[str]):
-    if name == "faiss_flat":
+    if name.startswith("faiss_flat"):
         scores, idx = engine.search(q[None], k)
         return [(ids[i], float(s)) for i, s in zip(idx[0], scores[0])]
     return [(m.subject_id, m.score) for m in engine.search(q, k)]
@@ -368,7 +393,9 @@ def add_search_args(p: argparse.ArgumentParser) -> None:
                    help="matcher precisions to compare (faiss IndexFlatIP always runs alongside)")
     p.add_argument("--probes", type=int, default=200, help="synthetic probes per gallery, half genuine")
     p.add_argument("--k", type=int, default=1)
-    p.add_argument("--threads", type=int, default=1, help="threads for faiss/BLAS during timing")
+    p.add_argument("--threads", type=int, default=2,
+                   help="cores one search may use (the matcher's scan_threads; faiss flat also runs sharded "
+                        "over as many when > 1)")
     p.add_argument("--exact-dir", default=None, help="where the float32 copies live (default: the temp dir)")
     p.add_argument("--templates", default=None, help="real templates .npz (vectors[, labels])")
     p.add_argument("--burst", type=int, default=10_000, help="updates applied while searching (int8 rows)")
@@ -386,10 +413,10 @@ def run_search_cli(args) -> int:
         json.dump({"environment": environment(), "rows": rows}, sys.stdout, indent=2, default=float)
         sys.stdout.write("\n")
     else:
-        print(f"{'size':>9} {'dim':>4} {'method':>10} {'median':>8} {'p99':>8} {'faiss':>8} {'x':>5} "
+        print(f"{'size':>9} {'dim':>4} {'method':>18} {'median':>8} {'p99':>8} {'faiss':>8} {'x':>5} "
               f"{'top1':>6} {'B/tmpl':>7} {'burst worst':>11}")
         for r in rows:
-            print(f"{r['size']:>9} {r['dim']:>4} {r['method']:>10} {r['median_ms']:8.2f} {r['p99_ms']:8.2f} "
+            print(f"{r['size']:>9} {r['dim']:>4} {r['method']:>18} {r['median_ms']:8.2f} {r['p99_ms']:8.2f} "
                   f"{(r['faiss_median_ms'] or float('nan')):8.2f} {(r['speedup_vs_faiss'] or float('nan')):5.2f} "
                   f"{r['top1_agreement']:6.3f} {r['bytes_per_template']:7.0f} "
                   f"{r.get('burst_worst_ms', float('nan')):11.2f}")

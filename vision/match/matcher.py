@@ -36,6 +36,7 @@ import faiss
 import numpy as np
 
 from vision.match.exact import open_exact_store
+from vision.match.scan import available_cores, scan_parts
 from vision.match.segments import Codec, CodeSegment, Precision, Staging
 from vision.match.slots import SlotTable, live_rows
 from vision.match.subjects import SubjectTable
@@ -129,15 +130,19 @@ class Matcher:
     directory keeps them in an unlinked file there, read through a mapping (use a disk-backed
     state directory, not tmpfs, for million-template galleries: see exact.py).
     candidates: rows taken from each segment's scan before the proof asks for more.
+    scan_threads: cores one search may use (capped at the cores this process may run on); a
+    search splits the gallery's segments between them (vision/match/scan.py), so segments are
+    kept at most `max_segment_rows` long: half a million rows, so that a million-template
+    gallery already has two.
     """
 
     def __init__(self, dim: int, model_id: str, *, precision: Precision | str = Precision.INT8,
                  exact_dir: Path | str | None = None, staging_rows: int = 4096, candidates: int = 32,
-                 max_segment_rows: int = 1 << 20, merge_fanout: int = 4):
+                 max_segment_rows: int = 1 << 19, merge_fanout: int = 4, scan_threads: int = 2):
         if not isinstance(dim, int) or dim < 1:
             raise ValueError(f"dim must be a positive int, got {dim!r}")
-        if staging_rows < MAX_TEMPLATES_PER_SUBJECT or candidates < 1 or merge_fanout < 2:
-            raise ValueError("staging_rows must be ≥ 64, candidates ≥ 1, merge_fanout ≥ 2")
+        if staging_rows < MAX_TEMPLATES_PER_SUBJECT or candidates < 1 or merge_fanout < 2 or scan_threads < 1:
+            raise ValueError("staging_rows must be ≥ 64, candidates ≥ 1, merge_fanout ≥ 2, scan_threads ≥ 1")
         self.dim = dim
         self.model_id = model_id
         self.precision = Precision(precision)
@@ -147,6 +152,7 @@ class Matcher:
         self._candidates = candidates
         self._max_segment_rows = max(max_segment_rows, staging_rows)
         self._fanout = merge_fanout
+        self.scan_threads = min(scan_threads, available_cores())
         self._slack = dim * _SLACK_PER_DIM
         self._slots = SlotTable()
         self._subjects = SubjectTable()
@@ -429,9 +435,9 @@ class Matcher:
                 self.rescans += rounds > 0
                 rounds += 1
                 new_slots = []
-                for i in todo:
+                scanned = scan_parts(q, [(parts[i][0], want[i], parts[i][1]) for i in todo], self.scan_threads)
+                for i, (scores, rows) in zip(todo, scanned):
                     part, n = parts[i]
-                    scores, rows = part.top(q, want[i], n)
                     if want[i] >= n or not len(rows):  # every row seen: nothing left to bound
                         bound[i] = -math.inf
                     else:
