@@ -65,6 +65,8 @@ def cmd_ident(args) -> int:
     templates = embed_images(pipe, paths, _progress("embedding", args.quiet or args.json))
     r = identification_report(split, templates, lambda d: Matcher(d, pipe.model_id))
     r.update({"detector": args.detector, "embedder": args.embedder, "flip": args.flip})
+    if args.save_templates:
+        r["templates_saved"] = save_templates(Path(args.save_templates), templates)
     if args.json:
         json.dump(r, sys.stdout, indent=2)
         print()
@@ -73,7 +75,24 @@ def cmd_ident(args) -> int:
         print(f"rank-1 {r['rank1']:.4f}")
         print(f"FNIR@FPIR=0.003 {r['fnir_at_fpir_0.003']:.4f} (threshold {r['threshold_at_fpir_0.003']:.4f})")
         print(f"FNIR@FPIR=0.01  {r['fnir_at_fpir_0.01']:.4f} (threshold {r['threshold_at_fpir_0.01']:.4f})")
-    return 0
+        print(f"matcher answers differing from exact float32 search: {r['exact_decision_changes']}")
+    return 0 if r["exact_decision_changes"] == 0 else 1
+
+
+def save_templates(path: Path, templates: dict) -> int:
+    """The templates as `vectors` + `labels` (the person folder) in an .npz, the input of
+    `gate-bench search --templates`. Templates only, no images; written 0600 like any biometric
+    data."""
+    import os
+
+    import numpy as np
+
+    found = [(p, v) for p, v in templates.items() if v is not None]
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        np.savez(f, vectors=np.stack([v for _, v in found]).astype(np.float32),
+                 labels=np.array([Path(p).parent.name for p, _ in found]))
+    return len(found)
 
 
 def cmd_pad(args) -> int:
@@ -144,6 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_lfw)
     s = sub.add_parser("ident", help="1:N identification: first image enrolled, the rest probes")
     common(s)
+    s.add_argument("--save-templates", metavar="NPZ",
+                   help="also write the templates (vectors, person labels) for gate-bench search --templates")
     s.set_defaults(func=cmd_ident)
     s = sub.add_parser("pad", help="presentation-attack detection: APCER/BPCER (ISO/IEC 30107-3) on live/ and "
                                    "spoof/ captures")

@@ -187,6 +187,15 @@ def identification_report(split: IdentSplit, templates: dict[Path, np.ndarray | 
     for i, v in zip(gal_ids, vecs):
         matcher.add(i, v[None])
     enrolled = set(gal_ids)
+    exact = _ExactSearch(gal_ids, vecs)
+    changes = 0  # probes whose matcher answer differs from exact float32 search (must stay 0)
+
+    def search(v: np.ndarray):
+        nonlocal changes
+        m = matcher.search(v, k=1)[0]
+        changes += (m.subject_id, m.score) != exact.top1(v)
+        return m
+
     gen_ok, gen_s, gen_missing = [], [], 0
     for ident, p in split.genuine:
         v = templates.get(p)
@@ -195,17 +204,36 @@ def identification_report(split: IdentSplit, templates: dict[Path, np.ndarray | 
             gen_ok.append(False)
             gen_s.append(-1.0)
             continue
-        m = matcher.search(v, k=1)
-        gen_ok.append(m[0].subject_id == ident)
-        gen_s.append(m[0].score)
+        m = search(v)
+        gen_ok.append(m.subject_id == ident)
+        gen_s.append(m.score)
     imp_s = []
     for p in split.impostor:
         v = templates.get(p)
-        imp_s.append(-1.0 if v is None else matcher.search(v, k=1)[0].score)
+        imp_s.append(-1.0 if v is None else search(v).score)
     gen_ok, gen_s, imp_s = np.array(gen_ok), np.array(gen_s), np.array(imp_s)
     f3, t3 = fnir_at_fpir(gen_ok, gen_s, imp_s, 0.003)
     f2, t2 = fnir_at_fpir(gen_ok, gen_s, imp_s, 0.01)
     return {"rank1": float(gen_ok.mean()), "fnir_at_fpir_0.003": f3, "threshold_at_fpir_0.003": t3,
             "fnir_at_fpir_0.01": f2, "threshold_at_fpir_0.01": t2, "gallery": len(gal_ids),
             "genuine_probes": len(split.genuine), "impostor_probes": len(split.impostor),
-            "no_face": sum(v is None for v in templates.values()), "genuine_unusable": gen_missing}
+            "no_face": sum(v is None for v in templates.values()), "genuine_unusable": gen_missing,
+            "exact_decision_changes": int(changes)}
+
+
+class _ExactSearch:
+    """Brute-force float32 search in float64 arithmetic, ties by subject id: what the matcher's
+    compact scan must reproduce exactly (vision/match/matcher.py), checked on every probe."""
+
+    def __init__(self, ids: list[str], vectors: np.ndarray):
+        from vision.match.matcher import unit_rows
+
+        self.ids = ids
+        self.rows = unit_rows(vectors).astype(np.float64)
+
+    def top1(self, v: np.ndarray) -> tuple[str, float]:
+        from vision.match.matcher import unit_rows
+
+        scores = (self.rows * unit_rows(np.asarray(v)[None])[0].astype(np.float64)).sum(axis=1)
+        best = scores.max()
+        return min(i for i, sc in zip(self.ids, scores) if sc == best), float(best)
