@@ -18,7 +18,8 @@ Concurrency: one writer (the sync thread) and any number of searching threads. W
 immutable snapshots; a search takes the current one under a lock held for microseconds and then
 runs without it, so an update never waits for a scan and a scan never waits for an update (a
 segment merge included). Results are those of the gallery as it was at one instant during the
-call.
+call. One search may use more than one core: its segments are shared out between the calling
+thread and a scan worker (vision/match/scan.py, `scan_threads`).
 """
 from __future__ import annotations
 
