@@ -164,7 +164,12 @@ class GateDriver(Protocol):
 
 class DriverBase:
     """What every driver shares: `with driver:` opens the link and always closes it (which
-    locks the barrier when the peer still answers)."""
+    locks the barrier when the peer still answers), and the link state each keeps in
+    `self._link` (a devices.link.LinkState) answers `online`."""
+
+    @property
+    def online(self) -> bool:
+        return self._link.online
 
     def open(self) -> None:
         raise NotImplementedError

@@ -68,10 +68,6 @@ class GpioDriver(DriverBase):
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    @property
-    def online(self) -> bool:
-        return self._link.online
-
     def _outputs(self) -> list[int]:
         c = self.cfg
         return [n for n in (c.entry_line, c.exit_line, c.green_line, c.red_line, c.buzzer_line)

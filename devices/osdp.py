@@ -158,10 +158,6 @@ class OsdpDriver(DriverBase):
 
     # --- lifecycle -------------------------------------------------------------------
 
-    @property
-    def online(self) -> bool:
-        return self._link.online
-
     def open(self) -> None:
         if self._thread is not None:
             return

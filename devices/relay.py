@@ -80,10 +80,6 @@ class RelayDriver(DriverBase):
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    @property
-    def online(self) -> bool:
-        return self._link.online
-
     def open(self) -> None:
         if self._thread is not None:
             return

@@ -59,10 +59,6 @@ class SimDriver(DriverBase):
 
     # --- GateDriver ----------------------------------------------------------------------
 
-    @property
-    def online(self) -> bool:
-        return self._link.online
-
     def open(self) -> None:
         if self._opened:
             return
