@@ -26,7 +26,7 @@ def _config(tmp_path: Path, video: Path, models_dir: Path, **lane) -> dict:
                  "policy": {"threshold_1n": 0.92, "min_margin": 0.02, "threshold_1to1": 0.92,
                             "deny_threshold": 0.92, "acquire_timeout_s": 3.0, **lane}},
         "device": {"type": "sim", "auto_passage_ms": 1500},
-        "watchlist": {"encrypt_templates": True},
+        "watchlist": {"encrypt_templates": True, "scan_threads": 1},
     }
 
 
@@ -66,7 +66,7 @@ def scenario(tmp_path_factory, default_pipeline, mtcnn_manifest, dlib_resnet_man
     store.close()
     daemon = LaneDaemon(cfg)
     daemon.open()
-    result = {}
+    result = {"scan_threads": daemon.matcher.scan_threads}
 
     def run():
         result["rc"] = daemon.run()
@@ -94,13 +94,15 @@ def scenario(tmp_path_factory, default_pipeline, mtcnn_manifest, dlib_resnet_man
     decisions = dict(daemon.metrics.decisions)
     daemon.close()
     return {"cfg": cfg, "truth": truth, "unlocks": unlocks, "decisions": decisions, "status": status,
-            "alive": alive, "rc": result.get("rc"), "sim": sim, "enrolled": [d.name for d in enrolled]}
+            "alive": alive, "rc": result.get("rc"), "sim": sim, "enrolled": [d.name for d in enrolled],
+            "scan_threads": result["scan_threads"]}
 
 
 def test_lane_runs_the_feed_to_the_end_and_exits_cleanly(scenario):
     assert not scenario["alive"], "the daemon did not stop at the end of the camera feed"
     assert scenario["rc"] == 0
     assert scenario["status"]["lane"] == "L1" and scenario["status"]["pad"] == "not provisioned"
+    assert scenario["scan_threads"] == 1  # watchlist.scan_threads reaches the matcher (default 2)
 
 
 def test_enrolled_travellers_are_let_through_and_strangers_are_not(scenario):
