@@ -4,6 +4,7 @@ segment merges and concurrent updates. Speed lives in tools/bench_search.py, not
 from __future__ import annotations
 
 import threading
+import time
 
 import faiss
 import numpy as np
@@ -196,6 +197,34 @@ def test_search_split_over_two_cores_gives_the_exact_answer():
         assert_same(split.search(q, 5), ref.search(q, 5))
     if split.scan_threads > 1:  # the machine lets this process use two cores
         assert any(t.name.startswith("match-scan") for t in threading.enumerate())
+
+
+def test_split_search_works_in_a_forked_child():
+    """The scan pool's threads do not survive fork; a child must not wait on them."""
+    import os
+
+    rng = np.random.default_rng(13)
+    v = rng.standard_normal((70_000, D)).astype(np.float32)
+    m = Matcher(D, "m", max_segment_rows=40_000, scan_threads=2)
+    m.add_arrays([f"s{i}" for i in range(len(v))], v)
+    m.search(v[0], 1)  # the parent's pool exists now
+    pid = os.fork()
+    if pid == 0:  # child: exit 0 only if the split search answers
+        try:
+            os._exit(0 if m.search(v[1], 1)[0].subject_id == "s1" else 1)
+        finally:
+            os._exit(2)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        pytest.fail("a search in a forked child hung")
+    assert os.waitstatus_to_exitcode(status) == 0
 
 
 def test_parts_are_shared_out_by_rows():

@@ -50,6 +50,16 @@ def _shared_pool() -> ThreadPoolExecutor:
         return _pool
 
 
+def _forget_pool_in_child() -> None:
+    """A forked child inherits the pool object but not its threads: work submitted there
+    would wait forever. The child builds its own pool on first use."""
+    global _pool, _pool_lock
+    _pool, _pool_lock = None, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_pool_in_child)
+
+
 def _shares(sizes: list[int], ways: int) -> list[list[int]]:
     """Indices of `sizes` split into `ways` groups of similar total (largest first, each to the
     lightest group); group 0 holds the largest part."""
