@@ -5,6 +5,8 @@ probes in the same run, interleaved probe by probe, so a busy machine slows all 
 and the ratios stay meaningful even when the absolute numbers wander:
 
 - `faiss_flat`: faiss `IndexFlatIP`, float32, the usual exact baseline;
+- `faiss_flat_sharded` (with `--threads` > 1, galleries up to 1M): the same split over as many
+  cores as the matcher may use, so the ratio holds at equal core count;
 - one row per matcher precision (int8, float16, float32 scanned copies; all rescore exactly).
 
 Exactness is judged against an exact float32 search (float64 arithmetic, ties by subject id).
