@@ -3,7 +3,6 @@ secure channel enforced on both sides."""
 from __future__ import annotations
 
 import os
-import queue
 import stat
 import time
 import tty
@@ -27,6 +26,7 @@ from devices import (
     open_driver,
 )
 from devices.keyfile import KeyFileError, load_scbk, write_scbk
+from tests.driver_events import next_event
 
 KEY = bytes.fromhex("0f1e2d3c4b5a69788796a5b4c3d2e1f0")
 FULL_CAPS = [
@@ -157,19 +157,6 @@ def driver(turnstile, key_file):
     assert_locks_all([turnstile.next_command(), turnstile.next_command()])
     yield drv
     drv.close()
-
-
-def next_event(drv, event_type, timeout: float = 3.0):
-    """The next event of `event_type`, skipping others; fails if none comes in time."""
-    deadline = time.monotonic() + timeout
-    while (left := deadline - time.monotonic()) > 0:
-        try:
-            event = drv.events.get(timeout=left)
-        except queue.Empty:
-            break
-        if isinstance(event, event_type):
-            return event
-    pytest.fail(f"no {event_type.__name__} within {timeout} s")
 
 
 def test_open_locks_then_announces_online_over_secure_channel(turnstile, key_file):

@@ -1,7 +1,6 @@
 """Relay board: the frame codec, and the driver against the board emulator on a pty."""
 from __future__ import annotations
 
-import queue
 import time
 
 import pytest
@@ -32,6 +31,7 @@ from devices.relay_protocol import (
     crc16,
     encode,
 )
+from tests.driver_events import next_event
 
 ENTRY, EXIT, GREEN, RED, BUZZER = 0, 1, 2, 3, 4
 INPUTS = InputMap(passage=0, door_forced=1, fire_alarm=2, tamper=3)
@@ -114,18 +114,6 @@ def quiet_driver(board):
     drv.close()
 
 
-def next_event(drv, event_type, timeout: float = 2.0):
-    deadline = time.monotonic() + timeout
-    while (left := deadline - time.monotonic()) > 0:
-        try:
-            event = drv.events.get(timeout=left)
-        except queue.Empty:
-            break
-        if isinstance(event, event_type):
-            return event
-    pytest.fail(f"no {event_type.__name__} within {timeout} s")
-
-
 def wait_until(condition, timeout: float = 2.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -186,16 +174,16 @@ def test_inputs_become_events_even_between_polls(board, driver):
     driver.unlock("entry")
     board.pulse_input(0)
     board.pulse_input(0)  # two passages faster than one poll: both counted
-    assert next_event(driver, PassageComplete).direction == Direction.ENTRY
-    assert next_event(driver, PassageComplete).direction == Direction.ENTRY
+    assert next_event(driver, PassageComplete, timeout=2.0).direction == Direction.ENTRY
+    assert next_event(driver, PassageComplete, timeout=2.0).direction == Direction.ENTRY
     board.set_input(2, True)
-    assert next_event(driver, FireAlarm).active is True
+    assert next_event(driver, FireAlarm, timeout=2.0).active is True
     board.pulse_input(1)
-    assert isinstance(next_event(driver, DoorForced), DoorForced)
+    assert isinstance(next_event(driver, DoorForced, timeout=2.0), DoorForced)
     board.pulse_input(3)
-    assert isinstance(next_event(driver, Tamper), Tamper)
+    assert isinstance(next_event(driver, Tamper, timeout=2.0), Tamper)
     board.set_input(2, False)
-    assert next_event(driver, FireAlarm).active is False
+    assert next_event(driver, FireAlarm, timeout=2.0).active is False
     time.sleep(0.1)
     assert driver.events.empty()
 
@@ -203,7 +191,7 @@ def test_inputs_become_events_even_between_polls(board, driver):
 def test_lost_poll_reply_neither_loses_nor_doubles_a_passage(board, driver):
     board.set_fault(Fault.BAD_CRC, replies=1)
     board.pulse_input(0)
-    next_event(driver, PassageComplete)
+    next_event(driver, PassageComplete, timeout=2.0)
     time.sleep(0.15)
     assert not any(isinstance(e, PassageComplete) for e in list(driver.events.queue))
     assert driver.online
@@ -253,7 +241,7 @@ def test_persistent_fault_fails_within_the_retry_budget(board, quiet_driver, fau
         quiet_driver.unlock("entry")
     elapsed = time.monotonic() - started
     assert 3 * REPLY_TIMEOUT <= elapsed < 3 * REPLY_TIMEOUT + 0.3
-    assert isinstance(next_event(quiet_driver, DeviceOffline), DeviceOffline)
+    assert isinstance(next_event(quiet_driver, DeviceOffline, timeout=2.0), DeviceOffline)
     assert not quiet_driver.online
     with pytest.raises(DeviceError, match="offline"):
         quiet_driver.lock()
@@ -262,11 +250,11 @@ def test_persistent_fault_fails_within_the_retry_budget(board, quiet_driver, fau
 def test_silent_board_goes_offline_and_comes_back_locked(board, driver):
     driver.unlock("entry")
     board.set_fault(Fault.SILENT)
-    offline = next_event(driver, DeviceOffline)
+    offline = next_event(driver, DeviceOffline, timeout=2.0)
     assert "no valid reply" in offline.reason
     assert board.relay_on(ENTRY)  # the board's own pulse timer still holds it
     board.set_fault(Fault.NONE)
-    next_event(driver, DeviceOnline)
+    next_event(driver, DeviceOnline, timeout=2.0)
     assert not board.relay_on(ENTRY)  # relocked before DeviceOnline
 
 
@@ -292,7 +280,7 @@ def test_board_that_never_answers_is_announced_offline(board):
         with pytest.raises(DeviceError):
             drv.unlock("entry")
         board.set_fault(Fault.NONE)
-        next_event(drv, DeviceOnline)
+        next_event(drv, DeviceOnline, timeout=2.0)
         drv.unlock("entry")
         assert board.relay_on(ENTRY)
     finally:
