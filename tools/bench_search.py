@@ -111,32 +111,6 @@ def _peak_resident_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def _exact_truth(gallery: np.ndarray, ids: list[str], probes: np.ndarray, k: int
-                 ) -> list[list[tuple[str, float]]]:
-    """Exact float32 search of every probe, over the rows exactly as the matcher stores them:
-    a float32 GEMM per chunk finds each probe's neighbourhood (everything within 1e-4 of its
-    k-th best), float64 row sums settle scores and order, ties by subject id."""
-    from vision.match.matcher import exact_scores, unit_rows
-
-    q = unit_rows(probes)
-    chunk = max(1024, (256 << 20) // (4 * len(q)))  # a 256 MB score block at most
-    cands: list[list[np.ndarray]] = [[] for _ in range(len(q))]
-    for a in range(0, len(gallery), chunk):
-        scores = unit_rows(gallery[a:a + chunk]) @ q.T  # (rows, probes)
-        kk = min(k, len(scores))
-        kth = -np.partition(-scores, kk - 1, axis=0)[kk - 1]
-        for p in range(len(q)):
-            cands[p].append(a + np.flatnonzero(scores[:, p] >= kth[p] - 1e-4))
-    out = []
-    for p in range(len(q)):
-        rows = np.concatenate(cands[p])
-        exact = exact_scores(unit_rows(gallery[rows]), q[p])
-        ranked = sorted(((ids[i], float(s)) for i, s in zip(rows.tolist(), exact.tolist())),
-                        key=lambda t: (-t[1], t[0]))
-        out.append(ranked[:k])
-    return out
-
-
 @dataclass
 class _Data:
     gallery: np.ndarray
@@ -258,6 +232,7 @@ def search_bench(sizes=(10_000, 100_000, 1_000_000), dims=(128, 512), methods=("
     from threadpoolctl import threadpool_limits
 
     from vision.match import Matcher
+    from vision.match.reference import exact_search
 
     faiss.omp_set_num_threads(threads)
     exact_dir = Path(exact_dir) if exact_dir is not None else Path(tempfile.gettempdir())
@@ -266,7 +241,7 @@ def search_bench(sizes=(10_000, 100_000, 1_000_000), dims=(128, 512), methods=("
         for size in sizes:
             rng = np.random.default_rng(seed)
             data = _make_data(size, dim, probes, rng, Path(templates) if templates else None)
-            truth = _exact_truth(data.gallery, data.ids, data.probes, k)
+            truth = exact_search(data.gallery, data.ids, data.probes, k)
             engines: dict[str, object] = {}
             build: dict[str, dict] = {}
             if faiss_baseline:

@@ -14,6 +14,7 @@ from typing import Callable, Iterable
 import numpy as np
 
 from vision.image_io import ImageError, load_image
+from vision.match.reference import exact_search
 
 log = logging.getLogger(__name__)
 
@@ -187,13 +188,11 @@ def identification_report(split: IdentSplit, templates: dict[Path, np.ndarray | 
     for i, v in zip(gal_ids, vecs):
         matcher.add(i, v[None])
     enrolled = set(gal_ids)
-    exact = _ExactSearch(gal_ids, vecs)
-    changes = 0  # probes whose matcher answer differs from exact float32 search (must stay 0)
+    asked: list[tuple[np.ndarray, tuple[str, float]]] = []  # every probe and the matcher's answer
 
     def search(v: np.ndarray):
-        nonlocal changes
         m = matcher.search(v, k=1)[0]
-        changes += (m.subject_id, m.score) != exact.top1(v)
+        asked.append((v, (m.subject_id, m.score)))
         return m
 
     gen_ok, gen_s, gen_missing = [], [], 0
@@ -212,6 +211,9 @@ def identification_report(split: IdentSplit, templates: dict[Path, np.ndarray | 
         v = templates.get(p)
         imp_s.append(-1.0 if v is None else search(v).score)
     gen_ok, gen_s, imp_s = np.array(gen_ok), np.array(gen_s), np.array(imp_s)
+    # the matcher scans a compact copy; its answers must equal exact float32 search (0 changes)
+    truth = exact_search(vecs, gal_ids, np.stack([v for v, _ in asked]), 1) if asked else []
+    changes = sum(got != want[0] for (_, got), want in zip(asked, truth))
     f3, t3 = fnir_at_fpir(gen_ok, gen_s, imp_s, 0.003)
     f2, t2 = fnir_at_fpir(gen_ok, gen_s, imp_s, 0.01)
     return {"rank1": float(gen_ok.mean()), "fnir_at_fpir_0.003": f3, "threshold_at_fpir_0.003": t3,
@@ -220,20 +222,3 @@ def identification_report(split: IdentSplit, templates: dict[Path, np.ndarray | 
             "no_face": sum(v is None for v in templates.values()), "genuine_unusable": gen_missing,
             "exact_decision_changes": int(changes)}
 
-
-class _ExactSearch:
-    """Brute-force float32 search in float64 arithmetic, ties by subject id: what the matcher's
-    compact scan must reproduce exactly (vision/match/matcher.py), checked on every probe."""
-
-    def __init__(self, ids: list[str], vectors: np.ndarray):
-        from vision.match.matcher import unit_rows
-
-        self.ids = ids
-        self.rows = unit_rows(vectors).astype(np.float64)
-
-    def top1(self, v: np.ndarray) -> tuple[str, float]:
-        from vision.match.matcher import unit_rows
-
-        scores = (self.rows * unit_rows(np.asarray(v)[None])[0].astype(np.float64)).sum(axis=1)
-        best = scores.max()
-        return min(i for i, sc in zip(self.ids, scores) if sc == best), float(best)
