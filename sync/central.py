@@ -139,11 +139,12 @@ def _key_text(public_key: bytes | str) -> str:
 
 class Central:
     def __init__(self, database: str | Path, clock: Callable[[], float] = time.time,
-                 on_change: Callable[[], None] | None = None, node: str | None = None):
+                 on_change: Callable[[], None] | None = None, node: str | None = None,
+                 pool_size: int | None = None):
         """`database`: a SQLite file path (the embedded default) or a PostgreSQL connection
         string (sync.central_db.open_central_db). `node` names this central node in the gate
         health it records (several nodes on one PostgreSQL database)."""
-        self.db: CentralDatabase = open_central_db(database)
+        self.db: CentralDatabase = open_central_db(database, pool_size=pool_size)
         self.database = database
         self.db_path = getattr(self.db, "path", None)  # the SQLite file; None on PostgreSQL
         self.conn = self.db  # the one connection every part of the central shares

@@ -118,7 +118,7 @@ def is_postgres(database: str | Path) -> bool:
     return text.startswith(("postgresql://", "postgres://")) or bool(_KEYWORD_DSN.match(text))
 
 
-def open_central_db(database: str | Path, create: bool = True) -> CentralDatabase:
+def open_central_db(database: str | Path, create: bool = True, pool_size: int | None = None) -> CentralDatabase:
     """Open the central's database for the calling thread.
 
     SQLite files are created with the schema on first open (the embedded default needs no set-up
@@ -129,7 +129,9 @@ def open_central_db(database: str | Path, create: bool = True) -> CentralDatabas
     if is_postgres(database):
         from sync.central_pg import PostgresDatabase
 
-        return PostgresDatabase(str(database), check_schema=create)
+        from sync.central_pg import POOL_SIZE
+
+        return PostgresDatabase(str(database), check_schema=create, pool_size=pool_size or POOL_SIZE)
     from sync.central_sqlite import SqliteDatabase
 
     return SqliteDatabase(Path(database))
