@@ -69,6 +69,10 @@ class CentralDatabase(Protocol):
 
     def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None: ...
 
+    def bulk_insert(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        """Many rows into one table inside the caller's transaction (PostgreSQL: COPY)."""
+        ...
+
     def stream(self, sql: str, params: Sequence[Any] = (), batch: int = 2000) -> Iterator[tuple]:
         """Rows of a query read in batches, so memory stays flat in the number of rows (a
         100k-subject snapshot, a year of audit). Must run inside a transaction on PostgreSQL."""

@@ -190,6 +190,15 @@ class PostgresDatabase:
                 cur.executemany(_translate(sql), rows)
         self._run(run)
 
+    def bulk_insert(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        """COPY: roughly an order of magnitude faster than executemany for a bulk import."""
+        def run(conn):
+            with conn.cursor() as cur:
+                with cur.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
+                    for row in rows:
+                        copy.write_row(row)
+        self._run(run)
+
     def stream(self, sql: str, params: Sequence[Any] = (), batch: int = 2000) -> Iterator[tuple]:
         """A server-side cursor: the result stays in the server until read, `batch` rows at a time."""
         conn = self._connection()
