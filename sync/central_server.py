@@ -51,6 +51,7 @@ class _AllowlistAuthenticator(ThreadAuthenticator):
         self._config = config
         self._central: Central | None = None
         self._peer = "?"
+        self._admitted: tuple[bytes, str] | None = None  # (z85 key, principal name) of the last handshake
 
     def _db(self) -> Central:
         if self._central is None:  # created in the authenticator's own thread
@@ -71,9 +72,16 @@ class _AllowlistAuthenticator(ThreadAuthenticator):
         if principal is None:
             log.warning("refused connection from %s: CURVE key %s is not registered", self._peer, key.decode("ascii"))
             return False
+        self._admitted = (key, principal.name)
         return True
 
     def curve_user_id(self, client_public_key: bytes) -> str:
+        # pyzmq calls this right after an admitting callback() for the same key: name the
+        # connection from that lookup. A second query could fail (a database failover between
+        # the two) and name a registered gate "unknown" for the life of its connection.
+        key = zmq.utils.z85.encode(client_public_key)
+        if self._admitted is not None and self._admitted[0] == key:
+            return self._admitted[1]
         try:
             principal = self._db().principal_for_key(zmq.utils.z85.encode(client_public_key))
         except Exception:
@@ -107,6 +115,16 @@ class _Publisher:
     def seconds_to_heartbeat(self) -> float:
         return min(self._cfg.log_poll_s, max(0.0, self._next_hugz - time.monotonic()))
 
+    def heartbeat(self) -> None:
+        """HUGZ when due. Also sent while the database is unreachable (`step` failing during a
+        failover): the sequence it carries is still what this node has published, and a gate
+        that heard nothing would drop its live state and snapshot again, every gate at once,
+        onto a freshly promoted primary."""
+        now = time.monotonic()
+        if now >= self._next_hugz:
+            self._sock.send_multipart(hugz(self.published).frames())
+            self._next_hugz = now + self._cfg.heartbeat_s
+
     def step(self) -> None:
         while True:
             changes = self._central.hashmap.changes_after(self.published, 1000)
@@ -115,10 +133,8 @@ class _Publisher:
                 self.published = msg.seq
             if len(changes) < 1000:
                 break
+        self.heartbeat()
         now = time.monotonic()
-        if now >= self._next_hugz:
-            self._sock.send_multipart(hugz(self.published).frames())
-            self._next_hugz = now + self._cfg.heartbeat_s
         # Expiry and retention run on one node at a time (the maintenance lock), so two nodes
         # never withdraw the same subject twice; the others take over when that node dies.
         if now >= self._next_expiry:
@@ -327,7 +343,8 @@ class CentralServer:
                 publisher.step()
             except StorageError as exc:
                 log.error("publisher: database error (%s); retrying", exc)
-                self._stop.wait(0.5)
+                publisher.heartbeat()
+                self._stop.wait(min(0.5, self.config.heartbeat_s))
         central.close()
 
     def _open_until_available(self, who: str) -> Central | None:
@@ -375,8 +392,8 @@ class CentralServer:
                 next_silence_check = time.monotonic() + 1.0
                 try:
                     silent = central.flag_silent_gates(self.config.gate_silent_after_s)
-                except StorageError:
-                    log.exception("could not check for silent gates")
+                except StorageError as exc:
+                    log.warning("could not check for silent gates: %s", str(exc).splitlines()[0] if str(exc) else exc)
                     silent = []
                 for gate_id in silent:
                     log.warning("gate %s is silent: no health report for %.0fs", gate_id,
@@ -404,14 +421,20 @@ class CentralServer:
             log.info("collector: %s set %s (%s)", principal.name, msg.key, "delete" if msg.is_delete else "upsert")
 
     def _answer(self, central: Central, envelope: zmq.Frame, payload: bytes) -> Reply:
-        principal = self._principal(central, envelope)
+        # Decoded before any database work, so a request that meets a failover is answered
+        # with its own request id and an error: its gate retries at once (a reply to id 0
+        # would be dropped as a stray and cost the gate a timeout and a new socket).
         try:
             request = decode_request(payload)
         except MalformedRequest as exc:
-            log.warning("service: malformed request from %s: %s", principal.name if principal else "?", exc)
+            log.warning("service: malformed request from %s: %s", self._peer_name(envelope), exc)
             return Reply(request_id=0, ok=False, error=f"malformed request: {exc}")
-        if self.config.dev_plain_loopback:
-            principal = central.principal(f"gate:{request.gate_id}")
+        try:
+            principal = self._principal(central, envelope)
+            if self.config.dev_plain_loopback:
+                principal = central.principal(f"gate:{request.gate_id}")
+        except StorageError as exc:
+            return self._storage_failed(request.request_id, request.gate_id, exc)
         if principal is None or principal.kind != "gate" or principal.ident != request.gate_id:
             log.warning("service: refused a request for gate %s from %s", request.gate_id,
                         principal.name if principal else "an unregistered peer")
@@ -426,9 +449,28 @@ class CentralServer:
                 log.info("gate %s reports again (status %s)", request.gate_id, request.status)
             heads = central.hashmap.scope_heads(s for s in request.scopes if s in principal.scopes)
             return Reply(request_id=request.request_id, ok=True, scope_heads=heads)
-        except Exception as exc:  # storage trouble must cost a retry, never the service thread
+        except StorageError as exc:
+            return self._storage_failed(request.request_id, request.gate_id, exc)
+        except Exception as exc:  # any other trouble must cost a retry, never the service thread
             log.exception("service: could not handle a request from %s", request.gate_id)
             return Reply(request_id=request.request_id, ok=False, error=f"central error: {type(exc).__name__}")
+
+
+    @staticmethod
+    def _storage_failed(request_id: int, gate_id: str, exc: StorageError) -> Reply:
+        """Never an ack: the batch may or may not have committed (a COMMIT cut off by the
+        primary's death), so the gate sends it again and the idempotent store sorts it out.
+        One line per request, not a traceback: during a failover there are hundreds."""
+        log.error("service: request from gate %s not served, database unavailable (%s); it will retry",
+                  gate_id, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        return Reply(request_id=request_id, ok=False, error=f"central storage unavailable: {type(exc).__name__}")
+
+    @staticmethod
+    def _peer_name(frame: zmq.Frame) -> str:
+        try:
+            return frame.get("User-Id") or "?"
+        except zmq.ZMQError:
+            return "?"
 
 
 def run_central(config: CentralConfig) -> int:
