@@ -148,6 +148,9 @@ class PostgresDatabase:
         self._conn: psycopg.Connection | None = None
         self._listen: psycopg.Connection | None = None
         self._maintenance_held = False
+        # How long a call may wait for a connection; the publisher lowers it below its
+        # heartbeat interval, so HUGZ keep flowing while the database is away.
+        self.connect_wait_s = POOL_WAIT_S
         if check_schema:
             version = self.schema_version()
             if version is None:
@@ -164,10 +167,10 @@ class PostgresDatabase:
             # Asked in short slices: each ask lets the pool try a new connection (it gives a
             # failed attempt up at once, see pool_for), so a thread waiting through a failover
             # finds the promoted primary within ~0.25 s of it accepting writes.
-            deadline = time.monotonic() + POOL_WAIT_S
+            deadline = time.monotonic() + self.connect_wait_s
             while True:
                 try:
-                    self._conn = self._pool.getconn(timeout=0.25)
+                    self._conn = self._pool.getconn(timeout=min(0.25, self.connect_wait_s))
                     break
                 except PoolTimeout as exc:
                     if time.monotonic() >= deadline:
@@ -271,22 +274,34 @@ class PostgresDatabase:
         self.execute("SELECT pg_notify(?, ?)", (CHANNEL, str(seq)))
 
     def wait_for_change(self, timeout: float) -> bool:
+        # The listening connection comes from the pool, whose workers make new connections:
+        # after the primary's death the caller (the publisher, which must keep sending HUGZ)
+        # waits at most `timeout` for one, never a libpq connect to a dead host.
         try:
             if self._listen is None or self._listen.closed:
-                self._listen = psycopg.connect(_with_timeout(self.conninfo), autocommit=True)
-                self._listen.execute(f"LISTEN {CHANNEL}")
+                try:
+                    conn = self._pool.getconn(timeout=max(0.01, timeout))
+                except Exception:  # PoolTimeout, a closed pool: no listener yet, poll by sequence
+                    return False
+                self._listen = conn
+                conn.execute(f"LISTEN {CHANNEL}")
+                log.info("change listener connected")
             for _ in self._listen.notifies(timeout=max(0.001, timeout), stop_after=1):
                 return True
             return False
         except psycopg.Error as exc:
-            if self._listen is not None:
-                log.warning("change listener lost (%s); polling by sequence until it is back", exc)
-                self._listen.close()
-            self._listen = None
-            # No listener (a failover in progress): wait here as the notification would have,
-            # so the caller polls by sequence at its usual pace instead of spinning.
+            log.warning("change listener lost (%s); polling by sequence until it is back",
+                        str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            self._drop_listener()
+            # Wait here as the notification would have, so the caller keeps its pace.
             time.sleep(min(max(0.0, timeout), 0.2))
             return False
+
+    def _drop_listener(self) -> None:
+        conn, self._listen = self._listen, None
+        if conn is not None:
+            conn.close()  # discarded, never handed on still listening
+            self._pool.putconn(conn)
 
     def try_maintenance_lock(self) -> bool:
         if not self._maintenance_held:
@@ -324,9 +339,7 @@ class PostgresDatabase:
             pass
 
     def close(self) -> None:
-        if self._listen is not None:
-            self._listen.close()
-            self._listen = None
+        self._drop_listener()
         if self._conn is not None:
             conn, self._conn = self._conn, None
             if self._maintenance_held and not conn.closed:

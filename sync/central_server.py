@@ -66,6 +66,10 @@ class _AllowlistAuthenticator(ThreadAuthenticator):
     def callback(self, domain: str, key: bytes) -> bool:
         try:
             principal = self._db().principal_for_key(key)
+        except StorageError as exc:  # a failover: the gate's socket retries the handshake by itself
+            log.error("could not look up a CURVE key, database unavailable (%s); refusing the connection from %s "
+                      "for now", str(exc).splitlines()[0] if str(exc) else type(exc).__name__, self._peer)
+            return False
         except Exception:
             log.exception("could not look up a CURVE key; refusing the connection from %s", self._peer)
             return False
@@ -327,6 +331,8 @@ class CentralServer:
         central = self._open_until_available("publisher")
         if central is None:
             return
+        if hasattr(central.db, "connect_wait_s"):  # PostgreSQL: never wait past a heartbeat for a connection
+            central.db.connect_wait_s = min(central.db.connect_wait_s, self.config.heartbeat_s / 2)
         publisher = _Publisher(self.config, central, sock, self._wake)
         # On PostgreSQL the publisher learns of other nodes' (and other processes') changes by
         # LISTEN/NOTIFY and polls by sequence as well, so a missed notification never loses an
