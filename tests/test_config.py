@@ -37,10 +37,24 @@ def _with(path: str, value):
 _DELETE = object()
 
 
-@pytest.mark.parametrize("example", sorted((REPO / "config").glob("*.toml")), ids=lambda p: p.name)
+@pytest.mark.parametrize("example", sorted(p for p in (REPO / "config").glob("*.toml")
+                                            if not p.name.startswith("central-")), ids=lambda p: p.name)
 def test_shipped_example_configs_are_valid(example):
     cfg = load_config(example)
     assert cfg.gate.id and cfg.lane.lane_id
+
+
+def test_shipped_central_node_configs_are_valid_and_differ_only_in_the_node():
+    from sync.central_db import is_postgres
+    from sync.config import load_central_config
+
+    nodes = [load_central_config(p) for p in sorted((REPO / "config").glob("central-*.toml"))]
+    assert len(nodes) >= 2
+    assert len({n.node_name for n in nodes}) == len(nodes)
+    for n in nodes:
+        assert is_postgres(n.database) and "target_session_attrs=read-write" in n.database
+        assert n.database.count(",") >= 1  # a multi-host string: every Patroni member listed
+    assert len({(n.base_port, n.secret_key_file, n.audit_retention_days) for n in nodes}) == 1
 
 
 def test_minimal_config_gets_safe_defaults(tmp_path):
