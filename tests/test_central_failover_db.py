@@ -263,3 +263,15 @@ def test_nodes_ride_through_primary_kill_and_standby_promotion(tmp_path, failove
             srv.stop()
         if central is not None:
             central.close()
+
+
+def test_failover_bench_runs_small_and_loses_nothing():
+    """`gate-bench failover`'s database part at a tiny size: it runs, and what it reports holds."""
+    from tools.bench_failover import db_failover_bench, format_table
+
+    r = db_failover_bench(gates=4, warmup_s=1.0, after_s=1.5, timeout_s=90.0)
+    assert r["replication_before_kill"] == [["standby", "streaming", "sync"]]
+    assert (r["lost"], r["duplicated"], r["chains_ok"]) == (0, 0, True)
+    assert 0 < r["resume_s_median"] <= r["resume_s_worst"] < 30
+    assert r["records"] > 4 * 20
+    assert "lost / duplicated" in format_table(r)
