@@ -79,6 +79,7 @@ class AgentConfig:
     # Several central nodes, preferred first ("tcp://a:5556"); empty = central_host:base_port only.
     central: tuple[str, ...] = ()
     failback_after_s: float = 30.0  # how often a part that moved away tries the preferred node again
+    move_after_timeouts: int = 1  # Lazy Pirate timeouts in a row after which audit/health try the next node
 
     def endpoints(self) -> tuple[Endpoint, ...]:
         if self.central:

@@ -56,8 +56,9 @@ class LazyPirateClient:
         self._label = label
         self._sock: zmq.Socket | None = None
         self._watch: HandshakeWatch | None = None
-        # Several central nodes: after request_retries timeouts in a row, the next one.
-        self.choice = EndpointChoice(config.endpoints(), label, retries=config.request_retries,
+        # Several central nodes: after move_after_timeouts timeouts in a row, the next one (the
+        # freelance pattern: a timeout on one node is a reason to ask another at once).
+        self.choice = EndpointChoice(config.endpoints(), label, retries=config.move_after_timeouts,
                                      failback_after_s=config.failback_after_s)
 
     @property
