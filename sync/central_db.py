@@ -55,10 +55,27 @@ def _create_schema(db: sqlite_utils.Database) -> None:
         {"gate_id": str, "last_seen": float, "status": str, "software_version": str, "model_versions": str,
          "watchlist_seq": int, "queue_depth": int, "last_decision_at": str, "report": str, "silent": int},
         pk="gate_id", not_null=["last_seen", "silent"], if_not_exists=True)
+    # One row per audit record; a gate's chain is (gate_id, epoch), epoch '' being every gate's first.
+    if db["audit"].exists() and "epoch" not in db["audit"].columns_dict:  # a file from before chain epochs
+        db["audit"].add_column("epoch", str, not_null_default="")
+        db["audit"].transform(pk=("gate_id", "epoch", "seq"))
     db["audit"].create(
-        {"gate_id": str, "seq": int, "ts": str, "prev_hash": str, "hash": str, "body": str, "received_at": float},
-        pk=("gate_id", "seq"), not_null=["ts", "prev_hash", "hash", "body", "received_at"], if_not_exists=True)
+        {"gate_id": str, "epoch": str, "seq": int, "ts": str, "prev_hash": str, "hash": str, "body": str,
+         "received_at": float},
+        pk=("gate_id", "epoch", "seq"), not_null=["epoch", "ts", "prev_hash", "hash", "body", "received_at"],
+        defaults={"epoch": ""}, if_not_exists=True)
     db["audit"].create_index(["gate_id", "ts"], if_not_exists=True)
+    # Chains after the first, each forking from a record of its parent (sync.audit_chain.ChainEpoch).
+    db["audit_epochs"].create(
+        {"gate_id": str, "epoch": str, "parent": str, "base_seq": int, "base_hash": str, "public_key": str,
+         "created": str, "nonce": str, "vouched": int, "registered_at": float},
+        pk=("gate_id", "epoch"), not_null=["parent", "base_seq", "base_hash", "public_key", "created", "nonce",
+                                           "vouched", "registered_at"], if_not_exists=True)
+    # What the central noticed about a gate's audit log: a conflicting record, a log gone backwards.
+    db["audit_alarms"].create(
+        {"gate_id": str, "epoch": str, "kind": str, "seq": int, "detail": str, "detected_at": float,
+         "resolved_by": str},
+        pk=("gate_id", "epoch", "kind", "seq"), not_null=["detail", "detected_at"], if_not_exists=True)
     db.execute("INSERT OR IGNORE INTO meta(name, value) VALUES ('schema', ?), ('seq', 0)", [SCHEMA_VERSION])
 
 

@@ -24,7 +24,8 @@ def _socket(args) -> Path:
 
 def _print_status(r: dict) -> None:
     keys = ["gate", "lane", "mode", "faults", "alarm", "camera", "device_online", "pad", "model", "watchlist_size",
-            "watchlist_sequence", "audit_unsent", "frames", "decisions", "last_decision_at", "out_of_service_by"]
+            "watchlist_sequence", "audit_unsent", "audit_chain_epoch", "audit_chain_alarm", "frames", "decisions",
+            "last_decision_at", "out_of_service_by"]
     for k in keys:
         if k in r:
             v = r[k]
