@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import json
 import logging
-import sqlite3
 from dataclasses import dataclass
 from typing import Iterator
 
 from sync.audit_chain import GENESIS_HASH, LEGACY_EPOCH, AuditRow, ChainCheck, ChainEpoch, epoch_id, verify_chain
-from sync.central_db import write_transaction
+from sync.central_db import CentralDatabase
 
 log = logging.getLogger(__name__)
 
@@ -57,15 +56,15 @@ def _row(seq: int, ts: str, prev_hash: str, digest: str, body: str) -> AuditRow:
 
 
 class AuditStore:
-    def __init__(self, conn: sqlite3.Connection):
-        self._conn = conn
+    def __init__(self, db: CentralDatabase):
+        self._conn = db
 
     def store_batch(self, gate_id: str, rows: tuple[AuditRow, ...] | list[AuditRow], now: float,
                     epoch: str = LEGACY_EPOCH) -> StoreResult:
         """Store the rows this chain does not hold yet, up to the first one that differs from
         (or does not link to) what it holds; see the module docstring."""
         first, last = rows[0].seq, rows[-1].seq
-        with write_transaction(self._conn):
+        with self._conn.audit_transaction(gate_id):
             base_seq, base_hash = self._base(gate_id, epoch)
             if first <= base_seq:
                 raise UnknownEpoch(f"epoch {epoch} of gate {gate_id} starts after seq {base_seq}; "
@@ -135,7 +134,7 @@ class AuditStore:
             raise EpochRefused(f"epoch {chain.epoch} names a key that is not gate {gate_id}'s")
         if epoch_id(gate_id, chain.public_key, chain.created, chain.nonce) != chain.epoch:
             raise EpochRefused(f"epoch id {chain.epoch} is not derived from gate {gate_id}'s key, time and nonce")
-        with write_transaction(self._conn):
+        with self._conn.audit_transaction(gate_id):
             held = self._conn.execute(
                 "SELECT parent, base_seq, base_hash, vouched FROM audit_epochs WHERE gate_id = ? AND epoch = ?",
                 (gate_id, chain.epoch)).fetchone()
@@ -181,7 +180,7 @@ class AuditStore:
             if row is None or row[0] == head_hash:
                 return None
             kind, seq, detail = "head_differs", last_seq, f"the gate's record {last_seq} differs from the copy held"
-        with write_transaction(self._conn):
+        with self._conn.audit_transaction(gate_id):
             self._alarm(gate_id, epoch, kind, seq, now, detail)
         return detail
 
@@ -249,5 +248,8 @@ class AuditStore:
         if until_ts is not None:
             sql += " AND ts < ?"
             args.append(until_ts)
-        for row in self._conn.execute(sql + " ORDER BY seq", args):
-            yield _row(*row)
+        # Streamed: an export of a year of a busy gate stays flat in memory (PostgreSQL reads it
+        # through a server-side cursor inside one consistent snapshot).
+        with self._conn.read_snapshot():
+            for row in self._conn.stream(sql + " ORDER BY seq", args):
+                yield _row(*row)

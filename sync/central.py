@@ -20,7 +20,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 
 from sync.audit_store import AuditStore
-from sync.central_db import open_central_db, write_transaction
+from sync.central_db import CentralDatabase, open_central_db
 from sync.hashmap import Hashmap
 from sync.kvmsg import TTL_PROPERTY, KVMsg, new_uuid
 from sync.scopes import ScopeError, check_id, parse_scope, split_key
@@ -30,6 +30,7 @@ from sync.subject_record import LIST_TYPES, SubjectRecord, decode_record, encode
 log = logging.getLogger(__name__)
 
 SUBJECT_STATUSES = ("active", "revoked", "expired")
+MAX_TTL_S = 10 * 366 * 86400.0  # the longest validity a KVSET may ask for
 
 
 class EnrollmentError(ValueError):
@@ -108,6 +109,7 @@ class GateStatus:
     queue_depth: int | None
     last_decision_at: str | None
     audit_max_seq: int  # of the gate's newest chain epoch
+    node: str | None = None  # the central node the gate last reported through
     audit_alarm: str = ""  # a conflicting or backwards audit log (sync.audit_store.alarm_summary)
 
 
@@ -137,18 +139,23 @@ def _key_text(public_key: bytes | str) -> str:
 
 
 class Central:
-    def __init__(self, db_path: Path, clock: Callable[[], float] = time.time,
-                 on_change: Callable[[], None] | None = None):
-        self.db_path = Path(db_path)
-        self.db = open_central_db(self.db_path)
-        self.conn = self.db.conn
-        self.hashmap = Hashmap(self.conn)
-        self.audit = AuditStore(self.conn)
+    def __init__(self, database: str | Path, clock: Callable[[], float] = time.time,
+                 on_change: Callable[[], None] | None = None, node: str | None = None):
+        """`database`: a SQLite file path (the embedded default) or a PostgreSQL connection
+        string (sync.central_db.open_central_db). `node` names this central node in the gate
+        health it records (several nodes on one PostgreSQL database)."""
+        self.db: CentralDatabase = open_central_db(database)
+        self.database = database
+        self.db_path = getattr(self.db, "path", None)  # the SQLite file; None on PostgreSQL
+        self.conn = self.db  # the one connection every part of the central shares
+        self.node = node
+        self.hashmap = Hashmap(self.db)
+        self.audit = AuditStore(self.db)
         self._clock = clock
         self._on_change = on_change
 
     def close(self) -> None:
-        self.conn.close()
+        self.db.close()
 
     def _changed(self) -> None:
         if self._on_change is not None:
@@ -172,7 +179,7 @@ class Central:
         now = self._clock()
         prepared = [self._prepare(e, now) for e in enrollments]
         results = []
-        with write_transaction(self.conn):
+        with self.db.write_transaction():
             for rec, scopes in prepared:
                 results.append(self._write_subject(rec, scopes, new_uuid(), now))
         if results:
@@ -232,7 +239,7 @@ class Central:
             (rec.subject_id, rec.list_type, rec.model_id, rec.templates.shape[1], rec.templates.shape[0],
              rec.valid_from, rec.valid_until, now, now))
         self.conn.execute("DELETE FROM templates WHERE subject_id = ?", (rec.subject_id,))
-        self.conn.executemany("INSERT INTO templates(subject_id, idx, model_id, vector) VALUES (?,?,?,?)",
+        self.db.executemany("INSERT INTO templates(subject_id, idx, model_id, vector) VALUES (?,?,?,?)",
                               [(rec.subject_id, i, rec.model_id, v.astype("<f4").tobytes())
                                for i, v in enumerate(rec.templates)])
         body = encode_record(rec)
@@ -250,7 +257,7 @@ class Central:
     def revoke(self, subject_id: str, scopes: Sequence[str] | None = None, reason: str = "") -> list[str]:
         """Withdraw a subject from some scopes, or from all (deleting its templates).
         Returns the keys deleted; gates drop them on the next update."""
-        with write_transaction(self.conn):
+        with self.db.write_transaction():
             deleted = self._revoke(subject_id, scopes, "revoked", reason, new_uuid(), self._clock())
         self._changed()
         return deleted
@@ -281,7 +288,7 @@ class Central:
     def expire(self, now: float | None = None) -> list[str]:
         """Withdraw every active subject whose validity has ended; returns their ids."""
         now = self._clock() if now is None else now
-        with write_transaction(self.conn):
+        with self.db.write_transaction():
             due = [r[0] for r in self.conn.execute(
                 "SELECT subject_id FROM subjects WHERE status = 'active' AND valid_until IS NOT NULL "
                 "AND valid_until <= ? ORDER BY subject_id", (now,))]
@@ -296,7 +303,7 @@ class Central:
         if status is not None and status not in SUBJECT_STATUSES:
             raise EnrollmentError(f"status {status!r} is not one of {', '.join(SUBJECT_STATUSES)}")
         sql = ("SELECT s.subject_id, s.list_type, s.model_id, s.status, s.n_templates, s.dim, s.valid_from, "
-               "s.valid_until, s.updated_at, s.reason, group_concat(kv.scope, ' ') FROM subjects s "
+               f"s.valid_until, s.updated_at, s.reason, {self.db.group_concat('kv.scope')} FROM subjects s "
                "LEFT JOIN kv ON kv.subject_id = s.subject_id")
         where, args = [], []
         if scope is not None:
@@ -307,7 +314,8 @@ class Central:
             args.append(status)
         if where:
             sql += " WHERE " + " AND ".join(where)
-        sql += " GROUP BY s.subject_id ORDER BY s.subject_id"
+        sql += (" GROUP BY s.subject_id, s.list_type, s.model_id, s.status, s.n_templates, s.dim, s.valid_from, "
+                "s.valid_until, s.updated_at, s.reason ORDER BY s.subject_id")
         return [SubjectInfo(subject_id=r[0], list_type=r[1], model_id=r[2], status=r[3], n_templates=r[4], dim=r[5],
                             valid_from=_from_epoch(r[6]), valid_until=_from_epoch(r[7]),
                             updated_at=_from_epoch(r[8]), reason=r[9],
@@ -330,7 +338,7 @@ class Central:
         now = self._clock()
         uuid = msg.uuid or new_uuid()
         if msg.is_delete:
-            with write_transaction(self.conn):
+            with self.db.write_transaction():
                 keys = self._revoke(subject_id, [scope], "revoked", "deleted by KVSET", uuid, now)
             self._changed()
             return keys
@@ -340,15 +348,18 @@ class Central:
         ttl = msg.props.get(TTL_PROPERTY)
         if ttl is not None:
             try:
-                limit = int(now + float(ttl))
-            except (ValueError, OverflowError) as exc:
+                seconds = float(ttl)
+            except ValueError as exc:
                 raise EnrollmentError(f"KVSET ttl {ttl!r} is not a number of seconds") from exc
+            if not 0 < seconds <= MAX_TTL_S:  # also refuses nan and inf
+                raise EnrollmentError(f"KVSET ttl {ttl!r} is outside 0..{MAX_TTL_S:.0f} seconds (ten years)")
+            limit = int(now + seconds)
             until = limit if rec.valid_until is None else min(rec.valid_until, limit)
             rec = SubjectRecord(rec.subject_id, rec.list_type, rec.model_id, rec.templates, rec.valid_from, until)
         enrollment = Enrollment(rec.subject_id, rec.list_type, [scope], _from_epoch(rec.valid_from),
                                 _from_epoch(rec.valid_until), rec.model_id, rec.templates)
         rec, scopes = self._prepare(enrollment, now)
-        with write_transaction(self.conn):
+        with self.db.write_transaction():
             result = self._write_subject(rec, scopes, uuid, now)
         self._changed()
         return list(result.keys)
@@ -373,7 +384,7 @@ class Central:
         return self._register(Principal("admin", name, _key_text(public_key)))
 
     def _register(self, p: Principal) -> Principal:
-        with write_transaction(self.conn):
+        with self.db.write_transaction():
             clash = self.conn.execute("SELECT name FROM principals WHERE public_key = ? AND name != ?",
                                       (p.public_key, p.name)).fetchone()
             if clash:
@@ -386,7 +397,7 @@ class Central:
         return p
 
     def remove_principal(self, kind: str, ident: str) -> bool:
-        with write_transaction(self.conn):
+        with self.db.write_transaction():
             cur = self.conn.execute("DELETE FROM principals WHERE name = ?", (f"{kind}:{ident}",))
         return cur.rowcount > 0
 
@@ -411,25 +422,27 @@ class Central:
     def record_health(self, report: HealthReport) -> bool:
         """Store a gate's report; returns True if the gate had been flagged silent."""
         now = self._clock()
-        with write_transaction(self.conn):
+        # Per-gate, not the change-log lock: health from 200 gates must not queue behind enrolments.
+        with self.db.audit_transaction(report.gate_id):
             row = self.conn.execute("SELECT silent FROM gate_health WHERE gate_id = ?", (report.gate_id,)).fetchone()
             self.conn.execute(
                 "INSERT INTO gate_health(gate_id, last_seen, status, software_version, model_versions, watchlist_seq, "
-                "queue_depth, last_decision_at, report, silent) VALUES (?,?,?,?,?,?,?,?,?,0) ON CONFLICT(gate_id) DO "
+                "queue_depth, last_decision_at, report, silent, node) VALUES (?,?,?,?,?,?,?,?,?,0,?) "
+                "ON CONFLICT(gate_id) DO "
                 "UPDATE SET last_seen=excluded.last_seen, status=excluded.status, "
                 "software_version=excluded.software_version, model_versions=excluded.model_versions, "
                 "watchlist_seq=excluded.watchlist_seq, queue_depth=excluded.queue_depth, "
-                "last_decision_at=excluded.last_decision_at, report=excluded.report, silent=0",
+                "last_decision_at=excluded.last_decision_at, report=excluded.report, silent=0, node=excluded.node",
                 (report.gate_id, now, report.status, report.software_version, json.dumps(report.model_versions),
                  report.watchlist_seq, report.queue_depth, report.last_decision_at,
-                 json.dumps({"scopes": list(report.scopes), "extra": report.extra})))
+                 json.dumps({"scopes": list(report.scopes), "extra": report.extra}), self.node))
         return bool(row and row[0])
 
     def flag_silent_gates(self, silent_after_s: float) -> list[str]:
         """Mark registered gates not heard from for `silent_after_s`; returns those newly marked."""
         now = self._clock()
         newly = []
-        with write_transaction(self.conn):
+        with self.db.write_transaction():
             for gate_id, last_seen, silent, created in self.conn.execute(
                     "SELECT p.ident, h.last_seen, h.silent, p.created_at FROM principals p "
                     "LEFT JOIN gate_health h ON h.gate_id = p.ident WHERE p.kind = 'gate'").fetchall():
@@ -444,9 +457,9 @@ class Central:
     def gate_statuses(self, silent_after_s: float) -> list[GateStatus]:
         now = self._clock()
         out = []
-        for ident, scopes, last_seen, status, sw, models, wl_seq, queue, last_dec in self.conn.execute(
+        for ident, scopes, last_seen, status, sw, models, wl_seq, queue, last_dec, node in self.conn.execute(
                 "SELECT p.ident, p.scopes, h.last_seen, h.status, h.software_version, h.model_versions, "
-                "h.watchlist_seq, h.queue_depth, h.last_decision_at FROM principals p "
+                "h.watchlist_seq, h.queue_depth, h.last_decision_at, h.node FROM principals p "
                 "LEFT JOIN gate_health h ON h.gate_id = p.ident WHERE p.kind = 'gate' ORDER BY p.ident").fetchall():
             reported = status is not None
             out.append(GateStatus(
@@ -455,5 +468,5 @@ class Central:
                 silent=not reported or now - last_seen >= silent_after_s,
                 status=status, software_version=sw, model_versions=json.loads(models) if models else {},
                 watchlist_seq=wl_seq, queue_depth=queue, last_decision_at=last_dec,
-                audit_max_seq=self.audit.latest_seq(ident), audit_alarm=self.audit.alarm_summary(ident)))
+                audit_max_seq=self.audit.latest_seq(ident), node=node, audit_alarm=self.audit.alarm_summary(ident)))
         return out

@@ -1,7 +1,8 @@
 """No audit record is acknowledged unless the central holds it identically, and a gate whose log
 no longer continues the central's copy (state dir wiped, restored from an old backup, tail
 truncated with the ack lowered, agent killed mid-fork) keeps every record under a new chain
-epoch. Real central server, real gate audit log (gate.audit.AuditLog), real CURVE on loopback."""
+epoch. Real central server on both stores (SQLite, PostgreSQL), real gate audit log
+(gate.audit.AuditLog), real CURVE on loopback."""
 from __future__ import annotations
 
 import json
@@ -45,14 +46,14 @@ def _chain(n: int, start: int = 1, prev: str = GENESIS_HASH, tag: str = "a") -> 
 class Site:
     """One central server and one gate G1 whose state dir the tests wipe, restore and truncate."""
 
-    def __init__(self, tmp_path):
-        self.dep = Deployment(tmp_path)
+    def __init__(self, tmp_path, database: str):
+        self.dep = Deployment(tmp_path, database)
         self.secret = self.dep.add_gate("G1", ["lane:L1"])
         self.state = tmp_path / "state"
         self.state.mkdir()
         self.server = CentralServer(self.dep.central_config())
         self.server.start()
-        self.central = Central(self.dep.db_path)
+        self.central = Central(self.dep.database)
         self.seen: dict[str, AuditRow] = {}  # every record any incarnation of the gate's log ever held
         self.alarms: list[tuple[str, dict]] = []
         self.log: AuditLog | None = None
@@ -131,8 +132,8 @@ class Site:
 
 
 @pytest.fixture
-def site(tmp_path):
-    s = Site(tmp_path)
+def site(tmp_path, central_database):
+    s = Site(tmp_path, central_database)
     yield s
     s.close()
 
@@ -342,3 +343,21 @@ def test_a_reply_naming_a_conflict_never_acknowledges_it_and_the_gate_backs_off(
         agent.stop()
         service.close()
         log.close()
+
+
+def test_a_central_file_from_before_epochs_keeps_its_audit_as_the_first_chain(tmp_path):
+    path = tmp_path / "old.db"
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE audit (gate_id TEXT, seq INTEGER, ts TEXT NOT NULL, prev_hash TEXT NOT NULL, "
+               "hash TEXT NOT NULL, body TEXT NOT NULL, received_at FLOAT NOT NULL, PRIMARY KEY (gate_id, seq))")
+    rows = _chain(3)
+    db.executemany("INSERT INTO audit VALUES ('G1', ?, ?, ?, ?, ?, 1.0)",
+                   [(r.seq, r.ts, r.prev_hash, r.hash, json.dumps(r.body)) for r in rows])
+    db.commit()
+    db.close()
+    central = Central(str(path))
+    try:
+        assert list(central.audit.rows("G1")) == rows and central.audit.verify("G1").ok
+        assert central.audit.store_batch("G1", _chain(2, start=1, tag="other"), 2.0).conflicts == (1, 2)
+    finally:
+        central.close()

@@ -1,4 +1,5 @@
-"""The central's storage API on a real SQLite file: enrollment, change log, audit, health."""
+"""The central's storage API on both stores (a real SQLite file, a real PostgreSQL server):
+enrolment, change log, audit, health."""
 from __future__ import annotations
 
 import csv
@@ -29,14 +30,15 @@ class Clock:
 
 
 @pytest.fixture
-def central(tmp_path):
-    c = Central(tmp_path / "central.db")
+def central(central_database):
+    c = Central(central_database)
     yield c
     c.close()
 
 
-def test_database_file_is_owner_only(central):
-    assert stat.S_IMODE(central.db_path.stat().st_mode) == 0o600
+def test_database_file_is_owner_only(tmp_path):
+    c = Central(tmp_path / "central.db")
+    assert stat.S_IMODE(c.db_path.stat().st_mode) == 0o600
 
 
 def test_enroll_publishes_one_key_per_scope_with_the_record(central):
@@ -140,9 +142,9 @@ def test_revoke_partial_and_full_deletes_templates(central):
         central.revoke("nobody")
 
 
-def test_expire_withdraws_subjects_whose_window_closed(tmp_path):
+def test_expire_withdraws_subjects_whose_window_closed(central_database):
     clock = Clock(1_000_000.0)
-    c = Central(tmp_path / "c.db", clock=clock)
+    c = Central(central_database, clock=clock)
     rng = np.random.default_rng(7)
     until = dt.datetime.fromtimestamp(clock.t + 60, UTC)
     c.enroll_subject("short", "allow", ["lane:L1"], None, until, MODEL, unit(rng, 1))
@@ -224,9 +226,9 @@ def test_audit_pull_verifies_the_chain_and_names_the_break(central, tmp_path):
     assert report.check.ok and not report.anchored and "cannot be anchored" in report.summary()
 
 
-def test_health_and_silent_gates(tmp_path):
+def test_health_and_silent_gates(central_database):
     clock = Clock(5_000.0)
-    c = Central(tmp_path / "c.db", clock=clock)
+    c = Central(central_database, clock=clock, node="node-a")
     c.register_gate("G1", "a" * 40, ["lane:L1"])
     c.register_gate("G2", "b" * 40, ["lane:L2"])
     with pytest.raises(EnrollmentError, match="already belongs"):
@@ -239,6 +241,7 @@ def test_health_and_silent_gates(tmp_path):
     statuses = {g.gate_id: g for g in c.gate_statuses(20.0)}
     assert not statuses["G1"].silent and statuses["G1"].software_version == "0.1.1"
     assert statuses["G1"].watchlist_seq == 8 and statuses["G1"].queue_depth == 0
+    assert statuses["G1"].node == "node-a"
     assert statuses["G2"].silent and statuses["G2"].last_seen is None
     assert c.principal_for_key("a" * 40).name == "gate:G1"
     assert c.remove_principal("gate", "G1") and c.principal_for_key("a" * 40) is None

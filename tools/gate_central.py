@@ -28,7 +28,7 @@ from sync.keys import KeyFileError, generate_keypair_files, load_public_key
 def _central(args) -> Central:
     if args.config is None:
         raise ConfigError("this command needs --config FILE (the central's config)")
-    return Central(load_central_config(args.config).db_path)
+    return Central(load_central_config(args.config).database)
 
 
 def cmd_serve(args) -> int:
@@ -36,8 +36,7 @@ def cmd_serve(args) -> int:
 
     if args.config is None:
         raise ConfigError("serving needs --config FILE")
-    run_central(load_central_config(args.config))
-    return 0
+    return run_central(load_central_config(args.config))
 
 
 def cmd_keys_gen(args) -> int:
