@@ -39,7 +39,8 @@ POOL_SIZE = 8
 
 # Version 1: the schema of the SQLite central, engine-native types, audit partitioned by month.
 # Version 2: gate_health.node (the node a gate reports through).
-# Version 3: audit chain epochs (sync.audit_chain.ChainEpoch): audit.epoch in the key, audit_epochs, audit_alarms.
+# Version 3: audit chain epochs (sync.audit_chain.ChainEpoch): audit.epoch in the key, audit_epochs,
+# audit_alarms; erasures (sync.forget.erase_subject).
 MIGRATIONS: list[tuple[int, list[str]]] = [
     (1, [
         "CREATE TABLE IF NOT EXISTS meta (name text PRIMARY KEY, value bigint NOT NULL)",
@@ -88,6 +89,9 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
         "CREATE TABLE audit_alarms (gate_id text NOT NULL, epoch text NOT NULL, kind text NOT NULL, "
         "seq bigint NOT NULL, detail text NOT NULL, detected_at double precision NOT NULL, resolved_by text, "
         "PRIMARY KEY (gate_id, epoch, kind, seq))",
+        "CREATE TABLE erasures (subject_sha256 text NOT NULL, operator text NOT NULL, reason text NOT NULL, "
+        "erased_at double precision NOT NULL, templates integer NOT NULL, log_entries integer NOT NULL, "
+        "PRIMARY KEY (subject_sha256, erased_at))",
     ]),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]

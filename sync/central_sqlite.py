@@ -79,6 +79,11 @@ def _create_schema(db: sqlite_utils.Database) -> None:
          "created": str, "nonce": str, "vouched": int, "registered_at": float},
         pk=("gate_id", "epoch"), not_null=["parent", "base_seq", "base_hash", "public_key", "created", "nonce",
                                            "vouched", "registered_at"], if_not_exists=True)
+    # Who erased a withdrawn subject at once (sync.forget.erase_subject); the id only as its sha256.
+    db["erasures"].create(
+        {"subject_sha256": str, "operator": str, "reason": str, "erased_at": float, "templates": int,
+         "log_entries": int}, pk=("subject_sha256", "erased_at"),
+        not_null=["operator", "reason", "templates", "log_entries"], if_not_exists=True)
     # What the central noticed about a gate's audit log: a conflicting record, a log gone backwards.
     db["audit_alarms"].create(
         {"gate_id": str, "epoch": str, "kind": str, "seq": int, "detail": str, "detected_at": float,
