@@ -69,6 +69,10 @@ class CentralDatabase(Protocol):
 
     def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None: ...
 
+    def bulk_insert(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        """Many rows into one table inside the caller's transaction (PostgreSQL: COPY)."""
+        ...
+
     def stream(self, sql: str, params: Sequence[Any] = (), batch: int = 2000) -> Iterator[tuple]:
         """Rows of a query read in batches, so memory stays flat in the number of rows (a
         100k-subject snapshot, a year of audit). Must run inside a transaction on PostgreSQL."""
@@ -118,7 +122,7 @@ def is_postgres(database: str | Path) -> bool:
     return text.startswith(("postgresql://", "postgres://")) or bool(_KEYWORD_DSN.match(text))
 
 
-def open_central_db(database: str | Path, create: bool = True) -> CentralDatabase:
+def open_central_db(database: str | Path, create: bool = True, pool_size: int | None = None) -> CentralDatabase:
     """Open the central's database for the calling thread.
 
     SQLite files are created with the schema on first open (the embedded default needs no set-up
@@ -129,7 +133,9 @@ def open_central_db(database: str | Path, create: bool = True) -> CentralDatabas
     if is_postgres(database):
         from sync.central_pg import PostgresDatabase
 
-        return PostgresDatabase(str(database), check_schema=create)
+        from sync.central_pg import POOL_SIZE
+
+        return PostgresDatabase(str(database), check_schema=create, pool_size=pool_size or POOL_SIZE)
     from sync.central_sqlite import SqliteDatabase
 
     return SqliteDatabase(Path(database))

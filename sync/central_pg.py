@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 CHANNEL = "edgegate_changes"
 _CHANGE_LOCK = 0x6567_0001  # serialises change-log writers (the sequence)
 _MAINTENANCE_LOCK = 0x6567_0002  # one node runs expiry, log retention, partition upkeep
-POOL_SIZE = 8
+POOL_SIZE = 20  # a node uses ~5 (snapshot, publisher, service, ZAP, CLI); headroom for bursts
 
 # Version 1: the schema of the SQLite central, engine-native types, audit partitioned by month.
 # Version 2: gate_health.node (the node a gate reports through).
@@ -205,6 +205,15 @@ class PostgresDatabase:
         def run(conn):
             with conn.cursor() as cur:
                 cur.executemany(_translate(sql), rows)
+        self._run(run)
+
+    def bulk_insert(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        """COPY: roughly an order of magnitude faster than executemany for a bulk import."""
+        def run(conn):
+            with conn.cursor() as cur:
+                with cur.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
+                    for row in rows:
+                        copy.write_row(row)
         self._run(run)
 
     def stream(self, sql: str, params: Sequence[Any] = (), batch: int = 2000) -> Iterator[tuple]:

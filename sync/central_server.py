@@ -56,7 +56,7 @@ class _AllowlistAuthenticator(ThreadAuthenticator):
 
     def _db(self) -> Central:
         if self._central is None:  # created in the authenticator's own thread
-            self._central = Central(self._config.database, node=self._config.node_name)
+            self._central = Central(self._config.database, node=self._config.node_name, pool_size=self._config.pool_size)
         return self._central
 
     async def handle_zap_message(self, msg: list[bytes]) -> None:
@@ -169,7 +169,7 @@ class CentralServer:
             if cfg.secret_key_file is None:
                 raise ValueError("central.secret_key_file is required unless dev_plain_loopback is set")
             security = Security(keypair=load_keypair(cfg.secret_key_file))
-        central = Central(cfg.database)  # creates the schema before any thread needs it
+        central = Central(cfg.database, pool_size=cfg.pool_size)  # creates the schema before any thread needs it
         seq, gates = central.hashmap.current_seq(), sum(p.kind == "gate" for p in central.principals())
         central.close()
         self._ctx = zmq.Context()
@@ -337,7 +337,7 @@ class CentralServer:
         progress) instead of killing the thread."""
         while not self._stop.is_set():
             try:
-                return Central(self.config.database, node=self.config.node_name,
+                return Central(self.config.database, node=self.config.node_name, pool_size=self.config.pool_size,
                                on_change=self._wake.set if who == "service" else None)
             except StorageError as exc:
                 log.error("%s: cannot open the central database (%s); retrying", who, exc)

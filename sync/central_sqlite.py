@@ -138,6 +138,9 @@ class SqliteDatabase:
         except sqlite3.Error as exc:
             raise StorageError(str(exc)) from exc
 
+    def bulk_insert(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        self.executemany(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})", rows)
+
     def stream(self, sql: str, params: Sequence[Any] = (), batch: int = 2000) -> Iterator[tuple]:
         yield from self.execute(sql, params)  # SQLite cursors step through the file lazily
 

@@ -29,7 +29,7 @@ class CentralConfig:
     database: str | None = None
     db_path: Path | None = None  # the setting's first name, still read: a SQLite file
     node_name: str = dataclasses.field(default_factory=socket.gethostname)  # shown per gate in health
-    pool_size: int = 8  # PostgreSQL connections this node may hold
+    pool_size: int = 20  # PostgreSQL connections one central process may hold (each thread holds one)
     audit_retention_days: int = 0  # PostgreSQL: drop monthly audit partitions older than this; 0 keeps all
     base_port: int = 5556  # snapshot P, updates P+1, collector P+2, audit/health P+3
     bind_host: str = "*"

@@ -245,3 +245,33 @@ def test_health_and_silent_gates(central_database):
     assert statuses["G2"].silent and statuses["G2"].last_seen is None
     assert c.principal_for_key("a" * 40).name == "gate:G1"
     assert c.remove_principal("gate", "G1") and c.principal_for_key("a" * 40) is None
+
+
+def test_bulk_import_writes_the_same_change_log_as_one_by_one(central):
+    from sync.central import Enrollment
+
+    rng = np.random.default_rng(11)
+    central.enroll_subject("first", "allow", ["lane:L1"], None, None, MODEL, unit(rng, 1))
+    batch = [Enrollment(f"b{i:04d}", "allow" if i % 7 else "deny", ["lane:L1", "lane:L2"] if i % 2 else ["lane:L2"],
+                        None, in_days(1) if i % 3 == 0 else None, MODEL, unit(rng, 1 + i % 3)) for i in range(300)]
+    last = central.enroll_new_subjects(batch)
+    assert last == 1 + sum(2 if i % 2 else 1 for i in range(300)) == central.hashmap.current_seq()
+    changes = central.hashmap.changes_after(0, 10_000)
+    assert [c.seq for c in changes] == list(range(1, last + 1))
+    # each scope's `prev` chains its own changes, across the single and the bulk writes
+    for scope in ("/lane/L1/", "/lane/L2/"):
+        mine = [c for c in changes if c.key.startswith(scope)]
+        assert [int(c.props[PREV_PROPERTY]) for c in mine] == [0] + [c.seq for c in mine[:-1]]
+    assert central.hashmap.scope_heads(["/lane/L1/", "/lane/L2/"]) == {
+        "/lane/L1/": [c.seq for c in changes if c.key.startswith("/lane/L1/")][-1], "/lane/L2/": last}
+    rec = decode_record(next(c for c in changes if c.key == "/lane/L1/b0003").body)
+    assert rec.list_type == "allow" and rec.templates.shape == (1, 16) and rec.valid_until is not None
+    assert central.templates_of("b0005").shape == (3, 16)
+    with central.hashmap.snapshot("/lane/L2/") as (seq, msgs):
+        assert seq == last and len(list(msgs)) == 300
+    # refusals write nothing
+    with pytest.raises(EnrollmentError, match="already exists"):
+        central.enroll_new_subjects([Enrollment("b0001", "allow", ["lane:L3"], None, None, MODEL, unit(rng, 1))])
+    with pytest.raises(ModelMixError):
+        central.enroll_new_subjects([Enrollment("n1", "allow", ["lane:L1"], None, None, "other-model", unit(rng, 1))])
+    assert central.hashmap.current_seq() == last

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from sync.audit_export import FORMATS, pull_audit
 from sync.central import Central
+from sync.central_db import StorageError
 from sync.config import ConfigError, load_central_config
 from sync.forget import EraseRefused, all_gone, erase_subject, subject_presence
 from sync.ops import gates_table, parse_time
@@ -101,7 +102,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, ValueError, OSError) as exc:
+    except (ConfigError, StorageError, ValueError, OSError) as exc:
         print(f"gate-ops: {exc}", file=sys.stderr)
         return 2
 
