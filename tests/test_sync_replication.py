@@ -116,7 +116,7 @@ def test_central_down_at_gate_start_then_converges(running, caplog, tmp_path):
     audit.append_many([{"event": "decision", "n": i} for i in range(50)])
     agent.notify_audit()
     assert wait_until(lambda: "central unreachable (nothing heard" in caplog.text, timeout=20)
-    assert wait_until(lambda: "central unreachable: no reply to audit batch 1..50" in caplog.text, timeout=20)
+    assert wait_until(lambda: "central unreachable: no reply to audit" in caplog.text, timeout=20)
     assert set(sink.snapshot()) == {"/lane/L1/gone"}  # still deciding from the cache
     assert audit.unsent_count() == 50
 
