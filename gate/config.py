@@ -78,8 +78,8 @@ class WatchlistSection:
         "help": "how often expired subjects are purged from disk and memory", "min": 1.0})
     exact_on_disk: bool = field(default=False, metadata={
         "help": "keep the float32 copies used for exact rescoring in an unlinked 0600 file in state_dir "
-                "(memory-mapped) instead of RAM: ~180 instead of ~700 resident bytes per template, for "
-                "line-wide galleries of millions"})
+                "(memory-mapped, AES-256-CTR under a key held only in memory) instead of RAM: ~184 instead "
+                "of ~700 resident bytes per template, for line-wide galleries of millions"})
     scan_threads: int = field(default=2, metadata={
         "help": "cores one 1:N search may use (capped at the cores the daemon may run on): 2 takes a "
                 "million-template search from ~5.5 to ~3.9 ms on a 2-core gate", "min": 1, "max": 64})

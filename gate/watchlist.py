@@ -345,6 +345,25 @@ class WatchlistStore:
         if self._listener:
             self._listener.sink.remove(subject_id)
 
+    def erase(self, subject_id: str) -> bool:
+        """Erase now: remove a *withdrawn* subject's tombstone (and any row left) at once
+        instead of when its validity window closes. Refuses an active subject (ValueError):
+        erasing it here alone would not stop the central re-sending it, and a running matcher
+        still holds its templates; revoke it at the central first. Returns False when there is
+        nothing to erase. Afterwards a late re-delivery of its enrolment is stopped only by the
+        follower's sequence checks (the tombstone that also guarded against it is gone)."""
+        with self._file.write() as db:
+            row = db.execute("SELECT revoked FROM subjects WHERE subject_id = ?", [subject_id]).fetchone()
+            if row is None:
+                return False
+            if not row[0]:
+                raise ValueError(f"subject {subject_id} is active on this gate: revoke it at the central first, "
+                                 "then erase")
+            self._delete_subject_rows(db, subject_id)
+        self._file.checkpoint_truncate()
+        log.info("erased the tombstone of withdrawn subject %s", subject_id)
+        return True
+
     def purge_expired(self, now: datetime) -> list[str]:
         """Delete every subject whose window closed at or before `now` (tombstones too).
 

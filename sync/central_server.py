@@ -27,9 +27,11 @@ from sync.central_db import StorageError
 from sync.config import CentralConfig
 from sync.forget import forget_withdrawn
 from sync.keys import load_keypair
-from sync.kvmsg import KVMsg, MalformedMessage, hugz, kthxbai, parse_icanhaz
+from sync.kvmsg import KVMsg, MalformedMessage, hugz, kthxbai, parse_icanhaz_request
 from sync.scopes import ScopeError
-from sync.service_messages import AuditBatch, MalformedRequest, Reply, decode_request, encode_reply
+from sync.audit_store import EpochRefused, UnknownEpoch
+from sync.service_messages import (
+    AuditBatch, EpochRegistration, HeadRequest, MalformedRequest, Reply, decode_request, encode_reply)
 from sync.subject_record import MalformedRecord
 from sync.transport import (
     COLLECTOR_OFFSET, MAX_CONTROL_FRAME, MAX_KV_FRAME, MAX_SERVICE_FRAME, PUBLISHER_OFFSET, SERVICE_OFFSET,
@@ -291,7 +293,7 @@ class CentralServer:
                 log.exception("snapshot: could not look up the requesting peer")
                 continue
             try:
-                subtree = parse_icanhaz([f.bytes for f in frames[1:]])
+                subtree, since = parse_icanhaz_request([f.bytes for f in frames[1:]])
             except MalformedMessage as exc:
                 log.warning("snapshot: malformed request from %s: %s", principal.name if principal else "?", exc)
                 continue
@@ -301,10 +303,34 @@ class CentralServer:
                             ", ".join(principal.scopes) if principal else "nothing")
                 continue
             try:
+                if since is not None:
+                    self._send_catch_up(central, sock, identity, subtree, since, principal)
+                    continue
                 self._send_snapshot(central, sock, identity, subtree, principal)
             except StorageError:
                 log.exception("snapshot of %r to %s failed reading the database", subtree, principal.name)
         central.close()
+
+    def _send_catch_up(self, central: Central, sock: zmq.Socket, identity: bytes, subtree: str, since: int,
+                       who: Principal) -> None:
+        """The changes in one scope after `since` (a gate moving between nodes, or back after an
+        outage), or a refusal that sends the gate to a snapshot when the log cannot prove it has
+        them all. Every node answers the same: the log is the database's."""
+        seq, changes = central.hashmap.changes_since(subtree, since)
+        try:
+            if changes is None:
+                sock.send_multipart([identity, *kthxbai(seq, subtree, delta="refused").frames()])
+                log.info("catch-up of %r for %s from %d refused: the change log no longer holds it all; "
+                         "the gate takes a snapshot", subtree, who.name, since)
+                return
+            for msg in changes:
+                sock.send_multipart([identity, *msg.frames()], copy=False)
+            sock.send_multipart([identity, *kthxbai(seq, subtree, delta="1").frames()])
+        except zmq.ZMQError as exc:
+            log.warning("catch-up of %r to %s aborted: %s", subtree, who.name, exc)
+            return
+        log.info("catch-up of %r to %s: %d change(s) after %d, at sequence %d", subtree, who.name, len(changes),
+                 since, seq)
 
     def _send_snapshot(self, central: Central, sock: zmq.Socket, identity: bytes, subtree: str, who: Principal) -> None:
         sent = 0
@@ -447,14 +473,30 @@ class CentralServer:
             return Reply(request_id=request.request_id, ok=False, error=f"not authorised for gate {request.gate_id}")
         try:
             if isinstance(request, AuditBatch):
-                result = central.audit.store_batch(request.gate_id, request.rows, time.time())
+                result = central.audit.store_batch(request.gate_id, request.rows, time.time(), request.epoch)
                 log.debug("audit from %s: %d..%d, %d new, %d already held", request.gate_id, request.first_seq,
                           request.last_seq, result.inserted, result.duplicates)
-                return Reply(request_id=request.request_id, ok=True, durable_seq=result.durable_seq)
+                return Reply(request_id=request.request_id, ok=True, durable_seq=result.durable_seq,
+                             conflicts=result.conflicts)
+            if isinstance(request, HeadRequest):
+                known, seq, digest = central.audit.head(request.gate_id, request.epoch)
+                return Reply(request_id=request.request_id, ok=True, head_seq=seq, head_hash=digest, epoch_known=known)
+            if isinstance(request, EpochRegistration):
+                key = None if self.config.dev_plain_loopback else principal.public_key
+                central.audit.register_epoch(request.gate_id, request.chain, key, time.time())
+                return Reply(request_id=request.request_id, ok=True)
             if central.record_health(request):
                 log.info("gate %s reports again (status %s)", request.gate_id, request.status)
+            if request.audit_last_seq is not None:
+                alarm = central.audit.note_reported_head(request.gate_id, request.audit_epoch, request.audit_last_seq,
+                                                         request.audit_head_hash, time.time())
+                if alarm:
+                    log.error("gate %s audit chain %s: %s", request.gate_id, request.audit_epoch or "(first)", alarm)
             heads = central.hashmap.scope_heads(s for s in request.scopes if s in principal.scopes)
             return Reply(request_id=request.request_id, ok=True, scope_heads=heads)
+        except (UnknownEpoch, EpochRefused) as exc:
+            log.warning("service: audit chain request from %s refused: %s", request.gate_id, exc)
+            return Reply(request_id=request.request_id, ok=False, error=str(exc), epoch_known=False)
         except StorageError as exc:
             return self._storage_failed(request.request_id, request.gate_id, exc)
         except Exception as exc:  # any other trouble must cost a retry, never the service thread

@@ -46,10 +46,10 @@ def gates_table(statuses: Sequence[GateStatus], now: dt.datetime | None = None) 
              "-" if g.watchlist_seq is None else str(g.watchlist_seq),
              "-" if g.queue_depth is None else str(g.queue_depth),
              g.last_decision_at or "-", str(g.audit_max_seq), g.node or "-",
-             " ".join(scope_label(s) for s in g.scopes)]
+             " ".join(scope_label(s) for s in g.scopes), g.audit_alarm or "-"]
             for g in statuses]
     return _table(["gate", "status", "last seen", "software", "models", "watchlist seq", "queue", "last decision",
-                   "audit seq", "node", "scopes"], rows)
+                   "audit seq", "node", "scopes", "audit alarm"], rows)
 
 
 def subjects_table(subjects: Sequence[SubjectInfo]) -> str:

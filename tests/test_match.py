@@ -474,3 +474,30 @@ def test_verify_equals_reference(seed, k):
     m.add("s", t)
     want = float(cos(unit32(t), unit32(q)[0]).max())
     assert m.verify(q, "s") == pytest.approx(want, abs=1e-12)
+
+
+def test_the_rescoring_file_holds_no_template_in_clear(tmp_path):
+    """exact_on_disk: the unlinked file's blocks outlive the process on the disk, so what is
+    written there must be ciphertext under a key that never leaves memory."""
+    from vision.match.exact import FileExactStore
+
+    rng = np.random.default_rng(11)
+    rows = unit32(rng.standard_normal((300, 128)))
+    store = FileExactStore(128, tmp_path)
+    store.write(0, rows)
+    raw = open(f"/proc/self/fd/{store._fd}", "rb").read()  # what the disk holds, as the kernel has it
+    assert len(raw) >= rows.nbytes and not any(rows[i].tobytes()[:64] in raw for i in range(len(rows)))
+    for probe in rows[:, :4]:  # not even a 16-byte run of any row's floats
+        assert probe.tobytes() not in raw
+    slots = rng.permutation(300)[:64]
+    assert np.array_equal(store.read(slots), rows[slots])
+    store.write(7, rows[7:8])  # the same row rewritten: a fresh counter, a different ciphertext
+    again = open(f"/proc/self/fd/{store._fd}", "rb").read()
+    assert again[7 * 512:8 * 512] != raw[7 * 512:8 * 512] and np.array_equal(store.read(np.array([7])), rows[7:8])
+    other = FileExactStore(128, tmp_path)  # another process's (or a restarted daemon's) key reads noise
+    other.write(0, rows[:1])
+    assert open(f"/proc/self/fd/{other._fd}", "rb").read(512) != raw[:512]
+    assert store.resident_bytes() == 4 * len(store._gen)
+    store.close()
+    other.close()
+    assert list(tmp_path.iterdir()) == []
