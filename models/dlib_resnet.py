@@ -33,7 +33,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from models.dlib_serial import DlibReader
 from models.manifest import ModelFile, ModelManifest, write_manifest
-from vision.types import AlignTemplate
+from models.align_template import AlignTemplate
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ IR_VERSION = 8  # readable by every onnxruntime >= 1.14
 # 150x150 face chip (get_face_chip, padding 0.25), so that our chips look like the ones the
 # network was trained on. Measured, not copied: the mean over the 2,446 faces found by both
 # dlib and MTCNN in the photos no LFW pair refers to, from
-# `python -m models.dlib_chip_template --models .models` (per-face spread 1.7-2.0 px for the
+# `python -m tools.dlib_chip_template --models .models` (per-face spread 1.7-2.0 px for the
 # eyes, 4-6 px for nose and mouth, so the means are good to about 0.1 px). Calibrated to
 # MTCNN because every landmark model has its own "eye centre": dlib's 68-point eyes sit
 # 1.5 px lower. tests/test_dlib_resnet.py re-measures it on other photos.

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from models.manifest import ModelFile, ModelManifest, sha256_file, write_manifest
-from vision.types import ARCFACE_112
+from models.align_template import ARCFACE_112
 
 # What each provisioned format means for input handling; recorded in the manifest so the
 # loaders never guess.

@@ -20,7 +20,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from models import dlib_resnet
-from models.dlib_chip_template import (DlibLandmarker, calibration_photos, matching_face, measure_template,
+from tools.dlib_chip_template import (DlibLandmarker, calibration_photos, matching_face, measure_template,
                                        pair_photo_names)
 from models.dlib_serial import DlibFormatError, DlibReader
 from models.manifest import ModelIntegrityError, load_manifest

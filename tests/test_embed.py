@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
-from models.dlib_chip_template import DlibLandmarker
+from tools.dlib_chip_template import DlibLandmarker
 from models.manifest import ModelError, ModelFile, ModelIntegrityError
 from models.provision import provision
 from tests.paths import LFW_IMAGES, LFW_PAIRS, SHARED_MODELS, require
