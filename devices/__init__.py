@@ -29,14 +29,13 @@ from devices.config import (
     OsdpConfig,
     RelayConfig,
     SimConfig,
-    driver_config_from_mapping,
 )
 
 __all__ = [
     "MAX_TEXT_LEN", "Buzzer", "Colour", "DeviceError", "DeviceEvent", "DeviceOffline",
     "DeviceOnline", "Direction", "DoorForced", "FireAlarm", "GateDriver", "PassageComplete",
     "Tamper", "TokenRead", "TokenSource", "DriverConfig", "GpioConfig", "InputMap",
-    "OsdpConfig", "RelayConfig", "SimConfig", "driver_config_from_mapping", "make_driver",
+    "OsdpConfig", "RelayConfig", "SimConfig", "make_driver",
     "open_driver",
 ]
 

@@ -155,7 +155,7 @@ def _stage_models(cfg, models_src: Path, dest: Path) -> list[dict]:
 
 def _check_config_for_bundle(config_path: Path, site: str, lane: str):
     from gate.config import load_config
-    from gate.schema import ConfigError
+    from configschema import ConfigError
 
     try:
         cfg = load_config(config_path)
@@ -336,7 +336,7 @@ def _file_checks(root: Path, manifest: BundleManifest) -> list[Check]:
 
 def _content_checks(root: Path, manifest: BundleManifest) -> list[Check]:
     from gate.config import load_config
-    from gate.schema import ConfigError
+    from configschema import ConfigError
     from models.manifest import ModelError, load_model
     from sync.keys import KeyFileError
     from sync.keys import load_public_key as load_curve_public

@@ -1,60 +1,116 @@
-"""Settings for both ends of the wire, as typed dataclasses built from TOML-style mappings.
+"""Settings for both ends of the wire, as typed dataclasses checked by `configschema`.
 
 The central reads its own file (`gate-central --config central.toml`, table [central]); the
 gate's daemon owns its config file and hands its [sync] table to `agent_config_from_mapping`.
-Relative paths are resolved against the config file's folder, so a config directory can be
-moved as a whole.
+Both go through the same schema as the lane's config, so an unknown key, a wrong type or an
+out-of-range value is one ConfigError naming the key, and both tables appear in the README's
+generated references. Relative paths are resolved against the config file's folder, so a
+config directory can be moved as a whole.
 """
 from __future__ import annotations
 
 import dataclasses
-import tomllib
-from dataclasses import dataclass
+import socket
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from sync.scopes import ScopeError, check_id, parse_scope
+import configschema
+from configschema import ConfigError, describe, load_dataclass, read_toml, resolve_path, resolve_paths
+from sync.scopes import check_id, parse_scope
+
+__all__ = ["AgentConfig", "CentralConfig", "ConfigError", "agent_config_from_mapping",
+           "central_config_from_mapping", "central_reference_markdown", "load_central_config"]
+
+_POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 
 
-class ConfigError(ValueError):
-    """A setting that is missing, unknown or of the wrong kind; names the key."""
+def is_postgres_url(database: str) -> bool:
+    return database.startswith(_POSTGRES_SCHEMES)
 
 
 @dataclass(frozen=True)
 class CentralConfig:
-    db_path: Path
-    base_port: int = 5556  # snapshot P, updates P+1, collector P+2, audit/health P+3
-    bind_host: str = "*"
-    secret_key_file: Path | None = None  # central's CURVE keypair (NAME.key_secret)
-    dev_plain_loopback: bool = False  # plain TCP; refuses any non-loopback bind
-    heartbeat_s: float = 1.0  # HUGZ interval
-    log_poll_s: float = 0.01  # how often changes written by other processes are looked for
-    gate_silent_after_s: float = 60.0
-    snapshot_send_timeout_s: float = 10.0  # a gate that stops reading for this long loses its snapshot
-    log_retention_s: float = 3600.0  # KVSET UUID de-duplication window
-    expiry_check_s: float = 1.0
+    database: str = field(default="", metadata={
+        "help": "the central store: a SQLite file path (relative to this file's folder) or a postgresql:// URL "
+                "(libpq syntax, several hosts allowed); required unless the older db_path is given",
+        "default_doc": "(required)"})
+    db_path: Path | None = field(default=None, metadata={
+        "help": "older name of `database` for a SQLite file, still accepted"})
+    node_name: str = field(default_factory=socket.gethostname, metadata={
+        "help": "this central node's name in logs and health (several nodes may share one database)",
+        "default_doc": "the hostname"})
+    pool_size: int = field(default=4, metadata={"help": "database connections this node keeps open", "min": 1})
+    base_port: int = field(default=5556, metadata={
+        "help": "snapshot on this port, updates +1, collector +2, audit/health +3", "min": 1, "max": 65532})
+    bind_host: str = field(default="*", metadata={
+        "help": "address to listen on, or * for all; * is refused with dev_plain_loopback"})
+    secret_key_file: Path | None = field(default=None, metadata={
+        "help": "the central's CURVE keypair (NAME.key_secret, 0600)"})
+    dev_plain_loopback: bool = field(default=False, metadata={
+        "help": "development only: plain TCP, refuses any non-loopback bind"})
+    heartbeat_s: float = field(default=1.0, metadata={"help": "HUGZ interval", "min": 0.001})
+    log_poll_s: float = field(default=0.01, metadata={
+        "help": "how often changes written by other processes are looked for", "min": 0.001})
+    gate_silent_after_s: float = field(default=60.0, metadata={
+        "help": "a gate not heard from for this long is flagged silent", "min": 0.001})
+    snapshot_send_timeout_s: float = field(default=10.0, metadata={
+        "help": "a gate that stops reading for this long loses its snapshot", "min": 0.001})
+    log_retention_s: float = field(default=3600.0, metadata={
+        "help": "KVSET UUID de-duplication window", "min": 0.0})
+    expiry_check_s: float = field(default=1.0, metadata={
+        "help": "how often expired subjects are looked for", "min": 0.001})
+
+    def __post_init__(self) -> None:
+        # `database` is the one name code should read; `db_path` (the SQLite file) is filled in from it
+        # while the central store still takes a path.
+        if self.db_path is not None and self.database and Path(self.database) != Path(self.db_path):
+            raise ConfigError(f"database = {self.database!r} and db_path = {str(self.db_path)!r} disagree; "
+                              "give only database")
+        if not self.database:
+            if self.db_path is None:
+                raise ConfigError("missing required key central.database (a SQLite file path or a "
+                                  "postgresql:// URL)")
+            object.__setattr__(self, "database", str(self.db_path))
+        elif self.db_path is None and not is_postgres_url(self.database):
+            object.__setattr__(self, "db_path", Path(self.database))
+
+
+def _scopes(values: Any) -> tuple[str, ...]:
+    return tuple(sorted({parse_scope(s) for s in values}))
 
 
 @dataclass(frozen=True)
 class AgentConfig:
-    gate_id: str
-    central_host: str
-    base_port: int
-    scopes: tuple[str, ...]  # subtrees, e.g. ("/lane/L1/", "/flight/BA123/")
-    accepted_models: frozenset[str]  # model ids this gate's matcher runs
-    secret_key_file: Path | None = None  # this gate's CURVE keypair
-    central_public_key_file: Path | None = None
-    dev_plain_loopback: bool = False
-    heartbeat_timeout_s: float = 5.0  # no HUGZ for this long: central considered lost
-    snapshot_idle_timeout_s: float = 10.0  # no snapshot message for this long: snapshot aborted
-    reply_timeout_s: float = 2.5  # Lazy Pirate reply timeout
-    request_retries: int = 3  # tries per batch before backing off
-    retry_backoff_max_s: float = 30.0
-    audit_batch_rows: int = 500
-    audit_idle_poll_s: float = 1.0
-    health_interval_s: float = 10.0
-    head_grace_s: float = 2.0  # how long a scope may lag the central's head before a re-snapshot
-    max_buffered_updates: int = 200_000
+    gate_id: str = field(metadata={
+        "help": "this gate's id on the wire and in the central's allowlist", "parse": lambda v: check_id(v, "gate id"),
+        "default_doc": "gate.id"})
+    central_host: str = field(metadata={"help": "the central's host name or address"})
+    base_port: int = field(metadata={"help": "the central's base_port (snapshot; updates +1, collector +2, "
+                                             "audit/health +3)", "min": 1, "max": 65532})
+    scopes: tuple[str, ...] = field(metadata={
+        "help": "what this gate follows, e.g. [\"lane:L1\", \"flight:BA123\"]", "parse": _scopes})
+    accepted_models: frozenset[str] = field(metadata={"help": "model ids this gate's matcher runs"})
+    secret_key_file: Path | None = field(default=None, metadata={"help": "this gate's CURVE keypair (0600)"})
+    central_public_key_file: Path | None = field(default=None, metadata={"help": "the central's CURVE public key"})
+    dev_plain_loopback: bool = field(default=False, metadata={
+        "help": "development only: plain TCP to a loopback central"})
+    heartbeat_timeout_s: float = field(default=5.0, metadata={
+        "help": "no HUGZ for this long: the central is considered lost", "min": 0.001})
+    snapshot_idle_timeout_s: float = field(default=10.0, metadata={
+        "help": "no snapshot message for this long: the snapshot is abandoned", "min": 0.001})
+    reply_timeout_s: float = field(default=2.5, metadata={"help": "Lazy Pirate reply timeout", "min": 0.001})
+    request_retries: int = field(default=3, metadata={"help": "tries per batch before backing off", "min": 1})
+    retry_backoff_max_s: float = field(default=30.0, metadata={
+        "help": "longest pause between rounds of tries", "min": 0.0})
+    audit_batch_rows: int = field(default=500, metadata={"help": "audit records per upload batch", "min": 1})
+    audit_idle_poll_s: float = field(default=1.0, metadata={
+        "help": "how often an idle uploader looks for new audit records", "min": 0.001})
+    health_interval_s: float = field(default=10.0, metadata={"help": "seconds between health reports", "min": 0.001})
+    head_grace_s: float = field(default=2.0, metadata={
+        "help": "how long a scope may lag the central's head before a re-snapshot", "min": 0.0})
+    max_buffered_updates: int = field(default=200_000, metadata={
+        "help": "updates held while a snapshot is applied; more means a fresh snapshot", "min": 1})
 
     def __post_init__(self) -> None:
         if not self.scopes:
@@ -63,47 +119,17 @@ class AgentConfig:
             raise ConfigError("sync.accepted_models: name the model id(s) this gate's matcher runs")
 
 
-def _coerce(cls: type, data: Mapping[str, Any], base_dir: Path, section: str) -> dict[str, Any]:
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = set(data) - set(fields)
-    if unknown:
-        raise ConfigError(f"[{section}] unknown key(s): {', '.join(sorted(unknown))}")
-    out: dict[str, Any] = {}
-    for name, value in data.items():
-        kind = str(fields[name].type)
-        if "Path" in kind and value is not None:
-            path = Path(value).expanduser()
-            out[name] = path if path.is_absolute() else (base_dir / path)
-        elif kind.startswith("float"):
-            if not isinstance(value, (int, float)) or isinstance(value, bool):
-                raise ConfigError(f"[{section}] {name} must be a number")
-            out[name] = float(value)
-        elif kind.startswith("int"):
-            if not isinstance(value, int) or isinstance(value, bool):
-                raise ConfigError(f"[{section}] {name} must be an integer")
-            out[name] = value
-        elif kind.startswith("bool"):
-            if not isinstance(value, bool):
-                raise ConfigError(f"[{section}] {name} must be true or false")
-            out[name] = value
-        else:
-            out[name] = value
-    return out
-
-
 def central_config_from_mapping(data: Mapping[str, Any], base_dir: Path) -> CentralConfig:
-    values = _coerce(CentralConfig, data, base_dir, "central")
-    if "db_path" not in values:
-        raise ConfigError("[central] db_path is required")
-    return CentralConfig(**values)
+    cfg = load_dataclass(CentralConfig, dict(data), "central")
+    if cfg.db_path is not None:  # a SQLite file: it follows the config file, under both names
+        path = resolve_path(cfg.db_path, base_dir)
+        cfg = dataclasses.replace(cfg, database=str(path), db_path=path)
+    return resolve_paths(cfg, base_dir)
 
 
 def load_central_config(path: Path) -> CentralConfig:
     path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"cannot read {path}: {exc}") from exc
+    data = read_toml(path)
     if "central" not in data:
         raise ConfigError(f"{path} has no [central] table")
     return central_config_from_mapping(data["central"], path.parent)
@@ -114,14 +140,9 @@ def agent_config_from_mapping(data: Mapping[str, Any], base_dir: Path) -> AgentC
 
     `scopes` is a list of "lane:ID" / "flight:NO"; `accepted_models` a list of model ids.
     """
-    values = _coerce(AgentConfig, data, base_dir, "sync")
-    for required in ("gate_id", "central_host", "base_port", "scopes", "accepted_models"):
-        if required not in values:
-            raise ConfigError(f"[sync] {required} is required")
-    try:
-        values["gate_id"] = check_id(values["gate_id"], "gate id")
-        values["scopes"] = tuple(sorted({parse_scope(s) for s in values["scopes"]}))
-    except ScopeError as exc:
-        raise ConfigError(f"[sync] {exc}") from exc
-    values["accepted_models"] = frozenset(values["accepted_models"])
-    return AgentConfig(**values)
+    return resolve_paths(load_dataclass(AgentConfig, dict(data), "sync"), base_dir)
+
+
+def central_reference_markdown() -> str:
+    """The README's central configuration reference (`gate-central config-reference`)."""
+    return configschema.reference_markdown(describe(CentralConfig, "central"))

@@ -16,7 +16,7 @@ from gate.audit import AuditLog
 from gate.config import parse_config
 from gate.daemon import LaneDaemon, StartupError
 from gate.refer_crops import CROPS_DIR_NAME, CropError, ReferCropStore, crop_face
-from gate.schema import ConfigError
+from configschema import ConfigError
 from gate.sqlite_store import InsecureFileError
 from gate.template_crypto import TemplateCipher, TemplateIntegrityError
 from gate.watchlist import Subject, WatchlistStore

@@ -23,7 +23,6 @@ from devices import (
     Tamper,
     TokenRead,
     TokenSource,
-    driver_config_from_mapping,
     make_driver,
     open_driver,
 )
@@ -151,20 +150,8 @@ def test_every_driver_satisfies_the_protocol(tmp_path):
     assert all(isinstance(d, GateDriver) for d in drivers)
 
 
-def test_config_from_mapping():
-    cfg = driver_config_from_mapping({"type": "relay", "port": "/dev/ttyUSB0", "green_relay": 2,
-                                      "inputs": {"passage": 0, "fire_alarm": 3}})
-    assert cfg == RelayConfig(port="/dev/ttyUSB0", green_relay=2,
-                              inputs=InputMap(passage=0, fire_alarm=3))
-    assert isinstance(driver_config_from_mapping({"type": "sim"}), SimConfig)
-    with pytest.raises(ValueError, match="one of"):
-        driver_config_from_mapping({"type": "canbus"})
-    with pytest.raises(ValueError, match="unknown relay device settings: colour"):
-        driver_config_from_mapping({"type": "relay", "port": "x", "colour": "red"})
-    with pytest.raises(ValueError, match="unknown input signals: smoke"):
-        driver_config_from_mapping({"type": "gpio", "inputs": {"smoke": 4}})
-    with pytest.raises(ValueError, match="scbk_file"):
-        driver_config_from_mapping({"type": "osdp", "port": "/dev/ttyS0"})
+def test_driver_configs_check_themselves():
+    # Parsing [device] from a file is the gate config's job (tests/test_config.py).
     with pytest.raises(ValueError, match="share one input"):
         InputMap(passage=1, tamper=1)
     with pytest.raises(ValueError, match="address"):

@@ -2,6 +2,7 @@
 
     gate-central --config central.toml                  serve (CHP, audit collector, health)
     gate-central keys gen --name NAME --out DIR         CURVE keypair, files 0600
+    gate-central config-reference                       the [central] keys (markdown)
     gate-central --config F gate add ID --public-key FILE --scope lane:L1 [--scope flight:BA1]
     gate-central --config F gate remove ID | gate list
     gate-central --config F admin add NAME --public-key FILE
@@ -21,7 +22,7 @@ from pathlib import Path
 
 from models.manifest import ModelError
 from sync.central import Central, EnrollmentError
-from sync.config import ConfigError, load_central_config
+from sync.config import ConfigError, central_reference_markdown, load_central_config
 from sync.keys import KeyFileError, generate_keypair_files, load_public_key
 
 
@@ -37,6 +38,11 @@ def cmd_serve(args) -> int:
     if args.config is None:
         raise ConfigError("serving needs --config FILE")
     run_central(load_central_config(args.config))
+    return 0
+
+
+def cmd_config_reference(args) -> int:
+    print(central_reference_markdown())
     return 0
 
 
@@ -140,6 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub = p.add_subparsers(dest="cmd", parser_class=with_config)
     sub.add_parser("serve", help="run the central service (the default)").set_defaults(func=cmd_serve)
+    sub.add_parser("config-reference", help="print the [central] configuration reference (markdown)").set_defaults(
+        func=cmd_config_reference)
 
     keys = sub.add_parser("keys", help="CURVE keys").add_subparsers(dest="keys_cmd", required=True,
                                                                           parser_class=with_config)
