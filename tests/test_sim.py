@@ -103,13 +103,12 @@ def test_scripted_inputs(sim):
     assert isinstance(fire, FireAlarm) and not fire.active
 
 
-def test_silent_controller_fails_commands_and_goes_offline(sim):
+def test_silent_controller_goes_offline_and_commands_are_refused(sim):
     sim.stop_answering()
     assert isinstance(get(sim), DeviceOffline)
     started = time.monotonic()
-    with pytest.raises(DeviceError, match="no answer"):
+    with pytest.raises(DeviceError, match="offline"):  # at once, as every driver does (tests/test_driver_rules.py)
         sim.unlock("entry")
-    assert time.monotonic() - started >= 0.05
     assert sim.last("unlock") is None
     sim.resume_answering()
     assert isinstance(get(sim), DeviceOnline)
