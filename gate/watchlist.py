@@ -190,6 +190,7 @@ class WatchlistStore:
         self._cipher = cipher
         self._key_id = cipher.key_id if cipher else PLAINTEXT_KEY_ID
         self._listener: _Listener | None = None
+        self._read_only = read_only
         self._file = PrivateSqliteFile(Path(directory) / WATCHLIST_DB_NAME, synchronous="NORMAL",
                                        secure_delete=True, read_only=read_only)
         try:
@@ -251,7 +252,8 @@ class WatchlistStore:
             self._set_meta(db, "sequence", str(seq))
 
     def model_id(self) -> str | None:
-        """The embedding model the cached templates are meant for (set by the daemon)."""
+        """The embedding model of the lane that last attached its matcher (`set_listener`), so a
+        daemon started with another embedder can warn that the cached templates do not fit it."""
         return self._meta(self._file.reader(), "model_id")
 
     def set_model_id(self, model_id: str) -> None:
@@ -265,6 +267,8 @@ class WatchlistStore:
         if listener is not None and not model_id:
             raise ValueError("a listener needs the model id whose vectors it takes")
         self._listener = _Listener(listener, model_id) if listener is not None else None
+        if listener is not None and not self._read_only and model_id != self.model_id():
+            self.set_model_id(model_id)  # the model the lane now runs: what model_id() reports next start
 
     # ---- writes ----------------------------------------------------------------------------
 

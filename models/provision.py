@@ -83,7 +83,8 @@ def provision(file: Path, name: str, fmt: str, licence: str, source: str, out_di
 
 
 # The Silent-Face-Anti-Spoofing pair as its reference runs it; the crop scale is the number that
-# leads each file name. Used by `gate-models add-minifasnet`, the demo and the benchmarks.
+# leads each file name. Used by the demo and the benchmarks; an operator provisions each
+# file with `gate-models add FILE --format minifasnet --crop-scale S`.
 MINIFASNET_PAIR = (
     ("minifasnet-v2", "2.7_80x80_MiniFASNetV2.onnx", 2.7),
     ("minifasnet-v1se", "4_0_0_80x80_MiniFASNetV1SE.onnx", 4.0),

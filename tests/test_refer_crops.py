@@ -22,7 +22,7 @@ from gate.template_crypto import TemplateCipher, TemplateIntegrityError
 from gate.watchlist import Subject, WatchlistStore
 from tests.paths import lfw_people
 from tools.feedgen import Passenger, write_walkup_video
-from vision.enroll import enrol_photos
+from vision.enrol import enrol_photos
 from vision.types import Template
 
 T0 = datetime(2026, 11, 23, 12, 0, tzinfo=timezone.utc)

@@ -257,6 +257,24 @@ def test_iter_active_filters_by_model_and_window(store, caplog):
     assert {s.subject_id for s in store.iter_active(NOW, OTHER_MODEL)} == {"p-b", "p-c"}
 
 
+def test_attaching_a_matcher_records_its_model_for_the_next_start(tmp_path):
+    class Listener:
+        def add(self, subject_id, vectors): ...
+
+        def remove(self, subject_id): ...
+
+    with WatchlistStore(tmp_path) as store:
+        assert store.model_id() is None
+        store.set_listener(Listener(), MODEL)
+    with WatchlistStore(tmp_path, read_only=True) as store:
+        assert store.model_id() == MODEL
+        store.set_listener(Listener(), OTHER_MODEL)  # a read-only view records nothing
+    with WatchlistStore(tmp_path) as store:
+        assert store.model_id() == MODEL
+        store.set_listener(Listener(), OTHER_MODEL)
+        assert store.model_id() == OTHER_MODEL
+
+
 def test_stats(store):
     store.upsert_subject(subject("a1", scopes={"lane:L1"}), templates(2), seq=1)
     store.upsert_subject(subject("a2", scopes={"lane:L1", "flight:VN123"}, valid_until=NOW + HOUR), templates(1), seq=2)

@@ -9,7 +9,7 @@
     gate-central --config F revoke SUBJECT [--scope lane:L1] [--reason TEXT]
     gate-central --config F expire
     gate-central --config F list [--scope lane:L1] [--status active|revoked|expired]
-    gate-central --config F enroll --from DIR --scope lane:L1 [--list deny] [--valid-until T]
+    gate-central --config F enrol --from DIR --scope lane:L1 [--list deny] [--valid-until T]  (alias: enroll)
 
 Every command is a thin wrapper over sync.central / sync.central_server / sync.keys.
 """
@@ -97,7 +97,7 @@ def cmd_list(args) -> int:
     return 0
 
 
-def cmd_enroll(args) -> int:
+def cmd_enrol(args) -> int:
     """Photos → templates with the configured models → stored and published in the scope."""
     import datetime as dt
 
@@ -187,7 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
     from models.registry import DEFAULT_DETECTOR, DEFAULT_EMBEDDER
     from tools.gate_models import default_model_dir
 
-    en = sub.add_parser("enroll", help="enrol people from photos: one sub-folder per person, named by subject id")
+    # "enroll" kept as an alias so scripts written for the first spelling keep working
+    en = sub.add_parser("enrol", aliases=["enroll"],
+                        help="enrol people from photos: one sub-folder per person, named by subject id")
     en.add_argument("--from", dest="from_dir", required=True, help="folder of per-person photo folders")
     en.add_argument("--scope", action="append", required=True, help="lane:ID or flight:NO (repeatable)")
     en.add_argument("--list", choices=["allow", "deny"], default="allow")
@@ -196,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     en.add_argument("--detector", default=DEFAULT_DETECTOR)
     en.add_argument("--embedder", default=DEFAULT_EMBEDDER)
     en.add_argument("--no-flip", action="store_true")
-    en.set_defaults(func=cmd_enroll)
+    en.set_defaults(func=cmd_enrol)
 
     ls = sub.add_parser("list", help="enrolled subjects")
     ls.add_argument("--scope")

@@ -253,9 +253,9 @@ class Matcher:
     def add_arrays(self, subject_ids: Sequence[str], vectors: np.ndarray) -> None:
         """One template per row; rows sharing a subject id become that subject's templates. The
         bulk form for a watchlist loaded from a database: no Python object per template, and
-        with distinct ids the rows go in a segment (a million rows) at a time, so loading ten
-        million templates never holds a second copy of them. Everything is validated before
-        anything changes."""
+        with distinct ids the rows go in one segment (`max_segment_rows`, half a million) at a
+        time, so loading ten million templates never holds a second copy of them. Everything is
+        validated before anything changes."""
         v = np.asarray(vectors)
         if v.ndim != 2 or len(v) != len(subject_ids):
             raise ValueError(f"need one subject id per row: {len(subject_ids)} ids, array shape {v.shape}")
