@@ -112,7 +112,7 @@ def _json_safe(value: Any, where: str) -> Any:
     if getattr(value, "ndim", None) == 0 and hasattr(value, "item"):  # numpy scalar
         return _json_safe(value.item(), where)
     if hasattr(value, "shape"):
-        raise TypeError(f"{where} is an array {getattr(value, 'shape')}; the audit log never stores "
+        raise TypeError(f"{where} is an array {value.shape}; the audit log never stores "
                         "images or templates (log figures such as scores, not vectors)")
     raise TypeError(f"{where} has type {type(value).__name__}, which is not JSON")
 

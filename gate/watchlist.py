@@ -26,7 +26,6 @@ removes subjects whose window has closed for good.
 from __future__ import annotations
 
 import logging
-import sqlite3
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta

@@ -385,13 +385,13 @@ def to_onnx(net: ParsedNetwork) -> onnx.ModelProto:
 def _add_zero_padded(g: _GraphBuilder, a, b):
     """dlib's add_prev: sum of two tensors, the smaller one zero-padded at the end of each axis."""
     (xa, sa), (xb, sb) = a, b
-    target = tuple(max(u, v) for u, v in zip(sa, sb))
+    target = tuple(max(u, v) for u, v in zip(sa, sb, strict=True))
 
     def pad(x, s):
         if s == target:
             return x
         # ONNX pads: begins of (N, C, H, W), then ends of (N, C, H, W)
-        pads = np.array([0, 0, 0, 0, 0] + [t - u for t, u in zip(target, s)], dtype=np.int64)
+        pads = np.array([0, 0, 0, 0, 0] + [t - u for t, u in zip(target, s, strict=True)], dtype=np.int64)
         return g.op("Pad", [x, g.const("pads", pads)])
 
     return g.op("Add", [pad(xa, sa), pad(xb, sb)]), target

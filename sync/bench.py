@@ -164,7 +164,7 @@ def _run(root: Path, sink_factory: SinkFactory, probe: Probe, audit_factory: Aud
             time.sleep(float(rng.uniform(0.0, 0.05)))  # changes arrive at random moments, not in step
             t0 = time.perf_counter()
             central.enroll_subject(sid, "allow", [BENCH_SCOPE], None, None, BENCH_MODEL, v)
-            _wait(lambda: probe(sink, sid, v[0]), 30, f"update {sid}")
+            _wait(lambda sid=sid, v=v: probe(sink, sid, v[0]), 30, f"update {sid}")
             latencies.append((time.perf_counter() - t0) * 1000)
 
         def write(n: int) -> None:

@@ -358,7 +358,7 @@ class WatchlistFollower:
             self._apply_to_sink(msg, subject_id)
         except Exception:
             log.exception("the watchlist store failed to apply update %d for %s; will re-snapshot", msg.seq, msg.key)
-            raise _Resnapshot()
+            raise _Resnapshot() from None
         self._known[scope] = msg.seq
         if msg.seq > self.status().applied_seq:
             self._set(applied_seq=msg.seq)

@@ -169,7 +169,7 @@ def decode_request(frame: bytes) -> AuditBatch | HealthReport:
         if not isinstance(rows_raw, list) or not 1 <= len(rows_raw) <= MAX_BATCH_ROWS:
             raise MalformedRequest(f"an audit batch carries 1..{MAX_BATCH_ROWS} rows")
         rows = tuple(_decode_row(r) for r in rows_raw)
-        for a, b in zip(rows, rows[1:]):
+        for a, b in zip(rows, rows[1:], strict=False):  # consecutive pairs
             if b.seq <= a.seq:
                 raise MalformedRequest(f"audit rows must be in increasing seq order ({a.seq} then {b.seq})")
         first, last = _int(obj, "first", 1), _int(obj, "last", 1)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import gc
+import itertools
 import json
 import os
 import random
@@ -54,7 +55,7 @@ def test_append_chains_records_and_central_can_verify_them(tmp_path, log):
     rows = [log.append(decision(i)) for i in range(5)]
     assert [r.seq for r in rows] == [1, 2, 3, 4, 5]
     assert rows[0].prev_hash == GENESIS_HASH
-    for prev, row in zip(rows, rows[1:]):
+    for prev, row in itertools.pairwise(rows):
         assert row.prev_hash == prev.hash
     for row in rows:
         assert TS_FORMAT.match(row.ts), row.ts

@@ -1,5 +1,4 @@
 """Configuration errors must name the key, the bad value and what is allowed."""
-import tomllib
 from pathlib import Path
 
 import pytest

@@ -2,7 +2,7 @@ import cv2
 import numpy as np
 import pytest
 
-from tests.paths import LFW_IMAGES, lfw_people, require
+from tests.paths import lfw_people
 from vision.image_io import ImageError, decode_image, load_image, to_bgr8
 
 

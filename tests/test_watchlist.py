@@ -78,7 +78,7 @@ def store(tmp_path):
 
 def assert_same_templates(got, want) -> None:
     assert [t.model_id for t in got] == [t.model_id for t in want]
-    for g, w in zip(got, want):
+    for g, w in zip(got, want, strict=True):
         assert g.vector.dtype == np.float32
         np.testing.assert_array_equal(g.vector, w.vector)
 

@@ -48,7 +48,7 @@ def cmd_lfw(args) -> int:
         print()
     else:
         print(f"pairs {r.pairs}  no_face {r.no_face}")
-        for i, (a, t) in enumerate(zip(r.fold_accuracies, r.fold_thresholds)):
+        for i, (a, t) in enumerate(zip(r.fold_accuracies, r.fold_thresholds, strict=True)):
             print(f"  fold {i + 1}: accuracy {a:.4f} at threshold {t:.4f} (chosen on the other folds)")
         print(f"accuracy {r.accuracy_mean:.4f} ± {r.accuracy_std:.4f}")
         print(f"TAR@FAR=1e-3 {r.tar_at_far_1e_3:.4f} at threshold {r.threshold_at_far_1e_3:.4f}")

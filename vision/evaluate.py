@@ -185,7 +185,7 @@ def identification_report(split: IdentSplit, templates: dict[Path, np.ndarray | 
     gal_ids = [i for i, p in split.gallery.items() if templates.get(p) is not None]
     vecs = np.stack([templates[split.gallery[i]] for i in gal_ids])
     matcher = matcher_factory(vecs.shape[1])
-    for i, v in zip(gal_ids, vecs):
+    for i, v in zip(gal_ids, vecs, strict=True):
         matcher.add(i, v[None])
     enrolled = set(gal_ids)
     asked: list[tuple[np.ndarray, tuple[str, float]]] = []  # every probe and the matcher's answer
@@ -213,7 +213,7 @@ def identification_report(split: IdentSplit, templates: dict[Path, np.ndarray | 
     gen_ok, gen_s, imp_s = np.array(gen_ok), np.array(gen_s), np.array(imp_s)
     # the matcher scans a compact copy; its answers must equal exact float32 search (0 changes)
     truth = exact_search(vecs, gal_ids, np.stack([v for v, _ in asked]), 1) if asked else []
-    changes = sum(got != want[0] for (_, got), want in zip(asked, truth))
+    changes = sum(got != want[0] for (_, got), want in zip(asked, truth, strict=True))
     f3, t3 = fnir_at_fpir(gen_ok, gen_s, imp_s, 0.003)
     f2, t2 = fnir_at_fpir(gen_ok, gen_s, imp_s, 0.01)
     return {"rank1": float(gen_ok.mean()), "fnir_at_fpir_0.003": f3, "threshold_at_fpir_0.003": t3,
