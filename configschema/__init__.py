@@ -46,7 +46,8 @@ def _type_name(tp) -> str:
         return "nothing"
     if dataclasses.is_dataclass(tp):
         return "table"
-    return {str: "string", int: "integer", float: "number", bool: "true/false", Path: "path"}.get(tp, getattr(tp, "__name__", str(tp)))
+    names = {str: "string", int: "integer", float: "number", bool: "true/false", Path: "path"}
+    return names.get(tp, getattr(tp, "__name__", str(tp)))
 
 
 def _coerce(value: Any, tp, key: str, meta: dict) -> Any:
@@ -107,9 +108,11 @@ def _coerce(value: Any, tp, key: str, meta: dict) -> Any:
         raise ConfigError(f"{key} = {value!r} is not allowed; choose one of: {', '.join(map(repr, choices))}")
     lo, hi = meta.get("min"), meta.get("max")
     if lo is not None and out < lo:
-        raise ConfigError(f"{key} = {value!r} is below the minimum {lo}" + (f" (allowed: {lo} to {hi})" if hi is not None else ""))
+        raise ConfigError(f"{key} = {value!r} is below the minimum {lo}"
+                          + (f" (allowed: {lo} to {hi})" if hi is not None else ""))
     if hi is not None and out > hi:
-        raise ConfigError(f"{key} = {value!r} is above the maximum {hi}" + (f" (allowed: {lo} to {hi})" if lo is not None else ""))
+        raise ConfigError(f"{key} = {value!r} is above the maximum {hi}"
+                          + (f" (allowed: {lo} to {hi})" if lo is not None else ""))
     return _parsed(out, key, meta)
 
 

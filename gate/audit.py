@@ -192,7 +192,8 @@ class AuditLog:
                            [row.seq, row.ts, row.prev_hash, row.hash, body_text])
         except sqlite3.Error as exc:
             log.error("audit append failed (%s): %s", type(exc).__name__, exc)
-            raise AuditWriteError(f"audit record for event {body['event']!r} was not written to {self.path}: {exc}") from exc
+            raise AuditWriteError(f"audit record for event {body['event']!r} was not written to {self.path}: "
+                                  f"{exc}") from exc
         return row
 
     @staticmethod
@@ -293,7 +294,8 @@ class AuditLog:
                 last, _ = self._last_link(db)
                 if last < acked:
                     return ChainCheck(False, check.records, last + 1,
-                                      f"log ends at seq {last} but central acknowledged up to {acked} (records removed)")
+                                      f"log ends at seq {last} but central acknowledged up to {acked} "
+                                      "(records removed)")
             return check
 
     def _rows(self, where_order_limit: str, params: list) -> list[AuditRow]:

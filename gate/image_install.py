@@ -23,8 +23,15 @@ from pathlib import Path
 from typing import Callable
 
 from gate.checks import Check, Status, passed
-from gate.image import (CONFIG_NAME, INSTALL_RECORD_NAME, ImageError, extract_bundle, read_manifest, software_version,
-                        verify_tree)
+from gate.image import (
+    CONFIG_NAME,
+    INSTALL_RECORD_NAME,
+    ImageError,
+    extract_bundle,
+    read_manifest,
+    software_version,
+    verify_tree,
+)
 
 log = logging.getLogger(__name__)
 

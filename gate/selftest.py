@@ -231,8 +231,8 @@ def run_selftest(cfg: GateConfig, opts: SelftestOptions = SelftestOptions()) -> 
 
 def selftest_config(path: Path, opts: SelftestOptions = SelftestOptions()) -> list[Check]:
     """Load the config (a bad one is a FAIL row, not an exception) and run every check."""
-    from gate.config import load_config
     from configschema import ConfigError
+    from gate.config import load_config
 
     try:
         cfg = load_config(path)

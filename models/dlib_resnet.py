@@ -31,9 +31,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from models.align_template import AlignTemplate
 from models.dlib_serial import DlibReader
 from models.manifest import ModelFile, ModelManifest, write_manifest
-from models.align_template import AlignTemplate
 
 log = logging.getLogger(__name__)
 

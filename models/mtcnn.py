@@ -35,7 +35,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from models.manifest import ModelFile, ModelManifest, ModelError, manifest_path, write_manifest
+from models.manifest import ModelError, ModelFile, ModelManifest, manifest_path, write_manifest
 
 log = logging.getLogger(__name__)
 

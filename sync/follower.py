@@ -23,7 +23,14 @@ from sync.kvmsg import HUGZ, KTHXBAI, PREV_PROPERTY, KVMsg, MalformedMessage, ic
 from sync.scopes import ScopeError, check_id, split_key
 from sync.subject_record import MalformedRecord, SubjectRecord, decode_record
 from sync.transport import (
-    MAX_KV_FRAME, PUBLISHER_OFFSET, SNAPSHOT_OFFSET, HandshakeWatch, Security, connect_socket, recv_frames)
+    MAX_KV_FRAME,
+    PUBLISHER_OFFSET,
+    SNAPSHOT_OFFSET,
+    HandshakeWatch,
+    Security,
+    connect_socket,
+    recv_frames,
+)
 
 log = logging.getLogger(__name__)
 

@@ -183,7 +183,8 @@ def decode_request(frame: bytes) -> AuditBatch | HealthReport:
                 for k, v in models.items()):
             raise MalformedRequest("models must map up to 32 model names to version strings")
         scopes = obj.get("scopes")
-        if not isinstance(scopes, list) or len(scopes) > 64 or not all(isinstance(s, str) and len(s) <= _MAX_TEXT for s in scopes):
+        if (not isinstance(scopes, list) or len(scopes) > 64
+                or not all(isinstance(s, str) and len(s) <= _MAX_TEXT for s in scopes)):
             raise MalformedRequest("scopes must be a list of up to 64 subtrees")
         extra = obj.get("extra")
         if not isinstance(extra, dict) or len(_pack(extra)) > _MAX_EXTRA_BYTES:

@@ -147,7 +147,8 @@ def _rewrite_with_fresh_hash(conn):
     seq, ts, prev, body = conn.execute("SELECT seq, ts, prev_hash, body FROM audit WHERE seq = 5").fetchone()
     body = json.loads(body)
     body["decision"] = "deny"
-    conn.execute("UPDATE audit SET body = ?, hash = ? WHERE seq = 5", [json.dumps(body), record_hash(seq, ts, prev, body)])
+    conn.execute("UPDATE audit SET body = ?, hash = ? WHERE seq = 5",
+                 [json.dumps(body), record_hash(seq, ts, prev, body)])
 
 
 def _garble_body(conn):
@@ -378,7 +379,8 @@ def test_concurrent_writers_and_readers(log):
             tail = log.tail(5)
             assert [r.seq for r in tail] == sorted(r.seq for r in tail)
 
-    threads = [threading.Thread(target=guarded(f)) for f in (lambda: writer("a"), lambda: writer("b"), sync_agent, auditor)]
+    threads = [threading.Thread(target=guarded(f))
+               for f in (lambda: writer("a"), lambda: writer("b"), sync_agent, auditor)]
     for t in threads:
         t.start()
     threads[0].join()

@@ -3,8 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from gate.config import load_config, parse_config, reference_markdown
 from configschema import ConfigError
+from gate.config import load_config, parse_config, reference_markdown
 from tools.gated import main as gated_main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -111,7 +111,8 @@ def test_sync_table_is_checked_by_the_same_schema(tmp_path):
                              "accepted_models": ["m1"], "secret_key_file": "keys/g.key_secret"}}
     cfg = parse_config(d, tmp_path).sync
     assert cfg.gate_id == "G1" and cfg.scopes == ("/flight/BA1/", "/lane/L1/")  # gate id from [gate]
-    assert cfg.accepted_models == frozenset({"m1"}) and cfg.secret_key_file == (tmp_path / "keys/g.key_secret").resolve()
+    assert cfg.accepted_models == frozenset({"m1"})
+    assert cfg.secret_key_file == (tmp_path / "keys/g.key_secret").resolve()
     for bad, expect in [({"base_port": "5556"}, "sync.base_port = '5556' must be a whole number"),
                         ({"scopes": ["gate:L1"]}, "sync.scopes"),
                         ({"heartbeat_timeout_s": 0}, "below the minimum"),

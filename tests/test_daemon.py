@@ -41,8 +41,9 @@ def scenario(tmp_path_factory, default_pipeline, mtcnn_manifest, dlib_resnet_man
         models_dir = tmp / "models"
         models_dir.mkdir()
         for m in (mtcnn_manifest, dlib_resnet_manifest):
-            from models.manifest import write_manifest
             import dataclasses
+
+            from models.manifest import write_manifest
 
             files = {r: dataclasses.replace(f, file=str(m.file_path(r))) for r, f in m.files.items()}
             write_manifest(dataclasses.replace(m, files=files, path=None), models_dir)

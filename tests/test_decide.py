@@ -11,8 +11,21 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gate.audit import canonical_body
-from gate.decide import (ABSENT_SCORE, PAD_NOT_JUDGED, PAD_NOT_PROVISIONED, DecisionPolicy, MatchMode, Outcome,
-                         Reason, Token, best_samples, decide, fuse, judge_liveness, refer_unknown_token)
+from gate.decide import (
+    ABSENT_SCORE,
+    PAD_NOT_JUDGED,
+    PAD_NOT_PROVISIONED,
+    DecisionPolicy,
+    MatchMode,
+    Outcome,
+    Reason,
+    Token,
+    best_samples,
+    decide,
+    fuse,
+    judge_liveness,
+    refer_unknown_token,
+)
 from gate.observation import Candidate, ListType
 from gate.schema import ConfigError, load_dataclass
 from gate.track import Sample, Track

@@ -22,8 +22,16 @@ from tests.paths import PAD_SAMPLES, SHARED_MODELS, require
 from tools import gate_eval
 from vision.detect import load_detector
 from vision.image_io import ImageError, load_image
-from vision.pad import (DEFAULT_THRESHOLD, CropRule, PadPolicy, PadState, PresentationAttackDetector,
-                        find_pad_manifests, fuse_frames, load_pad)
+from vision.pad import (
+    DEFAULT_THRESHOLD,
+    CropRule,
+    PadPolicy,
+    PadState,
+    PresentationAttackDetector,
+    find_pad_manifests,
+    fuse_frames,
+    load_pad,
+)
 from vision.pad.evaluate import apcer, bpcer, pad_report, roc_auc, threshold_at_bpcer
 from vision.types import Face
 

@@ -12,11 +12,11 @@ import cv2
 import numpy as np
 import pytest
 
+from configschema import ConfigError
 from gate.audit import AuditLog
 from gate.config import parse_config
 from gate.daemon import LaneDaemon, StartupError
 from gate.refer_crops import CROPS_DIR_NAME, CropError, ReferCropStore, crop_face
-from configschema import ConfigError
 from gate.sqlite_store import InsecureFileError
 from gate.template_crypto import TemplateCipher, TemplateIntegrityError
 from gate.watchlist import Subject, WatchlistStore

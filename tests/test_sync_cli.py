@@ -68,7 +68,8 @@ def test_gate_admin_revoke_expire_and_list_commands(dep, capsys, tmp_path):
                                            "--scope", "lane:L2"], capsys)
     assert code == 2 and "already belongs to gate:L1-gate" in err
     admin_pub = generate_keypair_files(tmp_path / "k", "admin").public
-    assert run(gate_central.main, ["--config", dep.toml, "admin", "add", "ops", "--public-key", admin_pub], capsys)[0] == 0
+    add_admin = ["--config", dep.toml, "admin", "add", "ops", "--public-key", admin_pub]
+    assert run(gate_central.main, add_admin, capsys)[0] == 0
     code, out, _ = run(gate_central.main, ["--config", dep.toml, "gate", "list"], capsys)
     assert "gate:L1-gate" in out and "admin:ops" in out
 

@@ -123,7 +123,8 @@ def test_upsert_replaces_templates_and_bad_input_loses_nothing(store):
         (lambda: store.upsert_subject(subject("p-1"), [Template(unit(64), MODEL)], seq=9), "128-d"),
         (lambda: store.upsert_subject(subject("p-1"), [Template(unit()[None, :], MODEL)], seq=9), "shape"),
         (lambda: store.upsert_subject(subject("p-1"), [Template(unit(), "")], seq=9), "model id"),
-        (lambda: store.upsert_subject(subject("p-1"), templates(1) + templates(1, MODEL, 64), seq=9), "different sizes"),
+        (lambda: store.upsert_subject(subject("p-1"), templates(1) + templates(1, MODEL, 64), seq=9),
+         "different sizes"),
         (lambda: store.upsert_subject(subject("p-1"), templates(1), seq=-1), "sequence"),
         (lambda: subject("p-1", scopes={"L1"}), "kind:value"),
         (lambda: subject("p-1", scopes="lane:L1"), "one string"),
@@ -241,7 +242,8 @@ def test_purge_expired_removes_rows_and_bytes_from_disk(tmp_path):
 def test_iter_active_filters_by_model_and_window(store, caplog):
     a = templates(2)
     store.upsert_subject(subject("p-a"), a, seq=1)
-    store.upsert_subject(subject("p-b", "deny", valid_from=NOW + DAY), templates(1) + templates(2, OTHER_MODEL, 512), seq=2)
+    store.upsert_subject(subject("p-b", "deny", valid_from=NOW + DAY),
+                         templates(1) + templates(2, OTHER_MODEL, 512), seq=2)
     store.upsert_subject(subject("p-old", valid_until=NOW - HOUR), templates(1), seq=3)
     store.upsert_subject(subject("p-c"), templates(1, OTHER_MODEL, 512), seq=4)
     store.upsert_subject(subject("p-r"), templates(1), seq=5)

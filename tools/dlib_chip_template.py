@@ -143,7 +143,8 @@ class DlibLandmarker:
         src_x = self.dlib.extract_image_chip(np.ascontiguousarray(xs), details)
         src_y = self.dlib.extract_image_chip(np.ascontiguousarray(ys), details)
         v, u = np.mgrid[0:CHIP_SIZE, 0:CHIP_SIZE]
-        inside = (src_x > _FIT_MARGIN) & (src_x < w - 1 - _FIT_MARGIN) & (src_y > _FIT_MARGIN) & (src_y < h - 1 - _FIT_MARGIN)
+        inside = ((src_x > _FIT_MARGIN) & (src_x < w - 1 - _FIT_MARGIN)
+                  & (src_y > _FIT_MARGIN) & (src_y < h - 1 - _FIT_MARGIN))
         inside[:_FIT_MARGIN] = inside[-_FIT_MARGIN:] = False
         inside[:, :_FIT_MARGIN] = inside[:, -_FIT_MARGIN:] = False
         if inside.sum() < 3 * CHIP_SIZE:

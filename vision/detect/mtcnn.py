@@ -28,8 +28,8 @@ from models.manifest import ModelManifest
 from vision.detect.base import DetectorBase
 from vision.detect.boxes import nms, to_faces
 from vision.detect.frame import DEFAULT_MIN_FACE, fit
-from vision.onnx_session import verified_session
 from vision.image_io import to_bgr8
+from vision.onnx_session import verified_session
 from vision.types import Face
 
 PNET_CELL = 12

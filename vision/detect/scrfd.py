@@ -20,8 +20,8 @@ from models.manifest import ModelError, ModelManifest
 from vision.detect.base import DetectorBase
 from vision.detect.boxes import nms, to_faces
 from vision.detect.frame import DEFAULT_MIN_FACE, letterbox
-from vision.onnx_session import verified_session
 from vision.image_io import to_bgr8
+from vision.onnx_session import verified_session
 from vision.types import Face
 
 STRIDES = (8, 16, 32)
