@@ -8,7 +8,7 @@ SHARED ?= ../shared
 export EDGEGATE_MODEL_DIR := $(abspath $(MODELS))
 export EDGEGATE_SHARED := $(abspath $(SHARED))
 
-.PHONY: test demo models install clean
+.PHONY: test lint demo models install clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,11 @@ models: $(MODELS)/.built
 
 test: models
 	$(PY) -m pytest -q tests
+
+# Lint (pyflakes, pycodestyle, isort, bugbear; config in pyproject.toml) and types on the library rooms.
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 
 demo: models
 	$(PY) -m tools.demo --models $(MODELS) --shared $(SHARED) --out out/demo

@@ -81,6 +81,7 @@ def _coerce(value: Any, tp, key: str, meta: dict) -> Any:
         return dict(value)
     if tp is Any:
         return value
+    out: Any
     if tp is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"{key} = {value!r} must be true or false (no quotes)")

@@ -47,7 +47,7 @@ __all__ = [
 def make_driver(cfg: DriverConfig) -> GateDriver:
     """The driver for `cfg` (by its config's TYPE), not yet opened."""
     kind = getattr(type(cfg), "TYPE", None)
-    if CONFIG_TYPES.get(kind) is not type(cfg):
+    if not isinstance(kind, str) or CONFIG_TYPES.get(kind) is not type(cfg):
         raise TypeError(f"not a device config: {cfg!r}")
     from devices.driver import DRIVERS
 

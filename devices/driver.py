@@ -45,7 +45,7 @@ LAMPS = {
     Colour.OFF: (False, False),
 }
 
-DRIVERS: dict[str, type[DriverBase]] = {}  # config TYPE -> driver class
+DRIVERS: dict[str, Callable[..., DriverBase]] = {}  # config TYPE -> driver class (built from the config)
 
 
 def lock_each(outputs, lock_one) -> None:
@@ -65,7 +65,7 @@ class DriverBase:
     """`with driver:` opens the link and always closes it (which locks the barrier when the peer
     still answers); see the module docstring for what subclasses provide."""
 
-    CONFIG: ClassVar[type]  # the config dataclass this driver runs; its TYPE keys the registry
+    CONFIG: ClassVar[Any]  # the config dataclass this driver runs; its TYPE keys the registry
     PEER: ClassVar[str]  # how messages name the other end ("PD", "relay board", ...)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:

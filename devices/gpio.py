@@ -23,6 +23,7 @@ import threading
 import time
 from datetime import timedelta
 from types import ModuleType
+from typing import Any
 
 from devices.base import Buzzer, Colour, DeviceError, Direction
 from devices.config import GpioConfig
@@ -42,7 +43,7 @@ class GpioDriver(DriverBase):
     def __init__(self, cfg: GpioConfig, gpiod_module: ModuleType | None = None) -> None:
         super().__init__(cfg, f"gpio:{cfg.chip}", entry=cfg.entry_line, exit_=cfg.exit_line, inputs=cfg.inputs)
         self._gpiod = gpiod_module or importlib.import_module("gpiod")
-        self._request = None
+        self._request: Any = None  # gpiod.LineRequest while open (gpiod is untyped)
         # What a lost chip or request raises: kernel errors, or use after release.
         self._gpio_errors = (OSError, self._gpiod.RequestReleasedError)
         self._lock = threading.Lock()  # guards the request and the timers

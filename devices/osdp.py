@@ -32,6 +32,7 @@ import threading
 import time
 import unicodedata
 from dataclasses import dataclass, field
+from typing import Any
 
 import osdp
 import osdp_sys
@@ -128,7 +129,7 @@ class OsdpDriver(DriverBase):
         self._port: serial.Serial | None = None
         self._channel: SerialChannel | None = None
         self._scbk = b""
-        self._cp = None  # osdp_sys.ControlPanel of the current session
+        self._cp: Any = None  # osdp_sys.ControlPanel of the current session (libosdp is untyped)
         self._cp_lock = threading.Lock()  # libosdp is not thread-safe
         self._command_lock = threading.Lock()  # one command in flight, so completions match
         self._pending: _PendingCommand | None = None
@@ -302,6 +303,7 @@ class OsdpDriver(DriverBase):
         """A fresh CP context: handshake, capabilities and secure channel from scratch.
         Caller holds _cp_lock."""
         self._cp = None  # tear the old context down first; it aborts its queued command
+        assert self._channel is not None, "a session needs the open port"
         self._channel.flush()
         info = osdp.PDInfo(self.cfg.address, self._channel, scbk=self._scbk,
                            flags=[osdp.LibFlag.EnforceSecure], name="turnstile").get()
@@ -327,7 +329,7 @@ class OsdpDriver(DriverBase):
         now = time.monotonic()
         with self._cp_lock:
             session_up = bool(self._cp.status() & 1 and self._cp.sc_status() & 1)
-        silent_for = now - self._channel.last_rx
+        silent_for = now - (self._channel.last_rx if self._channel is not None else 0.0)
         if session_up and silent_for < self.cfg.offline_after_s:
             if not self._link.online and now >= self._next_connect_at:
                 self._connect(now)

@@ -74,8 +74,9 @@ class RelayDriver(DriverBase):
         self._link.wait_announced(self.cfg.connect_timeout_s + 1.0)
 
     def _release(self) -> None:
-        self._port.close()
-        self._port = None
+        if self._port is not None:
+            self._port.close()
+            self._port = None
         self._counters = None
 
     # --- commands --------------------------------------------------------------------
@@ -134,9 +135,12 @@ class RelayDriver(DriverBase):
         raise DeviceError(error)
 
     def _exchange(self, frame: Frame) -> Frame | None:
+        port = self._port
+        if port is None:  # closed under a late command
+            return None
         try:
-            self._port.reset_input_buffer()  # drop leftovers of an earlier, spoilt reply
-            self._port.write(encode(frame))
+            port.reset_input_buffer()  # drop leftovers of an earlier, spoilt reply
+            port.write(encode(frame))
         except serial.SerialException as exc:
             log.debug("relay board write failed: %s", exc)  # reported as the link going down
             return None
@@ -144,7 +148,7 @@ class RelayDriver(DriverBase):
         deadline = time.monotonic() + self.cfg.reply_timeout_s
         while time.monotonic() < deadline:
             try:
-                data = self._port.read(max(1, self._port.in_waiting))
+                data = port.read(max(1, port.in_waiting))
             except serial.SerialException as exc:
                 log.debug("relay board read failed: %s", exc)
                 return None
@@ -187,8 +191,9 @@ class RelayDriver(DriverBase):
         except ValueError as exc:
             log.warning("relay board sent a malformed input report: %s", exc)
             return
+        before = self._counters or report.counters  # set by _connect before the first poll
         for n in self._inputs.inputs:
-            rises = (report.counters[n] - self._counters[n]) & 0xFF
+            rises = (report.counters[n] - before[n]) & 0xFF
             for event in self._inputs.rises(n, rises, report.level(n)):
                 self.events.put(event)
         self._counters = report.counters

@@ -153,10 +153,10 @@ class AuditLog:
 
     def _create_schema(self) -> None:
         with self._file.write() as db:
-            db["audit"].create({"seq": int, "ts": str, "prev_hash": str, "hash": str, "body": str},
+            db.table("audit").create({"seq": int, "ts": str, "prev_hash": str, "hash": str, "body": str},
                                pk="seq", not_null={"ts", "prev_hash", "hash", "body"}, strict=True,
                                if_not_exists=True)
-            db["audit_state"].create({"id": int, "acked_upto": int, "anchor_seq": int, "anchor_hash": str},
+            db.table("audit_state").create({"id": int, "acked_upto": int, "anchor_seq": int, "anchor_hash": str},
                                      pk="id", not_null={"acked_upto", "anchor_seq", "anchor_hash"}, strict=True,
                                      if_not_exists=True)
             db.execute("INSERT OR IGNORE INTO audit_state (id, acked_upto, anchor_seq, anchor_hash) "

@@ -53,7 +53,7 @@ def check_camera(cfg: GateConfig, opts: SelftestOptions) -> Check:
                 continue
             last = f
     got = grabber.frames
-    if got >= opts.camera_frames or (grabber.status == "ended" and got > 0):
+    if last is not None and (got >= opts.camera_frames or (grabber.status == "ended" and got > 0)):
         h, w = last.image.shape[:2]
         ended = " (finite source ended)" if got < opts.camera_frames else ""
         return Check("camera", Status.PASS, f"{source.description}: {got} frames {w}x{h}{ended}")

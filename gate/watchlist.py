@@ -213,19 +213,20 @@ class WatchlistStore:
 
     def _create_schema(self) -> None:
         with self._file.write() as db:
-            db["subjects"].create(
+            db.table("subjects").create(
                 {"subject_id": str, "list_type": str, "valid_from": str, "valid_until": str,
                  "updated_seq": int, "revoked": int},
                 pk="subject_id", not_null={"list_type", "updated_seq", "revoked"}, strict=True, if_not_exists=True)
-            db["scopes"].create({"subject_id": str, "scope": str}, pk=("subject_id", "scope"), strict=True,
+            db.table("scopes").create({"subject_id": str, "scope": str}, pk=("subject_id", "scope"), strict=True,
                                 if_not_exists=True)
-            db["templates"].create({"subject_id": str, "model_id": str, "idx": int, "dim": int, "vector": bytes},
+            db.table("templates").create({"subject_id": str, "model_id": str, "idx": int, "dim": int, "vector": bytes},
                                    pk=("subject_id", "model_id", "idx"), not_null={"dim", "vector"}, strict=True,
                                    if_not_exists=True)
-            db["meta"].create({"key": str, "value": str}, pk="key", not_null={"value"}, strict=True, if_not_exists=True)
-            db["scopes"].create_index(["scope"], if_not_exists=True)
-            db["templates"].create_index(["model_id"], if_not_exists=True)
-            db["subjects"].create_index(["valid_until"], if_not_exists=True)
+            db.table("meta").create({"key": str, "value": str}, pk="key", not_null={"value"}, strict=True,
+                                    if_not_exists=True)
+            db.table("scopes").create_index(["scope"], if_not_exists=True)
+            db.table("templates").create_index(["model_id"], if_not_exists=True)
+            db.table("subjects").create_index(["valid_until"], if_not_exists=True)
             for key, value in (("schema_version", SCHEMA_VERSION), ("sequence", "0"), ("template_key", self._key_id)):
                 db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)", [key, value])
 
@@ -243,14 +244,14 @@ class WatchlistStore:
 
     def sequence(self) -> int:
         """The CHP sequence of the last update applied (0 = never synced)."""
-        return int(self._meta(self._file.reader(), "sequence"))
+        return int(self._meta(self._file.reader(), "sequence") or 0)
 
     def set_sequence(self, seq: int) -> None:
         """Record that updates up to `seq` are applied. Refuses to go backwards (only a
         snapshot, through replace_all, may reset the sequence)."""
         _check_seq(seq)
         with self._file.write() as db:
-            current = int(self._meta(db, "sequence"))
+            current = int(self._meta(db, "sequence") or 0)
             if seq < current:
                 raise ValueError(f"watchlist sequence would go back from {current} to {seq}; "
                                  "use replace_all for a reset")
@@ -269,10 +270,13 @@ class WatchlistStore:
 
     def set_listener(self, listener: MatcherListener | None, model_id: str | None = None) -> None:
         """Push every later change to `listener` (vectors of `model_id` only); None detaches."""
-        if listener is not None and not model_id:
+        if listener is None:
+            self._listener = None
+            return
+        if not model_id:
             raise ValueError("a listener needs the model id whose vectors it takes")
-        self._listener = _Listener(listener, model_id) if listener is not None else None
-        if listener is not None and not self._read_only and model_id != self.model_id():
+        self._listener = _Listener(listener, model_id)
+        if not self._read_only and model_id != self.model_id():
             self.set_model_id(model_id)  # the model the lane now runs: what model_id() reports next start
 
     # ---- writes ----------------------------------------------------------------------------
@@ -594,7 +598,7 @@ class WatchlistStore:
                 revoked=count("revoked = 1"),
                 templates_by_model=dict(db.execute(
                     "SELECT model_id, COUNT(*) FROM templates GROUP BY model_id").fetchall()),
-                sequence=int(self._meta(db, "sequence")),
+                sequence=int(self._meta(db, "sequence") or 0),
                 model_id=self._meta(db, "model_id"),
             )
 
@@ -640,7 +644,7 @@ def _template_rows(subject_id: str, templates: Sequence[Template]) -> list[tuple
                              "templates must be L2-normalised")
         rows.append((template.model_id, per_model[template.model_id], vector))
         per_model[template.model_id] += 1
-    dims = {}
+    dims: dict[str, int] = {}
     for model_id, _, vector in rows:
         if dims.setdefault(model_id, vector.size) != vector.size:
             raise ValueError(f"subject {subject_id!r}: {model_id} templates of different sizes "

@@ -314,6 +314,8 @@ class _GraphBuilder:
 
 
 def _fold_affine(con: ParsedLayer, affine: ParsedLayer) -> tuple[np.ndarray, np.ndarray]:
+    assert con.weights is not None and con.bias is not None, "a con layer has weights and bias"
+    assert affine.scale is not None and affine.shift is not None, "an affine layer has scale and shift"
     w = (con.weights * affine.scale[:, None, None, None]).astype(np.float32)
     b = (con.bias * affine.scale + affine.shift).astype(np.float32)
     return w, b
@@ -362,6 +364,7 @@ def to_onnx(net: ParsedNetwork) -> onnx.ModelProto:
         elif spec.kind == "add_prev":
             x, shape = _add_zero_padded(g, (x, shape), tags[spec.tag])
         elif spec.kind == "fc":
+            assert layer.weights is not None, "an fc layer has weights"
             flat = g.op("Flatten", [x], axis=1)
             x = g.op("MatMul", [flat, g.const("fc", layer.weights.astype(np.float32))], output="embedding")
         else:

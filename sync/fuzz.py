@@ -80,7 +80,7 @@ class Target:
     decode: Callable[[Frames], Any]
     error: type[Exception]
     seed: Callable[[random.Random], Frames]  # a valid message from the real encoder
-    reencode: Callable[[Any], Frames]
+    reencode: Callable[[Any], Frames] | None  # None: re-encode the decoded request
     max_frame: int  # the transport's limit on one frame for this socket
     multi_frame: bool
 
