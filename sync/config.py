@@ -17,30 +17,31 @@ from typing import Any, Mapping
 
 import configschema
 from configschema import ConfigError, describe, load_dataclass, read_toml, resolve_path, resolve_paths
+from sync.central_db import is_postgres
+from sync.endpoints import Endpoint, EndpointError, parse_endpoint
 from sync.scopes import check_id, parse_scope
 
 __all__ = ["AgentConfig", "CentralConfig", "ConfigError", "agent_config_from_mapping",
            "central_config_from_mapping", "central_reference_markdown", "load_central_config"]
 
-_POSTGRES_SCHEMES = ("postgresql://", "postgres://")
-
-
-def is_postgres_url(database: str) -> bool:
-    return database.startswith(_POSTGRES_SCHEMES)
-
 
 @dataclass(frozen=True)
 class CentralConfig:
-    database: str = field(default="", metadata={
-        "help": "the central store: a SQLite file path (relative to this file's folder) or a postgresql:// URL "
-                "(libpq syntax, several hosts allowed); required unless the older db_path is given",
+    # A SQLite file (the embedded default) or a PostgreSQL connection string
+    # ("postgresql://app@db1,db2/edgegate?target_session_attrs=read-write", libpq multi-host).
+    database: str | None = field(default=None, metadata={
+        "help": "the central store: a SQLite file (relative to this file's folder) or a PostgreSQL connection "
+                "string (postgresql://..., libpq multi-host allowed); required unless the older db_path is given",
         "default_doc": "(required)"})
     db_path: Path | None = field(default=None, metadata={
-        "help": "older name of `database` for a SQLite file, still accepted"})
+        "help": "the setting's first name, still read: a SQLite file"})
     node_name: str = field(default_factory=socket.gethostname, metadata={
-        "help": "this central node's name in logs and health (several nodes may share one database)",
-        "default_doc": "the hostname"})
-    pool_size: int = field(default=4, metadata={"help": "database connections this node keeps open", "min": 1})
+        "help": "this central node's name, shown per gate in health (several nodes may share one database)",
+        "default_doc": "the host name"})
+    pool_size: int = field(default=20, metadata={
+        "help": "PostgreSQL connections one central process may hold (each thread holds one)", "min": 1})
+    audit_retention_days: int = field(default=0, metadata={
+        "help": "PostgreSQL: drop monthly audit partitions older than this; 0 keeps all", "min": 0})
     base_port: int = field(default=5556, metadata={
         "help": "snapshot on this port, updates +1, collector +2, audit/health +3", "min": 1, "max": 65532})
     bind_host: str = field(default="*", metadata={
@@ -62,22 +63,31 @@ class CentralConfig:
         "help": "how often expired subjects are looked for", "min": 0.001})
 
     def __post_init__(self) -> None:
-        # `database` is the one name code should read; `db_path` (the SQLite file) is filled in from it
-        # while the central store still takes a path.
-        if self.db_path is not None and self.database and Path(self.database) != Path(self.db_path):
-            raise ConfigError(f"database = {self.database!r} and db_path = {str(self.db_path)!r} disagree; "
-                              "give only database")
+        # `database` is the name code reads; `db_path` is the SQLite file, None on PostgreSQL.
+        if not self.database and self.db_path is None:
+            raise ConfigError("missing required key central.database (a SQLite file or a postgresql:// URL)")
         if not self.database:
-            if self.db_path is None:
-                raise ConfigError("missing required key central.database (a SQLite file path or a "
-                                  "postgresql:// URL)")
             object.__setattr__(self, "database", str(self.db_path))
-        elif self.db_path is None and not is_postgres_url(self.database):
-            object.__setattr__(self, "db_path", Path(self.database))
+        database = str(self.database)
+        if is_postgres(database):
+            object.__setattr__(self, "db_path", None)
+        elif self.db_path is None:
+            object.__setattr__(self, "db_path", Path(database))
+        elif Path(database) != Path(self.db_path):
+            raise ConfigError(f"database = {database!r} and db_path = {str(self.db_path)!r} disagree; "
+                              "give only database")
+        if self.pool_size < 1:
+            raise ConfigError("[central] pool_size must be at least 1")
 
 
 def _scopes(values: Any) -> tuple[str, ...]:
     return tuple(sorted({parse_scope(s) for s in values}))
+
+
+def _endpoints(values: Any) -> tuple[str, ...]:
+    for text in values:
+        parse_endpoint(text)  # an EndpointError (a ValueError) names the bad one
+    return tuple(values)
 
 
 @dataclass(frozen=True)
@@ -85,9 +95,11 @@ class AgentConfig:
     gate_id: str = field(metadata={
         "help": "this gate's id on the wire and in the central's allowlist", "parse": lambda v: check_id(v, "gate id"),
         "default_doc": "gate.id"})
-    central_host: str = field(metadata={"help": "the central's host name or address"})
+    central_host: str = field(metadata={
+        "help": "the central's host name or address; default: the first of `central`"})
     base_port: int = field(metadata={"help": "the central's base_port (snapshot; updates +1, collector +2, "
-                                             "audit/health +3)", "min": 1, "max": 65532})
+                                             "audit/health +3); default: the first of `central`",
+                                     "min": 1, "max": 65532})
     scopes: tuple[str, ...] = field(metadata={
         "help": "what this gate follows, e.g. [\"lane:L1\", \"flight:BA123\"]", "parse": _scopes})
     accepted_models: frozenset[str] = field(metadata={"help": "model ids this gate's matcher runs"})
@@ -95,8 +107,8 @@ class AgentConfig:
     central_public_key_file: Path | None = field(default=None, metadata={"help": "the central's CURVE public key"})
     dev_plain_loopback: bool = field(default=False, metadata={
         "help": "development only: plain TCP to a loopback central"})
-    heartbeat_timeout_s: float = field(default=5.0, metadata={
-        "help": "no HUGZ for this long: the central is considered lost", "min": 0.001})
+    heartbeat_timeout_s: float = field(default=2.5, metadata={
+        "help": "no HUGZ (sent every 1 s) for this long: that node is lost, try the next", "min": 0.001})
     snapshot_idle_timeout_s: float = field(default=10.0, metadata={
         "help": "no snapshot message for this long: the snapshot is abandoned", "min": 0.001})
     reply_timeout_s: float = field(default=2.5, metadata={"help": "Lazy Pirate reply timeout", "min": 0.001})
@@ -111,8 +123,24 @@ class AgentConfig:
         "help": "how long a scope may lag the central's head before a re-snapshot", "min": 0.0})
     max_buffered_updates: int = field(default=200_000, metadata={
         "help": "updates held while a snapshot is applied; more means a fresh snapshot", "min": 1})
+    central: tuple[str, ...] = field(default=(), metadata={
+        "help": "several central nodes, preferred first, e.g. [\"tcp://a:5556\", \"tcp://b:5556\"]; "
+                "empty = central_host:base_port only", "parse": _endpoints})
+    failback_after_s: float = field(default=30.0, metadata={
+        "help": "how often a part that moved away tries the preferred node again", "min": 0.0})
+    move_after_timeouts: int = field(default=1, metadata={
+        "help": "Lazy Pirate timeouts in a row after which audit/health try the next node", "min": 1})
+
+    def endpoints(self) -> tuple[Endpoint, ...]:
+        if self.central:
+            return tuple(parse_endpoint(e) for e in self.central)
+        return (Endpoint(self.central_host, self.base_port),)
 
     def __post_init__(self) -> None:
+        try:
+            self.endpoints()
+        except EndpointError as exc:
+            raise ConfigError(f"[sync] central: {exc}") from exc
         if not self.scopes:
             raise ConfigError("sync.scopes: a gate follows at least one lane or flight")
         if not self.accepted_models:
@@ -138,9 +166,23 @@ def load_central_config(path: Path) -> CentralConfig:
 def agent_config_from_mapping(data: Mapping[str, Any], base_dir: Path) -> AgentConfig:
     """Build the agent's settings from the gate config's [sync] table.
 
-    `scopes` is a list of "lane:ID" / "flight:NO"; `accepted_models` a list of model ids.
+    `scopes` is a list of "lane:ID" / "flight:NO"; `accepted_models` a list of model ids;
+    `central` a list of endpoints (one string is taken as a list of one), whose first gives
+    central_host and base_port when those are not set.
     """
-    return resolve_paths(load_dataclass(AgentConfig, dict(data), "sync"), base_dir)
+    data = dict(data)
+    if "central" in data:
+        central = [data["central"]] if isinstance(data["central"], str) else data["central"]
+        if not isinstance(central, list) or not central or not all(isinstance(c, str) for c in central):
+            raise ConfigError('sync.central must be a list of endpoints, e.g. ["tcp://a:5556", "tcp://b:5556"]')
+        try:
+            first = parse_endpoint(central[0])
+        except EndpointError as exc:
+            raise ConfigError(f"sync.central: {exc}") from exc
+        data["central"] = central
+        data.setdefault("central_host", first.host)
+        data.setdefault("base_port", first.base_port)
+    return resolve_paths(load_dataclass(AgentConfig, data, "sync"), base_dir)
 
 
 def central_reference_markdown() -> str:

@@ -122,6 +122,19 @@ def test_sync_table_is_checked_by_the_same_schema(tmp_path):
             parse_config({**d, "sync": {**d["sync"], **bad}}, tmp_path)
 
 
+def test_sync_central_lists_several_nodes_and_the_first_gives_host_and_port(tmp_path):
+    sync = {"scopes": ["lane:L1"], "accepted_models": ["m1"], "central": ["tcp://a.example:5556", "b.example:6000"]}
+    cfg = parse_config({**MINIMAL, "sync": sync}, tmp_path).sync
+    assert (cfg.central_host, cfg.base_port) == ("a.example", 5556)
+    assert [str(e) for e in cfg.endpoints()] == ["a.example:5556", "b.example:6000"]
+    one = parse_config({**MINIMAL, "sync": {**sync, "central": "tcp://c.example:7000"}}, tmp_path).sync
+    assert [str(e) for e in one.endpoints()] == ["c.example:7000"]
+    for bad, expect in [(["tcp://a.example"], "must look like tcp://host:5556"), ([], "list of endpoints"),
+                        (["tcp://a:5556", "b:99999"], r"sync.central = .*base port must be 1..65532")]:
+        with pytest.raises(ConfigError, match=expect):
+            parse_config({**MINIMAL, "sync": {**sync, "central": bad}}, tmp_path)
+
+
 def test_every_key_is_documented_in_the_generated_reference():
     md = reference_markdown()
     for key in ("gate.id", "camera.source", "lane.policy.threshold_1n", "lane.tracking.capture_min_face_px",
