@@ -245,7 +245,7 @@ def decode_request(frame: bytes) -> AuditBatch | HealthReport | HeadRequest | Ep
         if not isinstance(rows_raw, list) or not 1 <= len(rows_raw) <= MAX_BATCH_ROWS:
             raise MalformedRequest(f"an audit batch carries 1..{MAX_BATCH_ROWS} rows")
         rows = tuple(_decode_row(r) for r in rows_raw)
-        for a, b in zip(rows, rows[1:]):
+        for a, b in zip(rows, rows[1:], strict=False):  # consecutive pairs
             if b.seq <= a.seq:
                 raise MalformedRequest(f"audit rows must be in increasing seq order ({a.seq} then {b.seq})")
         first, last = _int(obj, "first", 1), _int(obj, "last", 1)
@@ -263,7 +263,8 @@ def decode_request(frame: bytes) -> AuditBatch | HealthReport | HeadRequest | Ep
                 for k, v in models.items()):
             raise MalformedRequest("models must map up to 32 model names to version strings")
         scopes = obj.get("scopes")
-        if not isinstance(scopes, list) or len(scopes) > 64 or not all(isinstance(s, str) and len(s) <= _MAX_TEXT for s in scopes):
+        if (not isinstance(scopes, list) or len(scopes) > 64
+                or not all(isinstance(s, str) and len(s) <= _MAX_TEXT for s in scopes)):
             raise MalformedRequest("scopes must be a list of up to 64 subtrees")
         extra = obj.get("extra")
         if not isinstance(extra, dict) or len(_pack(extra)) > _MAX_EXTRA_BYTES:
