@@ -36,9 +36,11 @@ def _create_schema(db: sqlite_utils.Database) -> None:
     db["subjects"].create(
         {"subject_id": str, "list_type": str, "model_id": str, "dim": int, "n_templates": int,
          "valid_from": float, "valid_until": float, "status": str, "reason": str,
-         "created_at": float, "updated_at": float},
+         "created_at": float, "updated_at": float, "display_name": str},
         pk="subject_id", not_null=["list_type", "model_id", "dim", "n_templates", "status", "created_at", "updated_at"],
         if_not_exists=True)
+    if "display_name" not in db["subjects"].columns_dict:  # a central created before display names
+        db["subjects"].add_column("display_name", str)
     db["subjects"].create_index(["status", "valid_until"], if_not_exists=True)
     db["subjects"].create_index(["model_id"], if_not_exists=True)
     # The one model id each non-empty scope holds, so "refuse to mix models" is one lookup.

@@ -28,7 +28,8 @@ from sync.forget import forget_withdrawn
 from sync.keys import load_keypair
 from sync.kvmsg import KVMsg, MalformedMessage, hugz, kthxbai, parse_icanhaz
 from sync.scopes import ScopeError
-from sync.service_messages import AuditBatch, MalformedRequest, Reply, decode_request, encode_reply
+from sync.service_messages import AuditBatch, EnrolRequest, MalformedRequest, Reply, decode_request, encode_reply
+from sync.station_service import answer_enrolment
 from sync.subject_record import MalformedRecord
 from sync.transport import (
     COLLECTOR_OFFSET, MAX_CONTROL_FRAME, MAX_KV_FRAME, MAX_SERVICE_FRAME, PUBLISHER_OFFSET, SERVICE_OFFSET,
@@ -362,6 +363,10 @@ class CentralServer:
         except MalformedRequest as exc:
             log.warning("service: malformed request from %s: %s", principal.name if principal else "?", exc)
             return Reply(request_id=0, ok=False, error=f"malformed request: {exc}")
+        if isinstance(request, EnrolRequest):
+            if self.config.dev_plain_loopback:
+                principal = central.principal(f"station:{request.station_id}")
+            return answer_enrolment(central, principal, request)
         if self.config.dev_plain_loopback:
             principal = central.principal(f"gate:{request.gate_id}")
         if principal is None or principal.kind != "gate" or principal.ident != request.gate_id:
