@@ -319,6 +319,15 @@ class Session:
             return self._refer("capture_timeout")
         return []
 
+    def on_abandon(self, why: str) -> list[Action]:
+        """The traveller walked away (or the station stops): close what is open, audited."""
+        if self.state in (State.ENROLLED, State.CLOSED, State.PUBLISHING):
+            return []
+        if self.state is State.AWAIT_PASS:
+            self.state = State.CLOSED
+            return []
+        return self._close("abandoned", reason=why)
+
     def on_agent(self, approve: bool, operator: str, reason: str) -> list[Action]:
         """The counter agent's decision on a referral; operator and reason are required."""
         if self.state is not State.REFERRED:
