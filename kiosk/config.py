@@ -139,7 +139,8 @@ def _resolve(obj, base: Path):
 def parse_config(data: dict, base_dir: Path, path: Path | None = None) -> KioskConfig:
     unknown = set(data) - set(_SECTIONS) - {"scanner"}
     if unknown:
-        raise ConfigError(f"unknown section(s) {', '.join(sorted(unknown))} (sections: {', '.join(_SECTIONS)}, scanner)")
+        raise ConfigError(f"unknown section(s) {', '.join(sorted(unknown))} "
+                          f"(sections: {', '.join(_SECTIONS)}, scanner)")
     sections = {}
     for name, cls in _SECTIONS.items():
         if name not in data and name != "identity":

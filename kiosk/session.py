@@ -243,7 +243,8 @@ class Session:
                     Guide("This boarding pass cannot be read; please see the agent")]
         leg = next((g for g in bp.legs if g.from_airport == self.rules.airport), None)
         if leg is None:
-            why = f"no leg of this pass departs from {self.rules.airport} ({bp.legs[0].from_airport}-{bp.legs[0].to_airport})"
+            first = bp.legs[0]
+            why = f"no leg of this pass departs from {self.rules.airport} ({first.from_airport}-{first.to_airport})"
             return [Audit({"event": "kiosk_pass_refused", "reason": why}),
                     Guide(f"This pass is not for a flight from {self.rules.airport}")]
         local_today = now.astimezone(self.rules.airport_tz).date()

@@ -42,7 +42,8 @@ class Issuer:
 
 
 def _name(common: str, country: str = "VN") -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COUNTRY_NAME, country), x509.NameAttribute(NameOID.COMMON_NAME, common)])
+    return x509.Name([x509.NameAttribute(NameOID.COUNTRY_NAME, country),
+                      x509.NameAttribute(NameOID.COMMON_NAME, common)])
 
 
 def _key(kind: str):

@@ -231,7 +231,8 @@ class Central:
         self._check_model_mix(rec, all_scopes)
         self.conn.execute(
             "INSERT INTO subjects(subject_id, list_type, model_id, dim, n_templates, valid_from, valid_until, status, "
-            "reason, created_at, updated_at, display_name) VALUES (?,?,?,?,?,?,?,'active',NULL,?,?,?) ON CONFLICT(subject_id) DO UPDATE "
+            "reason, created_at, updated_at, display_name) VALUES (?,?,?,?,?,?,?,'active',NULL,?,?,?) "
+            "ON CONFLICT(subject_id) DO UPDATE "
             "SET list_type=excluded.list_type, model_id=excluded.model_id, dim=excluded.dim, "
             "n_templates=excluded.n_templates, valid_from=excluded.valid_from, valid_until=excluded.valid_until, "
             "status='active', reason=NULL, updated_at=excluded.updated_at, "

@@ -3,8 +3,9 @@
 A gate subscribes to the subtrees of its own lanes and flights, so ZeroMQ's prefix filtering
 keeps other lanes' templates off its wire. Kinds: `lane:<id>` (a metro line or lane),
 `flight:<carrier><number>-<YYYY-MM-DD>` (a boarding gate follows the flights it serves) and
-`checkpoint:<airport IATA>` (an airport's security lanes: everyone departing from it). The trailing slash in every subtree matters: it
-stops "/lane/A/" from also matching "/lane/AB/...".
+`checkpoint:<airport IATA>` (an airport's security lanes: everyone departing from it).
+The trailing slash in every subtree matters: it stops "/lane/A/" from also matching
+"/lane/AB/...".
 """
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """Audit batches, health reports and station enrolments: the request-reply messages between a
-gate or an enrolment station and the central's service socket (base port + 3). One msgpack map per frame, checked field by field
-on arrival: a malformed request gets an error reply and is never stored in part.
+gate or an enrolment station and the central's service socket (base port + 3). One msgpack
+map per frame, checked field by field on arrival: a malformed request gets an error reply
+and is never stored in part.
 
 Audit bodies travel as the JSON text the gate hashed, so the central stores exactly what the
 chain commits to instead of a re-serialisation of it.

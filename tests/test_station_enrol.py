@@ -100,7 +100,8 @@ def test_a_station_cannot_revoke_snapshot_or_upload(site, caplog):
     assert client.enrol(_request()).ok
     ctx = zmq.Context()
     try:
-        security = Security(keypair=load_keypair(link.secret_key_file), server_public=load_public_key(dep.central_public))
+        security = Security(keypair=load_keypair(link.secret_key_file),
+                            server_public=load_public_key(dep.central_public))
         # a KVSET delete on the collector (how an admin tool revokes)
         pub = connect_socket(ctx, zmq.PUB, security, "127.0.0.1", dep.base_port + 2, 1 << 20)
         delete = KVMsg("/checkpoint/SGN/VNM-079203012", 0, new_uuid(), {}, b"")
