@@ -8,7 +8,7 @@ SHARED ?= ../shared
 export EDGEGATE_MODEL_DIR := $(abspath $(MODELS))
 export EDGEGATE_SHARED := $(abspath $(SHARED))
 
-.PHONY: test demo models install clean
+.PHONY: test demo models install clean pg-server
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,7 +25,15 @@ $(MODELS)/.built: $(VENV)/.installed $(wildcard models/*.py)
 
 models: $(MODELS)/.built
 
-test: models
+# The central's tests run on a real PostgreSQL server that they start themselves (initdb +
+# pg_ctl on loopback): the server binaries come from Debian's postgresql package when missing.
+pg-server:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || [ -n "$$EDGEGATE_TEST_PG_DSN" ] || \
+	  { echo "installing PostgreSQL server binaries (Debian package postgresql)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql-15 || \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; }
+
+test: models pg-server
 	$(PY) -m pytest -q tests
 
 demo: models

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import json
 import logging
-import sqlite3
 from dataclasses import dataclass
 from typing import Iterator
 
 from sync.audit_chain import AuditRow
-from sync.central_db import write_transaction
+from sync.central_db import CentralDatabase
 
 log = logging.getLogger(__name__)
 
@@ -32,12 +31,12 @@ def _row(seq: int, ts: str, prev_hash: str, digest: str, body: str) -> AuditRow:
 
 
 class AuditStore:
-    def __init__(self, conn: sqlite3.Connection):
-        self._conn = conn
+    def __init__(self, db: CentralDatabase):
+        self._conn = db
 
     def store_batch(self, gate_id: str, rows: tuple[AuditRow, ...] | list[AuditRow], now: float) -> StoreResult:
         first, last = rows[0].seq, rows[-1].seq
-        with write_transaction(self._conn):
+        with self._conn.audit_transaction(gate_id):
             held = dict(self._conn.execute(
                 "SELECT seq, hash FROM audit WHERE gate_id = ? AND seq BETWEEN ? AND ?", (gate_id, first, last)))
             fresh = [r for r in rows if r.seq not in held]
@@ -77,5 +76,8 @@ class AuditStore:
         if until_ts is not None:
             sql += " AND ts < ?"
             args.append(until_ts)
-        for row in self._conn.execute(sql + " ORDER BY seq", args):
-            yield _row(*row)
+        # Streamed: an export of a year of a busy gate stays flat in memory (PostgreSQL reads it
+        # through a server-side cursor inside one consistent snapshot).
+        with self._conn.read_snapshot():
+            for row in self._conn.stream(sql + " ORDER BY seq", args):
+                yield _row(*row)

@@ -10,9 +10,9 @@ Threads, each owning its sockets and its own database connection:
 """
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import signal
-import sqlite3
 import threading
 import time
 from dataclasses import dataclass
@@ -23,6 +23,7 @@ import zmq.utils.z85
 from zmq.auth.thread import ThreadAuthenticator
 
 from sync.central import Central, EnrollmentError, Principal
+from sync.central_db import StorageError
 from sync.config import CentralConfig
 from sync.forget import forget_withdrawn
 from sync.keys import load_keypair
@@ -54,7 +55,7 @@ class _AllowlistAuthenticator(ThreadAuthenticator):
 
     def _db(self) -> Central:
         if self._central is None:  # created in the authenticator's own thread
-            self._central = Central(self._config.db_path)
+            self._central = Central(self._config.database, node=self._config.node_name, pool_size=self._config.pool_size)
         return self._central
 
     async def handle_zap_message(self, msg: list[bytes]) -> None:
@@ -119,14 +120,28 @@ class _Publisher:
         if now >= self._next_hugz:
             self._sock.send_multipart(hugz(self.published).frames())
             self._next_hugz = now + self._cfg.heartbeat_s
+        # Expiry and retention run on one node at a time (the maintenance lock), so two nodes
+        # never withdraw the same subject twice; the others take over when that node dies.
         if now >= self._next_expiry:
             self._next_expiry = now + self._cfg.expiry_check_s
-            if self._central.expire():
+            if self._central.db.try_maintenance_lock() and self._central.expire():
                 self._wake.set()  # publish the deletions without waiting for the next poll
         if now >= self._next_prune:
             self._next_prune = now + 60.0
-            self._central.hashmap.prune_log(self.published, time.time() - self._cfg.log_retention_s)
-            forget_withdrawn(self._central, self.published, time.time() - self._cfg.log_retention_s)
+            if self._central.db.try_maintenance_lock():
+                self.maintain()
+
+    def maintain(self) -> None:
+        cutoff = time.time() - self._cfg.log_retention_s
+        self._central.hashmap.prune_log(self.published, cutoff)
+        forget_withdrawn(self._central, self.published, cutoff)
+        if self._central.db.dialect == "postgresql":
+            from sync.central_pg import drop_audit_partitions_before, ensure_audit_partitions
+
+            now = dt.datetime.now(dt.timezone.utc)
+            ensure_audit_partitions(self._central.db, now)
+            if self._cfg.audit_retention_days > 0:
+                drop_audit_partitions_before(self._central.db, now - dt.timedelta(days=self._cfg.audit_retention_days))
 
 
 class CentralServer:
@@ -135,6 +150,7 @@ class CentralServer:
         self.ports = Endpoints(*(config.base_port + off for off in
                                  (SNAPSHOT_OFFSET, PUBLISHER_OFFSET, COLLECTOR_OFFSET, SERVICE_OFFSET)))
         self._stop = threading.Event()
+        self._failed = threading.Event()
         self._wake = threading.Event()
         self._threads: list[threading.Thread] = []
         self._ctx: zmq.Context | None = None
@@ -152,7 +168,7 @@ class CentralServer:
             if cfg.secret_key_file is None:
                 raise ValueError("central.secret_key_file is required unless dev_plain_loopback is set")
             security = Security(keypair=load_keypair(cfg.secret_key_file))
-        central = Central(cfg.db_path)  # creates the schema before any thread needs it
+        central = Central(cfg.database, pool_size=cfg.pool_size)  # creates the schema before any thread needs it
         seq, gates = central.hashmap.current_seq(), sum(p.kind == "gate" for p in central.principals())
         central.close()
         self._ctx = zmq.Context()
@@ -207,23 +223,24 @@ class CentralServer:
         self._stop.set()
         self._wake.set()
 
-    def serve_forever(self) -> None:
-        """Run until request_stop() (e.g. on SIGTERM) or until a thread dies."""
+    def serve_forever(self) -> int:
+        """Run until request_stop() (e.g. on SIGTERM): returns 0. If a service thread dies,
+        stop and return 1, so systemd (Restart=on-failure) brings the node back."""
+        code = 0
         while not self._stop.wait(1.0):
-            if self._threads and not all(t.is_alive() for t in self._threads):
-                log.error("a central thread has died; stopping")
-                break
+            pass
+        if self._failed.is_set() or (self._threads and not all(t.is_alive() for t in self._threads)):
+            log.error("a central thread has died; stopping with an error so the service is restarted")
+            code = 1
         self.stop()
-
-    def notify_change(self) -> None:
-        """Wake the publisher now instead of at its next poll (used for in-process writes)."""
-        self._wake.set()
+        return code
 
     def _guard(self, name: str, target: Callable, *sockets: zmq.Socket) -> None:
         try:
             target(*sockets)
         except Exception:
             log.exception("central %s thread failed", name)
+            self._failed.set()
             self._stop.set()
         finally:
             for s in sockets:
@@ -241,7 +258,9 @@ class CentralServer:
     # ----- snapshot ----------------------------------------------------------------------
 
     def _serve_snapshots(self, sock: zmq.Socket) -> None:
-        central = Central(self.config.db_path)
+        central = self._open_until_available("snapshot")
+        if central is None:
+            return
         while not self._stop.is_set():
             if not sock.poll(_POLL_MS):
                 continue
@@ -249,7 +268,7 @@ class CentralServer:
             identity = frames[0].bytes
             try:
                 principal = self._principal(central, frames[0])
-            except sqlite3.Error:
+            except StorageError:
                 log.exception("snapshot: could not look up the requesting peer")
                 continue
             try:
@@ -264,7 +283,7 @@ class CentralServer:
                 continue
             try:
                 self._send_snapshot(central, sock, identity, subtree, principal)
-            except sqlite3.Error:
+            except StorageError:
                 log.exception("snapshot of %r to %s failed reading the database", subtree, principal.name)
         central.close()
 
@@ -290,22 +309,46 @@ class CentralServer:
     # ----- publisher ---------------------------------------------------------------------
 
     def _publish(self, sock: zmq.Socket) -> None:
-        central = Central(self.config.db_path)
+        central = self._open_until_available("publisher")
+        if central is None:
+            return
         publisher = _Publisher(self.config, central, sock, self._wake)
+        # On PostgreSQL the publisher learns of other nodes' (and other processes') changes by
+        # LISTEN/NOTIFY and polls by sequence as well, so a missed notification never loses an
+        # update; on SQLite it polls, and in-process writes wake it at once.
+        listens = central.db.dialect == "postgresql"
         while not self._stop.is_set():
-            self._wake.wait(timeout=publisher.seconds_to_heartbeat())
+            if listens:
+                if not self._wake.is_set():
+                    central.db.wait_for_change(publisher.seconds_to_heartbeat())
+            else:
+                self._wake.wait(timeout=publisher.seconds_to_heartbeat())
             self._wake.clear()
             try:
                 publisher.step()
-            except sqlite3.Error:
-                log.exception("publisher: database error; retrying")
+            except StorageError as exc:
+                log.error("publisher: database error (%s); retrying", exc)
                 self._stop.wait(0.5)
         central.close()
+
+    def _open_until_available(self, who: str) -> Central | None:
+        """A thread's own connection, retried while the database is unreachable (a failover in
+        progress) instead of killing the thread."""
+        while not self._stop.is_set():
+            try:
+                return Central(self.config.database, node=self.config.node_name, pool_size=self.config.pool_size,
+                               on_change=self._wake.set if who == "service" else None)
+            except StorageError as exc:
+                log.error("%s: cannot open the central database (%s); retrying", who, exc)
+                self._stop.wait(1.0)
+        return None
 
     # ----- collector and service ---------------------------------------------------------
 
     def _serve_requests(self, collector: zmq.Socket, service: zmq.Socket) -> None:
-        central = Central(self.config.db_path, on_change=self._wake.set)
+        central = self._open_until_available("service")
+        if central is None:
+            return
         poller = zmq.Poller()
         poller.register(collector, zmq.POLLIN)
         poller.register(service, zmq.POLLIN)
@@ -316,7 +359,7 @@ class CentralServer:
                 frames = collector.recv_multipart(copy=False)
                 try:
                     self._collect(central, frames)
-                except sqlite3.Error:
+                except StorageError:
                     log.exception("collector: database error; the KVSET was not applied")
             if service in ready:
                 frames = service.recv_multipart(copy=False)
@@ -325,7 +368,7 @@ class CentralServer:
                 else:
                     try:
                         reply = self._answer(central, frames[0], frames[2].bytes)
-                    except sqlite3.Error:
+                    except StorageError:
                         log.exception("service: database error")
                         reply = Reply(request_id=0, ok=False, error="central storage error")
                     service.send_multipart([frames[0].bytes, b"", encode_reply(reply)])
@@ -333,7 +376,7 @@ class CentralServer:
                 next_silence_check = time.monotonic() + 1.0
                 try:
                     silent = central.flag_silent_gates(self.config.gate_silent_after_s)
-                except sqlite3.Error:
+                except StorageError:
                     log.exception("could not check for silent gates")
                     silent = []
                 for gate_id in silent:
@@ -352,6 +395,11 @@ class CentralServer:
             keys = central.apply_kvset(msg)
         except (MalformedMessage, MalformedRecord, EnrollmentError, ScopeError) as exc:
             log.warning("collector: rejected KVSET from %s: %s", principal.name, exc)
+            return
+        except StorageError:
+            raise
+        except Exception:  # a value no check foresaw costs that one message, never the service
+            log.exception("collector: dropped a KVSET from %s that could not be applied", principal.name)
             return
         if keys:
             log.info("collector: %s set %s (%s)", principal.name, msg.key, "delete" if msg.is_delete else "upsert")
@@ -388,10 +436,11 @@ class CentralServer:
             return Reply(request_id=request.request_id, ok=False, error=f"central error: {type(exc).__name__}")
 
 
-def run_central(config: CentralConfig) -> None:
-    """Serve until SIGTERM or SIGINT: the body of `gate-central --config FILE`."""
+def run_central(config: CentralConfig) -> int:
+    """Serve until SIGTERM or SIGINT: the body of `gate-central --config FILE`. Returns the
+    process exit code (non-zero when a service thread died)."""
     server = CentralServer(config)
     server.start()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: server.request_stop())
-    server.serve_forever()
+    return server.serve_forever()

@@ -8,11 +8,13 @@ moved as a whole.
 from __future__ import annotations
 
 import dataclasses
+import socket
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+from sync.central_db import is_postgres
 from sync.scopes import ScopeError, check_id, parse_scope
 
 
@@ -22,7 +24,13 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class CentralConfig:
-    db_path: Path
+    # A SQLite file (the embedded default) or a PostgreSQL connection string
+    # ("postgresql://app@db1,db2/edgegate?target_session_attrs=read-write", libpq multi-host).
+    database: str | None = None
+    db_path: Path | None = None  # the setting's first name, still read: a SQLite file
+    node_name: str = dataclasses.field(default_factory=socket.gethostname)  # shown per gate in health
+    pool_size: int = 20  # PostgreSQL connections one central process may hold (each thread holds one)
+    audit_retention_days: int = 0  # PostgreSQL: drop monthly audit partitions older than this; 0 keeps all
     base_port: int = 5556  # snapshot P, updates P+1, collector P+2, audit/health P+3
     bind_host: str = "*"
     secret_key_file: Path | None = None  # central's CURVE keypair (NAME.key_secret)
@@ -33,6 +41,18 @@ class CentralConfig:
     snapshot_send_timeout_s: float = 10.0  # a gate that stops reading for this long loses its snapshot
     log_retention_s: float = 3600.0  # KVSET UUID de-duplication window
     expiry_check_s: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.database is None and self.db_path is None:
+            raise ConfigError("[central] database is required (a SQLite file or a postgresql:// URL)")
+        if self.database is None:
+            object.__setattr__(self, "database", str(self.db_path))
+        if not is_postgres(self.database) and self.db_path is None:
+            object.__setattr__(self, "db_path", Path(self.database))
+        if is_postgres(self.database):
+            object.__setattr__(self, "db_path", None)
+        if self.pool_size < 1:
+            raise ConfigError("[central] pool_size must be at least 1")
 
 
 @dataclass(frozen=True)
@@ -92,9 +112,18 @@ def _coerce(cls: type, data: Mapping[str, Any], base_dir: Path, section: str) ->
 
 
 def central_config_from_mapping(data: Mapping[str, Any], base_dir: Path) -> CentralConfig:
+    data = dict(data)
+    database = data.pop("database", None)
     values = _coerce(CentralConfig, data, base_dir, "central")
-    if "db_path" not in values:
-        raise ConfigError("[central] db_path is required")
+    if database is not None:
+        if not isinstance(database, str) or not database:
+            raise ConfigError("[central] database must be a SQLite file path or a postgresql:// URL")
+        if not is_postgres(database):
+            path = Path(database).expanduser()
+            database = str(path if path.is_absolute() else base_dir / path)
+        values["database"] = database
+    if "database" not in values and "db_path" not in values:
+        raise ConfigError("[central] database is required (a SQLite file or a postgresql:// URL)")
     return CentralConfig(**values)
 
 

@@ -45,11 +45,11 @@ def gates_table(statuses: Sequence[GateStatus], now: dt.datetime | None = None) 
              ", ".join(f"{k} {v}" for k, v in sorted(g.model_versions.items())) or "-",
              "-" if g.watchlist_seq is None else str(g.watchlist_seq),
              "-" if g.queue_depth is None else str(g.queue_depth),
-             g.last_decision_at or "-", str(g.audit_max_seq),
+             g.last_decision_at or "-", str(g.audit_max_seq), g.node or "-",
              " ".join(scope_label(s) for s in g.scopes)]
             for g in statuses]
     return _table(["gate", "status", "last seen", "software", "models", "watchlist seq", "queue", "last decision",
-                   "audit seq", "scopes"], rows)
+                   "audit seq", "node", "scopes"], rows)
 
 
 def subjects_table(subjects: Sequence[SubjectInfo]) -> str:

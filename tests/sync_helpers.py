@@ -210,10 +210,14 @@ def in_days(days: float) -> dt.datetime:
 class Deployment:
     """Keys, a central database and configs for one central and any number of gates."""
 
-    def __init__(self, root: Path, fast: bool = True):
+    def __init__(self, root: Path, database: str | None = None, fast: bool = True):
+        """`database`: the central's store (a SQLite path or a PostgreSQL URL, the
+        `central_database` fixture); a SQLite file in `root` when not given."""
         self.root = Path(root)
         self.keys = self.root / "keys"
-        self.db_path = self.root / "central.db"
+        self.database = database or str(self.root / "central.db")
+        self.db_path = None if self.database.startswith("postgresql") or "dbname=" in self.database \
+            else Path(self.database)
         self.base_port = free_base_port()
         central_files = generate_keypair_files(self.keys, "central")
         self.central_secret = central_files.secret
@@ -221,7 +225,7 @@ class Deployment:
         self.fast = fast
 
     def central_config(self, **overrides) -> CentralConfig:
-        values = dict(db_path=self.db_path, base_port=self.base_port, bind_host="127.0.0.1",
+        values = dict(database=self.database, base_port=self.base_port, bind_host="127.0.0.1",
                       secret_key_file=self.central_secret, heartbeat_s=0.1, log_poll_s=0.02,
                       gate_silent_after_s=1.0, snapshot_send_timeout_s=2.0, expiry_check_s=0.2)
         values.update(overrides)
@@ -241,14 +245,14 @@ class Deployment:
     def add_gate(self, gate_id: str, scopes: Sequence[str], register: bool = True) -> Path:
         files = generate_keypair_files(self.keys, f"gate-{gate_id}")
         if register:
-            central = Central(self.db_path)
+            central = Central(self.database)
             central.register_gate(gate_id, load_public_key(files.public), scopes)
             central.close()
         return files.secret
 
     def add_admin(self, name: str) -> Path:
         files = generate_keypair_files(self.keys, f"admin-{name}")
-        central = Central(self.db_path)
+        central = Central(self.database)
         central.register_admin(name, load_public_key(files.public))
         central.close()
         return files.secret

@@ -39,10 +39,10 @@ def _request(subject="VNM-079203012", scopes=(FLIGHT, "checkpoint:SGN"), list_ty
 
 
 @pytest.fixture
-def site(tmp_path):
-    dep = Deployment(tmp_path)
+def site(tmp_path, central_database):
+    dep = Deployment(tmp_path, central_database)
     files = generate_keypair_files(dep.keys, "station-K1")
-    central = Central(dep.db_path)
+    central = Central(dep.database)
     central.register_station("K1", load_public_key(files.public), "SGN")
     rng = np.random.default_rng(7)
     central.enroll_subject("DENY-1", "deny", ["checkpoint:SGN"], None, None, MODEL, unit(rng, 1))
@@ -62,7 +62,7 @@ def test_a_station_enrols_a_departing_traveller(site):
     dep, client, _ = site
     reply = client.enrol(_request())
     assert reply.ok, reply.error
-    central = Central(dep.db_path)
+    central = Central(dep.database)
     assert reply.change_seq == central.hashmap.current_seq() > 0
     list_type, scopes, name = central.subject_standing("VNM-079203012")
     assert (list_type, name) == ("allow", "Nguyễn Văn An")
@@ -88,10 +88,10 @@ def test_a_station_enrols_a_departing_traveller(site):
 ])
 def test_each_refusal_over_curve(site, changes, reason):
     dep, client, _ = site
-    before = Central(dep.db_path).list_subjects()
+    before = Central(dep.database).list_subjects()
     reply = client.enrol(_request(**changes))
     assert not reply.ok and reason in reply.error
-    assert Central(dep.db_path).list_subjects() == before
+    assert Central(dep.database).list_subjects() == before
 
 
 def test_a_station_cannot_revoke_snapshot_or_upload(site, caplog):
@@ -125,7 +125,7 @@ def test_a_station_cannot_revoke_snapshot_or_upload(site, caplog):
         assert not answer.ok and "not authorised for gate K1" in answer.error
     finally:
         ctx.destroy(0)
-    assert Central(dep.db_path).subject_standing("VNM-079203012")[1] == ("/checkpoint/SGN/",
+    assert Central(dep.database).subject_standing("VNM-079203012")[1] == ("/checkpoint/SGN/",
                                                                           f"/flight/VN123-{TODAY.isoformat()}/")
 
 
@@ -147,7 +147,7 @@ def test_a_gate_key_cannot_enrol_and_an_unknown_key_is_not_heard(site):
             unknown.enrol(_request())
     finally:
         unknown.close()
-    assert Central(dep.db_path).subject_standing("VNM-079203012") is None
+    assert Central(dep.database).subject_standing("VNM-079203012") is None
 
 
 def test_enrol_request_range_checks():
@@ -190,9 +190,9 @@ def test_gate_central_station_add_and_remove(tmp_path, capsys):
     assert gate_central.main(["--config", str(toml), "station", "add", "K2", "--public-key", str(pub),
                               "--airport", "SGN"]) == 0
     assert "airport SGN" in capsys.readouterr().out
-    assert Central(dep.db_path).principal("station:K2").scopes == ("SGN",)
+    assert Central(dep.database).principal("station:K2").scopes == ("SGN",)
     assert gate_central.main(["--config", str(toml), "station", "add", "K3", "--public-key", str(pub),
                               "--airport", "saigon"]) == 2
     assert "3-letter IATA code" in capsys.readouterr().err
     assert gate_central.main(["--config", str(toml), "station", "remove", "K2"]) == 0
-    assert Central(dep.db_path).principal("station:K2") is None
+    assert Central(dep.database).principal("station:K2") is None

@@ -69,9 +69,9 @@ def _agent(dep: Deployment, audit: SqliteAuditLog, gate_id="G1", **overrides) ->
     return agent
 
 
-def test_lazy_pirate_reopens_after_a_lost_reply_and_acks_only_on_reply(tmp_path, caplog):
+def test_lazy_pirate_reopens_after_a_lost_reply_and_acks_only_on_reply(tmp_path, caplog, central_database):
     caplog.set_level(logging.DEBUG, logger="sync.uploader")
-    dep = Deployment(tmp_path)
+    dep = Deployment(tmp_path, central_database)
     acked_before_reply = []
     audit = SqliteAuditLog(tmp_path / "audit.db")
 
@@ -101,8 +101,8 @@ def test_lazy_pirate_reopens_after_a_lost_reply_and_acks_only_on_reply(tmp_path,
         service.close()
 
 
-def test_partial_acknowledgement_marks_only_what_the_central_holds(tmp_path):
-    dep = Deployment(tmp_path)
+def test_partial_acknowledgement_marks_only_what_the_central_holds(tmp_path, central_database):
+    dep = Deployment(tmp_path, central_database)
     audit = SqliteAuditLog(tmp_path / "audit.db")
     service = ScriptedService(dep, lambda b, n: Reply(b.request_id, True, durable_seq=min(b.last_seq, 5 * n)))
     audit.append_many([{"event": "decision", "n": i} for i in range(12)])
@@ -116,16 +116,16 @@ def test_partial_acknowledgement_marks_only_what_the_central_holds(tmp_path):
 
 
 def _central_rows(dep: Deployment, gate_id="G1"):
-    c = Central(dep.db_path)
+    c = Central(dep.database)
     try:
         return list(c.audit.rows(gate_id))
     finally:
         c.close()
 
 
-def test_10k_decisions_while_the_central_is_down_are_drained_without_loss(tmp_path, caplog):
+def test_10k_decisions_while_the_central_is_down_are_drained_without_loss(tmp_path, caplog, central_database):
     caplog.set_level(logging.INFO)
-    dep = Deployment(tmp_path)
+    dep = Deployment(tmp_path, central_database)
     audit = SqliteAuditLog(tmp_path / "audit.db")
     agent = _agent(dep, audit, audit_batch_rows=500)
     try:
@@ -167,14 +167,14 @@ def _gate_process(dep: Deployment, audit_db, batch: int, log_path) -> subprocess
                             stdout=open(log_path, "ab"), stderr=subprocess.STDOUT)
 
 
-def test_gate_killed_mid_upload_loses_and_duplicates_nothing(tmp_path):
-    dep = Deployment(tmp_path)
+def test_gate_killed_mid_upload_loses_and_duplicates_nothing(tmp_path, central_database):
+    dep = Deployment(tmp_path, central_database)
     dep.add_gate("G1", ["lane:L1"])
     audit = SqliteAuditLog(tmp_path / "audit.db")
     audit.append_many([{"event": "decision", "n": i} for i in range(8000)])
     srv = CentralServer(dep.central_config())
     srv.start()
-    central = Central(dep.db_path)
+    central = Central(dep.database)
     proc = _gate_process(dep, tmp_path / "audit.db", 50, tmp_path / "gate.log")
     try:
         assert wait_until(lambda: central.audit.count("G1") >= 500, timeout=20, interval=0.002)
@@ -198,17 +198,17 @@ def test_gate_killed_mid_upload_loses_and_duplicates_nothing(tmp_path):
         srv.stop()
 
 
-def test_health_reports_reach_the_central_and_silence_is_flagged(tmp_path, caplog):
+def test_health_reports_reach_the_central_and_silence_is_flagged(tmp_path, caplog, central_database):
     gate_id = "G1"
     caplog.set_level(logging.INFO)
-    dep = Deployment(tmp_path)
+    dep = Deployment(tmp_path, central_database)
     srv = CentralServer(dep.central_config(gate_silent_after_s=0.8))
     srv.start()
     audit = SqliteAuditLog(tmp_path / "audit.db")
     audit.append_many([{"event": "decision"}] * 3)
     try:
         agent = _agent(dep, audit, gate_id)
-        central = Central(dep.db_path)
+        central = Central(dep.database)
         assert wait_until(lambda: central.gate_statuses(0.8)[0].queue_depth == 0)
         g = central.gate_statuses(0.8)[0]
         assert (g.status, g.software_version, g.watchlist_seq, g.silent, g.audit_max_seq) == ("ok", "t", 0, False, 3)

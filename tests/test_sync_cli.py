@@ -16,8 +16,8 @@ from tools import gate_central, gate_ops
 
 
 @pytest.fixture
-def dep(tmp_path):
-    d = Deployment(tmp_path)
+def dep(tmp_path, central_database):
+    d = Deployment(tmp_path, central_database)
     d.toml = d.central_toml()
     return d
 
@@ -55,7 +55,7 @@ def test_gate_admin_revoke_expire_and_list_commands(dep, capsys, tmp_path):
     code, out, _ = run(gate_central.main, ["--config", dep.toml, "gate", "list"], capsys)
     assert "gate:L1-gate" in out and "admin:ops" in out
 
-    central = Central(dep.db_path)
+    central = Central(dep.database)
     rng = np.random.default_rng(0)
     central.enroll_subject("alice", "allow", ["lane:L1", "flight:BA1"], None, in_days(30), MODEL, unit(rng, 2))
     central.enroll_subject("bob", "deny", ["lane:L1"], None, None, MODEL, unit(rng, 1))
@@ -72,7 +72,7 @@ def test_gate_admin_revoke_expire_and_list_commands(dep, capsys, tmp_path):
     code, out, _ = run(gate_central.main, ["--config", dep.toml, "expire"], capsys)
     assert code == 0 and "expired 0 subject(s)" in out
     code, out, _ = run(gate_central.main, ["--config", dep.toml, "gate", "remove", "L1-gate"], capsys)
-    assert code == 0 and Central(dep.db_path).principal("gate:L1-gate") is None
+    assert code == 0 and Central(dep.database).principal("gate:L1-gate") is None
     code, _, err = run(gate_central.main, ["revoke", "alice"], capsys)
     assert code == 2 and "--config" in err
 
@@ -89,7 +89,7 @@ def _chain(n: int) -> list[AuditRow]:
 
 
 def test_gate_ops_gates_and_audit_pull(dep, capsys, tmp_path):
-    central = Central(dep.db_path)
+    central = Central(dep.database)
     central.register_gate("G1", load_public_key(generate_keypair_files(tmp_path / "k", "g1").public), ["lane:L1"])
     central.register_gate("G2", load_public_key(generate_keypair_files(tmp_path / "k", "g2").public), ["lane:L2"])
     central.record_health(HealthReport("G1", 1, "ok", "0.3.1", {"mobilefacenet": "2"}, 42, 7,

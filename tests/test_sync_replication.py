@@ -23,12 +23,12 @@ HEALTH = {"status": "ok", "software_version": "test", "model_versions": {MODEL: 
 
 
 @pytest.fixture
-def running(tmp_path):
+def running(tmp_path, central_database):
     """Start servers and agents through this; everything is stopped at teardown."""
     started = []
 
     class Runner:
-        dep = Deployment(tmp_path)
+        dep = Deployment(tmp_path, central_database)
 
         def central(self, **overrides) -> CentralServer:
             srv = CentralServer(self.dep.central_config(**overrides))
@@ -64,7 +64,7 @@ def test_gate_follows_snapshot_updates_deletions_and_expiry(running, caplog):
     caplog.set_level(logging.INFO)
     dep = running.dep
     rng = np.random.default_rng(0)
-    central = Central(dep.db_path)
+    central = Central(dep.database)
     central.enroll_subjects([Enrollment(f"p{i}", "allow", ["lane:L1"], None, None, MODEL, unit(rng, 2))
                              for i in range(20)])
     central.enroll_subject("vip", "allow", ["flight:BA1"], None, None, MODEL, unit(rng, 1))
@@ -102,7 +102,7 @@ def test_central_down_at_gate_start_then_converges(running, caplog, tmp_path):
     caplog.set_level(logging.INFO)
     dep = running.dep
     rng = np.random.default_rng(1)
-    central = Central(dep.db_path)
+    central = Central(dep.database)
     central.enroll_subject("current", "allow", ["lane:L1"], None, None, MODEL, unit(rng, 1))
     secret = dep.add_gate("G1", ["lane:L1"])
     # The gate's cache from an earlier life: one subject since revoked at the central.
@@ -123,14 +123,14 @@ def test_central_down_at_gate_start_then_converges(running, caplog, tmp_path):
     running.central()
     assert wait_until(lambda: set(sink.snapshot()) == {"/lane/L1/current"}, timeout=10)
     assert wait_until(lambda: audit.unsent_count() == 0, timeout=10)
-    assert Central(dep.db_path).audit.count("G1") == 50
+    assert Central(dep.database).audit.count("G1") == 50
     assert "central reachable again" in caplog.text
 
 
 def test_gate_restart_keeps_cache_and_takes_a_fresh_snapshot(running, tmp_path):
     dep = running.dep
     rng = np.random.default_rng(2)
-    central = Central(dep.db_path)
+    central = Central(dep.database)
     central.enroll_subject("a", "allow", ["lane:L1"], None, None, MODEL, unit(rng, 1))
     secret = dep.add_gate("G1", ["lane:L1"])
     running.central()
@@ -161,7 +161,7 @@ def test_sequence_gap_triggers_a_fresh_snapshot(running, caplog):
     caplog.set_level(logging.INFO)
     dep = running.dep
     rng = np.random.default_rng(3)
-    central = Central(dep.db_path)
+    central = Central(dep.database)
     central.enroll_subject("a", "allow", ["lane:L1"], None, None, MODEL, unit(rng, 1))
     secret = dep.add_gate("G1", ["lane:L1"])
     srv = running.central()
@@ -187,7 +187,7 @@ def test_a_missed_last_update_is_caught_by_the_health_heads(running, caplog):
     caplog.set_level(logging.INFO)
     dep = running.dep
     rng = np.random.default_rng(4)
-    central = Central(dep.db_path)
+    central = Central(dep.database)
     central.enroll_subject("a", "allow", ["lane:L1"], None, None, MODEL, unit(rng, 1))
     secret = dep.add_gate("G1", ["lane:L1"])
     srv = running.central()
@@ -210,7 +210,7 @@ def test_central_killed_mid_snapshot(running, caplog, tmp_path):
     caplog.set_level(logging.INFO)
     dep = running.dep
     rng = np.random.default_rng(5)
-    central = Central(dep.db_path)
+    central = Central(dep.database)
     central.enroll_subjects([Enrollment(f"p{i:05d}", "allow", ["lane:L1"], None, None, MODEL, unit(rng, 1, dim=128))
                              for i in range(6_000)])
     secret = dep.add_gate("G1", ["lane:L1"])
@@ -242,7 +242,7 @@ def test_a_frozen_central_is_treated_as_gone_until_it_answers_again(running, cap
     """SIGSTOP keeps the central's TCP connections open but silent: only heartbeats can tell."""
     caplog.set_level(logging.INFO)
     dep = running.dep
-    central = Central(dep.db_path)
+    central = Central(dep.database)
     central.enroll_subject("a", "allow", ["lane:L1"], None, None, MODEL, unit(np.random.default_rng(6), 1))
     secret = dep.add_gate("G1", ["lane:L1"])
     proc = _central_process(dep, tmp_path / "central.log")

@@ -92,7 +92,7 @@ def kiosk_bench(model_dir: Path, images: Path, travellers: int = 12, fps: float 
     c.register_station("K1", load_public_key(station_keys.public), "SGN")
     c.register_gate("SEC-1", load_public_key(gate_keys.public), ["checkpoint:SGN"])
     c.close()
-    server = CentralServer(CentralConfig(db_path=db, base_port=base, bind_host="127.0.0.1",
+    server = CentralServer(CentralConfig(database=str(db), base_port=base, bind_host="127.0.0.1",
                                          secret_key_file=central_keys.secret, log_poll_s=0.005, heartbeat_s=0.5))
     server.start()
     sink_factory, probe, _ = gate_side_factories(dim=pipeline.embedder.dim, model_id=pipeline.model_id)

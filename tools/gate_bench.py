@@ -114,6 +114,19 @@ def cmd_sync(args) -> int:
     return 0
 
 
+def cmd_central(args) -> int:
+    from tools.bench_central import central_bench, format_table
+
+    r = central_bench(subjects=args.subjects, scope_size=args.scope_size, updates=args.updates, gates=args.gates,
+                      records=args.records, stores=tuple(args.stores),
+                      progress=lambda msg: print(f"[central] {msg}", file=sys.stderr, flush=True))
+    if args.json:
+        _print_json(r)
+    else:
+        print(format_table(r))
+    return 0
+
+
 def cmd_fuzz(args) -> int:
     from sync.fuzz import run_fuzz
 
@@ -197,6 +210,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--outage-events", type=int, default=10_000)
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_sync)
+    s = sub.add_parser("central", help="SQLite central vs a 2-node PostgreSQL central: bulk import, snapshot per node, "
+                                       "update latency, audit ingest from many gates")
+    s.add_argument("--subjects", type=int, default=1_000_000)
+    s.add_argument("--scope-size", type=int, default=100_000, help="subjects in the scope a gate snapshots")
+    s.add_argument("--updates", type=int, default=30)
+    s.add_argument("--gates", type=int, default=200)
+    s.add_argument("--records", type=int, default=1000, help="audit records per simulated gate")
+    s.add_argument("--stores", nargs="+", choices=["sqlite", "postgresql"], default=["sqlite", "postgresql"])
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_central)
     s = sub.add_parser("fuzz", help="mutated and random frames through every sync decoder: crashes (must be 0), "
                                     "rejections by reason")
     s.add_argument("--frames", type=int, default=100_000)

@@ -10,6 +10,7 @@
     gate-central --config F expire
     gate-central --config F list [--scope lane:L1] [--status active|revoked|expired]
     gate-central --config F enroll --from DIR --scope lane:L1 [--list deny] [--valid-until T]
+    gate-central --config F migrate [--from OLD_SQLITE_FILE]   create/upgrade the schema; copy a SQLite central
 
 Every command is a thin wrapper over sync.central / sync.central_server / sync.keys.
 """
@@ -22,6 +23,7 @@ from pathlib import Path
 
 from models.manifest import ModelError
 from sync.central import Central, EnrollmentError
+from sync.central_db import StorageError, redact_dsn
 from sync.config import ConfigError, load_central_config
 from sync.keys import KeyFileError, generate_keypair_files, load_public_key
 
@@ -29,7 +31,7 @@ from sync.keys import KeyFileError, generate_keypair_files, load_public_key
 def _central(args) -> Central:
     if args.config is None:
         raise ConfigError("this command needs --config FILE (the central's config)")
-    return Central(load_central_config(args.config).db_path)
+    return Central(load_central_config(args.config).database)
 
 
 def cmd_serve(args) -> int:
@@ -37,8 +39,7 @@ def cmd_serve(args) -> int:
 
     if args.config is None:
         raise ConfigError("serving needs --config FILE")
-    run_central(load_central_config(args.config))
-    return 0
+    return run_central(load_central_config(args.config))
 
 
 def cmd_keys_gen(args) -> int:
@@ -142,6 +143,21 @@ def cmd_enroll(args) -> int:
     return 0 if r.enrolled else 1
 
 
+def cmd_migrate(args) -> int:
+    from sync.central_migrate import copy_sqlite_central, migrate_schema
+
+    if args.config is None:
+        raise ConfigError("migrate needs --config FILE (the central whose database to create or fill)")
+    database = load_central_config(args.config).database
+    if args.from_file:
+        report = copy_sqlite_central(Path(args.from_file), database)
+        print(f"migrated {args.from_file} into {redact_dsn(database)}: {report.summary()}")
+    else:
+        before, after = migrate_schema(database)
+        print(f"{redact_dsn(database)}: schema " + (f"{before} -> {after}" if before != after else f"{after}, current"))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gate-central", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -217,6 +233,11 @@ def build_parser() -> argparse.ArgumentParser:
     en.add_argument("--no-flip", action="store_true")
     en.set_defaults(func=cmd_enroll)
 
+    mg = sub.add_parser("migrate", help="create or upgrade the central's schema (PostgreSQL); "
+                                        "--from copies a SQLite central into it")
+    mg.add_argument("--from", dest="from_file", help="the SQLite central database file to copy")
+    mg.set_defaults(func=cmd_migrate)
+
     ls = sub.add_parser("list", help="enrolled subjects")
     ls.add_argument("--scope")
     ls.add_argument("--status", choices=["active", "revoked", "expired"])
@@ -230,7 +251,7 @@ def main(argv=None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)
-    except (ConfigError, KeyFileError, EnrollmentError, ModelError, ValueError, OSError) as exc:
+    except (ConfigError, KeyFileError, EnrollmentError, ModelError, StorageError, ValueError, OSError) as exc:
         print(f"gate-central: {exc}", file=sys.stderr)
         return 2
 

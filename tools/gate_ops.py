@@ -17,6 +17,7 @@ from pathlib import Path
 
 from sync.audit_export import FORMATS, pull_audit
 from sync.central import Central
+from sync.central_db import StorageError
 from sync.config import ConfigError, load_central_config
 from sync.forget import all_gone, subject_presence
 from sync.ops import gates_table, parse_time
@@ -26,20 +27,20 @@ EXIT_CHAIN_BROKEN = 3
 
 def cmd_gates(args) -> int:
     cfg = load_central_config(args.config)
-    print(gates_table(Central(cfg.db_path).gate_statuses(cfg.gate_silent_after_s)))
+    print(gates_table(Central(cfg.database).gate_statuses(cfg.gate_silent_after_s)))
     return 0
 
 
 def cmd_audit_pull(args) -> int:
     cfg = load_central_config(args.config)
-    report = pull_audit(Central(cfg.db_path), args.gate, parse_time(args.since),
+    report = pull_audit(Central(cfg.database), args.gate, parse_time(args.since),
                         parse_time(args.until) if args.until else None, args.format, Path(args.out))
     print(report.summary())
     return 0 if report.check.ok else EXIT_CHAIN_BROKEN
 
 
 def cmd_subject_gone(args) -> int:
-    central = Central(load_central_config(args.config).db_path)
+    central = Central(load_central_config(args.config).database)
     try:
         checks = subject_presence(central, args.subject_id)
     finally:
@@ -75,7 +76,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, ValueError, OSError) as exc:
+    except (ConfigError, StorageError, ValueError, OSError) as exc:
         print(f"gate-ops: {exc}", file=sys.stderr)
         return 2
 
