@@ -184,3 +184,12 @@ def test_check_and_config_errors(station, tmp_path, capsys):
     bad.write_text(cfg_path.read_text().replace("threshold_1to1 = 0.93", ""))
     assert gate_kiosk.main(["--config", str(bad), "--check"]) == 2
     assert "missing required key verify.threshold_1to1" in capsys.readouterr().err
+
+
+def test_the_example_config_parses():
+    from tests.paths import REPO
+
+    cfg = load_config(REPO / "config" / "kiosk-checkin.toml")
+    assert cfg.station.id == "SGN-K07" and cfg.rules().threshold_1to1 == 0.93
+    assert cfg.identity.providers["vneid"] == Path("/etc/edgegate-kiosk/vneid.pub.pem")
+    assert cfg.link().base_port == 5556 and cfg.scanner.port == "/dev/ttyACM0"

@@ -58,7 +58,9 @@ def site(tmp_path, central_database):
     srv.stop()
 
 
-def test_a_station_enrols_a_departing_traveller(site):
+def test_a_station_enrols_a_departing_traveller(site, capsys):
+    from tools import gate_central
+
     dep, client, _ = site
     reply = client.enrol(_request())
     assert reply.ok, reply.error
@@ -72,6 +74,9 @@ def test_a_station_enrols_a_departing_traveller(site):
         bodies = [m.body for m in messages]
     assert bodies and all("Nguyễn".encode() not in b and b"Nguy" not in b for b in bodies)
     assert central.templates_of("VNM-079203012").shape == (3, 16)
+    assert gate_central.main(["--config", str(dep.central_toml()), "show", "VNM-079203012"]) == 0
+    out = capsys.readouterr().out
+    assert "Nguyễn Văn An" in out and f"flight:VN123-{TODAY.isoformat()}" in out and "checkpoint:SGN" in out
 
 
 @pytest.mark.parametrize("changes, reason", [

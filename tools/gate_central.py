@@ -6,6 +6,7 @@
     gate-central --config F gate remove ID | gate list
     gate-central --config F admin add NAME --public-key FILE
     gate-central --config F station add ID --public-key FILE --airport SGN | station remove ID
+    gate-central --config F show SUBJECT                 one subject, with its display name (staff only)
     gate-central --config F revoke SUBJECT [--scope lane:L1] [--reason TEXT]
     gate-central --config F expire
     gate-central --config F list [--scope lane:L1] [--status active|revoked|expired]
@@ -71,6 +72,21 @@ def cmd_gate_list(args) -> int:
 def cmd_admin_add(args) -> int:
     p = _central(args).register_admin(args.name, load_public_key(Path(args.public_key)))
     print(f"admin tool {p.ident} allowed")
+    return 0
+
+
+def cmd_show(args) -> int:
+    """One subject for staff: list type, where it is published and the name as the person writes it
+    (kept at the central only; gates never receive it)."""
+    from sync.scopes import scope_label
+
+    standing = _central(args).subject_standing(args.subject_id)
+    if standing is None:
+        print(f"no subject {args.subject_id} at this central", file=sys.stderr)
+        return 1
+    list_type, scopes, name = standing
+    print(f"subject      {args.subject_id}\nname         {name or '-'}\nlist         {list_type}\n"
+          f"published in {', '.join(scope_label(s) for s in scopes) or '- (withdrawn)'}")
     return 0
 
 
@@ -199,6 +215,10 @@ def build_parser() -> argparse.ArgumentParser:
     aadd.add_argument("name")
     aadd.add_argument("--public-key", required=True)
     aadd.set_defaults(func=cmd_admin_add)
+
+    sh = sub.add_parser("show", help="one subject for staff, with its display name")
+    sh.add_argument("subject_id")
+    sh.set_defaults(func=cmd_show)
 
     station = sub.add_parser("station", help="enrolment stations (check-in kiosks, counters)").add_subparsers(
         dest="station_cmd", required=True, parser_class=with_config)
