@@ -111,8 +111,25 @@ class StationDaemon:
             self.audit.close()
 
     def run(self, stop: threading.Event) -> None:
+        """Serve until `stop`. A failing step (an audit write refused by a full disk, a vision
+        error on a frame) ends the traveller's session, never the station: a session whose
+        audit could not be written is not enrolled (audit first, then the enrolment)."""
         while not stop.is_set():
-            self.step()
+            try:
+                self.step()
+            except Exception:
+                log.exception("station step failed")
+                self._fail_session()
+                stop.wait(0.5)
+
+    def _fail_session(self) -> None:
+        """Close the current session without enrolling (its audit may be missing, so nothing
+        that depends on it is sent) and start a fresh one."""
+        log.error("the current session is closed without enrolling")
+        self.completed.append({"outcome": "station_error", "subject_id": None, "referral": "",
+                               "first_face_t": self._first_face_t, "done_t": time.monotonic()})
+        self._new_session()
+        self.guidance = "Station temporarily out of order; please see the agent"
 
     # ----- the loop ----------------------------------------------------------------------------
 
@@ -203,8 +220,10 @@ class StationDaemon:
                 return
             try:
                 fut.set_result(self._command(req, peer))
-            except Exception as exc:  # a bad command must never stop the station
+            except Exception as exc:  # a failed command must never stop the station
                 log.exception("control command failed")
+                if self.session.state is State.PUBLISHING:  # e.g. its audit record could not be written
+                    self._fail_session()
                 fut.set_result({"ok": False, "error": str(exc)})
 
     def _command(self, req: dict, peer: Peer) -> dict:

@@ -159,13 +159,26 @@ def test_station_enrols_and_refers_end_to_end(station, capsys):
         # 3. a pass from another airport is refused at the scan
         assert gate_kiosk.main(["--config", str(cfg_path), "scan", _pass("LE/VAN C").replace("SGNHAN", "HANSGN")]) == 1
         assert "no leg of this pass departs from SGN" in capsys.readouterr().err
+
+        # 4. the audit log refuses writes (disk full): the station answers, enrols nobody, recovers
+        daemon.audit.set_size_limit(1)  # the database cannot grow by one more page
+        for i in range(300):  # refused passes fill the last page's free space first
+            reply = call(sock, "scan", code=_pass("PHAM/VAN D").replace(" 0123 ", " 01X3 "))
+            if "was not written" in reply["error"]:
+                break
+        assert not reply["ok"] and "was not written" in reply["error"]
+        assert call(sock, "status")["ok"]
+        daemon.audit.set_size_limit(1 << 30)  # space is back
+        assert call(sock, "scan", code=_pass("PHAM/VAN D"))["ok"]
     finally:
         stop.set()
         loop.join(10)
         daemon.close()
-    records = [r.body for r in AuditLog(cfg.station.state_dir, read_only=True).tail(100)]
+    records = [r.body for r in AuditLog(cfg.station.state_dir, read_only=True).tail(1000)]
     events = [r["event"] for r in records]
-    assert events.count("kiosk_attempt") == 2 and "kiosk_referred" in events and "kiosk_agent_approved" in events
+    outcomes = [r["outcome"] for r in records if r["event"] == "kiosk_attempt"]
+    assert outcomes == ["enrolled", "enrolled", "abandoned"]  # the last: the station stopped mid-session
+    assert "kiosk_referred" in events and "kiosk_agent_approved" in events
     approved = next(r for r in records if r["event"] == "kiosk_agent_approved")
     assert approved["operator"].startswith("agent-07 (uid ") and approved["reason"] == "card checked by eye"
     assert AuditLog(cfg.station.state_dir, read_only=True).verify().ok
