@@ -19,7 +19,7 @@ import numpy as np
 
 from sync.audit_chain import AuditRow
 from sync.scopes import ScopeError, check_id, parse_scope
-from sync.subject_record import MAX_DIM, normalise_templates
+from sync.subject_record import MAX_DIM
 
 MAX_BATCH_ROWS = 5000
 _HASH_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -76,7 +76,8 @@ class EnrolRequest:
          "vf": int | nil, "vu": int, "model": str, "n": int, "dim": int, "tpl": bin}
     `scopes` are "flight:VN123-2026-12-02" / "checkpoint:SGN"; `from` is the departure airport
     of the boarding-pass leg; vf/vu are Unix seconds UTC (vu required: a station's enrolment
-    always ends); `tpl` is n*dim float32 little-endian, n 1..16. The list type is carried so a
+    always ends); `tpl` is n*dim float32 little-endian, n 1..16, rows L2-normalised (as the
+    embedder makes them; checked, not rescaled, so a request re-encodes to the same bytes). The list type is carried so a
     deny request is refused by policy, visibly, rather than being unrepresentable.
     """
 
@@ -95,6 +96,14 @@ class EnrolRequest:
     @property
     def gate_id(self) -> str:  # the sender, for log lines shared with gate requests
         return self.station_id
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, EnrolRequest):
+            return NotImplemented
+        fields = ("station_id", "request_id", "subject_id", "display_name", "list_type", "scopes",
+                  "departure_airport", "valid_from", "valid_until", "model_id")
+        return all(getattr(self, f) == getattr(other, f) for f in fields) and \
+            self.templates.shape == other.templates.shape and bool(np.array_equal(self.templates, other.templates))
 
 
 @dataclass(frozen=True)
@@ -252,10 +261,11 @@ def _decode_enrol(obj: dict) -> EnrolRequest:
                                f"got n={n!r} dim={dim!r}")
     if not isinstance(tpl, bytes) or len(tpl) != n * dim * 4:
         raise MalformedRequest(f"tpl must be n*dim*4 = {n * dim * 4} bytes of float32")
-    try:
-        templates = normalise_templates(np.frombuffer(tpl, dtype="<f4").reshape(n, dim))
-    except ValueError as exc:
-        raise MalformedRequest(f"templates: {exc}") from exc
+    templates = np.frombuffer(tpl, dtype="<f4").reshape(n, dim)
+    if not np.isfinite(templates).all():
+        raise MalformedRequest("templates contain NaN or infinite values")
+    if not (np.abs(np.einsum("ij,ij->i", templates, templates) - 1.0) <= 2e-3).all():
+        raise MalformedRequest("templates are not L2-normalised")
     return EnrolRequest(station_id=station, request_id=_int(obj, "rid"), subject_id=subject, display_name=name,
                         list_type=list_type, scopes=scopes, departure_airport=airport, valid_from=vf, valid_until=vu,
                         model_id=model, templates=templates)

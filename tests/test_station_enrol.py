@@ -157,7 +157,8 @@ def test_a_gate_key_cannot_enrol_and_an_unknown_key_is_not_heard(site):
 
 def test_enrol_request_range_checks():
     good = msgpack.unpackb(encode_enrol(_request()), raw=False)
-    assert decode_request(msgpack.packb(good, use_bin_type=True)).display_name == "Nguyễn Văn An"
+    decoded = decode_request(msgpack.packb(good, use_bin_type=True))
+    assert decoded.display_name == "Nguyễn Văn An" and decode_request(encode_enrol(decoded)) == decoded
     for change, reason in [
         ({"vu": None}, "vu must be a Unix time"),
         ({"vu": -5}, "vu must be a Unix time"),
@@ -168,6 +169,7 @@ def test_enrol_request_range_checks():
         ({"n": 17}, "n must be 1..16"),
         ({"tpl": b"\x00" * 12}, r"tpl must be n\*dim\*4"),
         ({"tpl": np.full(good["n"] * good["dim"], np.nan, "<f4").tobytes()}, "NaN"),
+        ({"tpl": np.full(good["n"] * good["dim"], 2.0, "<f4").tobytes()}, "not L2-normalised"),
         ({"name": "x" * 200}, "name must be nil or 1-128"),
         ({"subject": "Nguyễn_Văn_An"}, "subject id"),
         ({"station": None}, "station id"),
