@@ -4,7 +4,9 @@ Threads: the camera grabber (vision.capture) and the serial scanner (devices.bar
 their queues; the control socket (gate.control, the lane's own) takes staff commands; the
 main loop owns the session, runs vision on the newest frame while capturing, and carries out
 the session's actions in order: audit first (hash-chained gate.audit log, no images), then
-guidance, then the enrolment sent to the central (sync.station_client over CURVE).
+guidance, then the enrolment sent to the central (sync.station_client over CURVE). The audit
+log is uploaded to the central under the station's id by the gates' own uploader
+(sync.uploader.AuditUploader, Lazy Pirate), so `gate-ops audit pull --gate <station>` exports it.
 """
 from __future__ import annotations
 
@@ -27,8 +29,13 @@ from kiosk.icao9303 import load_csca_list
 from kiosk.identity import IdentityError, load_provider_key
 from kiosk.inbox import Trust, next_handover
 from kiosk.session import Audit, Guide, Publish, Refer, Session, State
+import zmq
+
+from sync.config import AgentConfig
+from sync.scopes import checkpoint_scope, parse_scope
 from sync.service_messages import EnrolRequest
 from sync.station_client import CentralUnreachable, StationClient
+from sync.uploader import AuditUploader
 from vision.capture import FrameGrabber, open_source
 
 log = logging.getLogger(__name__)
@@ -54,6 +61,10 @@ class StationDaemon:
         self._control: ControlServer | None = None
         self._client: StationClient | None = None
         self.audit: AuditLog | None = None
+        self._uploader: AuditUploader | None = None
+        self._upload_stop = threading.Event()
+        self._upload_thread: threading.Thread | None = None
+        self._zmq: zmq.Context | None = None
 
     # ----- lifecycle ---------------------------------------------------------------------------
 
@@ -83,7 +94,21 @@ class StationDaemon:
         cfg.station.state_dir.mkdir(parents=True, exist_ok=True)
         cfg.station.inbox.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.audit = AuditLog(cfg.station.state_dir)
-        self._client = StationClient(cfg.link())
+        self._zmq = zmq.Context()
+        link = cfg.link()
+        self._client = StationClient(link, self._zmq)
+        # The uploader only reads the central's address, keys, retry settings and the id; the
+        # scope and model fields it never uses are filled with the station's own.
+        upload_cfg = AgentConfig(
+            gate_id=cfg.station.id, central_host=link.central_host, base_port=link.base_port,
+            scopes=(parse_scope(checkpoint_scope(cfg.station.airport)),),
+            accepted_models=frozenset({self.pipeline.model_id}), secret_key_file=link.secret_key_file,
+            central_public_key_file=link.central_public_key_file, dev_plain_loopback=link.dev_plain_loopback,
+            reply_timeout_s=link.reply_timeout_s, request_retries=link.request_retries, audit_idle_poll_s=2.0)
+        self._uploader = AuditUploader(upload_cfg, link.security(), self.audit, self._zmq)
+        self._upload_thread = threading.Thread(target=self._uploader.run, args=(self._upload_stop,),
+                                               name="audit-upload", daemon=True)
+        self._upload_thread.start()
         if cfg.scanner is not None:
             self._scanner = BarcodeScanner(cfg.scanner).open()
         c = cfg.camera
@@ -107,6 +132,12 @@ class StationDaemon:
             self._scanner.close()
         if self._client is not None:
             self._client.close()
+        if self._upload_thread is not None:
+            self._uploader.wake()
+            self._upload_stop.set()
+            self._upload_thread.join(10)
+        if self._zmq is not None:
+            self._zmq.term()
         if self.audit is not None:
             self.audit.close()
 
@@ -180,6 +211,7 @@ class StationDaemon:
         for a in actions:
             if isinstance(a, Audit):
                 self.audit.append({**a.body, "station": self.cfg.station.id})
+                self._uploader.wake()
             elif isinstance(a, Guide):
                 self.guidance = a.message
                 log.info("guidance: %s", a.message)
@@ -233,7 +265,8 @@ class StationDaemon:
             return {"ok": True, "station": self.cfg.station.id, "airport": self.cfg.station.airport,
                     "state": s.state.value, "guidance": self.guidance, "referral": s.referral or None,
                     "subject_id": s.reference.subject_id if s.reference else None,
-                    "flight": s.leg.flight if s.leg else None, "completed": len(self.completed)}
+                    "flight": s.leg.flight if s.leg else None, "completed": len(self.completed),
+                    "audit_unsent": self.audit.unsent_count(), "central_reachable": self._uploader.status().reachable}
         if cmd == "scan":  # the agent types or pastes the pass when the scanner cannot read it
             actions = s.on_pass(str(req.get("code", "")), dt.datetime.now(dt.timezone.utc))
             self._apply(actions)

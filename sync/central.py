@@ -455,6 +455,8 @@ class Central:
             parsed = tuple(sorted({parse_scope(s) for s in scopes}))
         except ScopeError as exc:
             raise EnrollmentError(str(exc)) from exc
+        if self.principal(f"station:{gate_id}") is not None:  # they share the audit store's ids
+            raise EnrollmentError(f"{gate_id} is an enrolment station's id; a gate needs another")
         return self._register(Principal("gate", gate_id, _key_text(public_key), parsed))
 
     def register_station(self, station_id: str, public_key: bytes | str, airport: str) -> Principal:
@@ -464,6 +466,8 @@ class Central:
             checkpoint_scope(airport)
         except ScopeError as exc:
             raise EnrollmentError(str(exc)) from exc
+        if self.principal(f"gate:{station_id}") is not None:  # they share the audit store's ids
+            raise EnrollmentError(f"{station_id} is a gate's id; a station needs another")
         return self._register(Principal("station", station_id, _key_text(public_key), (airport,)))
 
     def register_admin(self, name: str, public_key: bytes | str) -> Principal:

@@ -34,7 +34,7 @@ def parse_scope(text: str) -> str:
     if text.startswith("/"):
         parts = text.split("/")
         if len(parts) != 4 or parts[3] != "":
-            raise ScopeError(f"scope {text!r} must look like /lane/ID/ or /flight/NO/")
+            raise ScopeError(f"scope {text!r} must look like /lane/ID/, /flight/NO/ or /checkpoint/AIRPORT/")
         kind, ident = parts[1], parts[2]
     else:
         kind, sep, ident = text.partition(":")

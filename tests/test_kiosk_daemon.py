@@ -170,6 +170,9 @@ def test_station_enrols_and_refers_end_to_end(station, capsys):
         assert call(sock, "status")["ok"]
         daemon.audit.set_size_limit(1 << 30)  # space is back
         assert call(sock, "scan", code=_pass("PHAM/VAN D"))["ok"]
+        # every record reaches the central's audit store under the station's id
+        assert wait_until(lambda: call(sock, "status")["audit_unsent"] == 0, timeout=20)
+        assert Central(dep.database).audit.count("K1") == daemon.audit.last_seq()
     finally:
         stop.set()
         loop.join(10)

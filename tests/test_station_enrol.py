@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import zmq
 
-from sync.central import Central
+from sync.central import Central, EnrollmentError
 from sync.central_server import CentralServer
 from sync.keys import generate_keypair_files, load_keypair, load_public_key
 from sync.kvmsg import KVMsg, new_uuid
@@ -22,7 +22,7 @@ from sync.station_client import CentralUnreachable, StationClient, StationLink
 from sync.station_policy import ExistingSubject, StationRefusal, check_enrolment
 from sync.transport import Security, connect_socket
 from sync.audit_chain import GENESIS_HASH, AuditRow, record_hash
-from sync.service_messages import AuditBatch
+from sync.service_messages import AuditBatch, HealthReport, encode_health
 from tests.sync_helpers import MODEL, Deployment, unit, wait_until
 
 NOW = dt.datetime.now(dt.timezone.utc)
@@ -120,14 +120,20 @@ def test_a_station_cannot_revoke_snapshot_or_upload(site, caplog):
         dealer.send_multipart([b"ICANHAZ?", b"/checkpoint/SGN/"])
         assert not dealer.poll(800)
         assert wait_until(lambda: "snapshot: refused '/checkpoint/SGN/' to station:K1" in caplog.text)
-        # an audit batch under its own id (the service is for gates)
-        req = connect_socket(ctx, zmq.REQ, security, "127.0.0.1", dep.base_port + 3, 1 << 20)
+        # its own audit log is accepted under its own id only; health reports are for gates
         row = AuditRow(1, "2026-12-02T00:00:00Z", GENESIS_HASH, record_hash(1, "2026-12-02T00:00:00Z", GENESIS_HASH,
                                                                              {"e": 1}), {"e": 1})
-        req.send(encode_audit_batch(AuditBatch("K1", 5, (row,))))
-        assert req.poll(3000)
-        answer = decode_reply(req.recv())
-        assert not answer.ok and "not authorised for gate K1" in answer.error
+        health = HealthReport("K1", 6, "ok", "t", {}, 0, 0, None)
+        for payload, ok, error in ((encode_audit_batch(AuditBatch("G1", 5, (row,))), False, "not authorised for gate G1"),
+                                   (encode_health(health), False, "not authorised for gate K1"),
+                                   (encode_audit_batch(AuditBatch("K1", 7, (row,))), True, "")):
+            req = connect_socket(ctx, zmq.REQ, security, "127.0.0.1", dep.base_port + 3, 1 << 20)
+            req.send(payload)
+            assert req.poll(3000)
+            answer = decode_reply(req.recv())
+            assert answer.ok is ok and error in answer.error
+            req.close(0)
+        assert Central(dep.database).audit.count("K1") == 1 and Central(dep.database).audit.count("G1") == 0
     finally:
         ctx.destroy(0)
     assert Central(dep.database).subject_standing("VNM-079203012")[1] == ("/checkpoint/SGN/",
@@ -136,7 +142,9 @@ def test_a_station_cannot_revoke_snapshot_or_upload(site, caplog):
 
 def test_a_gate_key_cannot_enrol_and_an_unknown_key_is_not_heard(site):
     dep, _, link = site
-    gate_secret = dep.add_gate("K1", ["checkpoint:SGN"])  # a gate even named like the station
+    with pytest.raises(EnrollmentError, match="is an enrolment station's id"):
+        dep.add_gate("K1", ["checkpoint:SGN"])
+    gate_secret = dep.add_gate("SEC-1", ["checkpoint:SGN"])  # a gate's key claiming to be station K1
     as_gate = StationClient(StationLink("K1", "127.0.0.1", dep.base_port, gate_secret, dep.central_public,
                                         reply_timeout_s=2.0))
     try:
