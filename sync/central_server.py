@@ -27,7 +27,7 @@ from sync.central_db import StorageError
 from sync.config import CentralConfig
 from sync.forget import forget_withdrawn
 from sync.keys import load_keypair
-from sync.kvmsg import KVMsg, MalformedMessage, hugz, kthxbai, parse_icanhaz
+from sync.kvmsg import KVMsg, MalformedMessage, hugz, kthxbai, parse_icanhaz_request
 from sync.scopes import ScopeError
 from sync.service_messages import AuditBatch, EnrolRequest, MalformedRequest, Reply, decode_request, encode_reply
 from sync.station_service import answer_enrolment
@@ -272,7 +272,7 @@ class CentralServer:
                 log.exception("snapshot: could not look up the requesting peer")
                 continue
             try:
-                subtree = parse_icanhaz([f.bytes for f in frames[1:]])
+                subtree, since = parse_icanhaz_request([f.bytes for f in frames[1:]])
             except MalformedMessage as exc:
                 log.warning("snapshot: malformed request from %s: %s", principal.name if principal else "?", exc)
                 continue
@@ -282,10 +282,34 @@ class CentralServer:
                             ", ".join(principal.scopes) if principal else "nothing")
                 continue
             try:
+                if since is not None:
+                    self._send_catch_up(central, sock, identity, subtree, since, principal)
+                    continue
                 self._send_snapshot(central, sock, identity, subtree, principal)
             except StorageError:
                 log.exception("snapshot of %r to %s failed reading the database", subtree, principal.name)
         central.close()
+
+    def _send_catch_up(self, central: Central, sock: zmq.Socket, identity: bytes, subtree: str, since: int,
+                       who: Principal) -> None:
+        """The changes in one scope after `since` (a gate moving between nodes, or back after an
+        outage), or a refusal that sends the gate to a snapshot when the log cannot prove it has
+        them all. Every node answers the same: the log is the database's."""
+        seq, changes = central.hashmap.changes_since(subtree, since)
+        try:
+            if changes is None:
+                sock.send_multipart([identity, *kthxbai(seq, subtree, delta="refused").frames()])
+                log.info("catch-up of %r for %s from %d refused: the change log no longer holds it all; "
+                         "the gate takes a snapshot", subtree, who.name, since)
+                return
+            for msg in changes:
+                sock.send_multipart([identity, *msg.frames()], copy=False)
+            sock.send_multipart([identity, *kthxbai(seq, subtree, delta="1").frames()])
+        except zmq.ZMQError as exc:
+            log.warning("catch-up of %r to %s aborted: %s", subtree, who.name, exc)
+            return
+        log.info("catch-up of %r to %s: %d change(s) after %d, at sequence %d", subtree, who.name, len(changes),
+                 since, seq)
 
     def _send_snapshot(self, central: Central, sock: zmq.Socket, identity: bytes, subtree: str, who: Principal) -> None:
         sent = 0

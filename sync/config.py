@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from sync.central_db import is_postgres
+from sync.endpoints import Endpoint, EndpointError, parse_endpoint
 from sync.scopes import ScopeError, check_id, parse_scope
 
 
@@ -65,7 +66,7 @@ class AgentConfig:
     secret_key_file: Path | None = None  # this gate's CURVE keypair
     central_public_key_file: Path | None = None
     dev_plain_loopback: bool = False
-    heartbeat_timeout_s: float = 5.0  # no HUGZ for this long: central considered lost
+    heartbeat_timeout_s: float = 2.5  # no HUGZ (sent every 1 s) for this long: that node is lost, try the next
     snapshot_idle_timeout_s: float = 10.0  # no snapshot message for this long: snapshot aborted
     reply_timeout_s: float = 2.5  # Lazy Pirate reply timeout
     request_retries: int = 3  # tries per batch before backing off
@@ -75,8 +76,21 @@ class AgentConfig:
     health_interval_s: float = 10.0
     head_grace_s: float = 2.0  # how long a scope may lag the central's head before a re-snapshot
     max_buffered_updates: int = 200_000
+    # Several central nodes, preferred first ("tcp://a:5556"); empty = central_host:base_port only.
+    central: tuple[str, ...] = ()
+    failback_after_s: float = 30.0  # how often a part that moved away tries the preferred node again
+    move_after_timeouts: int = 1  # Lazy Pirate timeouts in a row after which audit/health try the next node
+
+    def endpoints(self) -> tuple[Endpoint, ...]:
+        if self.central:
+            return tuple(parse_endpoint(e) for e in self.central)
+        return (Endpoint(self.central_host, self.base_port),)
 
     def __post_init__(self) -> None:
+        try:
+            self.endpoints()
+        except EndpointError as exc:
+            raise ConfigError(f"[sync] central: {exc}") from exc
         if not self.scopes:
             raise ConfigError("sync.scopes: a gate follows at least one lane or flight")
         if not self.accepted_models:
@@ -144,6 +158,19 @@ def agent_config_from_mapping(data: Mapping[str, Any], base_dir: Path) -> AgentC
     `scopes` is a list of "lane:ID" / "flight:NO"; `accepted_models` a list of model ids.
     """
     values = _coerce(AgentConfig, data, base_dir, "sync")
+    if "central" in values:
+        central = values["central"]
+        if isinstance(central, str):
+            central = [central]
+        if not isinstance(central, list) or not central or not all(isinstance(c, str) for c in central):
+            raise ConfigError('[sync] central must be a list of endpoints, e.g. ["tcp://a:5556", "tcp://b:5556"]')
+        try:
+            first = parse_endpoint(central[0])
+        except EndpointError as exc:
+            raise ConfigError(f"[sync] central: {exc}") from exc
+        values["central"] = tuple(central)
+        values.setdefault("central_host", first.host)
+        values.setdefault("base_port", first.base_port)
     for required in ("gate_id", "central_host", "base_port", "scopes", "accepted_models"):
         if required not in values:
             raise ConfigError(f"[sync] {required} is required")

@@ -15,6 +15,9 @@ from sync.kvmsg import PREV_PROPERTY, KVMsg, decode_properties, encode_propertie
 from sync.scopes import split_key
 
 
+MAX_CATCH_UP = 50_000  # changes in one catch-up answer; beyond that a snapshot is cheaper
+
+
 def _subtree_bounds(subtree: str) -> tuple[str, str]:
     # Keys under "/lane/A/" sort between "/lane/A/" and "/lane/A0" ('0' follows '/').
     return subtree, subtree[:-1] + "0"
@@ -77,6 +80,33 @@ class Hashmap:
             else:
                 rows = self._conn.stream("SELECT key, seq, body FROM kv ORDER BY key")
             yield seq, (KVMsg(key=k, seq=s, body=bytes(b)) for k, s, b in rows)
+
+    def changes_since(self, subtree: str, since: int, limit: int = MAX_CATCH_UP) -> tuple[int, list[KVMsg] | None]:
+        """(current sequence, every change in one scope after `since`, in order) for a gate
+        that moves between central nodes or lost contact for a while; None when the log no
+        longer holds them all (pruned, a forgotten subject's entries deleted) or there are more
+        than `limit` (a snapshot is then cheaper), so the gate must take a snapshot.
+
+        Complete means: the first change after `since` names, as its `prev`, a change at or
+        before `since` (the scope's changes form a chain through `prev`), or there is none and
+        the scope's head is at or before `since`."""
+        with self._conn.read_snapshot():
+            seq = self.current_seq()
+            rows = self._conn.execute(
+                "SELECT seq, key, uuid, props, body FROM kv_log WHERE scope = ? AND seq > ? ORDER BY seq LIMIT ?",
+                (subtree, since, limit + 1)).fetchall()
+            head = self.scope_heads([subtree])[subtree]
+        if len(rows) > limit:
+            return seq, None
+        changes = [KVMsg(key=k, seq=s, uuid=bytes(u) if u else b"", props=decode_properties(p.encode("utf-8")),
+                         body=bytes(b)) for s, k, u, p, b in rows]
+        if not changes:
+            return seq, [] if head <= since else None
+        try:
+            first_prev = int(changes[0].props.get(PREV_PROPERTY, ""))
+        except ValueError:
+            return seq, None
+        return seq, changes if first_prev <= since else None
 
     def changes_after(self, seq: int, limit: int) -> list[KVMsg]:
         rows = self._conn.execute(

@@ -79,6 +79,8 @@ class HealthReporter:
                         self._check_scopes(reply.scope_heads)
                     else:
                         log.error("central refused our health report: %s", reply.error)
-                stop.wait(self._cfg.health_interval_s)
+                # after a timeout, try again soon (on the next node once the retries are used up)
+                stop.wait(self._cfg.health_interval_s if reply is not None
+                          else min(self._cfg.health_interval_s, self._cfg.reply_timeout_s))
         finally:
             self._client.close()

@@ -22,6 +22,7 @@ from sync.audit_chain import AuditRow
 from sync.config import AgentConfig
 from sync.interfaces import AuditSource
 from sync.service_messages import AuditBatch, MalformedRequest, Reply, decode_reply, encode_audit_batch
+from sync.endpoints import EndpointChoice
 from sync.transport import MAX_CONTROL_FRAME, MAX_SERVICE_FRAME, SERVICE_OFFSET, HandshakeWatch, Security, connect_socket
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,7 @@ class UploaderStatus:
     reachable: bool = False
     last_ack_at: float | None = None
     last_error: str = ""
+    central: str = ""  # the central endpoint the uploader uses now (host:base_port)
 
 
 class _Outcome(enum.Enum):
@@ -54,11 +56,20 @@ class LazyPirateClient:
         self._label = label
         self._sock: zmq.Socket | None = None
         self._watch: HandshakeWatch | None = None
+        # Several central nodes: after move_after_timeouts timeouts in a row, the next one (the
+        # freelance pattern: a timeout on one node is a reason to ask another at once).
+        self.choice = EndpointChoice(config.endpoints(), label, retries=config.move_after_timeouts,
+                                     failback_after_s=config.failback_after_s)
+
+    @property
+    def endpoint(self) -> str:
+        return str(self.choice.current)
 
     def _open(self) -> zmq.Socket:
         if self._sock is None:
-            self._sock = connect_socket(self._ctx, zmq.REQ, self._security, self._cfg.central_host,
-                                        self._cfg.base_port + SERVICE_OFFSET, MAX_CONTROL_FRAME)
+            where = self.choice.current
+            self._sock = connect_socket(self._ctx, zmq.REQ, self._security, where.host,
+                                        where.base_port + SERVICE_OFFSET, MAX_CONTROL_FRAME)
             if self._watch is None:
                 self._watch = HandshakeWatch(self._sock, self._label, log)
             else:  # keeps what it already reported, so a refused key is logged once, not per retry
@@ -73,7 +84,11 @@ class LazyPirateClient:
             self._sock = None
 
     def request(self, payload: bytes, request_id: int, stop: threading.Event) -> Reply | None:
-        """Send once and wait for the matching reply; None after a timeout (socket reopened)."""
+        """Send once and wait for the matching reply; None after a timeout (socket reopened,
+        and after `request_retries` of them the next central endpoint)."""
+        if self.choice.time_to_try_preferred():
+            self.close()
+            self.choice.try_preferred()
         sock = self._open()
         sock.send(payload)
         deadline = time.monotonic() + self._cfg.reply_timeout_s
@@ -92,8 +107,11 @@ class LazyPirateClient:
                     log.warning("%s: reply to request %d while waiting for %d; dropped", self._label,
                                 reply.request_id, request_id)
                     break
+                self.choice.succeeded()
                 return reply
         self.close()
+        if not stop.is_set():
+            self.choice.failed()
         return None
 
 
@@ -104,7 +122,7 @@ class AuditUploader:
         self._client = LazyPirateClient(config, security, ctx, "audit upload")
         self._wake = threading.Event()
         self._lock = threading.Lock()
-        self._status = UploaderStatus()
+        self._status = UploaderStatus(central=self._client.endpoint)
         self._unreachable_logged = False
 
     def wake(self) -> None:
@@ -134,9 +152,13 @@ class AuditUploader:
                     self._wake.wait(cfg.audit_idle_poll_s)
                     self._wake.clear()
                     continue
+                where = self._client.choice.index
                 outcome = self._upload(rows, stop)
+                self._set(central=self._client.endpoint)
                 if outcome is _Outcome.ACKED:
                     backoff = cfg.reply_timeout_s
+                elif outcome is _Outcome.UNREACHABLE and self._client.choice.index != where:
+                    continue  # moved to another central node: try it now, not after a back-off
                 elif outcome is not _Outcome.STOPPED:
                     stop.wait(backoff)
                     backoff = min(backoff * 2, cfg.retry_backoff_max_s)

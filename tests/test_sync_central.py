@@ -275,3 +275,24 @@ def test_bulk_import_writes_the_same_change_log_as_one_by_one(central):
     with pytest.raises(ModelMixError):
         central.enroll_new_subjects([Enrollment("n1", "allow", ["lane:L1"], None, None, "other-model", unit(rng, 1))])
     assert central.hashmap.current_seq() == last
+
+
+def test_catch_up_returns_every_change_since_or_refuses(central):
+    rng = np.random.default_rng(12)
+    for i in range(5):
+        central.enroll_subject(f"c{i}", "allow", ["lane:L1"], None, None, MODEL, unit(rng, 1))
+        central.enroll_subject(f"o{i}", "allow", ["lane:L9"], None, None, MODEL, unit(rng, 1))
+    central.revoke("c1")
+    seq, changes = central.hashmap.changes_since("/lane/L1/", 3)
+    assert seq == 11 and [c.seq for c in changes] == [5, 7, 9, 11] and changes[-1].is_delete
+    assert int(changes[0].props[PREV_PROPERTY]) == 3  # chained to what the gate holds
+    assert central.hashmap.changes_since("/lane/L1/", 11) == (11, [])  # up to date
+    assert central.hashmap.changes_since("/lane/L1/", 0)[1] is not None  # the whole history is still there
+    # once the log is pruned, a gate that is behind must take a snapshot
+    central.hashmap.prune_log(6, logged_before=float("inf"))
+    assert central.hashmap.changes_since("/lane/L1/", 3)[1] is None
+    assert [c.seq for c in central.hashmap.changes_since("/lane/L1/", 7)[1]] == [9, 11]
+    # a scope with no change since and its head behind `since` is complete; a head past it
+    # with nothing in the log is not
+    assert central.hashmap.changes_since("/lane/L2/", 5) == (11, [])
+    assert central.hashmap.changes_since("/lane/L9/", 2)[1] is None

@@ -185,3 +185,14 @@ def test_validity_times_a_gate_cannot_represent_are_rejected_at_decode():
         obj["vu"] = bad
         with pytest.raises(MalformedRecord, match="Unix time"):
             decode_record(msgpack.packb(obj, use_bin_type=True))
+
+
+def test_icanhaz_catch_up_frame_round_trip_and_refusals():
+    from sync.kvmsg import parse_icanhaz_request
+
+    assert parse_icanhaz_request(icanhaz_frames("/lane/L1/")) == ("/lane/L1/", None)
+    assert parse_icanhaz_request(icanhaz_frames("/lane/L1/", 41)) == ("/lane/L1/", 41)
+    for bad in ([b"ICANHAZ?", b"/lane/L1/", b"\0" * 7], [b"ICANHAZ?", b"", b"\0" * 8],
+                [b"ICANHAZ?", b"/lane/L1/", b"\xff" * 8]):
+        with pytest.raises(MalformedMessage):
+            parse_icanhaz_request(bad)
