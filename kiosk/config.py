@@ -87,6 +87,8 @@ class CentralSection:
     secret_key_file: Path | None = field(default=None, metadata={"help": "this station's CURVE keypair"})
     central_public_key_file: Path | None = field(default=None)
     dev_plain_loopback: bool = field(default=False, metadata={"help": "plain TCP on loopback (development)"})
+    nodes: list[str] = field(default_factory=list, metadata={
+        "help": "several central nodes, preferred first (\"tcp://host:5556\"); empty = host:base_port"})
     reply_timeout_s: float = field(default=2.5, metadata={"min": 0.1})
     request_retries: int = field(default=3, metadata={"min": 1, "max": 20})
 
@@ -115,7 +117,7 @@ class KioskConfig:
     def link(self) -> StationLink:
         c = self.central
         return StationLink(self.station.id, c.host, c.base_port, c.secret_key_file, c.central_public_key_file,
-                           c.dev_plain_loopback, c.reply_timeout_s, c.request_retries)
+                           c.dev_plain_loopback, c.reply_timeout_s, c.request_retries, tuple(c.nodes))
 
 
 _SECTIONS = {"station": StationSection, "camera": CameraSection, "models": ModelsSection, "verify": VerifySection,

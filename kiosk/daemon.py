@@ -31,7 +31,6 @@ from kiosk.inbox import Trust, next_handover
 from kiosk.session import Audit, Guide, Publish, Refer, Session, State
 import zmq
 
-from sync.config import AgentConfig
 from sync.scopes import checkpoint_scope, parse_scope
 from sync.service_messages import EnrolRequest
 from sync.station_client import CentralUnreachable, StationClient
@@ -97,14 +96,8 @@ class StationDaemon:
         self._zmq = zmq.Context()
         link = cfg.link()
         self._client = StationClient(link, self._zmq)
-        # The uploader only reads the central's address, keys, retry settings and the id; the
-        # scope and model fields it never uses are filled with the station's own.
-        upload_cfg = AgentConfig(
-            gate_id=cfg.station.id, central_host=link.central_host, base_port=link.base_port,
-            scopes=(parse_scope(checkpoint_scope(cfg.station.airport)),),
-            accepted_models=frozenset({self.pipeline.model_id}), secret_key_file=link.secret_key_file,
-            central_public_key_file=link.central_public_key_file, dev_plain_loopback=link.dev_plain_loopback,
-            reply_timeout_s=link.reply_timeout_s, request_retries=link.request_retries, audit_idle_poll_s=2.0)
+        upload_cfg = link.agent_config(parse_scope(checkpoint_scope(cfg.station.airport)), self.pipeline.model_id,
+                                       audit_idle_poll_s=2.0)
         self._uploader = AuditUploader(upload_cfg, link.security(), self.audit, self._zmq)
         self._upload_thread = threading.Thread(target=self._uploader.run, args=(self._upload_stop,),
                                                name="audit-upload", daemon=True)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import zmq
 
+from sync.config import AgentConfig
 from sync.keys import load_keypair, load_public_key
 from sync.service_messages import EnrolRequest, Reply, encode_enrol
 from sync.transport import InsecureTransportError, Security, is_loopback_host
@@ -35,6 +36,17 @@ class StationLink:
     dev_plain_loopback: bool = False
     reply_timeout_s: float = 2.5
     request_retries: int = 3
+    central: tuple[str, ...] = ()  # several central nodes, preferred first; empty = central_host:base_port
+
+    def agent_config(self, scope: str = "/checkpoint/station/", model_id: str = "station",
+                     **settings) -> AgentConfig:
+        """The settings the gates' Lazy Pirate parts (sync.uploader) read: address, keys, retries,
+        node failover. `scope` and `model_id` fill fields only a gate's follower uses."""
+        return AgentConfig(gate_id=self.station_id, central_host=self.central_host, base_port=self.base_port,
+                           scopes=(scope,), accepted_models=frozenset({model_id}),
+                           secret_key_file=self.secret_key_file, central_public_key_file=self.central_public_key_file,
+                           dev_plain_loopback=self.dev_plain_loopback, reply_timeout_s=self.reply_timeout_s,
+                           request_retries=self.request_retries, central=self.central, **settings)
 
     def security(self) -> Security:
         if self.dev_plain_loopback:
@@ -56,7 +68,8 @@ class StationClient:
         self.link = link
         self._own_ctx = ctx is None
         self._ctx = ctx or zmq.Context()
-        self._client = LazyPirateClient(link, link.security(), self._ctx, f"station {link.station_id}")
+        self._client = LazyPirateClient(link.agent_config(), link.security(), self._ctx,
+                                        f"station {link.station_id}")
         self._stop = threading.Event()
 
     def enrol(self, request: EnrolRequest) -> Reply:
@@ -70,7 +83,7 @@ class StationClient:
                 return reply
             log.info("enrol %s: no reply within %.1fs (try %d of %d)", request.subject_id,
                      self.link.reply_timeout_s, attempt, self.link.request_retries)
-        raise CentralUnreachable(f"no reply from the central at {self.link.central_host}:{self.link.base_port + 3} "
+        raise CentralUnreachable(f"no reply from the central (last tried {self._client.endpoint}) "
                                  f"after {self.link.request_retries} tries")
 
     def close(self) -> None:

@@ -4,6 +4,7 @@ One central, one station bound to SGN, real keys; every refusal is a reply with 
 and leaves the central's subjects as they were."""
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 
@@ -211,3 +212,18 @@ def test_gate_central_station_add_and_remove(tmp_path, capsys):
     assert "3-letter IATA code" in capsys.readouterr().err
     assert gate_central.main(["--config", str(toml), "station", "remove", "K2"]) == 0
     assert Central(dep.database).principal("station:K2") is None
+
+
+def test_a_station_moves_to_the_next_central_node(site):
+    from tests.sync_helpers import free_base_port
+
+    dep, _, link = site
+    dead = free_base_port()  # nothing listens there: the first node is down
+    moving = StationClient(dataclasses.replace(link, reply_timeout_s=0.5, request_retries=3,
+                                               central=(f"tcp://127.0.0.1:{dead}", f"tcp://127.0.0.1:{dep.base_port}")))
+    try:
+        reply = moving.enrol(_request(subject="VNM-000000001"))
+        assert reply.ok, reply.error
+    finally:
+        moving.close()
+    assert Central(dep.database).subject_standing("VNM-000000001")[0] == "allow"
