@@ -150,6 +150,12 @@ class StationDaemon:
         """Close the current session without enrolling (its audit may be missing, so nothing
         that depends on it is sent) and start a fresh one."""
         log.error("the current session is closed without enrolling")
+        try:  # best effort: the failure may be the audit log itself
+            self.audit.append({"event": "kiosk_attempt", "outcome": "station_error", "station": self.cfg.station.id,
+                               "state": self.session.state.value,
+                               "subject_id": self.session.reference.subject_id if self.session.reference else None})
+        except Exception:
+            log.exception("could not audit the station error either")
         self.completed.append({"outcome": "station_error", "subject_id": None, "referral": "",
                                "first_face_t": self._first_face_t, "done_t": time.monotonic()})
         self._new_session()
@@ -164,8 +170,8 @@ class StationDaemon:
         self.guidance = "Please scan your boarding pass"
 
     def step(self) -> None:
+        self._drain_commands()  # may close the session (a failed command): read it afterwards
         s = self.session
-        self._drain_commands()
         if self._scanner is not None:
             try:
                 ev = self._scanner.events.get_nowait()
