@@ -12,7 +12,7 @@ exists in memory for one session only, never on the station's disk afterwards.
 """
 from __future__ import annotations
 
-import logging
+import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,10 +23,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from kiosk.identity import (MAX_PHOTO_BYTES, ChipDocumentSource, IdentityError, IdentityReference,
                             ProviderFileSource)
 
-log = logging.getLogger(__name__)
-
 READY = "READY"
-_MAX_FILE = MAX_PHOTO_BYTES
 
 
 @dataclass(frozen=True)
@@ -37,8 +34,8 @@ class Trust:
 
 def _read(folder: Path, name: str) -> bytes:
     p = folder / name
-    if p.stat().st_size > _MAX_FILE:
-        raise IdentityError(f"hand-over {folder.name}: {name} is over {_MAX_FILE} bytes")
+    if p.stat().st_size > MAX_PHOTO_BYTES:
+        raise IdentityError(f"hand-over {folder.name}: {name} is over {MAX_PHOTO_BYTES} bytes")
     return p.read_bytes()
 
 
@@ -52,8 +49,6 @@ def read_handover(folder: Path, trust: Trust) -> IdentityReference:
         photo = next((folder / n for n in ("photo.jpg", "photo.jpeg", "photo.png") if (folder / n).exists()), None)
         if photo is None or not (folder / "statement.json").exists():
             raise IdentityError(f"hand-over {folder.name}: neither dg1/dg2/sod.bin nor photo + statement.json")
-        import json
-
         provider = json.loads((folder / "statement.json").read_text(encoding="utf-8")).get("provider")
         key = trust.providers.get(provider) if isinstance(provider, str) else None
         if key is None:

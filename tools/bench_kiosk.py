@@ -18,7 +18,6 @@ import datetime as dt
 import logging
 import statistics
 import tempfile
-import threading
 import time
 from pathlib import Path
 from zoneinfo import ZoneInfo
