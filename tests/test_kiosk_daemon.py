@@ -209,3 +209,22 @@ def test_the_example_config_parses():
     assert cfg.station.id == "SGN-K07" and cfg.rules().threshold_1to1 == 0.93
     assert cfg.identity.providers["vneid"] == Path("/etc/edgegate-kiosk/vneid.pub.pem")
     assert cfg.link().base_port == 5556 and cfg.scanner.port == "/dev/ttyACM0"
+
+
+def test_the_station_unit_passes_systemd_analyze(tmp_path):
+    import shutil as sh
+    import subprocess
+
+    from tests.paths import REPO
+
+    text = (REPO / "systemd" / "gate-kiosk.service").read_text()
+    for line in ("ProtectSystem=strict", "NoNewPrivileges=yes", "RuntimeDirectory=edgegate-kiosk",
+                 "StateDirectory=edgegate-kiosk", "DevicePolicy=closed"):
+        assert line in text, line
+    tool = sh.which("systemd-analyze")
+    if tool is None:
+        pytest.skip("systemd-analyze not installed")
+    unit = tmp_path / "gate-kiosk.service"
+    unit.write_text(text.replace("/opt/edgegate/venv/bin/gate-kiosk", "/bin/true"))
+    r = subprocess.run([tool, "verify", str(unit)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
