@@ -31,7 +31,8 @@ from sync.kvmsg import KVMsg, MalformedMessage, hugz, kthxbai, parse_icanhaz_req
 from sync.scopes import ScopeError
 from sync.audit_store import EpochRefused, UnknownEpoch
 from sync.service_messages import (
-    AuditBatch, EpochRegistration, HeadRequest, MalformedRequest, Reply, decode_request, encode_reply)
+    AuditBatch, EnrolRequest, EpochRegistration, HeadRequest, MalformedRequest, Reply, decode_request, encode_reply)
+from sync.station_service import answer_enrolment
 from sync.subject_record import MalformedRecord
 from sync.transport import (
     COLLECTOR_OFFSET, MAX_CONTROL_FRAME, MAX_KV_FRAME, MAX_SERVICE_FRAME, PUBLISHER_OFFSET, SERVICE_OFFSET,
@@ -436,9 +437,15 @@ class CentralServer:
         except MalformedRequest as exc:
             log.warning("service: malformed request from %s: %s", principal.name if principal else "?", exc)
             return Reply(request_id=0, ok=False, error=f"malformed request: {exc}")
+        if isinstance(request, EnrolRequest):
+            if self.config.dev_plain_loopback:
+                principal = central.principal(f"station:{request.station_id}")
+            return answer_enrolment(central, principal, request)
         if self.config.dev_plain_loopback:
-            principal = central.principal(f"gate:{request.gate_id}")
-        if principal is None or principal.kind != "gate" or principal.ident != request.gate_id:
+            principal = central.principal(f"gate:{request.gate_id}") or central.principal(f"station:{request.gate_id}")
+        # An enrolment station uploads its own audit log too; health reports are for gates.
+        kinds = ("gate", "station") if isinstance(request, AuditBatch) else ("gate",)
+        if principal is None or principal.kind not in kinds or principal.ident != request.gate_id:
             log.warning("service: refused a request for gate %s from %s", request.gate_id,
                         principal.name if principal else "an unregistered peer")
             return Reply(request_id=request.request_id, ok=False, error=f"not authorised for gate {request.gate_id}")

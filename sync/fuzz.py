@@ -42,12 +42,14 @@ from sync.kvmsg import (
 )
 from sync.service_messages import (
     AuditBatch,
+    EnrolRequest,
     HealthReport,
     MalformedRequest,
     Reply,
     decode_reply,
     decode_request,
     encode_audit_batch,
+    encode_enrol,
     encode_health,
     encode_reply,
 )
@@ -183,6 +185,15 @@ def _health(rng: random.Random) -> HealthReport:
                         scopes=("/lane/L1/",), extra={"fps": rng.randrange(30), "temp_c": 41.5})
 
 
+def _enrol(rng: random.Random) -> EnrolRequest:
+    rec = _record(rng)
+    return EnrolRequest(station_id=_ident(rng, "K"), request_id=rng.randrange(10**6), subject_id=rec.subject_id,
+                        display_name=rng.choice((None, "Nguyễn Văn An")), list_type="allow",
+                        scopes=("/checkpoint/SGN/", f"/flight/VN{rng.randrange(1, 9999)}-2026-12-02/"),
+                        departure_airport="SGN", valid_from=None, valid_until=1_900_000_000, model_id=rec.model_id,
+                        templates=rec.templates)
+
+
 def _reply(rng: random.Random) -> Reply:
     return Reply(request_id=rng.randrange(10**6), ok=rng.random() < 0.8, error=rng.choice(("", "busy")),
                  durable_seq=rng.randrange(10**6), scope_heads={"/lane/L1/": rng.randrange(10**6)})
@@ -203,13 +214,18 @@ TARGETS: tuple[Target, ...] = (
            lambda r: [encode_audit_batch(_audit_batch(r))], None, MAX_SERVICE_FRAME, False),
     Target("health_report", lambda f: decode_request(f[0]), MalformedRequest, lambda r: [encode_health(_health(r))],
            None, MAX_SERVICE_FRAME, False),
+    Target("enrol_request", lambda f: decode_request(f[0]), MalformedRequest, lambda r: [encode_enrol(_enrol(r))],
+           None, MAX_SERVICE_FRAME, False),
     Target("service_reply", lambda f: decode_reply(f[0]), MalformedRequest, lambda r: [encode_reply(_reply(r))],
            lambda rep: [encode_reply(rep)], MAX_CONTROL_FRAME, False),
 )
 
 
 def _reencode_request(obj: Any) -> Frames:
-    """audit_batch and health_report share one decoder, so a mutation may turn one into the other."""
+    """audit_batch, health_report and enrol_request share one decoder, so a mutation may turn one
+    into another."""
+    if isinstance(obj, EnrolRequest):
+        return [encode_enrol(obj)]
     return [encode_audit_batch(obj) if isinstance(obj, AuditBatch) else encode_health(obj)]
 
 

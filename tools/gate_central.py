@@ -6,6 +6,8 @@
     gate-central --config F gate add ID --public-key FILE --scope lane:L1 [--scope flight:BA1]
     gate-central --config F gate remove ID | gate list
     gate-central --config F admin add NAME --public-key FILE
+    gate-central --config F station add ID --public-key FILE --airport SGN | station remove ID
+    gate-central --config F show SUBJECT                 one subject, with its display name (staff only)
     gate-central --config F revoke SUBJECT [--scope lane:L1] [--reason TEXT]
     gate-central --config F expire
     gate-central --config F list [--scope lane:L1] [--status active|revoked|expired]
@@ -76,6 +78,36 @@ def cmd_gate_list(args) -> int:
 def cmd_admin_add(args) -> int:
     p = _central(args).register_admin(args.name, load_public_key(Path(args.public_key)))
     print(f"admin tool {p.ident} allowed")
+    return 0
+
+
+def cmd_show(args) -> int:
+    """One subject for staff: list type, where it is published and the name as the person writes it
+    (kept at the central only; gates never receive it)."""
+    from sync.scopes import scope_label
+
+    standing = _central(args).subject_standing(args.subject_id)
+    if standing is None:
+        print(f"no subject {args.subject_id} at this central", file=sys.stderr)
+        return 1
+    list_type, scopes, name = standing
+    print(f"subject      {args.subject_id}\nname         {name or '-'}\nlist         {list_type}\n"
+          f"published in {', '.join(scope_label(s) for s in scopes) or '- (withdrawn)'}")
+    return 0
+
+
+def cmd_station_add(args) -> int:
+    p = _central(args).register_station(args.station_id, load_public_key(Path(args.public_key)), args.airport)
+    print(f"enrolment station {p.ident} allowed for airport {p.scopes[0]}: it may enrol departing travellers "
+          f"into that airport's flight: and checkpoint: scopes only")
+    return 0
+
+
+def cmd_station_remove(args) -> int:
+    if not _central(args).remove_principal("station", args.station_id):
+        print(f"no station {args.station_id} registered", file=sys.stderr)
+        return 1
+    print(f"station {args.station_id} removed; its key is refused from its next connection")
     return 0
 
 
@@ -191,6 +223,21 @@ def build_parser() -> argparse.ArgumentParser:
     aadd.add_argument("name")
     aadd.add_argument("--public-key", required=True)
     aadd.set_defaults(func=cmd_admin_add)
+
+    sh = sub.add_parser("show", help="one subject for staff, with its display name")
+    sh.add_argument("subject_id")
+    sh.set_defaults(func=cmd_show)
+
+    station = sub.add_parser("station", help="enrolment stations (check-in kiosks, counters)").add_subparsers(
+        dest="station_cmd", required=True, parser_class=with_config)
+    sadd = station.add_parser("add", help="allow a station's public key, bound to one airport")
+    sadd.add_argument("station_id")
+    sadd.add_argument("--public-key", required=True, help="the station's NAME.key file")
+    sadd.add_argument("--airport", required=True, help="IATA code of the airport the station serves, e.g. SGN")
+    sadd.set_defaults(func=cmd_station_add)
+    srm = station.add_parser("remove", help="refuse a station's key from now on")
+    srm.add_argument("station_id")
+    srm.set_defaults(func=cmd_station_remove)
 
     rv = sub.add_parser("revoke", help="withdraw a subject (from all scopes unless --scope)")
     rv.add_argument("subject_id")
