@@ -118,7 +118,7 @@ def _json_safe(value: Any, where: str) -> Any:
     if getattr(value, "ndim", None) == 0 and hasattr(value, "item"):  # numpy scalar
         return _json_safe(value.item(), where)
     if hasattr(value, "shape"):
-        raise TypeError(f"{where} is an array {getattr(value, 'shape')}; the audit log never stores "
+        raise TypeError(f"{where} is an array {value.shape}; the audit log never stores "
                         "images or templates (log figures such as scores, not vectors)")
     raise TypeError(f"{where} has type {type(value).__name__}, which is not JSON")
 
@@ -159,10 +159,10 @@ class AuditLog:
 
     def _create_schema(self) -> None:
         with self._file.write() as db:
-            db["audit"].create({"seq": int, "ts": str, "prev_hash": str, "hash": str, "body": str},
+            db.table("audit").create({"seq": int, "ts": str, "prev_hash": str, "hash": str, "body": str},
                                pk="seq", not_null={"ts", "prev_hash", "hash", "body"}, strict=True,
                                if_not_exists=True)
-            db["audit_state"].create({"id": int, "acked_upto": int, "anchor_seq": int, "anchor_hash": str},
+            db.table("audit_state").create({"id": int, "acked_upto": int, "anchor_seq": int, "anchor_hash": str},
                                      pk="id", not_null={"acked_upto", "anchor_seq", "anchor_hash"}, strict=True,
                                      if_not_exists=True)
             db.execute("INSERT OR IGNORE INTO audit_state (id, acked_upto, anchor_seq, anchor_hash) "
@@ -202,7 +202,8 @@ class AuditLog:
                            [row.seq, row.ts, row.prev_hash, row.hash, body_text])
         except sqlite3.Error as exc:
             log.error("audit append failed (%s): %s", type(exc).__name__, exc)
-            raise AuditWriteError(f"audit record for event {body['event']!r} was not written to {self.path}: {exc}") from exc
+            raise AuditWriteError(f"audit record for event {body['event']!r} was not written to {self.path}: "
+                                  f"{exc}") from exc
         return row
 
     @staticmethod
@@ -340,7 +341,8 @@ class AuditLog:
                 last, _ = self._last_link(db)
                 if last < acked:
                     return ChainCheck(False, check.records, last + 1,
-                                      f"log ends at seq {last} but central acknowledged up to {acked} (records removed)")
+                                      f"log ends at seq {last} but central acknowledged up to {acked} "
+                                      "(records removed)")
             return check
 
     def _rows(self, where_order_limit: str, params: list) -> list[AuditRow]:

@@ -25,8 +25,7 @@ from typing import BinaryIO, Callable
 
 from gate import known_answer
 from gate.checks import Check, Status
-from gate.image_signing import (SigningKeyError, load_private_key, load_public_key, public_fingerprint,
-                                signature_valid)
+from gate.image_signing import SigningKeyError, load_private_key, load_public_key, public_fingerprint, signature_valid
 
 log = logging.getLogger(__name__)
 
@@ -160,8 +159,8 @@ def _stage_models(cfg, models_src: Path, dest: Path) -> list[dict]:
 
 
 def _check_config_for_bundle(config_path: Path, site: str, lane: str):
+    from configschema import ConfigError
     from gate.config import load_config
-    from gate.schema import ConfigError
 
     try:
         cfg = load_config(config_path)
@@ -351,8 +350,8 @@ def _file_checks(root: Path, manifest: BundleManifest) -> list[Check]:
 
 
 def _content_checks(root: Path, manifest: BundleManifest) -> list[Check]:
+    from configschema import ConfigError
     from gate.config import load_config
-    from gate.schema import ConfigError
     from models.manifest import ModelError, load_model
     from sync.keys import KeyFileError
     from sync.keys import load_public_key as load_curve_public

@@ -54,9 +54,11 @@ def verify_chain(rows: Iterable[AuditRow], prev_hash: str = GENESIS_HASH, prev_s
     for row in rows:
         n += 1
         if row.seq != prev_seq + 1:
-            return ChainCheck(False, n, row.seq, f"sequence jumps from {prev_seq} to {row.seq} (records missing or reordered)")
+            return ChainCheck(False, n, row.seq,
+                              f"sequence jumps from {prev_seq} to {row.seq} (records missing or reordered)")
         if row.prev_hash != prev_hash:
-            return ChainCheck(False, n, row.seq, "prev_hash does not match the previous record's hash (record removed or altered before it)")
+            return ChainCheck(False, n, row.seq, "prev_hash does not match the previous record's hash "
+                                                 "(record removed or altered before it)")
         want = record_hash(row.seq, row.ts, row.prev_hash, row.body)
         if row.hash != want:
             return ChainCheck(False, n, row.seq, "record content does not match its hash (record altered)")

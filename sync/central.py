@@ -23,7 +23,7 @@ from sync.audit_store import AuditStore
 from sync.central_db import CentralDatabase, open_central_db
 from sync.hashmap import Hashmap
 from sync.kvmsg import PREV_PROPERTY, TTL_PROPERTY, KVMsg, encode_properties, new_uuid
-from sync.scopes import ScopeError, check_id, parse_scope, split_key
+from sync.scopes import ScopeError, check_id, checkpoint_scope, parse_scope, split_key
 from sync.service_messages import HealthReport
 from sync.subject_record import LIST_TYPES, SubjectRecord, decode_record, encode_record, normalise_templates
 
@@ -54,6 +54,8 @@ class Enrollment:
     valid_until: dt.datetime | None
     model_id: str
     vectors: np.ndarray  # (n, dim) or (dim,); normalised on the way in
+    # As the person writes it ("Nguyễn Văn An"), for staff at the central; never published to gates.
+    display_name: str | None = None
 
 
 @dataclass(frozen=True)
@@ -81,9 +83,11 @@ class SubjectInfo:
 @dataclass(frozen=True)
 class Principal:
     """Someone allowed to connect: a gate (which may snapshot only its scopes and upload only
-    under its own id) or an admin tool (which may read every subtree and send KVSET)."""
+    under its own id), an admin tool (which may read every subtree and send KVSET) or an
+    enrolment station (which may only send enrolments, judged by sync.station_policy; its
+    `scopes` hold its one airport code)."""
 
-    kind: str  # "gate" | "admin"
+    kind: str  # "gate" | "admin" | "station"
     ident: str
     public_key: str  # Z85
     scopes: tuple[str, ...] = ()
@@ -93,7 +97,7 @@ class Principal:
         return f"{self.kind}:{self.ident}"
 
     def may_snapshot(self, subtree: str) -> bool:
-        return self.kind == "admin" or subtree in self.scopes
+        return self.kind == "admin" or (self.kind == "gate" and subtree in self.scopes)
 
 
 @dataclass(frozen=True)
@@ -178,11 +182,12 @@ class Central:
     def enroll_subjects(self, enrollments: Iterable[Enrollment]) -> list[EnrollResult]:
         """Several enrollments in one transaction: all are written or none is."""
         now = self._clock()
+        enrollments = list(enrollments)
         prepared = [self._prepare(e, now) for e in enrollments]
         results = []
         with self.db.write_transaction():
-            for rec, scopes in prepared:
-                results.append(self._write_subject(rec, scopes, new_uuid(), now))
+            for (rec, scopes), e in zip(prepared, enrollments):
+                results.append(self._write_subject(rec, scopes, new_uuid(), now, e.display_name))
         if results:
             self._changed()
         return results
@@ -290,19 +295,23 @@ class Central:
             raise EnrollmentError(f"subject {rec.subject_id}: model {rec.model_id!r} templates have {row[0]} dimensions "
                                   f"at this central, got {rec.templates.shape[1]}")
 
-    def _write_subject(self, rec: SubjectRecord, scopes: list[str], uuid: bytes, now: float) -> EnrollResult:
-        """Caller holds the write transaction."""
+    def _write_subject(self, rec: SubjectRecord, scopes: list[str], uuid: bytes, now: float,
+                       display_name: str | None = None) -> EnrollResult:
+        """Caller holds the write transaction. A display name given replaces the stored one;
+        none given keeps it."""
         existing = {split_key(k)[0] for k in self.hashmap.keys_of_subject(rec.subject_id)}
         all_scopes = sorted(existing | set(scopes))
         self._check_model_mix(rec, all_scopes)
         self.conn.execute(
             "INSERT INTO subjects(subject_id, list_type, model_id, dim, n_templates, valid_from, valid_until, status, "
-            "reason, created_at, updated_at) VALUES (?,?,?,?,?,?,?,'active',NULL,?,?) ON CONFLICT(subject_id) DO UPDATE "
+            "reason, created_at, updated_at, display_name) VALUES (?,?,?,?,?,?,?,'active',NULL,?,?,?) "
+            "ON CONFLICT(subject_id) DO UPDATE "
             "SET list_type=excluded.list_type, model_id=excluded.model_id, dim=excluded.dim, "
             "n_templates=excluded.n_templates, valid_from=excluded.valid_from, valid_until=excluded.valid_until, "
-            "status='active', reason=NULL, updated_at=excluded.updated_at",
+            "status='active', reason=NULL, updated_at=excluded.updated_at, "
+            "display_name=COALESCE(excluded.display_name, subjects.display_name)",
             (rec.subject_id, rec.list_type, rec.model_id, rec.templates.shape[1], rec.templates.shape[0],
-             rec.valid_from, rec.valid_until, now, now))
+             rec.valid_from, rec.valid_until, now, now, display_name))
         self.conn.execute("DELETE FROM templates WHERE subject_id = ?", (rec.subject_id,))
         self.db.executemany("INSERT INTO templates(subject_id, idx, model_id, vector) VALUES (?,?,?,?)",
                               [(rec.subject_id, i, rec.model_id, v.astype("<f4").tobytes())
@@ -387,6 +396,14 @@ class Central:
                             scopes=tuple(sorted(r[10].split())) if r[10] else ())
                 for r in self.conn.execute(sql, args)]
 
+    def subject_standing(self, subject_id: str) -> tuple[str, tuple[str, ...], str | None] | None:
+        """(list type, scopes published in now, display name) of a known subject, else None."""
+        row = self.conn.execute("SELECT list_type, display_name FROM subjects WHERE subject_id = ?",
+                                (subject_id,)).fetchone()
+        if row is None:
+            return None
+        return row[0], tuple(sorted(split_key(k)[0] for k in self.hashmap.keys_of_subject(subject_id))), row[1]
+
     def templates_of(self, subject_id: str) -> np.ndarray:
         rows = self.conn.execute("SELECT vector FROM templates WHERE subject_id = ? ORDER BY idx", (subject_id,)).fetchall()
         if not rows:
@@ -439,7 +456,20 @@ class Central:
             parsed = tuple(sorted({parse_scope(s) for s in scopes}))
         except ScopeError as exc:
             raise EnrollmentError(str(exc)) from exc
+        if self.principal(f"station:{gate_id}") is not None:  # they share the audit store's ids
+            raise EnrollmentError(f"{gate_id} is an enrolment station's id; a gate needs another")
         return self._register(Principal("gate", gate_id, _key_text(public_key), parsed))
+
+    def register_station(self, station_id: str, public_key: bytes | str, airport: str) -> Principal:
+        """Allow an enrolment station's CURVE key, bound to the one airport it serves."""
+        try:
+            check_id(station_id, "station id")
+            checkpoint_scope(airport)
+        except ScopeError as exc:
+            raise EnrollmentError(str(exc)) from exc
+        if self.principal(f"gate:{station_id}") is not None:  # they share the audit store's ids
+            raise EnrollmentError(f"{station_id} is a gate's id; a station needs another")
+        return self._register(Principal("station", station_id, _key_text(public_key), (airport,)))
 
     def register_admin(self, name: str, public_key: bytes | str) -> Principal:
         try:

@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 # Table -> columns, in an order that respects nothing but clarity (there are no foreign keys).
 TABLES: dict[str, tuple[str, ...]] = {
     "subjects": ("subject_id", "list_type", "model_id", "dim", "n_templates", "valid_from", "valid_until", "status",
-                 "reason", "created_at", "updated_at"),
+                 "reason", "created_at", "updated_at", "display_name"),
     "templates": ("subject_id", "idx", "model_id", "vector"),
     "scope_models": ("scope", "model_id"),
     "kv": ("key", "scope", "subject_id", "seq", "uuid", "body", "expires_at"),

@@ -46,6 +46,7 @@ POOL_WAIT_S = 2.0
 # Version 2: gate_health.node (the node a gate reports through).
 # Version 3: audit chain epochs (sync.audit_chain.ChainEpoch): audit.epoch in the key, audit_epochs,
 # audit_alarms; erasures (sync.forget.erase_subject).
+# Version 4: subjects.display_name (as the person writes it, for staff; never published to gates).
 MIGRATIONS: list[tuple[int, list[str]]] = [
     (1, [
         "CREATE TABLE IF NOT EXISTS meta (name text PRIMARY KEY, value bigint NOT NULL)",
@@ -98,6 +99,7 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
         "erased_at double precision NOT NULL, templates integer NOT NULL, log_entries integer NOT NULL, "
         "PRIMARY KEY (subject_sha256, erased_at))",
     ]),
+    (4, ["ALTER TABLE subjects ADD COLUMN IF NOT EXISTS display_name text"]),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 

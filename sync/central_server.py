@@ -31,7 +31,8 @@ from sync.kvmsg import KVMsg, MalformedMessage, hugz, kthxbai, parse_icanhaz_req
 from sync.scopes import ScopeError
 from sync.audit_store import EpochRefused, UnknownEpoch
 from sync.service_messages import (
-    AuditBatch, EpochRegistration, HeadRequest, MalformedRequest, Reply, decode_request, encode_reply)
+    AuditBatch, EnrolRequest, EpochRegistration, HeadRequest, MalformedRequest, Reply, decode_request, encode_reply)
+from sync.station_service import answer_enrolment
 from sync.subject_record import MalformedRecord
 from sync.transport import (
     COLLECTOR_OFFSET, MAX_CONTROL_FRAME, MAX_KV_FRAME, MAX_SERVICE_FRAME, PUBLISHER_OFFSET, SERVICE_OFFSET,
@@ -461,13 +462,21 @@ class CentralServer:
         except MalformedRequest as exc:
             log.warning("service: malformed request from %s: %s", self._peer_name(envelope), exc)
             return Reply(request_id=0, ok=False, error=f"malformed request: {exc}")
+        sender = request.station_id if isinstance(request, EnrolRequest) else request.gate_id
         try:
             principal = self._principal(central, envelope)
-            if self.config.dev_plain_loopback:
-                principal = central.principal(f"gate:{request.gate_id}")
+            if self.config.dev_plain_loopback and isinstance(request, EnrolRequest):
+                principal = central.principal(f"station:{request.station_id}")
+            elif self.config.dev_plain_loopback:
+                principal = (central.principal(f"gate:{request.gate_id}")
+                             or central.principal(f"station:{request.gate_id}"))
         except StorageError as exc:
-            return self._storage_failed(request.request_id, request.gate_id, exc)
-        if principal is None or principal.kind != "gate" or principal.ident != request.gate_id:
+            return self._storage_failed(request.request_id, sender, exc)
+        if isinstance(request, EnrolRequest):
+            return answer_enrolment(central, principal, request)
+        # An enrolment station uploads its own audit log too; health reports are for gates.
+        kinds = ("gate", "station") if isinstance(request, AuditBatch) else ("gate",)
+        if principal is None or principal.kind not in kinds or principal.ident != request.gate_id:
             log.warning("service: refused a request for gate %s from %s", request.gate_id,
                         principal.name if principal else "an unregistered peer")
             return Reply(request_id=request.request_id, ok=False, error=f"not authorised for gate {request.gate_id}")
@@ -505,12 +514,12 @@ class CentralServer:
 
 
     @staticmethod
-    def _storage_failed(request_id: int, gate_id: str, exc: StorageError) -> Reply:
+    def _storage_failed(request_id: int, sender: str, exc: StorageError) -> Reply:
         """Never an ack: the batch may or may not have committed (a COMMIT cut off by the
         primary's death), so the gate sends it again and the idempotent store sorts it out.
         One line per request, not a traceback: during a failover there are hundreds."""
-        log.error("service: request from gate %s not served, database unavailable (%s); it will retry",
-                  gate_id, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        log.error("service: request from %s not served, database unavailable (%s); it will retry",
+                  sender, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
         return Reply(request_id=request_id, ok=False, error=f"central storage unavailable: {type(exc).__name__}")
 
     @staticmethod

@@ -18,7 +18,7 @@ import sqlite_utils
 
 from sync.central_db import StorageError
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 SIDE_FILES = ("-wal",)
 
 
@@ -89,6 +89,9 @@ def _create_schema(db: sqlite_utils.Database) -> None:
         {"gate_id": str, "epoch": str, "kind": str, "seq": int, "detail": str, "detected_at": float,
          "resolved_by": str},
         pk=("gate_id", "epoch", "kind", "seq"), not_null=["detail", "detected_at"], if_not_exists=True)
+    # Version 4: the subject's name as the person writes it, for staff; never published to gates.
+    if "display_name" not in db["subjects"].columns_dict:
+        db["subjects"].add_column("display_name", str)
     db.execute("INSERT OR IGNORE INTO meta(name, value) VALUES ('schema', ?), ('seq', 0)", [SCHEMA_VERSION])
     db.execute("UPDATE meta SET value = ? WHERE name = 'schema' AND value < ?", [SCHEMA_VERSION, SCHEMA_VERSION])
 

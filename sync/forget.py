@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
-
 log = logging.getLogger(__name__)
 
 _SCAN_CHUNK = 1 << 20

@@ -29,11 +29,30 @@ import numpy as np
 
 from sync.audit_chain import GENESIS_HASH, AuditRow, record_hash
 from sync.kvmsg import (
-    ICANHAZ, PREV_PROPERTY, TTL_PROPERTY, KVMsg, MalformedMessage, hugz, icanhaz_frames, kthxbai, new_uuid,
-    parse_icanhaz)
+    ICANHAZ,
+    PREV_PROPERTY,
+    TTL_PROPERTY,
+    KVMsg,
+    MalformedMessage,
+    hugz,
+    icanhaz_frames,
+    kthxbai,
+    new_uuid,
+    parse_icanhaz,
+)
 from sync.service_messages import (
-    AuditBatch, HealthReport, MalformedRequest, Reply, decode_reply, decode_request, encode_audit_batch,
-    encode_health, encode_reply)
+    AuditBatch,
+    EnrolRequest,
+    HealthReport,
+    MalformedRequest,
+    Reply,
+    decode_reply,
+    decode_request,
+    encode_audit_batch,
+    encode_enrol,
+    encode_health,
+    encode_reply,
+)
 from sync.subject_record import MalformedRecord, SubjectRecord, decode_record, encode_record
 from sync.transport import MAX_CONTROL_FRAME, MAX_KV_FRAME, MAX_SERVICE_FRAME
 
@@ -63,7 +82,7 @@ class Target:
     decode: Callable[[Frames], Any]
     error: type[Exception]
     seed: Callable[[random.Random], Frames]  # a valid message from the real encoder
-    reencode: Callable[[Any], Frames]
+    reencode: Callable[[Any], Frames] | None  # None: re-encode the decoded request
     max_frame: int  # the transport's limit on one frame for this socket
     multi_frame: bool
 
@@ -158,11 +177,21 @@ def _audit_batch(rng: random.Random) -> AuditBatch:
 
 
 def _health(rng: random.Random) -> HealthReport:
-    return HealthReport(gate_id=_ident(rng, "G"), request_id=rng.randrange(10**6), status=rng.choice(("ok", "degraded")),
+    return HealthReport(gate_id=_ident(rng, "G"), request_id=rng.randrange(10**6),
+                        status=rng.choice(("ok", "degraded")),
                         software_version="0.1.0", model_versions={"dlib-resnet": "1"},
                         watchlist_seq=rng.randrange(10**6), queue_depth=rng.randrange(1000),
                         last_decision_at=rng.choice((None, "2026-11-23T13:16:48.123456Z")),
                         scopes=("/lane/L1/",), extra={"fps": rng.randrange(30), "temp_c": 41.5})
+
+
+def _enrol(rng: random.Random) -> EnrolRequest:
+    rec = _record(rng)
+    return EnrolRequest(station_id=_ident(rng, "K"), request_id=rng.randrange(10**6), subject_id=rec.subject_id,
+                        display_name=rng.choice((None, "Nguyễn Văn An")), list_type="allow",
+                        scopes=("/checkpoint/SGN/", f"/flight/VN{rng.randrange(1, 9999)}-2026-12-02/"),
+                        departure_airport="SGN", valid_from=None, valid_until=1_900_000_000, model_id=rec.model_id,
+                        templates=rec.templates)
 
 
 def _reply(rng: random.Random) -> Reply:
@@ -185,13 +214,18 @@ TARGETS: tuple[Target, ...] = (
            lambda r: [encode_audit_batch(_audit_batch(r))], None, MAX_SERVICE_FRAME, False),
     Target("health_report", lambda f: decode_request(f[0]), MalformedRequest, lambda r: [encode_health(_health(r))],
            None, MAX_SERVICE_FRAME, False),
+    Target("enrol_request", lambda f: decode_request(f[0]), MalformedRequest, lambda r: [encode_enrol(_enrol(r))],
+           None, MAX_SERVICE_FRAME, False),
     Target("service_reply", lambda f: decode_reply(f[0]), MalformedRequest, lambda r: [encode_reply(_reply(r))],
            lambda rep: [encode_reply(rep)], MAX_CONTROL_FRAME, False),
 )
 
 
 def _reencode_request(obj: Any) -> Frames:
-    """audit_batch and health_report share one decoder, so a mutation may turn one into the other."""
+    """audit_batch, health_report and enrol_request share one decoder, so a mutation may turn one
+    into another."""
+    if isinstance(obj, EnrolRequest):
+        return [encode_enrol(obj)]
     return [encode_audit_batch(obj) if isinstance(obj, AuditBatch) else encode_health(obj)]
 
 
@@ -378,7 +412,8 @@ def run_fuzz(frames: int = 100_000, seed: int = 0) -> FuzzReport:
             report.rejected += 1
             report.rejected_by_reason[f"{out.target}: {out.reason}"] += 1
         else:
-            finding = Finding(out.target, out.mutation, index, "exception" if out.result == "exception" else "roundtrip",
+            kind = "exception" if out.result == "exception" else "roundtrip"
+            finding = Finding(out.target, out.mutation, index, kind,
                               out.reason, out.where, _hexes(out.frames))
             (report.crashes if out.result == "exception" else report.roundtrip_failures).append(finding)
     report.seconds = time.perf_counter() - started

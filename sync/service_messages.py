@@ -1,6 +1,7 @@
-"""Audit batches and health reports: the request-reply messages between a gate and the
-central's service socket (base port + 3). One msgpack map per frame, checked field by field
-on arrival: a malformed request gets an error reply and is never stored in part.
+"""Audit batches, health reports and station enrolments: the request-reply messages between a
+gate or an enrolment station and the central's service socket (base port + 3). One msgpack
+map per frame, checked field by field on arrival: a malformed request gets an error reply
+and is never stored in part.
 
 Audit bodies travel as the JSON text the gate hashed, so the central stores exactly what the
 chain commits to instead of a re-serialisation of it.
@@ -14,9 +15,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
+import numpy as np
 
 from sync.audit_chain import LEGACY_EPOCH, AuditRow, ChainEpoch
-from sync.scopes import ScopeError, check_id
+from sync.scopes import ScopeError, check_id, parse_scope
+from sync.subject_record import MAX_DIM
 
 MAX_BATCH_ROWS = 5000
 _HASH_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -82,6 +85,52 @@ class EpochRegistration:
     chain: ChainEpoch
 
 
+MAX_ENROL_SCOPES = 8
+MAX_ENROL_TEMPLATES = 16
+MAX_DISPLAY_NAME = 128
+_MAX_UNIX_SECONDS = 253_402_300_799
+
+
+@dataclass(frozen=True, eq=False)
+class EnrolRequest:
+    """An enrolment station asks the central to enrol one traveller.
+
+    Wire form, one msgpack map:
+        {"t": "enrol", "station": str, "rid": int, "subject": str, "name": str | nil,
+         "list": "allow", "scopes": [str, 1..8], "from": "SGN",
+         "vf": int | nil, "vu": int, "model": str, "n": int, "dim": int, "tpl": bin}
+    `scopes` are "flight:VN123-2026-12-02" / "checkpoint:SGN"; `from` is the departure airport
+    of the boarding-pass leg; vf/vu are Unix seconds UTC (vu required: a station's enrolment
+    always ends); `tpl` is n*dim float32 little-endian, n 1..16, rows L2-normalised (as the
+    embedder makes them; checked, not rescaled, so a request re-encodes to the same bytes). The list type is carried so a
+    deny request is refused by policy, visibly, rather than being unrepresentable.
+    """
+
+    station_id: str
+    request_id: int
+    subject_id: str
+    display_name: str | None
+    list_type: str
+    scopes: tuple[str, ...]  # subtrees after decoding ("/flight/VN123-2026-12-02/")
+    departure_airport: str
+    valid_from: int | None
+    valid_until: int
+    model_id: str
+    templates: np.ndarray  # (n, dim) float32, L2-normalised
+
+    @property
+    def gate_id(self) -> str:  # the sender, for log lines shared with gate requests
+        return self.station_id
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, EnrolRequest):
+            return NotImplemented
+        fields = ("station_id", "request_id", "subject_id", "display_name", "list_type", "scopes",
+                  "departure_airport", "valid_from", "valid_until", "model_id")
+        return all(getattr(self, f) == getattr(other, f) for f in fields) and \
+            self.templates.shape == other.templates.shape and bool(np.array_equal(self.templates, other.templates))
+
+
 @dataclass(frozen=True)
 class Reply:
     """The central's answer to any request.
@@ -91,6 +140,8 @@ class Reply:
     central holds with different content (or whose link to the held predecessor breaks); they
     are never acknowledged. Head: `head_seq`/`head_hash` are the central's last record of the
     asked epoch (its base when it holds none), `epoch_known` False for an epoch never registered.
+    Enrolment: `change_seq` is the sequence of the last change it wrote (a gate holding that
+    sequence has it).
     Health: `scope_heads` maps each scope the gate follows to the sequence of its latest change."""
 
     request_id: int
@@ -102,6 +153,7 @@ class Reply:
     head_seq: int = 0
     head_hash: str = ""
     epoch_known: bool = True
+    change_seq: int = 0
 
 
 def _pack(obj: dict) -> bytes:
@@ -237,15 +289,76 @@ def encode_health(report: HealthReport) -> bytes:
     })
 
 
-def decode_request(frame: bytes) -> AuditBatch | HealthReport | HeadRequest | EpochRegistration:
+def encode_enrol(req: EnrolRequest) -> bytes:
+    tpl = np.ascontiguousarray(req.templates, dtype="<f4")
+    return _pack({
+        "t": "enrol", "station": req.station_id, "rid": req.request_id, "subject": req.subject_id,
+        "name": req.display_name, "list": req.list_type, "scopes": list(req.scopes), "from": req.departure_airport,
+        "vf": req.valid_from, "vu": req.valid_until, "model": req.model_id, "n": int(tpl.shape[0]),
+        "dim": int(tpl.shape[1]), "tpl": tpl.tobytes()})
+
+
+def _decode_enrol(obj: dict) -> EnrolRequest:
+    try:
+        station = check_id(obj.get("station"), "station id")
+        subject = check_id(obj.get("subject"), "subject id")
+    except ScopeError as exc:
+        raise MalformedRequest(str(exc)) from exc
+    name = obj.get("name")
+    if name is not None and (not isinstance(name, str) or not 0 < len(name) <= MAX_DISPLAY_NAME
+                             or not name.isprintable()):
+        raise MalformedRequest(f"name must be nil or 1-{MAX_DISPLAY_NAME} printable characters")
+    list_type = _text(obj, "list")
+    scopes_raw = obj.get("scopes")
+    if not isinstance(scopes_raw, list) or not 1 <= len(scopes_raw) <= MAX_ENROL_SCOPES or \
+            not all(isinstance(s, str) for s in scopes_raw):
+        raise MalformedRequest(f"scopes must be a list of 1..{MAX_ENROL_SCOPES} scope names")
+    try:
+        scopes = tuple(sorted({parse_scope(s) for s in scopes_raw}))
+    except ScopeError as exc:
+        raise MalformedRequest(str(exc)) from exc
+    airport = obj.get("from")
+    if not isinstance(airport, str) or len(airport) != 3 or not airport.isascii() or not airport.isupper():
+        raise MalformedRequest("from must be the 3-letter IATA code of the departure airport")
+    vf, vu = obj.get("vf"), obj.get("vu")
+    for label, value, optional in (("vf", vf, True), ("vu", vu, False)):
+        if value is None and optional:
+            continue
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= _MAX_UNIX_SECONDS:
+            raise MalformedRequest(f"{label} must be a Unix time between 1970 and 9999"
+                                   + ("" if optional else " (required)"))
+    if vf is not None and vu <= vf:
+        raise MalformedRequest("vu must be after vf")
+    model = _text(obj, "model")
+    if not model:
+        raise MalformedRequest("model must name the template model")
+    n, dim, tpl = obj.get("n"), obj.get("dim"), obj.get("tpl")
+    if type(n) is not int or type(dim) is not int or not (1 <= n <= MAX_ENROL_TEMPLATES and 1 <= dim <= MAX_DIM):
+        raise MalformedRequest(f"templates: n must be 1..{MAX_ENROL_TEMPLATES} and dim 1..{MAX_DIM}, "
+                               f"got n={n!r} dim={dim!r}")
+    if not isinstance(tpl, bytes) or len(tpl) != n * dim * 4:
+        raise MalformedRequest(f"tpl must be n*dim*4 = {n * dim * 4} bytes of float32")
+    templates = np.frombuffer(tpl, dtype="<f4").reshape(n, dim)
+    if not np.isfinite(templates).all():
+        raise MalformedRequest("templates contain NaN or infinite values")
+    if not (np.abs(np.einsum("ij,ij->i", templates, templates) - 1.0) <= 2e-3).all():
+        raise MalformedRequest("templates are not L2-normalised")
+    return EnrolRequest(station_id=station, request_id=_int(obj, "rid"), subject_id=subject, display_name=name,
+                        list_type=list_type, scopes=scopes, departure_airport=airport, valid_from=vf, valid_until=vu,
+                        model_id=model, templates=templates)
+
+
+def decode_request(frame: bytes) -> AuditBatch | HealthReport | HeadRequest | EpochRegistration | EnrolRequest:
     obj = _unpack(frame)
     kind = obj.get("t")
+    if kind == "enrol":
+        return _decode_enrol(obj)
     if kind == "audit":
         rows_raw = obj.get("rows")
         if not isinstance(rows_raw, list) or not 1 <= len(rows_raw) <= MAX_BATCH_ROWS:
             raise MalformedRequest(f"an audit batch carries 1..{MAX_BATCH_ROWS} rows")
         rows = tuple(_decode_row(r) for r in rows_raw)
-        for a, b in zip(rows, rows[1:]):
+        for a, b in zip(rows, rows[1:], strict=False):  # consecutive pairs
             if b.seq <= a.seq:
                 raise MalformedRequest(f"audit rows must be in increasing seq order ({a.seq} then {b.seq})")
         first, last = _int(obj, "first", 1), _int(obj, "last", 1)
@@ -263,7 +376,8 @@ def decode_request(frame: bytes) -> AuditBatch | HealthReport | HeadRequest | Ep
                 for k, v in models.items()):
             raise MalformedRequest("models must map up to 32 model names to version strings")
         scopes = obj.get("scopes")
-        if not isinstance(scopes, list) or len(scopes) > 64 or not all(isinstance(s, str) and len(s) <= _MAX_TEXT for s in scopes):
+        if (not isinstance(scopes, list) or len(scopes) > 64
+                or not all(isinstance(s, str) and len(s) <= _MAX_TEXT for s in scopes)):
             raise MalformedRequest("scopes must be a list of up to 64 subtrees")
         extra = obj.get("extra")
         if not isinstance(extra, dict) or len(_pack(extra)) > _MAX_EXTRA_BYTES:
@@ -285,7 +399,8 @@ def decode_request(frame: bytes) -> AuditBatch | HealthReport | HeadRequest | Ep
 def encode_reply(reply: Reply) -> bytes:
     return _pack({"rid": reply.request_id, "ok": reply.ok, "error": reply.error,
                   "durable": reply.durable_seq, "heads": reply.scope_heads, "conflicts": list(reply.conflicts),
-                  "head_seq": reply.head_seq, "head": reply.head_hash, "known": reply.epoch_known})
+                  "head_seq": reply.head_seq, "head": reply.head_hash, "known": reply.epoch_known,
+                  "seq": reply.change_seq})
 
 
 def decode_reply(frame: bytes) -> Reply:
@@ -307,4 +422,5 @@ def decode_reply(frame: bytes) -> Reply:
         raise MalformedRequest("reply known must be true or false")
     return Reply(request_id=_int(obj, "rid"), ok=obj["ok"], error=obj["error"],
                  durable_seq=_int(obj, "durable"), scope_heads=dict(heads), conflicts=tuple(sorted(conflicts)),
-                 head_seq=_int(obj, "head_seq") if "head_seq" in obj else 0, head_hash=head, epoch_known=known)
+                 head_seq=_int(obj, "head_seq") if "head_seq" in obj else 0, head_hash=head, epoch_known=known,
+                 change_seq=_int(obj, "seq") if "seq" in obj else 0)

@@ -57,7 +57,7 @@ class Reference:
         owners, rows = self._stacked
         scores = cos(rows, unit32(q)[0])
         best: dict[str, float] = {}
-        for sid, sc in zip(owners.tolist(), scores.tolist()):
+        for sid, sc in zip(owners.tolist(), scores.tolist(), strict=True):
             best[sid] = max(sc, best.get(sid, -np.inf))
         return sorted(best.items(), key=lambda t: (-t[1], t[0]))[:k]
 
@@ -82,7 +82,7 @@ def test_search_equals_brute_force_on_crowded_gallery(precision):
     data = clustered(rng, 3000)
     ids = [f"s{i:05d}" for i in range(2000)]
     m.add_arrays(ids, data[:2000])  # bulk → segments
-    for sid, v in zip(ids, data[:2000]):
+    for sid, v in zip(ids, data[:2000], strict=True):
         ref.add(sid, v)
     for i in range(2000, 3000, 2):  # one by one → staging, seals, merges; two templates each
         sid = f"m{i:05d}"
@@ -171,7 +171,7 @@ def test_bulk_load_in_segment_sized_steps_is_all_or_nothing():
     assert len(m) == 0
     m.add_arrays(ids, v)
     ref = Reference()
-    for sid, x in zip(ids, v):
+    for sid, x in zip(ids, v, strict=True):
         ref.add(sid, x)
     assert len(m) == 2000 and m.stats()["segments"] >= 2
     for q in v[::97] + 0.1 * rng.standard_normal((len(v[::97]), D)):
@@ -189,7 +189,7 @@ def test_search_split_over_two_cores_gives_the_exact_answer():
     split.add_arrays(ids, v)
     split.add("late", v[5] + 0.01)  # lands in the staging buffer
     ref = Reference()
-    for sid, x in zip(ids, v):
+    for sid, x in zip(ids, v, strict=True):
         ref.add(sid, x)
     ref.add("late", v[5] + 0.01)
     assert split.stats()["segments"] == 3
@@ -286,11 +286,11 @@ def test_subject_ids_of_any_length_survive_growth_revocation_and_reuse():
     m = Matcher(D, "m", staging_rows=64)
     ids = [f"p{i}" for i in range(1500)] + ["Zoë Ünïcødé-" + "x" * i for i in range(0, 200, 7)]
     vecs = rng.standard_normal((len(ids), D))
-    for sid, v in zip(ids, vecs):
+    for sid, v in zip(ids, vecs, strict=True):
         m.add(sid, v)
     for sid in ids[::3]:
         assert m.remove(sid)
-    for sid, v in zip(ids[::3], vecs[::3]):  # back, into reused numbers
+    for sid, v in zip(ids[::3], vecs[::3], strict=True):  # back, into reused numbers
         m.add(sid, -v)
     assert len(m) == len(ids) and all(sid in m for sid in ids) and "p1500" not in m
     for i in list(range(0, len(ids), 97)) + [len(ids) - 1]:

@@ -127,7 +127,8 @@ def test_gate_ops_subject_gone_cli(tmp_path, capsys):
     c.enroll_subject(WHO, "deny", ["lane:L1"], None, None, MODEL, unit_rows(np.random.default_rng(1), 1))
     assert gate_ops.main(["--config", str(toml), "subject-gone", WHO]) == 1
     out = capsys.readouterr().out
-    assert "FAIL hashmap keys: /lane/L1/" + WHO in out and out.splitlines()[-1] == f"FAIL subject {WHO} is still present"
+    assert "FAIL hashmap keys: /lane/L1/" + WHO in out
+    assert out.splitlines()[-1] == f"FAIL subject {WHO} is still present"
     c.revoke(WHO)
     forget_withdrawn(c, c.hashmap.current_seq(), time.time() + 1)
     c.close()
@@ -177,7 +178,8 @@ def test_gatectl_watchlist_gone_cli(tmp_path, capsys):
     state, cipher = _gate_state(tmp_path)
     assert gatectl.main(["watchlist", "gone", WHO, "--state-dir", str(state)]) == 1
     out = capsys.readouterr().out
-    assert "FAIL watchlist templates: 2 rows" in out and out.splitlines()[-1] == f"FAIL subject {WHO} is still on this gate"
+    assert "FAIL watchlist templates: 2 rows" in out
+    assert out.splitlines()[-1] == f"FAIL subject {WHO} is still on this gate"
     with WatchlistStore(state, cipher=cipher) as store:
         store.purge_expired(T0 + dt.timedelta(hours=2))  # expired without a revocation
     assert gatectl.main(["watchlist", "gone", WHO, "--state-dir", str(state)]) == 0

@@ -16,8 +16,7 @@ import pytest
 from sync.agent import GateAgent
 from sync.central import Central, Enrollment
 from sync.central_server import CentralServer
-from tests.sync_helpers import (
-    MODEL, REPO, Deployment, MemoryWatchlist, SqliteAuditLog, unit, wait_until)
+from tests.sync_helpers import MODEL, REPO, Deployment, MemoryWatchlist, SqliteAuditLog, unit, wait_until
 
 HEALTH = {"status": "ok", "software_version": "test", "model_versions": {MODEL: "1"}, "last_decision_at": None}
 

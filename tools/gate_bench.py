@@ -178,6 +178,25 @@ def cmd_crash(args) -> int:
     return 0 if ok else 1
 
 
+def cmd_kiosk(args) -> int:
+    from pathlib import Path
+
+    from tools.bench_kiosk import kiosk_bench
+
+    r = kiosk_bench(Path(args.models), Path(args.images), travellers=args.travellers, fps=args.fps,
+                    pad_from=Path(args.pad_from) if args.pad_from else None, frames_needed=args.frames_needed)
+    if args.json:
+        _print_json(r)
+        return 0
+    print(f"{r['travellers']} travellers, camera {r['fps']:g} fps, {r['frames_needed']} good frames per decision, "
+          f"PAD {'on' if r['pad'] else 'off'}, 1:1 threshold {r['threshold_1to1']}; outcomes {r['outcomes']}")
+    _table([("first face -> enrolment acknowledged", f"median {r['face_to_ack_s_median']:.2f} s   "
+                                                     f"p95 {r['face_to_ack_s_p95']:.2f} s   (n={r['timed']})"),
+            ("first face -> security lane can match", f"median {r['face_to_lane_match_s_median']:.2f} s   "
+                                                      f"p95 {r['face_to_lane_match_s_p95']:.2f} s")])
+    return 0 if r["timed"] else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     from models.registry import DEFAULT_DETECTOR, DEFAULT_EMBEDDER
     from tools.gate_models import default_model_dir
@@ -198,7 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-reference", action="store_true", help="skip the dlib reference pipeline")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_vision)
-    s = sub.add_parser("lane", help="the real daemon on a 15 fps feed of passengers: face-to-open, false opens, idle CPU")
+    s = sub.add_parser("lane", help="the real daemon on a 15 fps feed of passengers: face-to-open, false opens, "
+                                    "idle CPU")
     s.add_argument("--images", default="../shared/faces/lfw-dev/images")
     s.add_argument("--models", default=str(default_model_dir()))
     s.add_argument("--enrolled", type=int, default=12)
@@ -239,6 +259,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_crash)
+    s = sub.add_parser("kiosk", help="enrolment station: first face -> enrolment acknowledged by a real central over "
+                                     "CURVE, and -> a security lane able to match")
+    s.add_argument("--images", default="../shared/faces/lfw-dev/images")
+    s.add_argument("--models", default=str(default_model_dir()))
+    s.add_argument("--travellers", type=int, default=12)
+    s.add_argument("--fps", type=float, default=15.0, help="the camera's frame rate the photos are played at")
+    s.add_argument("--frames-needed", type=int, default=5)
+    s.add_argument("--pad-from", help="folder with the MiniFASNet pair (e.g. ../shared/models)")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_kiosk)
     from tools.bench_search import add_search_args, run_search_cli
 
     s = sub.add_parser("search", help="1:N latency, memory and exactness per gallery size, dim and precision, "

@@ -2,13 +2,16 @@
 
     gate-central --config central.toml                  serve (CHP, audit collector, health)
     gate-central keys gen --name NAME --out DIR         CURVE keypair, files 0600
+    gate-central config-reference                       the [central] keys (markdown)
     gate-central --config F gate add ID --public-key FILE --scope lane:L1 [--scope flight:BA1]
     gate-central --config F gate remove ID | gate list
     gate-central --config F admin add NAME --public-key FILE
+    gate-central --config F station add ID --public-key FILE --airport SGN | station remove ID
+    gate-central --config F show SUBJECT                 one subject, with its display name (staff only)
     gate-central --config F revoke SUBJECT [--scope lane:L1] [--reason TEXT]
     gate-central --config F expire
     gate-central --config F list [--scope lane:L1] [--status active|revoked|expired]
-    gate-central --config F enroll --from DIR --scope lane:L1 [--list deny] [--valid-until T]
+    gate-central --config F enrol --from DIR --scope lane:L1 [--list deny] [--valid-until T]  (alias: enroll)
     gate-central --config F migrate [--from OLD_SQLITE_FILE]   create/upgrade the schema; copy a SQLite central
 
 Every command is a thin wrapper over sync.central / sync.central_server / sync.keys.
@@ -23,7 +26,7 @@ from pathlib import Path
 from models.manifest import ModelError
 from sync.central import Central, EnrollmentError
 from sync.central_db import StorageError, redact_dsn
-from sync.config import ConfigError, load_central_config
+from sync.config import ConfigError, central_reference_markdown, load_central_config
 from sync.keys import KeyFileError, generate_keypair_files, load_public_key
 
 
@@ -39,6 +42,11 @@ def cmd_serve(args) -> int:
     if args.config is None:
         raise ConfigError("serving needs --config FILE")
     return run_central(load_central_config(args.config))
+
+
+def cmd_config_reference(args) -> int:
+    print(central_reference_markdown())
+    return 0
 
 
 def cmd_keys_gen(args) -> int:
@@ -73,6 +81,36 @@ def cmd_admin_add(args) -> int:
     return 0
 
 
+def cmd_show(args) -> int:
+    """One subject for staff: list type, where it is published and the name as the person writes it
+    (kept at the central only; gates never receive it)."""
+    from sync.scopes import scope_label
+
+    standing = _central(args).subject_standing(args.subject_id)
+    if standing is None:
+        print(f"no subject {args.subject_id} at this central", file=sys.stderr)
+        return 1
+    list_type, scopes, name = standing
+    print(f"subject      {args.subject_id}\nname         {name or '-'}\nlist         {list_type}\n"
+          f"published in {', '.join(scope_label(s) for s in scopes) or '- (withdrawn)'}")
+    return 0
+
+
+def cmd_station_add(args) -> int:
+    p = _central(args).register_station(args.station_id, load_public_key(Path(args.public_key)), args.airport)
+    print(f"enrolment station {p.ident} allowed for airport {p.scopes[0]}: it may enrol departing travellers "
+          f"into that airport's flight: and checkpoint: scopes only")
+    return 0
+
+
+def cmd_station_remove(args) -> int:
+    if not _central(args).remove_principal("station", args.station_id):
+        print(f"no station {args.station_id} registered", file=sys.stderr)
+        return 1
+    print(f"station {args.station_id} removed; its key is refused from its next connection")
+    return 0
+
+
 def cmd_revoke(args) -> int:
     keys = _central(args).revoke(args.subject_id, args.scope or None, args.reason)
     print(f"revoked {args.subject_id}: {len(keys)} key(s) deleted" + (f" ({', '.join(keys)})" if keys else ""))
@@ -92,7 +130,7 @@ def cmd_list(args) -> int:
     return 0
 
 
-def cmd_enroll(args) -> int:
+def cmd_enrol(args) -> int:
     """Photos → templates with the configured models → stored and published in the scope."""
     import datetime as dt
 
@@ -156,6 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub = p.add_subparsers(dest="cmd", parser_class=with_config)
     sub.add_parser("serve", help="run the central service (the default)").set_defaults(func=cmd_serve)
+    sub.add_parser("config-reference", help="print the [central] configuration reference (markdown)").set_defaults(
+        func=cmd_config_reference)
 
     keys = sub.add_parser("keys", help="CURVE keys").add_subparsers(dest="keys_cmd", required=True,
                                                                           parser_class=with_config)
@@ -184,6 +224,21 @@ def build_parser() -> argparse.ArgumentParser:
     aadd.add_argument("--public-key", required=True)
     aadd.set_defaults(func=cmd_admin_add)
 
+    sh = sub.add_parser("show", help="one subject for staff, with its display name")
+    sh.add_argument("subject_id")
+    sh.set_defaults(func=cmd_show)
+
+    station = sub.add_parser("station", help="enrolment stations (check-in kiosks, counters)").add_subparsers(
+        dest="station_cmd", required=True, parser_class=with_config)
+    sadd = station.add_parser("add", help="allow a station's public key, bound to one airport")
+    sadd.add_argument("station_id")
+    sadd.add_argument("--public-key", required=True, help="the station's NAME.key file")
+    sadd.add_argument("--airport", required=True, help="IATA code of the airport the station serves, e.g. SGN")
+    sadd.set_defaults(func=cmd_station_add)
+    srm = station.add_parser("remove", help="refuse a station's key from now on")
+    srm.add_argument("station_id")
+    srm.set_defaults(func=cmd_station_remove)
+
     rv = sub.add_parser("revoke", help="withdraw a subject (from all scopes unless --scope)")
     rv.add_argument("subject_id")
     rv.add_argument("--scope", action="append", help="lane:ID or flight:NO (repeatable)")
@@ -195,7 +250,9 @@ def build_parser() -> argparse.ArgumentParser:
     from models.registry import DEFAULT_DETECTOR, DEFAULT_EMBEDDER
     from tools.gate_models import default_model_dir
 
-    en = sub.add_parser("enroll", help="enrol people from photos: one sub-folder per person, named by subject id")
+    # "enroll" kept as an alias so scripts written for the first spelling keep working
+    en = sub.add_parser("enrol", aliases=["enroll"],
+                        help="enrol people from photos: one sub-folder per person, named by subject id")
     en.add_argument("--from", dest="from_dir", required=True, help="folder of per-person photo folders")
     en.add_argument("--scope", action="append", required=True, help="lane:ID or flight:NO (repeatable)")
     en.add_argument("--list", choices=["allow", "deny"], default="allow")
@@ -204,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     en.add_argument("--detector", default=DEFAULT_DETECTOR)
     en.add_argument("--embedder", default=DEFAULT_EMBEDDER)
     en.add_argument("--no-flip", action="store_true")
-    en.set_defaults(func=cmd_enroll)
+    en.set_defaults(func=cmd_enrol)
 
     mg = sub.add_parser("migrate", help="create or upgrade the central's schema (PostgreSQL); "
                                         "--from copies a SQLite central into it")

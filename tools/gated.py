@@ -7,7 +7,7 @@ import signal
 import sys
 from pathlib import Path
 
-from gate.schema import ConfigError
+from configschema import ConfigError
 
 
 def setup_logging(level: str) -> None:

@@ -1,0 +1,136 @@
+"""Specimen chip documents: a test CSCA, a document signer and DG1/DG2/EF.SOD built from a photo.
+
+Real CCCD chips cannot be read on this machine, so tests and the demo issue their own
+documents the way a state would, with `cryptography` keys and asn1crypto structures, and the
+station verifies them through exactly the code a real chip's data goes through. Nothing here
+is used to verify anything.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from dataclasses import dataclass
+
+from asn1crypto import cms
+from asn1crypto import x509 as asn1_x509
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.x509.oid import NameOID
+
+from kiosk.icao9303 import LDS_SECURITY_OBJECT_OID, LDSSecurityObject, _check_digit
+
+
+def tlv(tag: int, value: bytes) -> bytes:
+    tag_bytes = tag.to_bytes((tag.bit_length() + 7) // 8 or 1, "big")
+    n = len(value)
+    if n < 0x80:
+        length = bytes([n])
+    else:
+        raw = n.to_bytes((n.bit_length() + 7) // 8, "big")
+        length = bytes([0x80 | len(raw)]) + raw
+    return tag_bytes + length + value
+
+
+@dataclass(frozen=True)
+class Issuer:
+    key: object
+    cert: x509.Certificate
+
+    def pem(self) -> bytes:
+        return self.cert.public_bytes(serialization.Encoding.PEM)
+
+
+def _name(common: str, country: str = "VN") -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COUNTRY_NAME, country),
+                      x509.NameAttribute(NameOID.COMMON_NAME, common)])
+
+
+def _key(kind: str):
+    return ec.generate_private_key(ec.SECP256R1()) if kind == "ec" else rsa.generate_private_key(65537, 2048)
+
+
+def make_csca(common: str = "CSCA Specimen", kind: str = "rsa", days: int = 3650) -> Issuer:
+    key = _key(kind)
+    now = dt.datetime.now(dt.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(_name(common)).issuer_name(_name(common))
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(days=1)).not_valid_after(now + dt.timedelta(days=days))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .sign(key, hashes.SHA256()))
+    return Issuer(key, cert)
+
+
+def make_document_signer(csca: Issuer, common: str = "DS Specimen", kind: str = "rsa",
+                         not_before: dt.datetime | None = None, not_after: dt.datetime | None = None) -> Issuer:
+    key = _key(kind)
+    now = dt.datetime.now(dt.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(_name(common)).issuer_name(csca.cert.subject)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(not_before or now - dt.timedelta(days=1))
+            .not_valid_after(not_after or now + dt.timedelta(days=365))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .sign(csca.key, hashes.SHA256()))
+    return Issuer(key, cert)
+
+
+def build_dg2(image: bytes, image_format: str, width: int, height: int) -> bytes:
+    """DG2 holding one ISO/IEC 19794-5 facial record (no feature points)."""
+    image_info = bytes([1, 0 if image_format == "jpeg" else 1]) + width.to_bytes(2, "big") + \
+        height.to_bytes(2, "big") + bytes([1, 2]) + b"\x00\x00" + b"\x00\x00"
+    block = (20 + 12 + len(image)).to_bytes(4, "big") + b"\x00\x00" + bytes(14) + image_info + image
+    record = b"FAC\x00" + b"010\x00" + (14 + len(block)).to_bytes(4, "big") + b"\x00\x01" + block
+    header = tlv(0xA1, tlv(0x80, b"\x01\x01") + tlv(0x81, b"\x02") + tlv(0x87, b"\x01\x01") + tlv(0x88, b"\x00\x08"))
+    template = tlv(0x7F60, header + tlv(0x5F2E, record))
+    return tlv(0x75, tlv(0x7F61, tlv(0x02, b"\x01") + template))
+
+
+def td1_mrz(document_number: str, surname: str, given: str, state: str = "VNM") -> str:
+    number = document_number.ljust(9, "<")[:9]
+    line1 = ("ID" + state + number + str(_check_digit(number))).ljust(30, "<")
+    line2 = "9001015M3012315" + state + "<" * 11 + "0"
+    line3 = (surname.replace(" ", "<") + "<<" + given.replace(" ", "<")).ljust(30, "<")[:30]
+    return line1 + line2 + line3
+
+
+def build_dg1(mrz: str) -> bytes:
+    return tlv(0x61, tlv(0x5F1F, mrz.encode("ascii")))
+
+
+def build_sod(data_groups: dict[int, bytes], signer: Issuer, hash_name: str = "sha256", scheme: str = "pkcs1") -> bytes:
+    """EF.SOD: an LDS security object over the data groups, CMS-signed by `signer`."""
+    lds = LDSSecurityObject({
+        "version": 0, "hash_algorithm": {"algorithm": hash_name},
+        "data_group_hash_values": [{"data_group_number": n, "data_group_hash_value": hashlib.new(hash_name, d).digest()}
+                                   for n, d in sorted(data_groups.items())]})
+    econtent = lds.dump()
+    attrs = cms.CMSAttributes([
+        cms.CMSAttribute({"type": "content_type", "values": [LDS_SECURITY_OBJECT_OID]}),
+        cms.CMSAttribute({"type": "message_digest", "values": [hashlib.new(hash_name, econtent).digest()]}),
+    ])
+    h = {"sha256": hashes.SHA256, "sha384": hashes.SHA384, "sha512": hashes.SHA512, "sha1": hashes.SHA1}[hash_name]()
+    to_sign = attrs.dump()
+    if scheme == "pss":
+        sig = signer.key.sign(to_sign, padding.PSS(padding.MGF1(h), h.digest_size), h)
+        sig_alg = {"algorithm": "rsassa_pss", "parameters": {
+            "hash_algorithm": {"algorithm": hash_name},
+            "mask_gen_algorithm": {"algorithm": "mgf1", "parameters": {"algorithm": hash_name}},
+            "salt_length": h.digest_size, "trailer_field": "trailer_field_bc"}}
+    elif scheme == "ecdsa":
+        sig = signer.key.sign(to_sign, ec.ECDSA(h))
+        sig_alg = {"algorithm": f"{hash_name}_ecdsa"}
+    else:
+        sig = signer.key.sign(to_sign, padding.PKCS1v15(), h)
+        sig_alg = {"algorithm": f"{hash_name}_rsa"}
+    cert = asn1_x509.Certificate.load(signer.cert.public_bytes(serialization.Encoding.DER))
+    signer_info = cms.SignerInfo({
+        "version": "v1",
+        "sid": cms.SignerIdentifier({"issuer_and_serial_number": {"issuer": cert.issuer,
+                                                                  "serial_number": cert.serial_number}}),
+        "digest_algorithm": {"algorithm": hash_name}, "signed_attrs": attrs, "signature_algorithm": sig_alg,
+        "signature": sig})
+    signed = cms.SignedData({
+        "version": "v3", "digest_algorithms": [{"algorithm": hash_name}],
+        "encap_content_info": {"content_type": LDS_SECURITY_OBJECT_OID, "content": econtent},
+        "certificates": [cert], "signer_infos": [signer_info]})
+    return tlv(0x77, cms.ContentInfo({"content_type": "signed_data", "content": signed}).dump())
