@@ -116,6 +116,7 @@ class _Publisher:
         self._sock = sock
         self._wake = wake
         self.published = central.hashmap.current_seq()
+        self.database_lost = False  # set after a storage error: check the sequence did not go back
         now = time.monotonic()
         self._next_hugz, self._next_expiry, self._next_prune = now, now, now + 60.0
 
@@ -132,7 +133,25 @@ class _Publisher:
             self._sock.send_multipart(hugz(self.published).frames())
             self._next_hugz = now + self._cfg.heartbeat_s
 
+    def _resume_sequence(self) -> None:
+        """After losing the database: if it is now behind what this node published, a failover
+        lost commits (PostgreSQL shows a commit on the primary once its wait for the synchronous
+        standby is cut short, so a publisher can read a change the standby never got). The next
+        change would reuse a published number and every gate that saw it would discard the new
+        change as a repeat; so move the sequence past what was published first."""
+        held = self._central.hashmap.current_seq()
+        if held < self.published:
+            log.error("the database is at sequence %d but this node published up to %d: changes were lost in a "
+                      "failover; moving the sequence past them (gates keep the lost ones until their next snapshot)",
+                      held, self.published)
+            with self._central.db.write_transaction():
+                self._central.db.execute("UPDATE meta SET value = ? WHERE name = 'seq' AND value < ?",
+                                         (self.published, self.published))
+        self.database_lost = False
+
     def step(self) -> None:
+        if self.database_lost:
+            self._resume_sequence()
         while True:
             changes = self._central.hashmap.changes_after(self.published, 1000)
             for msg in changes:
@@ -376,6 +395,7 @@ class CentralServer:
                 publisher.step()
             except StorageError as exc:
                 log.error("publisher: database error (%s); retrying", exc)
+                publisher.database_lost = True
                 publisher.heartbeat()
                 self._stop.wait(min(0.5, self.config.heartbeat_s))
         central.close()

@@ -275,3 +275,49 @@ def test_failover_bench_runs_small_and_loses_nothing():
     assert 0 < r["resume_s_median"] <= r["resume_s_worst"] < 30
     assert r["records"] > 4 * 20
     assert "lost / duplicated" in format_table(r)
+
+
+def test_a_change_published_then_lost_in_a_failover_does_not_swallow_the_next_one(tmp_path, pg_database):
+    """PostgreSQL makes a commit visible on the primary once its wait for the synchronous standby
+    is cut short (the primary dying mid-commit), so a node can publish a change the promoted
+    standby never received. Here the database is put back to the state the standby would hold
+    (the last change removed, the sequence one lower) and every connection of the node is cut,
+    as a failover does. The next change must still reach the gate: without the node moving the
+    sequence past what it published, it would reuse the lost change's number and the gate,
+    already at that number, would discard it as a repeat."""
+    dep = Deployment(tmp_path, pg_database)
+    server = CentralServer(dep.central_config())
+    server.start()
+    secret = dep.add_gate("G1", ["lane:L1"])
+    sink = MemoryWatchlist()
+    agent = GateAgent(dep.agent_config("G1", secret, ["lane:L1"]), sink, SqliteAuditLog(tmp_path / "a.db"),
+                      lambda: {"status": "ok", "software_version": "t", "model_versions": {MODEL: "1"}})
+    central = Central(pg_database)
+    rng = np.random.default_rng(11)
+    try:
+        agent.start()
+        for i in range(3):
+            central.enroll_subject(f"p{i}", "allow", ["lane:L1"], None, None, MODEL, unit(rng, 1))
+        lost = central.enroll_subject("lost", "allow", ["lane:L1"], None, None, MODEL, unit(rng, 1))
+        assert wait_until(lambda: "/lane/L1/lost" in sink.snapshot(), timeout=15)
+        assert sink.stored_seq() == lost.seq == 4
+
+        with central.db.write_transaction():  # what the promoted standby holds: "lost" never arrived
+            for sql in ("DELETE FROM kv WHERE subject_id = 'lost'", "DELETE FROM templates WHERE subject_id = 'lost'",
+                        "DELETE FROM subjects WHERE subject_id = 'lost'", "DELETE FROM kv_log WHERE seq = 4",
+                        "UPDATE meta SET value = 3 WHERE name = 'seq'",
+                        "UPDATE scope_heads SET seq = 3 WHERE scope = '/lane/L1/'"):
+                central.db.execute(sql)
+        central.db.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                           "WHERE datname = current_database() AND pid <> pg_backend_pid()")
+        # the node notices it lost the database and moves the sequence past what it published
+        assert wait_until(lambda: central.hashmap.current_seq() >= 4, timeout=10), \
+            "the node did not move the sequence past the change it published"
+        after = central.enroll_subject("after", "allow", ["lane:L1"], None, None, MODEL, unit(rng, 1))
+        assert after.seq > 4
+        assert wait_until(lambda: "/lane/L1/after" in sink.snapshot(), timeout=15), \
+            "the change after the failover never reached the gate"
+    finally:
+        agent.stop()
+        server.stop()
+        central.close()
