@@ -189,6 +189,7 @@ def db_failover_bench(gates: int = 50, *, batch: int = 20, warmup_s: float = 3.0
                 "replication_before_kill": [list(r) for r in replication],
                 "promote_s": round(promoted_at - killed_at, 2),
                 "resume_s_median": round(statistics.median(resume), 2), "resume_s_worst": round(max(resume), 2),
+                "resume_s_p90": round(sorted(resume)[int(0.9 * (len(resume) - 1))], 2),
                 "after_promote_s_median": round(statistics.median(resume_promoted), 2),
                 "after_promote_s_worst": round(max(resume_promoted), 2),
                 "lost": lost, "duplicated": duplicated, "chains_ok": chains_ok,
