@@ -20,12 +20,13 @@ from typing import Any
 
 import devices
 from gate import lane as lanes
-from gate.actions import Alert, Audit, Indicate, Lock, Unlock, after_audit_failure
+from gate.actions import Unlock
 from gate.audit import AuditLog, AuditWriteError
 from gate.config import GateConfig
 from gate.decide import Outcome
-from gate.events import (AuditFailed, AuditRestored, DeviceFault, DeviceRestored, DoorForced, FireAlarm,
-                         PassageComplete, StaffCommand, Tamper, Tick, TokenRead)
+from gate.events import (AuditRestored, DeviceFault, DeviceRestored, DoorForced, FireAlarm, PassageComplete,
+                         StaffCommand, Tamper, Tick, TokenRead)
+from gate.executor import BARRIER, ActionExecutor
 from gate.notify import Notifier
 from gate.observation import FrameObservation
 from gate.observe import observe, store_lookup
@@ -38,8 +39,23 @@ log = logging.getLogger("gated")
 
 SOFTWARE_VERSION = "0.1.0"
 TICK_S = 0.1
-BARRIER = "barrier"
 CAMERA = "camera"
+
+
+def _device_online(daemon: "LaneDaemon", t: float, e) -> DeviceRestored | None:
+    return DeviceRestored(t, BARRIER) if BARRIER in daemon.state.faults else None
+
+
+# Device event type -> the lane event it becomes (None: nothing for the lane to hear).
+_FROM_DEVICE = {
+    devices.PassageComplete: lambda d, t, e: PassageComplete(t, e.direction),
+    devices.DoorForced: lambda d, t, e: DoorForced(t, "door forced"),
+    devices.FireAlarm: lambda d, t, e: FireAlarm(t, e.active),
+    devices.Tamper: lambda d, t, e: Tamper(t, "tamper switch"),
+    devices.TokenRead: lambda d, t, e: d._resolve_token(t, e),
+    devices.DeviceOffline: lambda d, t, e: DeviceFault(t, BARRIER, e.reason),
+    devices.DeviceOnline: _device_online,
+}
 
 
 class StartupError(RuntimeError):
@@ -162,6 +178,9 @@ class LaneDaemon:
             self._driver.open()
         except devices.DeviceError as e:  # offline at start: the lane starts locked and faulted
             log.error("turnstile driver: %s", e)
+        self.executor = ActionExecutor(self.audit, self._driver, clock=self.clock,
+                                       stamp={"gate": cfg.gate.id, "pad": self.pad_status},
+                                       on_written=self._audit_written, on_unlock=self._note_unlock)
         if cfg.scanner is not None:  # its tokens join the driver's event queue
             from devices.barcode import BarcodeScanner
 
@@ -202,15 +221,13 @@ class LaneDaemon:
         return _private("refer crops", lambda: ReferCropStore(self.cfg.gate.state_dir, cipher,
                                                               timedelta(days=p.refer_crop_retention_days)))
 
-    def _keep_refer_crop(self, d) -> None:
-        """Seal the primary face of the last processed frame as the crop of REFER decision `d`,
+    def _keep_refer_crop(self, record) -> None:
+        """Seal the primary face of the last processed frame as the crop of a REFER decision,
         named after its audit record. No record (audit write failed) or no face: no crop."""
         if self._last_processed is None or self._last_processed[1].primary is None:
             return
         image, result = self._last_processed
-        record = next((r for r in reversed(self.audit.tail(8)) if r.body.get("event") == "decision"), None)
-        if record is None or record.body["decision"].get("outcome") != str(d.outcome) \
-                or record.body["decision"].get("track_id") != d.track_id:
+        if record is None:
             log.warning("REFER decision without its audit record: no face crop kept")
             return
         try:
@@ -242,48 +259,15 @@ class LaneDaemon:
         return "not provisioned" if self.pad is None else "+".join(self.cfg.models.pad)
 
     # ------------------------------------------------------------------ actions
-    def _run(self, actions) -> None:
-        acts = list(actions)
-        followups = []
-        i = 0
-        while i < len(acts):
-            a = acts[i]
-            t = self.clock()
-            if isinstance(a, Audit):
-                body = dict(a.record)
-                body.setdefault("gate", self.cfg.gate.id)
-                body.setdefault("pad", self.pad_status)
-                try:
-                    self.audit.append(body)
-                    if lanes.AUDIT_LOG in self.state.faults:
-                        followups.append(AuditRestored(t))
-                    if self.agent is not None:
-                        self.agent.notify_audit()
-                except AuditWriteError as e:
-                    log.error("audit write failed, no opening without its record: %s", e)
-                    acts = acts[: i + 1] + list(after_audit_failure(acts[i + 1:]))
-                    followups.append(AuditFailed(t, str(e)))
-            elif isinstance(a, Unlock):
-                try:
-                    self._driver.unlock(a.direction, 1, hold=a.hold)
-                    self._note_unlock(t, a)
-                except devices.DeviceError as e:
-                    followups.append(DeviceFault(t, BARRIER, str(e)))
-            elif isinstance(a, Lock):
-                try:
-                    self._driver.lock()
-                except devices.DeviceError as e:
-                    followups.append(DeviceFault(t, BARRIER, str(e)))
-            elif isinstance(a, Indicate):
-                try:
-                    self._driver.indicate(a.colour, a.buzzer, a.text)
-                except devices.DeviceError as e:
-                    followups.append(DeviceFault(t, BARRIER, str(e)))
-            elif isinstance(a, Alert):
-                log.warning("ALERT %s %s", a.kind, dict(a.details))
-                self.metrics.alerts.append({"kind": a.kind, "details": dict(a.details), "at": _utc_now().isoformat()})
-            i += 1
-        for ev in followups:
+    def _run(self, actions, decision=None) -> None:
+        """Run a step's actions; then keep the crop of a new REFER `decision` (named after the
+        record the executor wrote for it) and feed the follow-up events back to the lane."""
+        done = self.executor.run(actions, audit_failing=lanes.AUDIT_LOG in self.state.faults)
+        for a in done.alerts:
+            self.metrics.alerts.append({"kind": a.kind, "details": dict(a.details), "at": _utc_now().isoformat()})
+        if decision is not None and decision.outcome is Outcome.REFER and self.cfg.privacy.keep_refer_crops:
+            self._keep_refer_crop(done.row_for("decision"))
+        for ev in done.followups:
             self._step(ev)
 
     def _probe_audit(self, now: float) -> None:
@@ -296,6 +280,10 @@ class LaneDaemon:
             return
         log.warning("audit log writable again; returning the lane to service")
         self._step(AuditRestored(now))
+
+    def _audit_written(self, _row) -> None:
+        if self.agent is not None:
+            self.agent.notify_audit()
 
     def _note_unlock(self, t: float, a: Unlock) -> None:
         d = self.state.decision if self.state is not None else None
@@ -311,9 +299,7 @@ class LaneDaemon:
         if d is not None and d is not before:
             self.metrics.decisions[str(d.outcome)] = self.metrics.decisions.get(str(d.outcome), 0) + 1
             self.metrics.last_decision_at = _utc_now().isoformat()
-        self._run(actions)
-        if d is not None and d is not before and d.outcome is Outcome.REFER and self.cfg.privacy.keep_refer_crops:
-            self._keep_refer_crop(d)
+        self._run(actions, d if d is not None and d is not before else None)
 
     # ------------------------------------------------------------------ inputs
     def _device_events(self) -> None:
@@ -323,22 +309,13 @@ class LaneDaemon:
                 e = q.get_nowait()
             except queue.Empty:
                 return
-            t = self.clock()
-            if isinstance(e, devices.PassageComplete):
-                self._step(PassageComplete(t, e.direction))
-            elif isinstance(e, devices.DoorForced):
-                self._step(DoorForced(t, "door forced"))
-            elif isinstance(e, devices.FireAlarm):
-                self._step(FireAlarm(t, e.active))
-            elif isinstance(e, devices.Tamper):
-                self._step(Tamper(t, "tamper switch"))
-            elif isinstance(e, devices.TokenRead):
-                self._step(self._resolve_token(t, e))
-            elif isinstance(e, devices.DeviceOffline):
-                self._step(DeviceFault(t, BARRIER, e.reason))
-            elif isinstance(e, devices.DeviceOnline):
-                if BARRIER in self.state.faults:
-                    self._step(DeviceRestored(t, BARRIER))
+            to_lane = _FROM_DEVICE.get(type(e))
+            if to_lane is None:
+                log.warning("ignoring a device event the lane has no use for: %r", e)
+                continue
+            ev = to_lane(self, self.clock(), e)
+            if ev is not None:
+                self._step(ev)
 
     def _resolve_token(self, t: float, e) -> TokenRead:
         """A boarding pass or ID read carries the traveller's pseudonymous subject id (as

@@ -430,13 +430,14 @@ def _on_staff(s: LaneState, c: StaffCommand) -> Result:
         if s.mode is Mode.OUT_OF_SERVICE and _rest_mode(s) is not Mode.OUT_OF_SERVICE:
             return _settle(s, "manual_action", fields)
         return s, _note(s, "manual_action", **fields, faults=sorted(s.faults))
-    # RESET
-    if s.mode is Mode.EMERGENCY and s.fire_active:
-        return refuse("the fire-alarm input is still active")
-    fields["cleared"] = [x for x in (s.alarm, "emergency" if s.mode is Mode.EMERGENCY else None) if x]
-    if s.mode in (Mode.EMERGENCY, Mode.ALARM):
-        return _settle(s, "manual_action", fields, alarm=None)
-    return replace(s, alarm=None), _note(s, "manual_action", **fields)
+    if c.action is StaffAction.RESET:
+        if s.mode is Mode.EMERGENCY and s.fire_active:
+            return refuse("the fire-alarm input is still active")
+        fields["cleared"] = [x for x in (s.alarm, "emergency" if s.mode is Mode.EMERGENCY else None) if x]
+        if s.mode in (Mode.EMERGENCY, Mode.ALARM):
+            return _settle(s, "manual_action", fields, alarm=None)
+        return replace(s, alarm=None), _note(s, "manual_action", **fields)
+    raise ValueError(f"the lane has no rule for staff action {c.action.value!r}")
 
 
 _HANDLERS: dict[type, Callable[[LaneState, Any], Result]] = {

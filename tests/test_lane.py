@@ -1,24 +1,28 @@
 """The lane state machine, driven through whole scenarios and random event sequences.
 
-`Gate` below is a minimal executor with the contract the daemon follows (actions in order;
-after a failed audit write only `after_audit_failure` survivors run, then `AuditFailed` goes
-back into the lane), with a simulated barrier, display and audit store, so tests check what
-a passenger would see and what the audit log would hold, not just the returned tuples.
+`Gate` below runs each step's actions through the daemon's own `gate.executor.ActionExecutor`
+onto a real audit log and the simulated turnstile, so tests check what a passenger would see
+and what the audit log holds, with the failure rules the daemon really follows.
 """
 from __future__ import annotations
 
+import os
 import sys
+import tempfile
 import threading
 from contextlib import contextmanager
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gate.actions import (Action, Alert, Audit, Buzzer, Colour, Direction, Indicate, Lock, Unlock,
-                          after_audit_failure)
-from gate.audit import canonical_body
+from devices.config import SimConfig
+from devices.sim import SimDriver
+from gate.actions import Action, Alert, Audit, Buzzer, Colour, Direction, Indicate, Lock, Unlock
+from gate.audit import AuditLog, AuditWriteError
+from gate.executor import ActionExecutor
 from gate.decide import DecisionPolicy, Outcome, Reason
 from gate.events import (AuditFailed, AuditRestored, DeviceFault, DeviceRestored, DoorForced, FireAlarm,
                          PassageComplete, StaffAction, StaffCommand, Tamper, Tick, TokenRead)
@@ -84,52 +88,85 @@ def forbid_io():
 
 
 class Gate:
+    """The lane driven through the daemon's own `ActionExecutor`, onto a real audit log (SQLite
+    on tmpfs) and the simulated turnstile. `disk_full = True` fills the audit database to a
+    real size cap, so writes fail the way they fail on a full disk."""
+
+    FILLER = "disk_filler"
+
     def __init__(self, config=CONFIG, t=0.0, pad_provisioned=False):
-        self.barrier = "locked"
-        self.unlocked_direction = None
-        self.display = None
+        self._dir = tempfile.TemporaryDirectory(prefix="lane-test-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
+        self._log = AuditLog(Path(self._dir.name))
+        self.sim = SimDriver(SimConfig(unlock_pulse_ms=10 ** 9, command_timeout_s=0.01))
+        self.sim.open()
+        self._t = t
+        self.executor = ActionExecutor(self._log, self.sim, clock=lambda: self._t)
         self.audit: list[dict] = []
         self.alerts: list[Alert] = []
-        self.disk_full = False
-        self.unlocks = 0
-        self.last_unlock = None
+        self.unlocked: list[Unlock] = []  # unlocks the turnstile acknowledged
+        self._full = False
         self.state, actions = start(config, t, pad_provisioned=pad_provisioned)
-        self.last_actions = self._run(actions, t)
+        self._execute(actions)
+
+    def __del__(self):
+        self._log.close()
+        self._dir.cleanup()
+
+    @property
+    def disk_full(self) -> bool:
+        return self._full
+
+    @disk_full.setter
+    def disk_full(self, full: bool) -> None:
+        if full and not self._full:
+            self._log.set_size_limit(1)  # no new page; then fill the last page's free space
+            try:
+                for _ in range(200):
+                    self._log.append({"event": self.FILLER})
+            except AuditWriteError:
+                pass
+        elif not full and self._full:
+            self._log.set_size_limit(1 << 30)
+        self._full = full
 
     @property
     def mode(self):
         return self.state.mode
 
+    @property
+    def barrier(self) -> str:
+        return "locked" if self.sim.unlocked is None else "unlocked"
+
+    @property
+    def unlocked_direction(self):
+        return self.sim.unlocked
+
+    @property
+    def display(self):
+        c = self.sim.last("indicate")
+        return None if c is None else Indicate(c.args["colour"], c.args["buzzer"], c.args["text"])
+
+    @property
+    def unlocks(self) -> int:
+        return len(self.unlocked)
+
+    @property
+    def last_unlock(self):
+        return self.unlocked[-1] if self.unlocked else None
+
     def send(self, event) -> tuple[Action, ...]:
+        self._t = max(self._t, event.t)
         self.state, actions = step(self.state, event)
-        self.last_actions = self._run(actions, event.t)
+        self._execute(actions)
         return actions
 
-    def _run(self, actions, t) -> tuple[Action, ...]:
-        for i, a in enumerate(actions):
-            if isinstance(a, Audit):
-                canonical_body(dict(a.record))  # what gate.audit would refuse, we refuse here
-                if self.disk_full:
-                    for b in after_audit_failure(actions[i + 1:]):
-                        if not isinstance(b, Audit):
-                            self._apply(b)
-                    self.state, more = step(self.state, AuditFailed(t, "disk full"))
-                    return tuple(actions) + self._run(more, t)
-                self.audit.append(dict(a.record))
-            else:
-                self._apply(a)
-        return tuple(actions)
-
-    def _apply(self, a):
-        if isinstance(a, Unlock):
-            self.barrier, self.unlocked_direction, self.last_unlock = "unlocked", a.direction, a
-            self.unlocks += 1
-        elif isinstance(a, Lock):
-            self.barrier, self.unlocked_direction = "locked", None
-        elif isinstance(a, Indicate):
-            self.display = a
-        elif isinstance(a, Alert):
-            self.alerts.append(a)
+    def _execute(self, actions) -> None:
+        done = self.executor.run(actions, audit_failing=AUDIT_LOG in self.state.faults)
+        self.audit += [r.body for r in done.rows if r.body["event"] != self.FILLER]
+        self.alerts += done.alerts
+        self.unlocked += done.unlocks
+        for ev in done.followups:
+            self.send(ev)
 
     def events(self):
         return [r["event"] for r in self.audit]
@@ -463,8 +500,10 @@ def test_fire_alarm_opens_and_stays_open_until_staff_reset_with_the_input_off():
     assert g.last_unlock == Unlock(Direction.BOTH, hold=True, fail_safe=True)
     assert g.alerts[-1].kind == "emergency"
     # the barrier controller drops off and comes back (drivers relock on reconnect): released again
+    g.sim.stop_answering()
     g.send(DeviceFault(1.6, "barrier", "link down"))
-    g.barrier = "locked"
+    g.sim.resume_answering()  # the simulated controller relocks as it comes back
+    assert g.barrier == "locked"
     g.send(DeviceRestored(1.7, "barrier"))
     assert g.mode is Mode.EMERGENCY and g.barrier == "unlocked"
     g.send(staff(2.0, StaffAction.LOCK, reason="drill?"))
