@@ -66,6 +66,15 @@ class Reason(StrEnum):
     PRESENTATION_ATTACK = "presentation_attack_suspected"
 
 
+class Unserved(StrEnum):
+    """Why an attempt ended without a decision (the face left or another person stepped in)."""
+
+    TOO_FEW_QUALITY_FRAMES = "too_few_quality_frames"  # not enough frames passed quality to decide
+    WAITING_FOR_LIVENESS = "waiting_for_liveness"  # the match was there, the PAD verdict was not yet
+    OUTSIDE_CAPTURE_ZONE = "outside_capture_zone"  # the face was last seen too far from the camera
+    TOO_FEW_FRAMES_TO_REFUSE = "too_few_frames_to_refuse"  # no match yet, not enough frames to conclude one
+
+
 class MatchMode(StrEnum):
     ONE_TO_MANY = "1:N"
     ONE_TO_ONE = "1:1"
@@ -378,3 +387,25 @@ def judge(ev: Evidence, track: Track, now: float, policy: DecisionPolicy, token:
     if now - track.started_t >= policy.acquire_timeout_s:
         return result(Outcome.REFER, Reason.TIMEOUT)
     return None
+
+
+def why_undecided(track: Track, now: float, policy: DecisionPolicy, token: Token | None = None, *,
+                  pad_provisioned: bool) -> dict[str, Any]:
+    """The reason an attempt that ends now without a decision was not served, with the figures
+    behind it, for its audit record: staff must be able to tell why a traveller was not let
+    through, and `gate-bench lane` counts these reasons."""
+    ev = gather_evidence(track, now, policy, token, pad_provisioned=pad_provisioned)
+    figures: dict[str, Any] = {"frames": track.frames, "quality_frames": ev.observations_in_window,
+                               "needed": policy.fuse_k, "elapsed_s": round(now - track.started_t, 3)}
+    if track.last_quality_reasons:
+        figures["quality_reasons"] = list(track.last_quality_reasons)
+    if ev.score is not None:
+        figures["best_score"] = round(ev.score, 4)  # a score, never a name: the person did not match
+    if track.out_of_zone_streak:
+        return {"why": Unserved.OUTSIDE_CAPTURE_ZONE.value, **figures,
+                "frames_outside_zone": track.out_of_zone_streak}
+    if ev.observations_used < policy.fuse_k:
+        return {"why": Unserved.TOO_FEW_QUALITY_FRAMES.value, **figures}
+    if ev.pad is not None and ev.pad.verdict.state is PadState.PENDING:
+        return {"why": Unserved.WAITING_FOR_LIVENESS.value, **figures, "pad": ev.pad.to_record()}
+    return {"why": Unserved.TOO_FEW_FRAMES_TO_REFUSE.value, **figures, "needed": policy.min_observations_to_deny}

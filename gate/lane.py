@@ -20,7 +20,8 @@ from enum import StrEnum
 from typing import Any, Callable
 
 from gate.actions import Action, Alert, Audit, Buzzer, Colour, Direction, Indicate, Lock, Unlock
-from gate.decide import Decision, DecisionPolicy, Outcome, Reason, Token, decide, refer_unknown_token
+from gate.decide import (Decision, DecisionPolicy, Outcome, Reason, Token, decide, refer_unknown_token,
+                         why_undecided)
 from gate.events import (AuditFailed, AuditRestored, DeviceFault, DeviceRestored, DoorForced, Event, FireAlarm,
                          PassageComplete, StaffAction, StaffCommand, Tamper, Tick, TokenRead)
 from gate.field_ranges import check_ranges
@@ -260,6 +261,10 @@ def _apply_decision(s: LaneState, d: Decision, timings_ms: dict[str, float] | No
     return s, actions
 
 
+def _why_unserved(s: LaneState) -> dict[str, Any]:
+    return why_undecided(s.track, s.now, s.config.policy, s.token, pad_provisioned=s.pad_provisioned)
+
+
 def _judge(s: LaneState, ratio: float | None, timings_ms: dict[str, float] | None) -> Result:
     d = decide(s.track, s.now, s.config.policy, s.token, ratio, pad_provisioned=s.pad_provisioned)
     return (s, []) if d is None else _apply_decision(s, d, timings_ms)
@@ -272,7 +277,8 @@ def _advance_time(s: LaneState) -> Result:
         actions += _note(s, "token_expired", subject_id=s.token.subject_id, token_kind=s.token.kind)
         s = replace(s, token=None, track=None if s.track is None else restart(s.track, s.now))
     if s.mode is Mode.ACQUIRING and s.now - s.track.last_seen_t >= s.config.tracking.lost_after_s:
-        s, more = _go(s, Mode.IDLE, "face_lost", {"track_id": s.track.track_id}, track=None)
+        s, more = _go(s, Mode.IDLE, "face_lost", {"track_id": s.track.track_id, "unserved": _why_unserved(s)},
+                      track=None)
         actions += more
     elif s.mode is Mode.DECIDED and s.now - s.since >= s.config.result_display_s:
         s, more = _settle(s, "result_shown")
@@ -293,7 +299,11 @@ def _on_frame(s: LaneState, frame: FrameObservation) -> Result:
             return _raise_alarm(s, Reason.TAILGATING.value, tailgate_ratio=round(ratio, 3),
                                 opening=s.opening.to_record())
         return s, []
-    if s.mode not in (Mode.IDLE, Mode.ACQUIRING) or not in_capture_zone(frame.primary, tracking):
+    if s.mode not in (Mode.IDLE, Mode.ACQUIRING):
+        return s, []
+    if not in_capture_zone(frame.primary, tracking):
+        if s.mode is Mode.ACQUIRING and frame.primary is not None:  # stepped back: say so if the attempt ends
+            s = replace(s, track=replace(s.track, out_of_zone_streak=s.track.out_of_zone_streak + 1))
         return s, []
     window_s = s.config.policy.window_s
     track = follow(s.track, frame.primary, s.now, s.next_track_id, tracking, window_s)
@@ -303,6 +313,7 @@ def _on_frame(s: LaneState, frame: FrameObservation) -> Result:
         fields = {"track_id": track.track_id}
         if s.track is not None:
             fields["previous_track_id"] = s.track.track_id
+            fields["previous_unserved"] = _why_unserved(s)
         s, actions = _go(s, Mode.ACQUIRING, event, fields, track=track, next_track_id=s.next_track_id + 1)
     else:
         s = replace(s, track=track)

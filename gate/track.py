@@ -56,6 +56,7 @@ class Track:
     samples: tuple[Sample, ...] = ()  # scored frames inside the fusion window, oldest first
     low_quality_streak: int = 0  # consecutive frames whose face failed quality
     last_quality_reasons: tuple[str, ...] = ()
+    out_of_zone_streak: int = 0  # frames since the face was last seen inside the capture zone
 
 
 def iou(a: Box, b: Box) -> float:
@@ -99,7 +100,7 @@ def follow(track: Track | None, face: FaceObservation, t: float, new_id: int,
         streak, reasons = streak + 1, face.quality_reasons
     return replace(track, last_seen_t=t, box=face.box, frames=track.frames + 1,
                    samples=tuple(s for s in samples if t - s.t <= window_s),
-                   low_quality_streak=streak, last_quality_reasons=reasons)
+                   low_quality_streak=streak, last_quality_reasons=reasons, out_of_zone_streak=0)
 
 
 def restart(track: Track, t: float) -> Track:

@@ -134,3 +134,23 @@ def test_no_face_images_are_stored(scenario):
     state = scenario["cfg"].gate.state_dir
     for p in state.rglob("*"):
         assert p.suffix.lower() not in (".jpg", ".png", ".jpeg", ".bmp"), p
+
+
+def test_every_attempt_ends_in_a_decision_or_a_recorded_reason(scenario):
+    """On real photos: no face is acquired and then forgotten without the audit saying why."""
+    with AuditLog(scenario["cfg"].gate.state_dir, read_only=True) as log:
+        bodies = [r.body for r in log.iter_since(0)]
+    open_track = None
+    for b in bodies:
+        if b["event"] in ("face_acquired", "track_replaced"):
+            if b["event"] == "track_replaced":
+                assert b["previous_unserved"]["why"], b
+            open_track = b["track_id"]
+        elif b["event"] == "decision" and open_track is not None:
+            assert b["decision"]["track_id"] == open_track
+            open_track = None
+        elif b["event"] == "face_lost":
+            assert b["track_id"] == open_track and b["unserved"]["why"] in (
+                "too_few_quality_frames", "waiting_for_liveness", "outside_capture_zone",
+                "too_few_frames_to_refuse"), b
+            open_track = None

@@ -6,6 +6,7 @@ and what the audit log holds, with the failure rules the daemon really follows.
 """
 from __future__ import annotations
 
+import gc
 import os
 import sys
 import tempfile
@@ -80,11 +81,14 @@ def forbid_io():
     if not getattr(forbid_io, "installed", False):
         sys.addaudithook(_refuse_io)
         forbid_io.installed = True
+    gc.collect()  # an earlier test's Gate closes its audit file when collected: not inside the block
+    gc.disable()
     _io_guard.on = True
     try:
         yield
     finally:
         _io_guard.on = False
+        gc.enable()
 
 
 class Gate:
@@ -276,6 +280,50 @@ def test_acquisition_timeouts():
         g.send(frame(1.0 + i * 0.1, face(ok=False, matches=None, reasons=("blurred",))))
     assert g.mode is Mode.DECIDED and g.state.decision.reason is Reason.LOW_QUALITY
     assert g.alerts[-1].details["reason"] == "low_quality"
+
+
+def _lost(g):
+    rec = g.audit[-1]
+    assert g.mode is Mode.IDLE and rec["event"] == "face_lost", rec
+    return rec["unserved"]
+
+
+def test_an_attempt_that_ends_without_a_decision_records_why():
+    g = Gate()  # the face never passed quality: which check failed is in the record
+    for i in range(4):
+        g.send(frame(1.0 + i * 0.1, face(ok=False, matches=None, reasons=("blur",))))
+    g.send(Tick(2.5))
+    why = _lost(g)
+    assert why["why"] == "too_few_quality_frames" and why["quality_reasons"] == ["blur"]
+    assert why["quality_frames"] == 0 and why["needed"] == POLICY.fuse_k
+
+    g = Gate()  # seen well, then stepped back out of the capture zone and left
+    g.approach(1.0, n=2)
+    for i in range(3):
+        g.send(frame(1.2 + i * 0.1, face(box=FAR)))
+    g.send(Tick(2.5))
+    assert _lost(g)["why"] == "outside_capture_zone" and _lost(g)["frames_outside_zone"] == 3
+
+    g = Gate(pad_provisioned=True, config=replace(CONFIG, policy=replace(POLICY, pad=PadPolicy(frames=5))))
+    g.approach(1.0, n=3, pad=0.9)  # matched on 3 frames; liveness needs 5
+    g.send(Tick(2.5))
+    why = _lost(g)
+    assert why["why"] == "waiting_for_liveness" and why["pad"]["state"] == "pending"
+
+    g = Gate()  # a stranger who left before a refusal could be concluded: a score, no name
+    g.approach(1.0, n=3, matches=(("alice", 0.3),))
+    g.send(Tick(2.5))
+    why = _lost(g)
+    assert why["why"] == "too_few_frames_to_refuse" and why["needed"] == POLICY.min_observations_to_deny
+    assert why["best_score"] == 0.3 and "alice" not in str(g.audit[-1])
+
+
+def test_a_track_replaced_by_another_person_records_why_the_first_was_not_served():
+    g = Gate()
+    g.approach(1.0, n=1)
+    g.send(frame(1.1, face(box=(500.0, 100.0, 620.0, 240.0))))
+    assert g.audit[-1]["event"] == "track_replaced"
+    assert g.audit[-1]["previous_unserved"]["why"] == "too_few_quality_frames"
 
 
 def test_time_never_runs_backwards():

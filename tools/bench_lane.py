@@ -58,6 +58,21 @@ def _config(work: Path, video: Path, models: Path, threshold: float) -> dict:
     }
 
 
+def unserved_reasons(state_dir: Path) -> dict[str, int]:
+    """How many attempts ended without a decision, by the reason their audit record gives."""
+    from gate.audit import AuditLog
+
+    counts: dict[str, int] = {}
+    with AuditLog(state_dir, read_only=True) as log:
+        for row in log.iter_since(0):
+            b = row.body
+            why = (b.get("unserved") if b.get("event") == "face_lost" else
+                   b.get("previous_unserved") if b.get("event") == "track_replaced" else None)
+            if why:
+                counts[why["why"]] = counts.get(why["why"], 0) + 1
+    return counts
+
+
 def lane_bench(models: Path, images: Path, enrolled: int = 12, strangers: int = 8, idle_s: float = 10.0,
                threshold: float = 0.92, seed: int = 3) -> dict:
     from gate.config import parse_config
@@ -104,6 +119,7 @@ def lane_bench(models: Path, images: Path, enrolled: int = 12, strangers: int = 
     decisions = {u["subject_id"]: u for u in daemon.metrics.unlocks}
     daemon.close()
     alarms = len(daemon.metrics.alerts)
+    unserved = unserved_reasons(cfg.gate.state_dir)
 
     enrolled_ids = {d.name for d in pick}
     face_to_open, missed = [], 0
@@ -142,5 +158,5 @@ def lane_bench(models: Path, images: Path, enrolled: int = 12, strangers: int = 
     return {"passengers": len(passengers), "enrolled_passengers": sum(a.label == "enrolled" for a in truth),
             "opened_for_enrolled": len(face_to_open), "enrolled_not_opened": missed,
             "face_to_open_ms_median": float(np.nanmedian(f2o)), "face_to_open_ms_p95": float(np.nanpercentile(f2o, 95)),
-            "false_opens": false_opens, "alerts": alarms, "idle_cpu_percent": 100.0 * (c1 - c0) / (w1 - w0),
+            "false_opens": false_opens, "alerts": alarms, "unserved_attempts": unserved, "idle_cpu_percent": 100.0 * (c1 - c0) / (w1 - w0),
             "threshold_1n": threshold, "fps": FPS}
