@@ -1,7 +1,9 @@
 """The lane state machine: `step(state, event) -> (state, actions)`, with no I/O and no clock.
 
-Modes: IDLE → ACQUIRING → DECIDED → OPEN → IDLE for a passenger; ALARM (forced door, tamper,
-tailgating, deny-list hit, suspected presentation attack) latched until a staff reset;
+Modes: IDLE → ACQUIRING → DECIDED → OPEN → IDLE for a passenger (a failed attempt that may be
+retried stays in ACQUIRING with a prompt, see AttemptPolicy); ALARM (forced door, tamper, and
+what the site's LatchPolicy latches: tailgating, deny-list hit, suspected presentation attack)
+latched until a staff reset;
 EMERGENCY (fire input: fail open, latched until a staff reset with the input off);
 OUT_OF_SERVICE while a device or the audit log is faulty or staff took the lane out.
 
@@ -25,6 +27,7 @@ from gate.decide import (Decision, DecisionPolicy, Outcome, Reason, Token, decid
 from gate.events import (AuditFailed, AuditRestored, DeviceFault, DeviceRestored, DoorForced, Event, FireAlarm,
                          PassageComplete, StaffAction, StaffCommand, Tamper, Tick, TokenRead)
 from gate.field_ranges import check_ranges
+from gate.schema import ConfigError
 from gate.observation import FrameObservation
 from gate.track import Track, TrackPolicy, follow, in_capture_zone, restart, tailgate_ratio
 
@@ -54,13 +57,63 @@ class Mode(StrEnum):
 
 # Modes of ordinary service: a fault or a staff out-of-service takes the lane out of them at once.
 _IN_SERVICE = frozenset({Mode.IDLE, Mode.ACQUIRING, Mode.DECIDED, Mode.OPEN})
-# Decisions that latch an alarm instead of being shown and forgotten.
-# A suspected presentation attack latches too, rather than showing "see staff" for a few
-# seconds and serving the next attempt: at the reference operating point about one spoof in
-# six is judged live (APCER 16.9%), so a self-clearing referral would let an attacker retry
-# until one attempt passes. Latched, the lane stays locked until a person has come, looked at
-# whoever is standing there and reset it, which is what the referral asks for anyway.
-_ALARM_REASONS = frozenset({Reason.TAILGATING, Reason.DENY_LIST, Reason.PRESENTATION_ATTACK})
+# Decision reasons a passenger may try again after, within the same visit (see AttemptPolicy).
+_RETRYABLE = (Reason.NO_MATCH, Reason.PRESENTATION_ATTACK, Reason.LOW_QUALITY)
+
+
+@dataclass(frozen=True, kw_only=True)
+class AttemptPolicy:
+    """Retry before referral. Commercial e-gates prompt and retry before calling staff: the
+    shipped PAD refuses ~8% of genuine single photos (BPCER 8.2%), and a first bad frame is the
+    commonest cause of a no-match, so a second attempt on fresh frames serves most of those
+    travellers at the cost of a few seconds. The price: an attacker also gets `max` tries per
+    visit (APCER 16.9% per try at the reference operating point, ~31% over two)."""
+
+    max: int = field(default=2, metadata={
+        "help": "attempts a passenger gets within one visit before a refusal or referral is final; "
+                "each retry shows a prompt (look at the camera / step closer / remove glasses) and "
+                "starts the evidence afresh", "min": 1, "max": 5})
+    retry_on: tuple[str, ...] = field(default=tuple(r.value for r in _RETRYABLE), metadata={
+        "help": "decision reasons that give another attempt (any of: "
+                + ", ".join(r.value for r in _RETRYABLE) + ")"})
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
+        bad = sorted(set(self.retry_on) - {r.value for r in _RETRYABLE})
+        if bad:
+            raise ConfigError(f"retry_on: {', '.join(bad)} cannot be retried; choose from "
+                             + ", ".join(r.value for r in _RETRYABLE))
+
+
+@dataclass(frozen=True, kw_only=True)
+class LatchPolicy:
+    """What holds the lane locked in ALARM until staff reset it, per site.
+
+    Tailgating and a deny-list hit latch by default: someone is at the gate who must not pass,
+    and only a person on the spot can resolve it. A suspected presentation attack (after its
+    retries) refers without latching by default: most such verdicts are genuine travellers
+    (BPCER 8.2%: one in twelve), and a latch would block the traveller behind them too, which
+    at a busy lane means a staff call every dozen passengers. A site that fears repeated
+    attacks more than queues sets `presentation_attack = true`."""
+
+    tailgating: bool = field(default=True, metadata={
+        "help": "a second person at the gate (tailgating) latches the lane until a staff reset"})
+    deny_list: bool = field(default=True, metadata={
+        "help": "a deny-list hit latches the lane (quietly: no siren) until a staff reset"})
+    presentation_attack: bool = field(default=False, metadata={
+        "help": "a suspected presentation attack (after the allowed attempts) latches the lane; "
+                "false: the passenger is referred to staff and the next traveller is served"})
+
+    def latches(self, reason: Reason) -> bool:
+        return {Reason.TAILGATING: self.tailgating, Reason.DENY_LIST: self.deny_list,
+                Reason.PRESENTATION_ATTACK: self.presentation_attack}.get(reason, False)
+
+
+# Prompts for a retry, by what went wrong (at most devices.base.MAX_TEXT_LEN characters).
+_PROMPTS = {Reason.NO_MATCH.value: "Look straight at the camera", Reason.PRESENTATION_ATTACK.value:
+            "Remove glasses, look at camera", "face_too_small": "Please step closer",
+            "blurred": "Hold still, look at camera"}
+TEXT_LOOK = "Look at the camera"
 # Alarms held without the siren. A deny-list subject should not learn that staff are coming;
 # a PAD alarm is most often a genuine traveller (BPCER 8.2%: one in twelve), who deserves a
 # "please wait" rather than a siren, and an attacker is told nothing about which check tripped.
@@ -80,6 +133,10 @@ class LaneConfig:
         "help": "seconds a refusal or referral stays on the display before the next attempt", "min": 0.0})
     token_ttl_s: float = field(default=30.0, metadata={
         "help": "seconds a read boarding pass / ID keeps the lane in 1:1 mode for its holder", "min": 0.0})
+    attempts: AttemptPolicy = field(default_factory=AttemptPolicy, metadata={
+        "help": "retry before referral"})
+    latch: LatchPolicy = field(default_factory=LatchPolicy, metadata={
+        "help": "what latches the lane until staff act"})
 
     def __post_init__(self) -> None:
         check_ranges(self)
@@ -120,6 +177,7 @@ class LaneState:
     fire_active: bool = False  # the fire-alarm input's current level
     faults: frozenset[str] = frozenset()  # devices (and AUDIT_LOG) currently failing
     out_of_service_by: str | None = None  # operator who took the lane out of service
+    attempt: int = 1  # the current attempt of the person in front of the camera (see AttemptPolicy)
 
     @property
     def one_to_one_subject(self) -> str | None:
@@ -214,7 +272,7 @@ def _entry_actions(s: LaneState) -> list[Action]:
     elif s.mode is Mode.ACQUIRING:
         indication = Indicate(Colour.OFF, Buzzer.NONE, TEXT_HOLD_STILL)
     elif s.mode is Mode.DECIDED:
-        if s.decision.outcome is Outcome.ALLOW or s.decision.reason in _ALARM_REASONS:
+        if s.decision.outcome is Outcome.ALLOW or s.config.latch.latches(s.decision.reason):
             return []  # OPEN or ALARM follows within the same step and sets the barrier
         if s.decision.outcome is Outcome.DENY:
             indication = Indicate(Colour.RED, Buzzer.LONG, TEXT_NOT_RECOGNISED)
@@ -251,7 +309,7 @@ def _apply_decision(s: LaneState, d: Decision, timings_ms: dict[str, float] | No
                           subject_id=d.subject_id)
         s, more = _go(s, Mode.OPEN, "open", {"opening": opening.to_record()}, opening=opening)
         return s, actions + more
-    if d.reason in _ALARM_REASONS:
+    if s.config.latch.latches(d.reason):
         s, more = _raise_alarm(s, d.reason.value, subject_id=d.subject_id,
                                score=None if d.score is None else round(d.score, 4), details=dict(d.details),
                                pad=d.pad_record())
@@ -265,9 +323,32 @@ def _why_unserved(s: LaneState) -> dict[str, Any]:
     return why_undecided(s.track, s.now, s.config.policy, s.token, pad_provisioned=s.pad_provisioned)
 
 
+def _prompt(d: Decision) -> str:
+    if d.reason is Reason.LOW_QUALITY:
+        reasons = d.details.get("quality_reasons") or ()
+        return next((_PROMPTS[r] for r in reasons if r in _PROMPTS), TEXT_LOOK)
+    return _PROMPTS.get(d.reason.value, TEXT_LOOK)
+
+
+def _retry(s: LaneState, d: Decision) -> Result:
+    """Not final yet: record the failed attempt and its reason, prompt the passenger and start
+    the evidence afresh on the same track (the same person, still in front of the camera)."""
+    prompt = _prompt(d)
+    record = _record(s, s.mode, "attempt_failed", {
+        "track_id": d.track_id, "attempt": s.attempt, "of": s.config.attempts.max, "prompt": prompt,
+        "decision": d.to_record()})
+    s = replace(s, attempt=s.attempt + 1, track=restart(s.track, s.now))
+    return s, [Audit(record), Indicate(Colour.AMBER, Buzzer.SHORT, prompt)]
+
+
 def _judge(s: LaneState, ratio: float | None, timings_ms: dict[str, float] | None) -> Result:
     d = decide(s.track, s.now, s.config.policy, s.token, ratio, pad_provisioned=s.pad_provisioned)
-    return (s, []) if d is None else _apply_decision(s, d, timings_ms)
+    if d is None:
+        return s, []
+    a = s.config.attempts
+    if d.outcome is not Outcome.ALLOW and d.reason.value in a.retry_on and s.attempt < a.max:
+        return _retry(s, d)
+    return _apply_decision(s, d, timings_ms)
 
 
 def _advance_time(s: LaneState) -> Result:
@@ -314,7 +395,8 @@ def _on_frame(s: LaneState, frame: FrameObservation) -> Result:
         if s.track is not None:
             fields["previous_track_id"] = s.track.track_id
             fields["previous_unserved"] = _why_unserved(s)
-        s, actions = _go(s, Mode.ACQUIRING, event, fields, track=track, next_track_id=s.next_track_id + 1)
+        s, actions = _go(s, Mode.ACQUIRING, event, fields, track=track, next_track_id=s.next_track_id + 1,
+                         attempt=1)
     else:
         s = replace(s, track=track)
     s, more = _judge(s, tailgate_ratio(frame), dict(frame.timings_ms))

@@ -153,6 +153,10 @@ def describe(cls, where: str = "") -> list[dict]:
         if dataclasses.is_dataclass(default):
             rows += describe(type(default), key)
             continue
+        if isinstance(default, (list, tuple)):  # as it is written in the TOML file
+            default = "[" + ", ".join(f'"{v}"' if isinstance(v, str) else str(v) for v in default) + "]"
+        elif isinstance(default, bool):
+            default = "true" if default else "false"
         m = f.metadata
         allowed = ", ".join(map(str, m["choices"])) if "choices" in m else (
             f"{m.get('min', '')}…{m.get('max', '')}" if "min" in m or "max" in m else "")

@@ -28,7 +28,7 @@ from gate.decide import DecisionPolicy, Outcome, Reason
 from gate.events import (AuditFailed, AuditRestored, DeviceFault, DeviceRestored, DoorForced, FireAlarm,
                          PassageComplete, StaffAction, StaffCommand, Tamper, Tick, TokenRead)
 from devices.base import check_indicate_args
-from gate.lane import AUDIT_LOG, LaneConfig, Mode, start, step
+from gate.lane import AUDIT_LOG, AttemptPolicy, LaneConfig, LatchPolicy, Mode, start, step
 from gate.observation import Candidate, FaceObservation, FrameObservation, ListType
 from gate.schema import ConfigError, load_dataclass
 from gate.track import TrackPolicy
@@ -41,6 +41,8 @@ POLICY = DecisionPolicy(threshold_1n=0.5, min_margin=0.1, threshold_1to1=0.45, d
 CONFIG = LaneConfig(lane_id="T1-lane-3", policy=POLICY,
                     tracking=TrackPolicy(iou_min=0.3, lost_after_s=1.0, capture_min_face_px=80.0),
                     open_timeout_s=10.0, result_display_s=3.0, token_ttl_s=30.0)
+ONE_TRY = replace(CONFIG, attempts=AttemptPolicy(max=1))  # a site that refers at the first failure
+STRICT = replace(ONE_TRY, latch=LatchPolicy(presentation_attack=True))  # ...and latches on a suspected photo
 NEAR = (100.0, 100.0, 220.0, 240.0)  # ~130 px: in the capture zone
 FAR = (400.0, 100.0, 440.0, 140.0)  # 40 px: a person further back
 
@@ -231,7 +233,7 @@ def test_no_face_and_far_faces_leave_the_lane_idle_without_actions():
 
 
 def test_unknown_person_is_refused_then_the_lane_resets():
-    g = Gate()
+    g = Gate(ONE_TRY)
     g.approach(1.0, n=5, matches=(("alice", 0.3), ("bob", 0.2)))
     assert g.mode is Mode.DECIDED and g.barrier == "locked"
     assert g.display == Indicate(Colour.RED, Buzzer.LONG, "Not recognised")
@@ -240,6 +242,74 @@ def test_unknown_person_is_refused_then_the_lane_resets():
     assert g.mode is Mode.DECIDED
     g.send(Tick(4.45))  # decided at 1.4 + 3 s
     assert g.mode is Mode.IDLE
+
+
+def test_a_failed_first_attempt_prompts_and_the_second_attempt_can_pass():
+    g = Gate()  # a bad first look (no match), then the passenger looks straight at the camera
+    g.approach(1.0, n=5, matches=(("alice", 0.3), ("bob", 0.2)))
+    assert g.mode is Mode.ACQUIRING and g.barrier == "locked"
+    rec = g.audit[-1]
+    assert (rec["event"], rec["attempt"], rec["of"], rec["decision"]["reason"]) == ("attempt_failed", 1, 2, "no_match")
+    assert g.display == Indicate(Colour.AMBER, Buzzer.SHORT, "Look straight at the camera")
+    g.approach(1.5, n=3)  # fresh evidence: the no-match frames are not fused with these
+    assert g.mode is Mode.OPEN and decisions(g)[-1]["reason"] == "match"
+    assert [r["event"] for r in g.audit].count("decision") == 1  # one decision for the visit
+
+
+def test_the_last_allowed_attempt_is_final():
+    g = Gate()
+    g.approach(1.0, n=5, matches=(("alice", 0.3),))
+    g.approach(1.5, n=5, matches=(("alice", 0.3),))
+    assert g.mode is Mode.DECIDED and g.state.decision.reason is Reason.NO_MATCH
+    assert [r["event"] for r in g.audit].count("attempt_failed") == 1
+
+
+@pytest.mark.parametrize("reasons, prompt", [(("face_too_small",), "Please step closer"),
+                                             (("blurred",), "Hold still, look at camera"),
+                                             (("too_dark",), "Look at the camera")])
+def test_poor_quality_prompts_with_what_to_do(reasons, prompt):
+    g = Gate()
+    for i in range(10):
+        g.send(frame(1.0 + i * 0.1, face(ok=False, matches=None, reasons=reasons)))
+    assert g.mode is Mode.ACQUIRING and g.audit[-1]["event"] == "attempt_failed"
+    assert g.display.text == prompt
+
+
+def test_a_liveness_doubt_is_retried_then_referred_without_blocking_the_next_traveller():
+    g = Gate(pad_provisioned=True)
+    g.approach(1.0, pad=PHOTO)
+    assert g.mode is Mode.ACQUIRING and g.display.text == "Remove glasses, look at camera"
+    g.approach(1.3, pad=PHOTO)
+    assert g.mode is Mode.DECIDED and g.display == Indicate(Colour.AMBER, Buzzer.LONG, "Please see staff")
+    assert g.alerts[-1].kind == "refer" and g.alerts[-1].details["reason"] == "presentation_attack_suspected"
+    g.send(Tick(5.0))
+    assert g.mode is Mode.IDLE  # not latched: the traveller behind is served
+    g.approach(6.0, box=(300.0, 100.0, 420.0, 240.0), pad=LIVE)
+    assert g.mode is Mode.OPEN
+    g = Gate(pad_provisioned=True)  # a genuine traveller whose first look was doubtful
+    g.approach(1.0, pad=PHOTO)
+    g.approach(1.3, pad=LIVE)
+    assert g.mode is Mode.OPEN
+    assert all(f["t"] >= 1.3 for f in decisions(g)[-1]["pad"]["scores"])  # judged on the new frames only
+
+
+def test_deny_list_and_tailgating_are_never_retried():
+    g = Gate()
+    g.approach(1.0, matches=(("mallory", 0.9), ("alice", 0.2)))
+    assert g.mode is Mode.ALARM and "attempt_failed" not in g.events()
+
+
+def test_attempts_and_latches_are_site_settings():
+    cfg = load_dataclass(LaneConfig, {"lane_id": "L", "policy": {"threshold_1n": 0.5, "min_margin": 0.1,
+                                                                  "threshold_1to1": 0.5, "deny_threshold": 0.5},
+                                      "attempts": {"max": 3, "retry_on": ["no_match"]},
+                                      "latch": {"presentation_attack": True, "tailgating": False}}, "lane")
+    assert cfg.attempts.max == 3 and cfg.attempts.retry_on == ("no_match",)
+    assert cfg.latch.latches(Reason.PRESENTATION_ATTACK) and not cfg.latch.latches(Reason.TAILGATING)
+    with pytest.raises(ConfigError, match="tailgating cannot be retried"):
+        load_dataclass(LaneConfig, {"lane_id": "L", "policy": {"threshold_1n": 0.5, "min_margin": 0.1,
+                                                                "threshold_1to1": 0.5, "deny_threshold": 0.5},
+                                    "attempts": {"retry_on": ["tailgating"]}}, "lane")
 
 
 def test_ambiguous_match_is_referred_to_staff():
@@ -275,7 +345,7 @@ def test_acquisition_timeouts():
     assert g.mode is Mode.DECIDED and g.state.decision.reason is Reason.TIMEOUT
     assert g.state.decision.decided_at == pytest.approx(9.0)
 
-    g = Gate()  # persistent low quality
+    g = Gate(ONE_TRY)  # persistent low quality
     for i in range(10):
         g.send(frame(1.0 + i * 0.1, face(ok=False, matches=None, reasons=("blurred",))))
     assert g.mode is Mode.DECIDED and g.state.decision.reason is Reason.LOW_QUALITY
@@ -446,7 +516,7 @@ def decisions(g):
 
 
 def test_a_photo_of_an_enrolled_passenger_opens_nothing_and_holds_the_lane_for_staff():
-    g = Gate(pad_provisioned=True)
+    g = Gate(STRICT, pad_provisioned=True)
     assert g.audit[0]["pad_provisioned"] is True
     g.approach(1.0, pad=PHOTO)
     assert g.mode is Mode.ALARM and g.barrier == "locked" and g.unlocks == 0
@@ -502,7 +572,7 @@ def test_frames_without_a_pad_score_never_open_a_lane_that_has_pad():
 
 
 def test_without_pad_the_lane_runs_on_matching_alone_and_every_decision_says_so():
-    g = Gate(pad_provisioned=False)
+    g = Gate(ONE_TRY, pad_provisioned=False)
     assert g.audit[0]["pad_provisioned"] is False
     g.approach(1.0)
     assert g.mode is Mode.OPEN
@@ -779,9 +849,10 @@ def _opens_allowed_by(event, before_state, actions) -> bool:
 
 
 @settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(scenarios(), st.booleans())
-def test_safety_properties_hold_for_any_event_sequence(events, pad_provisioned):
-    g = Gate(pad_provisioned=pad_provisioned)
+@given(scenarios(), st.booleans(), st.sampled_from([CONFIG, STRICT]))
+def test_safety_properties_hold_for_any_event_sequence(events, pad_provisioned, config):
+    g = Gate(config, pad_provisioned=pad_provisioned)
+    spoof_at = -1.0  # time of the latest spoof verdict (a failed attempt or a final referral)
     fed_pad: dict[float, set[float]] = {}  # frame time -> PAD scores the lane was given at that time
     spoof_seen = False  # a spoof verdict was reached and no staff member has acted since
     for ev in events:
@@ -835,14 +906,15 @@ def test_safety_properties_hold_for_any_event_sequence(events, pad_provisioned):
         if g.mode is Mode.DECIDED:
             assert g.state.decision is not None and g.state.decision.outcome is not Outcome.ALLOW
         # 8. liveness: a lane without PAD never claims a check; on a lane with PAD an opening rests
-        #    on a live verdict over scores the lane was really given, and no opening ever follows a
-        #    spoof verdict until a staff member has acted (or the fire input releases the doors)
+        #    on a live verdict over scores the lane was really given, never on a frame judged before a
+        #    spoof verdict; on a site that latches suspected photos, no opening follows a spoof
+        #    verdict until a staff member has acted (or the fire input releases the doors)
         if isinstance(ev, StaffCommand):
             spoof_seen = False
         for a in direct:
-            if isinstance(a, Unlock):
+            if isinstance(a, Unlock) and config.latch.presentation_attack:
                 assert not spoof_seen or isinstance(ev, (StaffCommand, FireAlarm)), (ev, direct)
-            if not (isinstance(a, Audit) and a.record["event"] == "decision"):
+            if not (isinstance(a, Audit) and a.record["event"] in ("decision", "attempt_failed")):
                 continue
             d = a.record["decision"]
             if not pad_provisioned:
@@ -853,7 +925,9 @@ def test_safety_properties_hold_for_any_event_sequence(events, pad_provisioned):
                     assert f["live"] in fed_pad[f["t"]]
                 if d["pad"]["state"] == "presentation_attack_suspected":
                     assert d["outcome"] != "allow"
-                    spoof_seen = True
+                    spoof_seen, spoof_at = True, a.record["t"]
+                if d["outcome"] == "allow":
+                    assert all(f["t"] >= spoof_at for f in d["pad"]["scores"])
             if d["outcome"] == "allow" and pad_provisioned:
                 assert d["pad"]["state"] == "live" and len(d["pad"]["scores"]) == POLICY.pad.frames
                 assert sum(f["live"] for f in d["pad"]["scores"]) / POLICY.pad.frames >= POLICY.pad.threshold
@@ -873,7 +947,7 @@ attempts = st.lists(st.tuples(
 def test_no_opening_ever_follows_a_spoof_verdict(tries):
     """Someone with a photo tries, steps back, tries again, mixes in their own face: once a
     spoof verdict is reached, no attempt opens the gate until staff have acted."""
-    g = Gate(pad_provisioned=True)
+    g = Gate(STRICT, pad_provisioned=True)
     t, spoofed = 0.0, False
     for pause, liveness, mixed, n, matches, with_token in tries:
         t += pause
