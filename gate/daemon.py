@@ -30,6 +30,7 @@ from gate.executor import BARRIER, ActionExecutor
 from gate.notify import Notifier
 from gate.observation import FrameObservation
 from gate.observe import observe, store_lookup
+from gate.passback import PassbackStore
 from gate.refer_crops import CROPS_DIR_NAME, CropError, ReferCropStore
 from gate.sqlite_store import InsecureFileError, parse_utc_iso
 from gate.template_crypto import TemplateCipher, TemplateKeyError
@@ -178,9 +179,11 @@ class LaneDaemon:
             self._driver.open()
         except devices.DeviceError as e:  # offline at start: the lane starts locked and faulted
             log.error("turnstile driver: %s", e)
+        self.passback = _private("anti-passback store", lambda: PassbackStore(state_dir))
         self.executor = ActionExecutor(self.audit, self._driver, clock=self.clock,
                                        stamp={"gate": cfg.gate.id, "pad": self.pad_status},
-                                       on_written=self._audit_written, on_unlock=self._note_unlock)
+                                       on_written=self._audit_written, on_unlock=self._note_unlock,
+                                       on_passage=self._record_passage)
         if cfg.scanner is not None:  # its tokens join the driver's event queue
             from devices.barcode import BarcodeScanner
 
@@ -280,6 +283,23 @@ class LaneDaemon:
             return
         log.warning("audit log writable again; returning the lane to service")
         self._step(AuditRestored(now))
+
+    @property
+    def flights(self) -> frozenset[str]:
+        """The flight: scopes this lane follows (a boarding gate), from its sync subscription."""
+        if self.cfg.sync is None:
+            return frozenset()
+        from sync.scopes import scope_label
+
+        return frozenset(label for label in map(scope_label, self.cfg.sync.scopes) if label.startswith("flight:"))
+
+    @property
+    def _passback_keep(self) -> timedelta:
+        p = self.cfg.lane.passback
+        return timedelta(seconds=max(p.window_s, p.per_flight_h * 3600 if self.flights else 0.0))
+
+    def _record_passage(self, subject_id: str) -> None:
+        self.passback.record(subject_id, self.cfg.lane.lane_id, _utc_now(), self.flights)
 
     def _audit_written(self, _row) -> None:
         if self.agent is not None:
@@ -423,7 +443,9 @@ class LaneDaemon:
     # ------------------------------------------------------------------ main loop
     def run(self) -> int:
         self._started = self.clock()
-        self.state, actions = lanes.start(self.cfg.lane, self._started, pad_provisioned=self.pad is not None)
+        passed = self.passback.recent(self.cfg.lane.lane_id, _utc_now(), self._passback_keep, self.flights)
+        self.state, actions = lanes.start(self.cfg.lane, self._started, pad_provisioned=self.pad is not None,
+                                          flights=self.flights, passed=passed)
         self._run(actions)
         self._step(Tick(self.clock()))
         self._snapshot()
@@ -449,6 +471,7 @@ class LaneDaemon:
                     log.info("purged %d expired subjects", len(gone))
                 if self.refer_crops is not None:
                     self.refer_crops.purge(_utc_now())
+                self.passback.purge(_utc_now() - self._passback_keep)
                 last_purge = now
             if now - last_status >= 0.5:
                 self._snapshot()
@@ -503,7 +526,7 @@ class LaneDaemon:
                 self._driver.close()
             except Exception:
                 log.exception("closing the driver failed")
-        for name in ("audit", "store"):
+        for name in ("audit", "store", "passback"):
             part = getattr(self, name, None)
             if part is not None:
                 part.close()

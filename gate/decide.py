@@ -64,6 +64,7 @@ class Reason(StrEnum):
     TOKEN_MISMATCH = "token_mismatch"
     TOKEN_UNKNOWN = "token_unknown"
     PRESENTATION_ATTACK = "presentation_attack_suspected"
+    ANTI_PASSBACK = "anti_passback"  # matched, but passed this lane (or boarded this flight) already
 
 
 class Unserved(StrEnum):

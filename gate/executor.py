@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
 import devices
-from gate.actions import Action, Alert, Audit, Indicate, Lock, Unlock, after_audit_failure
+from gate.actions import Action, Alert, Audit, Indicate, Lock, RecordPassage, Unlock, after_audit_failure
 from gate.audit import AuditRow, AuditWriteError
 from gate.events import AuditFailed, AuditRestored, DeviceFault, Event
 
@@ -48,18 +48,21 @@ class ActionExecutor:
 
     `stamp` fields are added to every record that does not set them (gate id, PAD status).
     `on_written` is called after each durable record (the sync agent's upload nudge),
-    `on_unlock` after each acknowledged unlock (metrics).
+    `on_unlock` after each acknowledged unlock (metrics), `on_passage` for each `RecordPassage`
+    (the anti-passback store; a failure there is logged, the passage has already happened).
     """
 
     def __init__(self, audit, driver, *, clock: Callable[[], float], stamp: Mapping[str, Any] | None = None,
                  on_written: Callable[[AuditRow], None] | None = None,
-                 on_unlock: Callable[[float, Unlock], None] | None = None) -> None:
+                 on_unlock: Callable[[float, Unlock], None] | None = None,
+                 on_passage: Callable[[str], None] | None = None) -> None:
         self.audit = audit
         self.driver = driver
         self.clock = clock
         self.stamp = dict(stamp or {})
         self.on_written = on_written
         self.on_unlock = on_unlock
+        self.on_passage = on_passage
 
     def run(self, actions: Iterable[Action], *, audit_failing: bool = False) -> Executed:
         """Run `actions` in order. `audit_failing`: the lane currently holds the audit-log
@@ -89,6 +92,12 @@ class ActionExecutor:
             elif isinstance(a, Alert):
                 log.warning("ALERT %s %s", a.kind, dict(a.details))
                 out.alerts.append(a)
+            elif isinstance(a, RecordPassage):
+                if self.on_passage is not None:
+                    try:
+                        self.on_passage(a.subject_id)
+                    except Exception as e:  # the lane itself still remembers it until a restart
+                        log.error("could not store the passage of %s for anti-passback: %s", a.subject_id, e)
             else:
                 self._device(a, t, out)
             i += 1

@@ -19,9 +19,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Mapping
 
-from gate.actions import Action, Alert, Audit, Buzzer, Colour, Direction, Indicate, Lock, Unlock
+from gate.actions import Action, Alert, Audit, Buzzer, Colour, Direction, Indicate, Lock, RecordPassage, Unlock
 from gate.decide import (Decision, DecisionPolicy, Outcome, Reason, Token, decide, refer_unknown_token,
                          why_undecided)
 from gate.events import (AuditFailed, AuditRestored, DeviceFault, DeviceRestored, DoorForced, Event, FireAlarm,
@@ -38,6 +38,7 @@ TEXT_HOLD_STILL = "Hold still"
 TEXT_PASS = "Please pass"
 TEXT_HELD_OPEN = "Gate open"
 TEXT_NOT_RECOGNISED = "Not recognised"
+TEXT_ALREADY_PASSED = "Already passed: see staff"
 TEXT_SEE_STAFF = "Please see staff"
 TEXT_WAIT = "Please wait"
 TEXT_ALARM = "Stop: staff called"
@@ -109,6 +110,22 @@ class LatchPolicy:
                 Reason.PRESENTATION_ATTACK: self.presentation_attack}.get(reason, False)
 
 
+@dataclass(frozen=True, kw_only=True)
+class PassbackPolicy:
+    """Anti-passback (see gate.passback): one passage per person, also across a restart."""
+
+    window_s: float = field(default=300.0, metadata={
+        "help": "seconds after passing during which the same subject cannot open this lane again "
+                "(a traveller lingering in view, a pass handed back); 0 = off", "min": 0.0})
+    per_flight_h: float = field(default=20.0, metadata={
+        "help": "on a boarding gate (a lane following a flight: scope), hours during which a subject who "
+                "boarded cannot pass for the same flight again at all; under a day, so a daily flight's "
+                "next departure boards again; 0 = off", "min": 0.0, "max": 72.0})
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
+
+
 # Prompts for a retry, by what went wrong (at most devices.base.MAX_TEXT_LEN characters).
 _PROMPTS = {Reason.NO_MATCH.value: "Look straight at the camera", Reason.PRESENTATION_ATTACK.value:
             "Remove glasses, look at camera", "face_too_small": "Please step closer",
@@ -137,6 +154,7 @@ class LaneConfig:
         "help": "retry before referral"})
     latch: LatchPolicy = field(default_factory=LatchPolicy, metadata={
         "help": "what latches the lane until staff act"})
+    passback: PassbackPolicy = field(default_factory=PassbackPolicy, metadata={"help": "anti-passback"})
 
     def __post_init__(self) -> None:
         check_ranges(self)
@@ -178,6 +196,9 @@ class LaneState:
     faults: frozenset[str] = frozenset()  # devices (and AUDIT_LOG) currently failing
     out_of_service_by: str | None = None  # operator who took the lane out of service
     attempt: int = 1  # the current attempt of the person in front of the camera (see AttemptPolicy)
+    flights: frozenset[str] = frozenset()  # the flight: scopes this lane boards (a fact of start-up)
+    passed: Mapping[str, float] = field(default_factory=dict)  # subject -> time of their last passage here
+    boarded: Mapping[str, float] = field(default_factory=dict)  # subject -> time they boarded one of `flights`
 
     @property
     def one_to_one_subject(self) -> str | None:
@@ -198,7 +219,8 @@ class LaneState:
 Result = tuple[LaneState, list[Action]]
 
 
-def start(config: LaneConfig, t: float, *, pad_provisioned: bool) -> tuple[LaneState, tuple[Action, ...]]:
+def start(config: LaneConfig, t: float, *, pad_provisioned: bool, flights: Iterable[str] = (),
+          passed: Iterable[Any] = ()) -> tuple[LaneState, tuple[Action, ...]]:
     """The lane at daemon start-up: locked, idle, and the start recorded.
 
     `pad_provisioned` is whether the daemon loaded a PAD model. It is an argument, not a
@@ -206,8 +228,12 @@ def start(config: LaneConfig, t: float, *, pad_provisioned: bool) -> tuple[LaneS
     (that is `models.pad_required`); a config key could claim PAD that is not there. It has no
     default so a caller cannot forget it: with it False every decision records "pad":
     "not provisioned", with it True no frame counts as evidence until PAD has scored it.
+    `flights` are the flight: scopes the lane boards and `passed` the remembered passages
+    (`gate.passback.PastPassage`: subject_id, age_s, boarded) from before this start.
     """
-    state = LaneState(config=config, mode=Mode.IDLE, now=t, since=t, pad_provisioned=pad_provisioned)
+    state = LaneState(config=config, mode=Mode.IDLE, now=t, since=t, pad_provisioned=pad_provisioned,
+                      flights=frozenset(flights), passed={p.subject_id: t - p.age_s for p in passed},
+                      boarded={p.subject_id: t - p.age_s for p in passed if p.boarded})
     record = {"event": "lane_started", "lane": config.lane_id, "t": round(t, 6), "from": None,
               "to": Mode.IDLE.value, "pad_provisioned": pad_provisioned}
     return state, (Audit(record), *_entry_actions(state))
@@ -274,7 +300,9 @@ def _entry_actions(s: LaneState) -> list[Action]:
     elif s.mode is Mode.DECIDED:
         if s.decision.outcome is Outcome.ALLOW or s.config.latch.latches(s.decision.reason):
             return []  # OPEN or ALARM follows within the same step and sets the barrier
-        if s.decision.outcome is Outcome.DENY:
+        if s.decision.reason is Reason.ANTI_PASSBACK:
+            indication = Indicate(Colour.RED, Buzzer.LONG, TEXT_ALREADY_PASSED)
+        elif s.decision.outcome is Outcome.DENY:
             indication = Indicate(Colour.RED, Buzzer.LONG, TEXT_NOT_RECOGNISED)
         else:
             indication = Indicate(Colour.AMBER, Buzzer.LONG, TEXT_SEE_STAFF)
@@ -316,6 +344,8 @@ def _apply_decision(s: LaneState, d: Decision, timings_ms: dict[str, float] | No
         return s, actions + more
     if d.outcome is Outcome.REFER:
         actions.append(_alert(s, "refer", reason=d.reason.value, subject_id=d.subject_id))
+    elif d.reason is Reason.ANTI_PASSBACK:
+        actions.append(_alert(s, "anti_passback", subject_id=d.subject_id, **dict(d.details)))
     return s, actions
 
 
@@ -341,10 +371,39 @@ def _retry(s: LaneState, d: Decision) -> Result:
     return s, [Audit(record), Indicate(Colour.AMBER, Buzzer.SHORT, prompt)]
 
 
+def _passed_already(s: LaneState, d: Decision) -> Decision:
+    """An acceptance of someone who passed here within the window, or boarded this lane's
+    flight, becomes a refusal that says so (the match itself is kept in the record)."""
+    p = s.config.passback
+    sid = d.subject_id
+    details: dict[str, Any] = {}
+    if sid in s.boarded and s.flights and p.per_flight_h and s.now - s.boarded[sid] < p.per_flight_h * 3600:
+        details = {"boarded": sorted(s.flights), "passed_s_ago": round(s.now - s.boarded[sid], 1)}
+    elif sid in s.passed and p.window_s and s.now - s.passed[sid] < p.window_s:
+        details = {"passed_s_ago": round(s.now - s.passed[sid], 1), "window_s": p.window_s}
+    if not details:
+        return d
+    return replace(d, outcome=Outcome.DENY, reason=Reason.ANTI_PASSBACK, details={**d.details, **details})
+
+
+def _remember_passage(s: LaneState, subject_id: str) -> LaneState:
+    p = s.config.passback
+    keep_s = max(p.window_s, p.per_flight_h * 3600 if s.flights else 0.0)
+    passed = {k: v for k, v in s.passed.items() if s.now - v < keep_s}
+    passed[subject_id] = s.now
+    boarded = s.boarded
+    if s.flights:
+        boarded = {k: v for k, v in s.boarded.items() if s.now - v < p.per_flight_h * 3600}
+        boarded[subject_id] = s.now
+    return replace(s, passed=passed, boarded=boarded)
+
+
 def _judge(s: LaneState, ratio: float | None, timings_ms: dict[str, float] | None) -> Result:
     d = decide(s.track, s.now, s.config.policy, s.token, ratio, pad_provisioned=s.pad_provisioned)
     if d is None:
         return s, []
+    if d.outcome is Outcome.ALLOW:
+        d = _passed_already(s, d)
     a = s.config.attempts
     if d.outcome is not Outcome.ALLOW and d.reason.value in a.retry_on and s.attempt < a.max:
         return _retry(s, d)
@@ -410,7 +469,11 @@ def _on_tick(s: LaneState, _: Tick) -> Result:
 def _on_passage(s: LaneState, e: PassageComplete) -> Result:
     direction = None if e.direction is None else e.direction.value
     if s.mode is Mode.OPEN and not s.opening.hold:
-        return _settle(s, "passage_complete", {"opening": s.opening.to_record(), "direction": direction})
+        subject_id = s.opening.subject_id
+        s, actions = _settle(s, "passage_complete", {"opening": s.opening.to_record(), "direction": direction})
+        if subject_id is None:
+            return s, actions
+        return _remember_passage(s, subject_id), actions + [RecordPassage(subject_id)]
     if s.mode in (Mode.OPEN, Mode.EMERGENCY):
         return s, _note(s, "passage", direction=direction)
     return s, _note(s, "unexpected_passage", direction=direction) + [

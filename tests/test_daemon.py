@@ -154,3 +154,24 @@ def test_every_attempt_ends_in_a_decision_or_a_recorded_reason(scenario):
                 "too_few_quality_frames", "waiting_for_liveness", "outside_capture_zone",
                 "too_few_frames_to_refuse"), b
             open_track = None
+
+
+def test_travellers_who_passed_cannot_pass_again_after_a_restart(scenario):
+    """Anti-passback lives in the state dir: the same feed replayed on a restarted daemon opens
+    for nobody, and each refusal is recorded with its reason."""
+    cfg = scenario["cfg"]
+    with AuditLog(cfg.gate.state_dir, read_only=True) as log:
+        before = log.last_seq()
+    daemon = LaneDaemon(cfg)
+    daemon.open()
+    t = threading.Thread(target=daemon.run, daemon=True)
+    t.start()
+    t.join(120)
+    assert not t.is_alive()
+    unlocks = list(daemon.metrics.unlocks)
+    daemon.close()
+    assert unlocks == []
+    with AuditLog(cfg.gate.state_dir, read_only=True) as log:
+        decisions = [r.body["decision"] for r in log.iter_since(before) if r.body["event"] == "decision"]
+    refused = {d["subject_id"] for d in decisions if d["reason"] == "anti_passback"}
+    assert refused == set(scenario["enrolled"]), decisions

@@ -13,6 +13,7 @@ import tempfile
 import threading
 from contextlib import contextmanager
 from dataclasses import replace
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,7 @@ from devices.sim import SimDriver
 from gate.actions import Action, Alert, Audit, Buzzer, Colour, Direction, Indicate, Lock, Unlock
 from gate.audit import AuditLog, AuditWriteError
 from gate.executor import ActionExecutor
+from gate.passback import PassbackStore
 from gate.decide import DecisionPolicy, Outcome, Reason
 from gate.events import (AuditFailed, AuditRestored, DeviceFault, DeviceRestored, DoorForced, FireAlarm,
                          PassageComplete, StaffAction, StaffCommand, Tamper, Tick, TokenRead)
@@ -100,23 +102,39 @@ class Gate:
 
     FILLER = "disk_filler"
 
-    def __init__(self, config=CONFIG, t=0.0, pad_provisioned=False):
-        self._dir = tempfile.TemporaryDirectory(prefix="lane-test-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
-        self._log = AuditLog(Path(self._dir.name))
+    def __init__(self, config=CONFIG, t=0.0, pad_provisioned=False, flights=(), state_dir=None,
+                 wall=datetime(2026, 12, 2, 6, 0, tzinfo=timezone.utc)):
+        """`state_dir`: reuse a previous Gate's (a restart: its audit log and passages are kept)."""
+        if state_dir is None:
+            self._dir = tempfile.TemporaryDirectory(prefix="lane-test-",
+                                                    dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
+            state_dir = Path(self._dir.name)
+        self.state_dir = state_dir
+        self._log = AuditLog(state_dir)
+        self.passback = PassbackStore(state_dir)
         self.sim = SimDriver(SimConfig(unlock_pulse_ms=10 ** 9, command_timeout_s=0.01))
         self.sim.open()
         self._t = t
-        self.executor = ActionExecutor(self._log, self.sim, clock=lambda: self._t)
+        self.wall = wall  # the wall clock at lane time 0
+        self.flights = frozenset(flights)
+        self.executor = ActionExecutor(self._log, self.sim, clock=lambda: self._t, on_passage=lambda sid: (
+            self.passback.record(sid, config.lane_id, self.wall + timedelta(seconds=self._t), self.flights)))
         self.audit: list[dict] = []
         self.alerts: list[Alert] = []
         self.unlocked: list[Unlock] = []  # unlocks the turnstile acknowledged
         self._full = False
-        self.state, actions = start(config, t, pad_provisioned=pad_provisioned)
+        passed = self.passback.recent(config.lane_id, self.wall + timedelta(seconds=t), timedelta(days=1), flights)
+        self.state, actions = start(config, t, pad_provisioned=pad_provisioned, flights=flights, passed=passed)
         self._execute(actions)
 
-    def __del__(self):
+    def close(self):
         self._log.close()
-        self._dir.cleanup()
+        self.passback.close()
+
+    def __del__(self):
+        self.close()
+        if hasattr(self, "_dir"):
+            self._dir.cleanup()
 
     @property
     def disk_full(self) -> bool:
@@ -310,6 +328,44 @@ def test_attempts_and_latches_are_site_settings():
         load_dataclass(LaneConfig, {"lane_id": "L", "policy": {"threshold_1n": 0.5, "min_margin": 0.1,
                                                                 "threshold_1to1": 0.5, "deny_threshold": 0.5},
                                     "attempts": {"retry_on": ["tailgating"]}}, "lane")
+
+
+def _pass(g, t, **kw):
+    g.approach(t, **kw)
+    assert g.mode is Mode.OPEN
+    g.send(PassageComplete(t + 1.0))
+    assert g.mode is Mode.IDLE
+
+
+def test_a_passenger_who_passed_cannot_open_the_lane_again_within_the_window():
+    g = Gate()
+    _pass(g, 1.0)
+    g.send(Tick(2.5))
+    g.approach(3.0)  # still in view after passing, matched again
+    assert g.mode is Mode.DECIDED and g.unlocks == 1 and g.display.text == "Already passed: see staff"
+    d = decisions(g)[-1]
+    assert (d["outcome"], d["reason"], d["subject_id"]) == ("deny", "anti_passback", "alice")
+    assert d["details"]["passed_s_ago"] == pytest.approx(1.0, abs=0.3)
+    assert g.alerts[-1].kind == "anti_passback"
+    g.send(Tick(7.0))
+    g.approach(400.0)  # after the window (300 s) the lane serves them again
+    assert g.mode is Mode.OPEN
+
+
+def test_anti_passback_survives_a_restart_and_a_boarding_gate_boards_a_flight_once():
+    g = Gate(flights=("flight:BA123",))
+    _pass(g, 1.0)
+    g.close()
+    later = g.wall + timedelta(seconds=60)
+    g2 = Gate(flights=("flight:BA123",), state_dir=g.state_dir, wall=later)  # the daemon restarted a minute later
+    assert g2.state.boarded["alice"] == pytest.approx(-58.0)  # passed 58 s before this start
+    g2.approach(1000.0)  # long after the 300 s window, but it is the same flight
+    assert g2.mode is Mode.DECIDED and decisions(g2)[-1]["reason"] == "anti_passback"
+    assert decisions(g2)[-1]["details"]["boarded"] == ["flight:BA123"]
+    g2.close()
+    g3 = Gate(flights=("flight:BA999",), state_dir=g.state_dir, wall=later)  # the gate's next flight
+    g3.approach(1000.0)
+    assert g3.mode is Mode.OPEN
 
 
 def test_ambiguous_match_is_referred_to_staff():
