@@ -31,7 +31,7 @@ PAD the decision rests on matching alone and its record says "pad": "not provisi
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from statistics import fmean
 from typing import Any, Mapping, Sequence
@@ -193,7 +193,7 @@ class Decision:
     mode: MatchMode
     decided_at: float
     track_id: int | None = None
-    subject_id: str | None = None  # the best candidate considered (accepted only if ALLOW)
+    subject_id: str | None = None  # who matched (see named_only_if_matched); None for a non-match
     list_type: ListType | None = None
     score: float | None = None
     runner_up_id: str | None = None
@@ -289,6 +289,20 @@ class Evidence:
                 "observations_in_window": self.observations_in_window}
 
 
+def named_only_if_matched(d: Decision, policy: DecisionPolicy) -> Decision:
+    """A decision names a person only when that person matched: an acceptance, a deny-list hit,
+    or a best candidate at or above the threshold (e.g. a matched face judged a photo). The best
+    candidate below the threshold is not an identity: a stranger's refusal naming the nearest
+    enrolled traveller reads to staff as that traveller being there. Scores stay in the record."""
+    threshold = policy.threshold_1n if d.mode is MatchMode.ONE_TO_MANY else policy.threshold_1to1
+    if d.outcome is Outcome.ALLOW or d.reason is Reason.DENY_LIST or (d.score is not None and d.score >= threshold):
+        return d
+    details = dict(d.details)
+    if d.mode is MatchMode.ONE_TO_ONE and d.subject_id is not None:
+        details["token_subject_id"] = d.subject_id  # who the document says, not who the face is
+    return replace(d, subject_id=None, list_type=None, runner_up_id=None, top=(), details=details)
+
+
 def gather_evidence(track: Track, now: float, policy: DecisionPolicy, token: Token | None = None, *,
                     pad_provisioned: bool) -> Evidence:
     """The evidence of `track`'s frames inside the fusion window at `now` (see the module
@@ -340,10 +354,11 @@ def judge(ev: Evidence, track: Track, now: float, policy: DecisionPolicy, token:
     acceptance, refusal/mismatch, persistent low quality, timeout."""
     def result(outcome: Outcome, reason: Reason, **override: Any) -> Decision:
         details = {**ev.details, **override.pop("details", {})}
-        return Decision(outcome, reason, ev.mode, decided_at=now, track_id=track.track_id, frames=track.frames,
-                        low_quality_streak=track.low_quality_streak, elapsed_s=now - track.started_t,
-                        top=ev.fused[:3], pad_provisioned=pad_provisioned, pad=ev.pad,
-                        **{**ev.decision_fields(), **override, "details": details})
+        return named_only_if_matched(Decision(
+            outcome, reason, ev.mode, decided_at=now, track_id=track.track_id, frames=track.frames,
+            low_quality_streak=track.low_quality_streak, elapsed_s=now - track.started_t,
+            top=ev.fused[:3], pad_provisioned=pad_provisioned, pad=ev.pad,
+            **{**ev.decision_fields(), **override, "details": details}), policy)
 
     if tailgate_ratio is not None and tailgate_ratio >= policy.tailgate_size_ratio:
         return result(Outcome.REFER, Reason.TAILGATING, details={"tailgate_ratio": round(tailgate_ratio, 3)})

@@ -28,8 +28,8 @@ from gate.events import (AuditFailed, AuditRestored, DeviceFault, DeviceRestored
                          PassageComplete, StaffAction, StaffCommand, Tamper, Tick, TokenRead)
 from gate.field_ranges import check_ranges
 from gate.schema import ConfigError
-from gate.observation import FrameObservation
-from gate.track import Track, TrackPolicy, follow, in_capture_zone, restart, tailgate_ratio
+from gate.observation import FaceObservation, FrameObservation, ListType
+from gate.track import Track, TrackPolicy, follow, in_capture_zone, restart, same_visit, tailgate_ratio
 
 AUDIT_LOG = "audit_log"  # the fault name under which an unwritable audit log is tracked
 
@@ -195,6 +195,8 @@ class LaneState:
     fire_active: bool = False  # the fire-alarm input's current level
     faults: frozenset[str] = frozenset()  # devices (and AUDIT_LOG) currently failing
     out_of_service_by: str | None = None  # operator who took the lane out of service
+    served: Track | None = None  # the person last decided, while still in view: one decision per visit
+    served_subject: str | None = None  # who that decision named (None: nobody matched)
     attempt: int = 1  # the current attempt of the person in front of the camera (see AttemptPolicy)
     flights: frozenset[str] = frozenset()  # the flight: scopes this lane boards (a fact of start-up)
     passed: Mapping[str, float] = field(default_factory=dict)  # subject -> time of their last passage here
@@ -281,8 +283,12 @@ def _rest_mode(s: LaneState) -> Mode:
 
 
 def _settle(s: LaneState, event: str, fields: dict[str, Any] | None = None, **changes: Any) -> Result:
-    """End the current episode and fall back to the most severe condition still in force."""
+    """End the current episode and fall back to the most severe condition still in force. The
+    person just served gets `visit_gap_s` from now to be seen again (frames were not watched
+    while the result was shown) before the visit counts as over."""
     s = replace(s, **changes)
+    if s.served is not None:
+        s = replace(s, served=replace(s.served, last_seen_t=s.now))
     return _go(s, _rest_mode(s), event, fields, track=None, opening=None, decision=None)
 
 
@@ -330,7 +336,8 @@ def _apply_decision(s: LaneState, d: Decision, timings_ms: dict[str, float] | No
     fields: dict[str, Any] = {"decision": d.to_record()}
     if timings_ms:
         fields["timings_ms"] = {k: round(float(v), 2) for k, v in timings_ms.items()}
-    s, actions = _go(s, Mode.DECIDED, "decision", fields, decision=d, track=None, token=None)
+    s, actions = _go(s, Mode.DECIDED, "decision", fields, decision=d, track=None, token=None, served=s.track,
+                     served_subject=d.subject_id)
     if d.outcome is Outcome.ALLOW:
         cfg = s.config
         opening = Opening(Direction(cfg.passage_direction), hold=False, deadline=s.now + cfg.open_timeout_s,
@@ -431,6 +438,16 @@ def _advance_time(s: LaneState) -> Result:
 
 # ---- event handlers ---------------------------------------------------------------------------
 
+def _still_served(s: LaneState, face: FaceObservation) -> bool:
+    """Whether `face` is the person just decided: the same place in the picture, and not clearly
+    someone else (a face matching another enrolled identity is a new passenger who stepped up
+    into the same spot, and starts a normal attempt)."""
+    if not same_visit(s.served, face, s.config.tracking):
+        return False
+    best = next((c for c in face.matches or () if c.list_type is ListType.ALLOW), None)
+    return best is None or best.score < s.config.policy.threshold_1n or best.subject_id == s.served_subject
+
+
 def _on_frame(s: LaneState, frame: FrameObservation) -> Result:
     tracking = s.config.tracking
     if s.mode is Mode.OPEN:
@@ -441,6 +458,14 @@ def _on_frame(s: LaneState, frame: FrameObservation) -> Result:
         return s, []
     if s.mode not in (Mode.IDLE, Mode.ACQUIRING):
         return s, []
+    if s.mode is Mode.IDLE and s.served is not None:
+        if s.now - s.served.last_seen_t >= tracking.visit_gap_s or (
+                frame.primary is not None and not _still_served(s, frame.primary)):
+            s = replace(s, served=None)  # the decided person has left, or someone else stepped up
+        elif frame.primary is not None:  # the decided person, still there: not judged again
+            return replace(s, served=replace(s.served, box=frame.primary.box, last_seen_t=s.now)), []
+        else:
+            return s, []
     if not in_capture_zone(frame.primary, tracking):
         if s.mode is Mode.ACQUIRING and frame.primary is not None:  # stepped back: say so if the attempt ends
             s = replace(s, track=replace(s.track, out_of_zone_streak=s.track.out_of_zone_streak + 1))
@@ -469,8 +494,9 @@ def _on_tick(s: LaneState, _: Tick) -> Result:
 def _on_passage(s: LaneState, e: PassageComplete) -> Result:
     direction = None if e.direction is None else e.direction.value
     if s.mode is Mode.OPEN and not s.opening.hold:
-        subject_id = s.opening.subject_id
-        s, actions = _settle(s, "passage_complete", {"opening": s.opening.to_record(), "direction": direction})
+        subject_id = s.opening.subject_id  # they are through the gate: their visit is over
+        s, actions = _settle(s, "passage_complete", {"opening": s.opening.to_record(), "direction": direction},
+                             served=None)
         if subject_id is None:
             return s, actions
         return _remember_passage(s, subject_id), actions + [RecordPassage(subject_id)]

@@ -26,6 +26,11 @@ class TrackPolicy:
                 "capture zone; smaller faces are people further back. Site-specific: measure it "
                 "at the lane's marked standing position", "min": 0.0})
 
+    visit_gap_s: float = field(default=0.5, metadata={
+        "help": "after a decision, the decided person is not judged again while their face stays in view; "
+                "the visit ends after this many seconds without it (shorter than the gap between two "
+                "passengers, longer than a detector's missed frame)", "min": 0.0})
+
     def __post_init__(self) -> None:
         check_ranges(self)
 
@@ -107,3 +112,8 @@ def restart(track: Track, t: float) -> Track:
     """Same person, fresh attempt: used when a token read switches the lane to 1:1 mode, so
     evidence gathered for a 1:N search is not mixed with the 1:1 verification."""
     return replace(track, started_t=t, samples=(), low_quality_streak=0, last_quality_reasons=())
+
+
+def same_visit(track: Track, face: FaceObservation, policy: TrackPolicy) -> bool:
+    """Whether `face` is still the person of `track` (their boxes overlap enough)."""
+    return iou(track.box, face.box) >= policy.iou_min

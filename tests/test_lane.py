@@ -368,6 +368,30 @@ def test_anti_passback_survives_a_restart_and_a_boarding_gate_boards_a_flight_on
     assert g3.mode is Mode.OPEN
 
 
+def test_one_decision_per_person_per_visit():
+    g = Gate(ONE_TRY)  # a stranger who stays in front of the camera after the refusal
+    g.approach(1.0, n=5, matches=(("alice", 0.3),))
+    for i in range(60):  # six more seconds in view, through the refusal display and after
+        g.send(frame(1.5 + i * 0.1, face(matches=(("alice", 0.3),))))
+    assert g.events().count("decision") == 1 and g.mode is Mode.IDLE
+    g.send(Tick(8.0))  # leaves (no face for longer than visit_gap_s), comes back: a new visit
+    g.approach(8.1, n=5, matches=(("alice", 0.3),))
+    assert g.events().count("decision") == 2
+
+    g = Gate()  # a deny-list subject: one alarm, not one per reset
+    g.approach(1.0, matches=(("mallory", 0.9),))
+    g.send(staff(2.0, StaffAction.RESET, reason="police called"))
+    for i in range(10):
+        g.send(frame(2.1 + i * 0.1, face(matches=(("mallory", 0.9),))))
+    assert g.mode is Mode.IDLE and len([a for a in g.alerts if a.kind == "deny_list"]) == 1
+
+    g = Gate(ONE_TRY)  # the next passenger steps into the same spot at once: not mistaken for the stranger
+    g.approach(1.0, n=5, matches=(("alice", 0.3),))
+    g.send(Tick(4.5))
+    g.approach(4.6, matches=(("bob", 0.9), ("alice", 0.2)))
+    assert g.mode is Mode.OPEN and decisions(g)[-1]["subject_id"] == "bob"
+
+
 def test_ambiguous_match_is_referred_to_staff():
     g = Gate()
     g.approach(1.0, matches=(("alice", 0.66), ("alicia", 0.61)))
