@@ -438,7 +438,23 @@ class LaneDaemon:
             "watchlist_sequence": self.store.sequence(), "audit_unsent": self.audit.unsent_count(),
             "device_online": bool(getattr(self._driver, "online", False)),
             "recent_alerts": self.metrics.alerts[-5:], "software_version": SOFTWARE_VERSION,
+            "central": self._central_status(),
         }
+
+    def _central_status(self) -> dict[str, Any] | None:
+        """Whether the central answers and when it was last heard from (None: standalone gate)."""
+        if self.agent is None:
+            return None
+        try:
+            st = self.agent.status()
+        except RuntimeError:
+            return {"reachable": False, "last_contact": None, "last_error": "sync agent not started"}
+        heard = [x for x in (st.watchlist.last_heard, st.audit.last_ack_at) if x is not None]
+        last = max(heard) if heard else None
+        return {"reachable": bool(st.audit.reachable),
+                "last_contact": None if last is None else
+                datetime.fromtimestamp(last, timezone.utc).isoformat(timespec="seconds"),
+                "last_error": st.audit.last_error or None}
 
     # ------------------------------------------------------------------ main loop
     def run(self) -> int:

@@ -52,7 +52,7 @@ def test_staff_open_is_one_audited_passage_with_who_and_why(running_lane, capsys
     assert "lane idle → open" in capsys.readouterr().out
     sim = daemon._driver
     assert sim.last("unlock") is not None
-    assert gatectl(["--socket", sock, "events", "--last", "5"]) == 0
+    assert gatectl(["--socket", sock, "events", "--last", "5", "--json"]) == 0
     events = _json_lines(capsys.readouterr().out)
     manual = [e for e in events if e.get("event") == "manual_action"]
     assert manual and manual[-1]["operator_id"].startswith("staff-042 (uid ")
@@ -150,3 +150,76 @@ def test_a_scanned_boarding_pass_puts_the_lane_in_one_to_one_mode(running_lane):
     assert any(e.get("event") == "token_unknown" or e.get("decision", {}).get("reason") == "token_unknown"
                for e in events), [e.get("event") for e in events]
     assert all("NOT-ENROLLED-1" not in json.dumps(e) for e in events)  # the raw token is never logged
+
+
+def test_events_are_one_readable_line_each_and_status_says_where_the_central_is(running_lane, capsys):
+    daemon, sock, cfg = running_lane
+    gatectl(["--socket", sock, "out-of-service", "--operator", "s1", "--reason", "cleaning"])
+    assert "lane idle → out-of-service" in capsys.readouterr().out  # modes spelt as the commands are
+    assert gatectl(["--socket", sock, "events", "--last", "3"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 and not any(line.startswith("{") for line in lines)  # lane started, the action
+    assert "staff out of service by s1 (uid" in lines[-1] and "[idle → out-of-service]" in lines[-1]
+    time.sleep(0.6)  # the status snapshot is refreshed twice a second
+    assert gatectl(["--socket", sock, "status"]) == 0
+    out = capsys.readouterr().out
+    assert "mode                 out-of-service" in out
+    assert "central              standalone (no [sync] section)" in out
+
+
+def test_cli_errors_are_one_line_with_what_to_do(tmp_path, capsys):
+    assert gatectl(["audit", "verify", "--state-dir", str(tmp_path / "nowhere")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no audit log at" in err and "state_dir" in err
+    assert gatectl(["--socket", str(tmp_path / "none.sock"), "status"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_a_closed_pipe_ends_gatectl_quietly(running_lane):
+    import subprocess
+    import sys
+
+    _, sock, _ = running_lane
+    p = subprocess.run(f"{sys.executable} -m tools.gatectl --socket {sock} events --last 200 --json | head -c 10",
+                       shell=True, capture_output=True, text=True, timeout=60)
+    assert "Traceback" not in p.stderr and "BrokenPipe" not in p.stderr, p.stderr
+
+
+def test_gated_check_names_the_key_that_fails(tmp_path, capsys):
+    from tools.gated import main as gated
+
+    key = tmp_path / "scbk.hex"
+    key.write_text("00" * 16)
+    key.chmod(0o644)
+    cfg = tmp_path / "lane.toml"
+    cfg.write_text(f"""
+[gate]
+id = "G1"
+state_dir = "{tmp_path / 'state'}"
+[camera]
+source = "{tmp_path / 'no-such-video.avi'}"
+[models]
+dir = "{tmp_path / 'models'}"
+pad_required = false
+[lane]
+lane_id = "L1"
+[lane.policy]
+threshold_1n = 0.93
+min_margin = 0.03
+threshold_1to1 = 0.92
+deny_threshold = 0.92
+[device]
+type = "osdp"
+port = "{tmp_path / 'ttyUSB9'}"
+scbk_file = "{key}"
+""")
+    assert gated(["--config", str(cfg), "--check"]) == 1
+    out = capsys.readouterr().out
+    rows = {line.split()[0]: line for line in out.splitlines() if line.split() and "." in line.split()[0]}
+    assert "FAIL" in rows["camera.source"] and "does not exist" in rows["camera.source"]
+    assert "FAIL" in rows["models.detector"]
+    assert "FAIL" in rows["device.port"]
+    assert "FAIL" in rows["device.scbk_file"] and "chmod 600" in rows["device.scbk_file"]
+    assert "PASS" in rows["gate.state_dir"]
+    assert "overall: FAIL" in out
