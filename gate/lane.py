@@ -494,9 +494,8 @@ def _on_tick(s: LaneState, _: Tick) -> Result:
 def _on_passage(s: LaneState, e: PassageComplete) -> Result:
     direction = None if e.direction is None else e.direction.value
     if s.mode is Mode.OPEN and not s.opening.hold:
-        subject_id = s.opening.subject_id  # they are through the gate: their visit is over
-        s, actions = _settle(s, "passage_complete", {"opening": s.opening.to_record(), "direction": direction},
-                             served=None)
+        subject_id = s.opening.subject_id  # a face still in view after the passage is theirs: not judged again
+        s, actions = _settle(s, "passage_complete", {"opening": s.opening.to_record(), "direction": direction})
         if subject_id is None:
             return s, actions
         return _remember_passage(s, subject_id), actions + [RecordPassage(subject_id)]

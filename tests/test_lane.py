@@ -385,6 +385,12 @@ def test_one_decision_per_person_per_visit():
         g.send(frame(2.1 + i * 0.1, face(matches=(("mallory", 0.9),))))
     assert g.mode is Mode.IDLE and len([a for a in g.alerts if a.kind == "deny_list"]) == 1
 
+    g = Gate()  # a passenger who lingers in view after passing is not judged again
+    _pass(g, 1.0)
+    for i in range(10):
+        g.send(frame(2.1 + i * 0.1))
+    assert g.events().count("decision") == 1 and g.unlocks == 1 and not g.alerts
+
     g = Gate(ONE_TRY)  # the next passenger steps into the same spot at once: not mistaken for the stranger
     g.approach(1.0, n=5, matches=(("alice", 0.3),))
     g.send(Tick(4.5))
