@@ -77,6 +77,10 @@ class ActionExecutor:
                 body = {**self.stamp, **a.record} if self.stamp else dict(a.record)
                 try:
                     row = self.audit.append(body)
+                except (ValueError, TypeError) as e:  # a record the log refuses: a bug, never a crash
+                    log.error("audit record refused, no opening without its record: %s", e)
+                    acts = acts[: i + 1] + list(after_audit_failure(acts[i + 1:]))
+                    self._note_refused(body, e, t, out)
                 except AuditWriteError as e:
                     log.error("audit write failed, no opening without its record: %s", e)
                     acts = acts[: i + 1] + list(after_audit_failure(acts[i + 1:]))
@@ -102,6 +106,16 @@ class ActionExecutor:
                 self._device(a, t, out)
             i += 1
         return out
+
+    def _note_refused(self, body: dict, error: Exception, t: float, out: Executed) -> None:
+        """Record that a record was refused (its event and why, nothing of its content), so the
+        trail shows the gap; if even that fails, it is an audit failure like a full disk."""
+        note = {**self.stamp, "event": "record_refused", "refused_event": str(body.get("event"))[:64],
+                "why": str(error)[:300]}
+        try:
+            out.rows.append(self.audit.append(note))
+        except (AuditWriteError, ValueError, TypeError) as e:
+            out.followups.append(AuditFailed(t, str(e)))
 
     def _device(self, a: Action, t: float, out: Executed) -> None:
         try:

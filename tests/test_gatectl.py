@@ -223,3 +223,12 @@ scbk_file = "{key}"
     assert "FAIL" in rows["device.scbk_file"] and "chmod 600" in rows["device.scbk_file"]
     assert "PASS" in rows["gate.state_dir"]
     assert "overall: FAIL" in out
+
+
+def test_a_command_with_a_very_long_operator_id_is_refused_before_anything_happens(running_lane):
+    daemon, sock, _ = running_lane
+    before = daemon.audit.last_seq()
+    r = call(sock, "open", operator="o" * 5000, reason="test")
+    assert not r["ok"] and "at most 128" in r["error"]
+    assert daemon._driver.last("unlock") is None and call(sock, "status")["mode"] == "idle"
+    assert daemon.audit.last_seq() == before  # nothing recorded, because nothing happened
