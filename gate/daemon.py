@@ -135,7 +135,8 @@ class LaneDaemon:
         cfg = self.cfg
         state_dir = cfg.gate.state_dir
         state_dir.mkdir(parents=True, exist_ok=True)
-        os.chmod(state_dir, 0o700)
+        self._protect_state_dir(state_dir)
+        self._take_instance_lock(state_dir)
         if self._pipeline is None:
             from models.manifest import ModelError
             from vision.loading import load_pipeline
@@ -210,6 +211,43 @@ class LaneDaemon:
             except Exception as e:  # bad keys: refuse to run half-configured
                 raise StartupError(f"sync: {e}") from None
         self.notifier = Notifier()
+
+    def _protect_state_dir(self, state_dir: Path) -> None:
+        """Owner-only (0700); with a control group and the socket inside the state dir, 0710 and
+        that group, so its members can reach the socket (search permission only: they cannot
+        list the folder, and every store file in it is 0600)."""
+        group = self.cfg.control.group
+        if not group or self.cfg.control_socket.parent.resolve() != state_dir.resolve():
+            os.chmod(state_dir, 0o700)
+            return
+        import grp
+
+        try:
+            gid = grp.getgrnam(group).gr_gid
+            os.chown(state_dir, -1, gid)
+        except KeyError:
+            raise StartupError(f"control.group = {group!r}: no such group on this system") from None
+        except PermissionError:
+            raise StartupError(f"control.group = {group!r}: this user may not give {state_dir} to that group "
+                               "(add the lane's user to the group)") from None
+        os.chmod(state_dir, 0o710)
+
+    def _take_instance_lock(self, state_dir: Path) -> None:
+        """One daemon per state dir: a second one would take over the control socket and write
+        the same audit chain. The lock is the kernel's (flock), so it dies with the process."""
+        import fcntl
+
+        fd = os.open(state_dir / "gated.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise StartupError(f"another gated (pid {holder}) is running on state dir {state_dir}; stop it first "
+                               "(systemctl stop edgegate-gated) or give this lane its own state_dir") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._lock_fd = fd
 
     def _open_refer_crops(self, cipher) -> ReferCropStore | None:
         """Opened when the setting is on, or when crops are left from when it was: those still
@@ -546,3 +584,6 @@ class LaneDaemon:
             part = getattr(self, name, None)
             if part is not None:
                 part.close()
+        if getattr(self, "_lock_fd", None) is not None:
+            os.close(self._lock_fd)  # releases the instance lock
+            self._lock_fd = None

@@ -29,7 +29,7 @@ class ControlHandler:
     def __init__(self, daemon):
         self.daemon = daemon
 
-    def __call__(self, req: dict, peer: Peer) -> dict | Iterator[dict]:
+    def __call__(self, req: dict, peer: Peer) -> dict | Iterator[dict | None]:
         cmd = req["cmd"]
         if cmd == "status":
             return {"ok": True, **self.daemon.status_snapshot}
@@ -53,13 +53,13 @@ class ControlHandler:
             return self.daemon.submit(ev)
         return {"ok": False, "error": f"unknown command {cmd!r}"}
 
-    def _events(self, last: int, follow: bool) -> dict | Iterator[dict]:
+    def _events(self, last: int, follow: bool) -> dict | Iterator[dict | None]:
         audit = self.daemon.audit
         rows = audit.tail(max(0, min(last, 10_000)))
         if not follow:
             return {"ok": True, "events": [_row(r) for r in rows]}
 
-        def stream() -> Iterator[dict]:
+        def stream() -> Iterator[dict | None]:
             seq = rows[-1].seq if rows else audit.last_seq()
             for r in rows:
                 yield _row(r)
@@ -70,6 +70,7 @@ class ControlHandler:
                     yield _row(r)
                 if not new:
                     time.sleep(0.2)
+                    yield None  # idle: lets the server notice a client that has gone
 
         return stream()
 

@@ -232,3 +232,64 @@ def test_a_command_with_a_very_long_operator_id_is_refused_before_anything_happe
     assert not r["ok"] and "at most 128" in r["error"]
     assert daemon._driver.last("unlock") is None and call(sock, "status")["mode"] == "idle"
     assert daemon.audit.last_seq() == before  # nothing recorded, because nothing happened
+
+
+def test_a_second_daemon_on_the_same_state_dir_refuses_to_start(running_lane, default_pipeline):
+    from gate.daemon import StartupError
+
+    daemon, sock, cfg = running_lane
+    second = LaneDaemon(cfg, pipeline=default_pipeline)
+    with pytest.raises(StartupError, match="another gated .* is running on state dir"):
+        second.open()
+    second.close()
+    assert call(sock, "status")["mode"] == "idle"  # the first one still owns its socket
+
+
+def test_a_control_group_can_reach_the_socket_in_the_default_layout(tmp_path, default_pipeline):
+    import grp
+    import os
+    import stat
+
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    cv2.imwrite(str(frames / "empty.png"), np.full((480, 640, 3), 128, np.uint8))
+    group = grp.getgrgid(os.getgid()).gr_name
+    d = dict(MINIMAL, gate={"id": "G1", "state_dir": str(tmp_path / "state")},
+             camera={"source": str(frames), "fps": 20.0, "loop": True},
+             models={"dir": str(tmp_path), "pad_required": False}, device={"type": "sim"},
+             control={"group": group})
+    cfg = parse_config(d, tmp_path)
+    daemon = LaneDaemon(cfg, pipeline=default_pipeline)
+    try:
+        daemon.open()
+        st = os.stat(cfg.gate.state_dir)
+        assert stat.S_IMODE(st.st_mode) == 0o710 and st.st_gid == os.getgid()  # group may traverse, not list
+        sock = os.stat(cfg.control_socket)
+        assert stat.S_IMODE(sock.st_mode) == 0o660 and sock.st_gid == os.getgid()
+        for f in ("audit.db", "watchlist.db", "passages.db"):
+            assert stat.S_IMODE(os.stat(cfg.gate.state_dir / f).st_mode) == 0o600
+    finally:
+        daemon.close()
+
+
+def test_control_clients_are_bounded(running_lane):
+    import socket as _socket
+
+    from gate.control import MAX_CLIENTS
+
+    _, sock, _ = running_lane
+    held = []
+    for _ in range(MAX_CLIENTS):
+        s = _socket.socket(_socket.AF_UNIX)
+        s.connect(sock)
+        s.sendall(b'{"cmd": "events", "follow": true, "last": 0}\n')
+        held.append(s)
+    time.sleep(0.5)
+    r = call(sock, "status")
+    assert not r["ok"] and "too many control clients" in r["error"]
+    for s in held:
+        s.close()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and not call(sock, "status").get("ok"):
+        time.sleep(0.3)
+    assert call(sock, "status")["ok"]  # the slots come back when followers leave

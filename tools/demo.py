@@ -209,7 +209,10 @@ class Procs:
 
     def start(self, name: str, argv: list[str], cwd: Path, logfile: Path) -> subprocess.Popen:
         f = open(logfile, "ab")
-        p = subprocess.Popen(argv, cwd=cwd, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+        # the children run the same checkout as the demo itself, whatever their working folder
+        repo = str(Path(__file__).resolve().parents[1])
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(x for x in (repo, os.environ.get("PYTHONPATH")) if x)}
+        p = subprocess.Popen(argv, cwd=cwd, stdout=f, stderr=subprocess.STDOUT, start_new_session=True, env=env)
         self.procs[name] = p
         return p
 
@@ -411,9 +414,11 @@ def _follow_events(run: DemoRun) -> None:
     from gate.control import ControlError, call
 
     try:
-        for e in call(run.sock, "events", stream=True, last=0, follow=True):
-            if e.get("event") == "lane_started" and run.view.origin is None:
+        for e in call(run.sock, "events", stream=True, last=1000, follow=True):  # from the lane's start
+            if e.get("event") == "lane_started":
                 run.view.origin = e.get("t")
+            elif run.view.origin is None and isinstance(e.get("t"), (int, float)):
+                run.view.origin = e["t"]
             run.events.append(e)
             line = _fmt_event(e)
             if line and isinstance(e.get("t"), (int, float)):
@@ -521,11 +526,13 @@ def _outcome_label(outcome: str, reason: str) -> str:
     return OUTCOME_LABELS.get((outcome, reason), f"{'referred' if outcome == 'refer' else 'refused'}: {label(reason)}")
 
 
-def _why(a, mine: list[dict], threshold: float) -> str:
+def _why(a, mine: list[dict], threshold: float, mode_before: str | None = None) -> str:
     """Why a passenger's visit ended as it did, from the visit's own audit records."""
     from gate.event_text import label, unserved_text
 
     decision = next((b["decision"] for b in mine if b["event"] == "decision"), None)
+    if not mine and mode_before in ("alarm", "out_of_service", "emergency"):
+        return f"the lane was held in {mode_before.replace('_', '-')} while they were there (nobody served)"
     retries = [b for b in mine if b["event"] == "attempt_failed"]
     lost = next((b for b in mine if b["event"] == "face_lost" and b.get("unserved")), None)
     parts = []
@@ -546,13 +553,33 @@ def _why(a, mine: list[dict], threshold: float) -> str:
     return "; ".join(parts)
 
 
+def _feed_clock(truth, bodies: list[dict], origin: float) -> tuple[float, float]:
+    """(offset, rate) with lane time ≈ offset + rate × feed time. A recorded file plays a little
+    slower than its frame rate on a loaded machine (decoding adds to each frame's period) and
+    starts a moment after the lane, so the clock is fitted on the acceptances, whose passenger
+    is known; the fit is moved 0.8 s earlier, as acceptances come ~0.5–1 s after the first face."""
+    start_of = {a.subject_id: a.first_frame / FPS for a in truth if a.subject_id}
+    pts = [(start_of[b["decision"]["subject_id"]], b["t"] - origin) for b in bodies
+           if b.get("event") == "decision" and b["decision"]["outcome"] == "allow"
+           and b["decision"].get("subject_id") in start_of]
+    if len(pts) >= 2 and len({x for x, _ in pts}) >= 2:
+        rate, offset = np.polyfit([x for x, _ in pts], [y for _, y in pts], 1)
+        if 0.8 <= rate <= 1.5:
+            return float(offset) - 0.8, float(rate)
+    offset = float(np.median([y - x for x, y in pts])) if pts else 0.5
+    return offset - 0.8, 1.0
+
+
 def _per_passenger(truth, bodies: list[dict], origin: float, threshold: float) -> list[dict]:
-    """Each passenger's visit: the records from their first frame until the next passenger's
-    (the lane plays the file at its frame rate from its start, so feed time ~ lane time)."""
+    """Each passenger's visit: the records from their first frame until the next passenger's,
+    on the feed clock fitted by `_feed_clock`."""
     rows = []
-    starts = [a.first_frame / FPS for a in truth] + [float("inf")]
+    offset, rate = _feed_clock(truth, bodies, origin)
+    starts = [offset + rate * a.first_frame / FPS for a in truth] + [float("inf")]
     for i, a in enumerate(truth):
-        mine = [b for b in bodies if isinstance(b.get("t"), (int, float)) and starts[i] <= b["t"] - origin < starts[i + 1]]
+        timed = [b for b in bodies if isinstance(b.get("t"), (int, float))]
+        mine = [b for b in timed if starts[i] <= b["t"] - origin < starts[i + 1]]
+        mode_before = next((b.get("to") for b in reversed(timed) if b["t"] - origin < starts[i] and b.get("to")), None)
         d = next((b["decision"] for b in mine if b["event"] == "decision"), None)
         expected = EXPECTED[a.label]
         got = None if d is None else (d["outcome"], d["reason"])
@@ -561,7 +588,7 @@ def _per_passenger(truth, bodies: list[dict], origin: float, threshold: float) -
                      "expected": _outcome_label(*expected),
                      "got": "no decision" if got is None else _outcome_label(*got),
                      "score": None if d is None else d.get("score"), "as_expected": ok,
-                     "why": "" if ok else _why(a, mine, threshold)})
+                     "why": "" if ok else _why(a, mine, threshold, mode_before)})
     return rows
 
 
