@@ -136,6 +136,7 @@ class LaneDaemon:
         state_dir = cfg.gate.state_dir
         state_dir.mkdir(parents=True, exist_ok=True)
         self._protect_state_dir(state_dir)
+        self._check_free_space(state_dir)
         self._take_instance_lock(state_dir)
         if self._pipeline is None:
             from models.manifest import ModelError
@@ -231,6 +232,15 @@ class LaneDaemon:
             raise StartupError(f"control.group = {group!r}: this user may not give {state_dir} to that group "
                                "(add the lane's user to the group)") from None
         os.chmod(state_dir, 0o710)
+
+    def _check_free_space(self, state_dir: Path) -> None:
+        st = os.statvfs(state_dir)
+        free_mb = st.f_bavail * st.f_frsize / 2 ** 20
+        if free_mb < self.cfg.gate.min_free_mb:
+            log.error("ALERT disk_full: %s has %.1f MB free", state_dir, free_mb)
+            raise StartupError(f"the disk of state dir {state_dir} has {free_mb:.1f} MB free, below gate.min_free_mb "
+                               f"= {self.cfg.gate.min_free_mb:g}: free space (old logs, images) before starting; "
+                               "the lane stays locked")
 
     def _take_instance_lock(self, state_dir: Path) -> None:
         """One daemon per state dir: a second one would take over the control socket and write

@@ -293,3 +293,19 @@ def test_control_clients_are_bounded(running_lane):
     while time.monotonic() < deadline and not call(sock, "status").get("ok"):
         time.sleep(0.3)
     assert call(sock, "status")["ok"]  # the slots come back when followers leave
+
+
+def test_start_up_on_a_full_disk_fails_with_a_clear_message(tmp_path, default_pipeline):
+    import os
+
+    from gate.daemon import StartupError
+
+    st = os.statvfs(tmp_path)
+    free_mb = st.f_bavail * st.f_frsize / 2 ** 20
+    d = dict(MINIMAL, gate={"id": "G1", "state_dir": str(tmp_path / "state"), "min_free_mb": free_mb + 1e6},
+             models={"dir": str(tmp_path), "pad_required": False}, device={"type": "sim"})
+    daemon = LaneDaemon(parse_config(d, tmp_path), pipeline=default_pipeline)
+    with pytest.raises(StartupError, match="MB free, below gate.min_free_mb"):
+        daemon.open()
+    daemon.close()
+    assert not (tmp_path / "state" / "audit.db").exists()  # nothing half-open
