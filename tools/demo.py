@@ -633,7 +633,7 @@ def _summarise(run: DemoRun) -> tuple[dict, list[dict]]:
         "false opens": len(false_opens),
         "second openings for the same person": second_opens,
         "visits without a decision or a recorded reason": sum(
-            1 for r in per if r["got"] == "no decision" and not r["why"].startswith("no decision: ")),
+            1 for r in per if r["got"] == "no decision" and "no decision: " not in r["why"]),
         "retry prompts shown": sum(1 for b in bodies if b.get("event") == "attempt_failed"),
         "staff actions (audited)": sum(1 for b in bodies if b.get("event") == "manual_action"),
         "first face → acceptance, median": f"{np.median(elapsed):.0f} ms" if elapsed else "n/a",

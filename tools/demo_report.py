@@ -54,8 +54,13 @@ def _det_figure(plt, genuine, impostor):
     far, frr = det_points(genuine, impostor)
     keep = measurable(far, frr, len(genuine), len(impostor))
     fig, ax = plt.subplots(figsize=(4.5, 4))
-    ax.loglog(far[keep], frr[keep], color="tab:blue", marker=".", ms=3)
     lo_far, lo_frr = 1.0 / max(1, len(impostor)), 1.0 / max(1, len(genuine))
+    ax.loglog(far[keep], frr[keep], color="tab:blue", marker="o", ms=4, label="measured")
+    # thresholds where one rate was 0 in these pairs: the rate is only known to be below 1/n
+    edge = ~keep & ((far >= lo_far) | (frr >= lo_frr))
+    ax.scatter(np.maximum(far[edge], lo_far), np.maximum(frr[edge], lo_frr), facecolors="none",
+               edgecolors="tab:blue", s=18, label="one rate 0 observed (≤ 1/n)")
+    ax.legend(fontsize=7, loc="upper right")
     ax.set_xlim(lo_far, 1.0)
     ax.set_ylim(lo_frr, 1.0)
     ax.set_xlabel(f"false accept rate (≥ 1/{len(impostor)} measurable)")
