@@ -8,7 +8,7 @@ SHARED ?= ../shared
 export EDGEGATE_MODEL_DIR := $(abspath $(MODELS))
 export EDGEGATE_SHARED := $(abspath $(SHARED))
 
-.PHONY: test demo models install clean
+.PHONY: test lint demo models install clean pg-server
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,8 +25,21 @@ $(MODELS)/.built: $(VENV)/.installed $(wildcard models/*.py)
 
 models: $(MODELS)/.built
 
-test: models
+# The central's tests run on a real PostgreSQL server that they start themselves (initdb +
+# pg_ctl on loopback): the server binaries come from Debian's postgresql package when missing.
+pg-server:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || [ -n "$$EDGEGATE_TEST_PG_DSN" ] || \
+	  { echo "installing PostgreSQL server binaries (Debian package postgresql)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql-15 || \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; }
+
+test: models pg-server
 	$(PY) -m pytest -q tests
+
+# Lint (pyflakes, pycodestyle, isort, bugbear; config in pyproject.toml) and types on the library rooms.
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 
 demo: models
 	$(PY) -m tools.demo --models $(MODELS) --shared $(SHARED) --out out/demo

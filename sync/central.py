@@ -20,9 +20,9 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 
 from sync.audit_store import AuditStore
-from sync.central_db import open_central_db, write_transaction
+from sync.central_db import CentralDatabase, open_central_db
 from sync.hashmap import Hashmap
-from sync.kvmsg import TTL_PROPERTY, KVMsg, new_uuid
+from sync.kvmsg import PREV_PROPERTY, TTL_PROPERTY, KVMsg, encode_properties, new_uuid
 from sync.scopes import ScopeError, check_id, parse_scope, split_key
 from sync.service_messages import HealthReport
 from sync.subject_record import LIST_TYPES, SubjectRecord, decode_record, encode_record, normalise_templates
@@ -30,6 +30,7 @@ from sync.subject_record import LIST_TYPES, SubjectRecord, decode_record, encode
 log = logging.getLogger(__name__)
 
 SUBJECT_STATUSES = ("active", "revoked", "expired")
+MAX_TTL_S = 10 * 366 * 86400.0  # the longest validity a KVSET may ask for
 
 
 class EnrollmentError(ValueError):
@@ -107,7 +108,9 @@ class GateStatus:
     watchlist_seq: int | None
     queue_depth: int | None
     last_decision_at: str | None
-    audit_max_seq: int
+    audit_max_seq: int  # of the gate's newest chain epoch
+    node: str | None = None  # the central node the gate last reported through
+    audit_alarm: str = ""  # a conflicting or backwards audit log (sync.audit_store.alarm_summary)
 
 
 def _epoch(value: dt.datetime | None, name: str) -> int | None:
@@ -136,18 +139,24 @@ def _key_text(public_key: bytes | str) -> str:
 
 
 class Central:
-    def __init__(self, db_path: Path, clock: Callable[[], float] = time.time,
-                 on_change: Callable[[], None] | None = None):
-        self.db_path = Path(db_path)
-        self.db = open_central_db(self.db_path)
-        self.conn = self.db.conn
-        self.hashmap = Hashmap(self.conn)
-        self.audit = AuditStore(self.conn)
+    def __init__(self, database: str | Path, clock: Callable[[], float] = time.time,
+                 on_change: Callable[[], None] | None = None, node: str | None = None,
+                 pool_size: int | None = None):
+        """`database`: a SQLite file path (the embedded default) or a PostgreSQL connection
+        string (sync.central_db.open_central_db). `node` names this central node in the gate
+        health it records (several nodes on one PostgreSQL database)."""
+        self.db: CentralDatabase = open_central_db(database, pool_size=pool_size)
+        self.database = database
+        self.db_path = getattr(self.db, "path", None)  # the SQLite file; None on PostgreSQL
+        self.conn = self.db  # the one connection every part of the central shares
+        self.node = node
+        self.hashmap = Hashmap(self.db)
+        self.audit = AuditStore(self.db)
         self._clock = clock
         self._on_change = on_change
 
     def close(self) -> None:
-        self.conn.close()
+        self.db.close()
 
     def _changed(self) -> None:
         if self._on_change is not None:
@@ -171,12 +180,76 @@ class Central:
         now = self._clock()
         prepared = [self._prepare(e, now) for e in enrollments]
         results = []
-        with write_transaction(self.conn):
+        with self.db.write_transaction():
             for rec, scopes in prepared:
                 results.append(self._write_subject(rec, scopes, new_uuid(), now))
         if results:
             self._changed()
         return results
+
+    def enroll_new_subjects(self, enrollments: Sequence[Enrollment]) -> int:
+        """Bulk import of subjects new to this central (a national enrolment import, a
+        benchmark's million): the same validation and the same change log as enroll_subjects,
+        written table by table in one transaction (COPY on PostgreSQL) instead of statement by
+        statement. Refuses, writing nothing, if any subject already exists or if a scope would
+        mix models. Returns the sequence of the last change. Measured on the 2-core CI machine
+        (`gate-bench central`): see the README."""
+        now = self._clock()
+        prepared = [self._prepare(e, now) for e in enrollments]
+        if not prepared:
+            return self.hashmap.current_seq()
+        ids = [rec.subject_id for rec, _ in prepared]
+        if len(set(ids)) != len(ids):
+            raise EnrollmentError("a bulk import names the same subject twice")
+        models_by_scope: dict[str, str] = {}
+        for rec, scopes in prepared:
+            for scope in scopes:
+                if models_by_scope.setdefault(scope, rec.model_id) != rec.model_id:
+                    raise ModelMixError(f"scope {scope} would hold models {models_by_scope[scope]!r} and "
+                                        f"{rec.model_id!r}")
+        with self.db.write_transaction():
+            for lo in range(0, len(ids), 500):
+                chunk = ids[lo:lo + 500]
+                marks = ",".join("?" * len(chunk))
+                clash = self.conn.execute(f"SELECT subject_id FROM subjects WHERE subject_id IN ({marks}) LIMIT 1",
+                                          chunk).fetchone()
+                if clash:
+                    raise EnrollmentError(f"subject {clash[0]} already exists; a bulk import takes new subjects only")
+            for scope, model in models_by_scope.items():
+                row = self.conn.execute("SELECT model_id FROM scope_models WHERE scope = ?", (scope,)).fetchone()
+                if row is not None and row[0] != model:
+                    raise ModelMixError(f"scope {scope} holds templates of model {row[0]!r}, refusing {model!r}")
+            heads = self.hashmap.scope_heads(models_by_scope)
+            seq = self.hashmap.current_seq()
+            uuid = new_uuid()
+            subjects, templates, kv, kv_log = [], [], [], []
+            for rec, scopes in prepared:
+                subjects.append((rec.subject_id, rec.list_type, rec.model_id, rec.templates.shape[1],
+                                 rec.templates.shape[0], rec.valid_from, rec.valid_until, "active", None, now, now))
+                templates.extend((rec.subject_id, i, rec.model_id, v.astype("<f4").tobytes())
+                                 for i, v in enumerate(rec.templates))
+                body = encode_record(rec)
+                for scope in scopes:
+                    seq += 1
+                    props = {} if rec.valid_until is None else {TTL_PROPERTY: str(max(1, int(rec.valid_until - now)))}
+                    props[PREV_PROPERTY] = str(heads[scope])
+                    heads[scope] = seq
+                    key = scope + rec.subject_id
+                    kv.append((key, scope, rec.subject_id, seq, uuid, body, rec.valid_until))
+                    kv_log.append((seq, key, scope, uuid, encode_properties(props).decode("utf-8"), body, now))
+            self.db.bulk_insert("subjects", ("subject_id", "list_type", "model_id", "dim", "n_templates", "valid_from",
+                                             "valid_until", "status", "reason", "created_at", "updated_at"), subjects)
+            self.db.bulk_insert("templates", ("subject_id", "idx", "model_id", "vector"), templates)
+            self.db.bulk_insert("kv", ("key", "scope", "subject_id", "seq", "uuid", "body", "expires_at"), kv)
+            self.db.bulk_insert("kv_log", ("seq", "key", "scope", "uuid", "props", "body", "logged_at"), kv_log)
+            self.db.executemany("INSERT INTO scope_heads(scope, seq) VALUES (?, ?) ON CONFLICT(scope) DO UPDATE "
+                                "SET seq = excluded.seq", list(heads.items()))
+            self.db.executemany("INSERT INTO scope_models(scope, model_id) VALUES (?, ?) ON CONFLICT(scope) DO UPDATE "
+                                "SET model_id = excluded.model_id", list(models_by_scope.items()))
+            self.conn.execute("UPDATE meta SET value = ? WHERE name = 'seq'", (seq,))
+            self.db.notify_change(seq)
+        self._changed()
+        return seq
 
     def _prepare(self, e: Enrollment, now: float) -> tuple[SubjectRecord, list[str]]:
         try:
@@ -231,7 +304,7 @@ class Central:
             (rec.subject_id, rec.list_type, rec.model_id, rec.templates.shape[1], rec.templates.shape[0],
              rec.valid_from, rec.valid_until, now, now))
         self.conn.execute("DELETE FROM templates WHERE subject_id = ?", (rec.subject_id,))
-        self.conn.executemany("INSERT INTO templates(subject_id, idx, model_id, vector) VALUES (?,?,?,?)",
+        self.db.executemany("INSERT INTO templates(subject_id, idx, model_id, vector) VALUES (?,?,?,?)",
                               [(rec.subject_id, i, rec.model_id, v.astype("<f4").tobytes())
                                for i, v in enumerate(rec.templates)])
         body = encode_record(rec)
@@ -249,7 +322,7 @@ class Central:
     def revoke(self, subject_id: str, scopes: Sequence[str] | None = None, reason: str = "") -> list[str]:
         """Withdraw a subject from some scopes, or from all (deleting its templates).
         Returns the keys deleted; gates drop them on the next update."""
-        with write_transaction(self.conn):
+        with self.db.write_transaction():
             deleted = self._revoke(subject_id, scopes, "revoked", reason, new_uuid(), self._clock())
         self._changed()
         return deleted
@@ -280,7 +353,7 @@ class Central:
     def expire(self, now: float | None = None) -> list[str]:
         """Withdraw every active subject whose validity has ended; returns their ids."""
         now = self._clock() if now is None else now
-        with write_transaction(self.conn):
+        with self.db.write_transaction():
             due = [r[0] for r in self.conn.execute(
                 "SELECT subject_id FROM subjects WHERE status = 'active' AND valid_until IS NOT NULL "
                 "AND valid_until <= ? ORDER BY subject_id", (now,))]
@@ -295,7 +368,7 @@ class Central:
         if status is not None and status not in SUBJECT_STATUSES:
             raise EnrollmentError(f"status {status!r} is not one of {', '.join(SUBJECT_STATUSES)}")
         sql = ("SELECT s.subject_id, s.list_type, s.model_id, s.status, s.n_templates, s.dim, s.valid_from, "
-               "s.valid_until, s.updated_at, s.reason, group_concat(kv.scope, ' ') FROM subjects s "
+               f"s.valid_until, s.updated_at, s.reason, {self.db.group_concat('kv.scope')} FROM subjects s "
                "LEFT JOIN kv ON kv.subject_id = s.subject_id")
         where, args = [], []
         if scope is not None:
@@ -306,7 +379,8 @@ class Central:
             args.append(status)
         if where:
             sql += " WHERE " + " AND ".join(where)
-        sql += " GROUP BY s.subject_id ORDER BY s.subject_id"
+        sql += (" GROUP BY s.subject_id, s.list_type, s.model_id, s.status, s.n_templates, s.dim, s.valid_from, "
+                "s.valid_until, s.updated_at, s.reason ORDER BY s.subject_id")
         return [SubjectInfo(subject_id=r[0], list_type=r[1], model_id=r[2], status=r[3], n_templates=r[4], dim=r[5],
                             valid_from=_from_epoch(r[6]), valid_until=_from_epoch(r[7]),
                             updated_at=_from_epoch(r[8]), reason=r[9],
@@ -329,7 +403,7 @@ class Central:
         now = self._clock()
         uuid = msg.uuid or new_uuid()
         if msg.is_delete:
-            with write_transaction(self.conn):
+            with self.db.write_transaction():
                 keys = self._revoke(subject_id, [scope], "revoked", "deleted by KVSET", uuid, now)
             self._changed()
             return keys
@@ -339,15 +413,18 @@ class Central:
         ttl = msg.props.get(TTL_PROPERTY)
         if ttl is not None:
             try:
-                limit = int(now + float(ttl))
-            except (ValueError, OverflowError) as exc:
+                seconds = float(ttl)
+            except ValueError as exc:
                 raise EnrollmentError(f"KVSET ttl {ttl!r} is not a number of seconds") from exc
+            if not 0 < seconds <= MAX_TTL_S:  # also refuses nan and inf
+                raise EnrollmentError(f"KVSET ttl {ttl!r} is outside 0..{MAX_TTL_S:.0f} seconds (ten years)")
+            limit = int(now + seconds)
             until = limit if rec.valid_until is None else min(rec.valid_until, limit)
             rec = SubjectRecord(rec.subject_id, rec.list_type, rec.model_id, rec.templates, rec.valid_from, until)
         enrollment = Enrollment(rec.subject_id, rec.list_type, [scope], _from_epoch(rec.valid_from),
                                 _from_epoch(rec.valid_until), rec.model_id, rec.templates)
         rec, scopes = self._prepare(enrollment, now)
-        with write_transaction(self.conn):
+        with self.db.write_transaction():
             result = self._write_subject(rec, scopes, uuid, now)
         self._changed()
         return list(result.keys)
@@ -372,7 +449,7 @@ class Central:
         return self._register(Principal("admin", name, _key_text(public_key)))
 
     def _register(self, p: Principal) -> Principal:
-        with write_transaction(self.conn):
+        with self.db.write_transaction():
             clash = self.conn.execute("SELECT name FROM principals WHERE public_key = ? AND name != ?",
                                       (p.public_key, p.name)).fetchone()
             if clash:
@@ -385,7 +462,7 @@ class Central:
         return p
 
     def remove_principal(self, kind: str, ident: str) -> bool:
-        with write_transaction(self.conn):
+        with self.db.write_transaction():
             cur = self.conn.execute("DELETE FROM principals WHERE name = ?", (f"{kind}:{ident}",))
         return cur.rowcount > 0
 
@@ -410,25 +487,27 @@ class Central:
     def record_health(self, report: HealthReport) -> bool:
         """Store a gate's report; returns True if the gate had been flagged silent."""
         now = self._clock()
-        with write_transaction(self.conn):
+        # Per-gate, not the change-log lock: health from 200 gates must not queue behind enrolments.
+        with self.db.audit_transaction(report.gate_id):
             row = self.conn.execute("SELECT silent FROM gate_health WHERE gate_id = ?", (report.gate_id,)).fetchone()
             self.conn.execute(
                 "INSERT INTO gate_health(gate_id, last_seen, status, software_version, model_versions, watchlist_seq, "
-                "queue_depth, last_decision_at, report, silent) VALUES (?,?,?,?,?,?,?,?,?,0) ON CONFLICT(gate_id) DO "
+                "queue_depth, last_decision_at, report, silent, node) VALUES (?,?,?,?,?,?,?,?,?,0,?) "
+                "ON CONFLICT(gate_id) DO "
                 "UPDATE SET last_seen=excluded.last_seen, status=excluded.status, "
                 "software_version=excluded.software_version, model_versions=excluded.model_versions, "
                 "watchlist_seq=excluded.watchlist_seq, queue_depth=excluded.queue_depth, "
-                "last_decision_at=excluded.last_decision_at, report=excluded.report, silent=0",
+                "last_decision_at=excluded.last_decision_at, report=excluded.report, silent=0, node=excluded.node",
                 (report.gate_id, now, report.status, report.software_version, json.dumps(report.model_versions),
                  report.watchlist_seq, report.queue_depth, report.last_decision_at,
-                 json.dumps({"scopes": list(report.scopes), "extra": report.extra})))
+                 json.dumps({"scopes": list(report.scopes), "extra": report.extra}), self.node))
         return bool(row and row[0])
 
     def flag_silent_gates(self, silent_after_s: float) -> list[str]:
         """Mark registered gates not heard from for `silent_after_s`; returns those newly marked."""
         now = self._clock()
         newly = []
-        with write_transaction(self.conn):
+        with self.db.write_transaction():
             for gate_id, last_seen, silent, created in self.conn.execute(
                     "SELECT p.ident, h.last_seen, h.silent, p.created_at FROM principals p "
                     "LEFT JOIN gate_health h ON h.gate_id = p.ident WHERE p.kind = 'gate'").fetchall():
@@ -443,9 +522,9 @@ class Central:
     def gate_statuses(self, silent_after_s: float) -> list[GateStatus]:
         now = self._clock()
         out = []
-        for ident, scopes, last_seen, status, sw, models, wl_seq, queue, last_dec in self.conn.execute(
+        for ident, scopes, last_seen, status, sw, models, wl_seq, queue, last_dec, node in self.conn.execute(
                 "SELECT p.ident, p.scopes, h.last_seen, h.status, h.software_version, h.model_versions, "
-                "h.watchlist_seq, h.queue_depth, h.last_decision_at FROM principals p "
+                "h.watchlist_seq, h.queue_depth, h.last_decision_at, h.node FROM principals p "
                 "LEFT JOIN gate_health h ON h.gate_id = p.ident WHERE p.kind = 'gate' ORDER BY p.ident").fetchall():
             reported = status is not None
             out.append(GateStatus(
@@ -454,5 +533,5 @@ class Central:
                 silent=not reported or now - last_seen >= silent_after_s,
                 status=status, software_version=sw, model_versions=json.loads(models) if models else {},
                 watchlist_seq=wl_seq, queue_depth=queue, last_decision_at=last_dec,
-                audit_max_seq=self.audit.max_seq(ident)))
+                audit_max_seq=self.audit.latest_seq(ident), node=node, audit_alarm=self.audit.alarm_summary(ident)))
         return out

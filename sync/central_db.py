@@ -1,111 +1,148 @@
-"""The central's SQLite file: schema, connection settings and write transactions.
+"""The central's storage: one small protocol, two engines.
 
-Every process that touches the central (the server's threads, `gate-central revoke`,
-`gate-ops audit pull`) opens its own connection to the same WAL database, so the file, not
-a process, is the source of truth: an enrollment written while the server is down is
-published (or served in a snapshot) once it runs.
+`CentralDatabase` is what `Central`, `Hashmap`, `AuditStore` and the server's threads use. It is
+deliberately SQL-shaped (execute, transactions of three kinds, a streaming read, a change
+notification, a maintenance lock) rather than a repository of domain methods, so the SQL of the
+central is written once and runs on both engines; the few places where the dialects differ are
+methods here (`group_concat`, `contains`).
+
+- SQLite (`sync.central_sqlite`): the embedded default, one process on one file (demo, a single
+  small site). Unchanged on the wire and on disk from the first release.
+- PostgreSQL (`sync.central_pg`, psycopg 3 + psycopg_pool): a fleet's system of record, several
+  `gate-central` nodes on one database, streaming replication and failover from PostgreSQL's
+  own tooling.
+
+`open_central_db(database)` picks the engine from the setting: a `postgresql://` or
+`postgres://` URL (libpq multi-host strings allowed) or a libpq keyword string
+(`host=... dbname=...`) is PostgreSQL, anything else is a SQLite file path.
+
+The three transaction kinds, and why each exists:
+- `write_transaction()` serialises every writer of the change log (SQLite: BEGIN IMMEDIATE;
+  PostgreSQL: a transaction-scoped advisory lock taken first). Sequence numbers are therefore
+  handed out in commit order on every node, so a publisher tailing "seq > published" never
+  skips a change that commits late.
+- `audit_transaction(gate_id)` serialises ingest per gate only, so 200 gates upload in parallel
+  while the same (gate, seq) arriving at two nodes is still stored once.
+- `read_snapshot()` is one consistent view for a snapshot stream.
 """
 from __future__ import annotations
 
-import os
-import sqlite3
-from contextlib import contextmanager
+import re
+from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator, Protocol, Sequence
 
-import sqlite_utils
-
-SCHEMA_VERSION = 1
+_KEYWORD_DSN = re.compile(r"^\s*(host|hostaddr|dbname|user|port|service)\s*=", re.IGNORECASE)
 
 
-def _create_schema(db: sqlite_utils.Database) -> None:
-    db["meta"].create({"name": str, "value": int}, pk="name", if_not_exists=True)
-    # The replicated hashmap as it stands, one row per key (/<kind>/<scope>/<subject>).
-    db["kv"].create(
-        {"key": str, "scope": str, "subject_id": str, "seq": int, "uuid": bytes, "body": bytes, "expires_at": float},
-        pk="key", not_null=["scope", "subject_id", "seq", "body"], if_not_exists=True)
-    db["kv"].create_index(["scope"], if_not_exists=True)
-    db["kv"].create_index(["subject_id"], if_not_exists=True)
-    # Every change in sequence order; the publisher tails it, KVSET UUIDs are de-duplicated
-    # against it. `props` are the KVPUB properties as sent (ttl, prev).
-    db["kv_log"].create(
-        {"seq": int, "key": str, "scope": str, "uuid": bytes, "props": str, "body": bytes, "logged_at": float},
-        pk="seq", not_null=["key", "scope", "props", "body", "logged_at"], if_not_exists=True)
-    db["kv_log"].create_index(["uuid"], if_not_exists=True)
-    db["scope_heads"].create({"scope": str, "seq": int}, pk="scope", not_null=["seq"], if_not_exists=True)
-    db["subjects"].create(
-        {"subject_id": str, "list_type": str, "model_id": str, "dim": int, "n_templates": int,
-         "valid_from": float, "valid_until": float, "status": str, "reason": str,
-         "created_at": float, "updated_at": float},
-        pk="subject_id", not_null=["list_type", "model_id", "dim", "n_templates", "status", "created_at", "updated_at"],
-        if_not_exists=True)
-    db["subjects"].create_index(["status", "valid_until"], if_not_exists=True)
-    db["subjects"].create_index(["model_id"], if_not_exists=True)
-    # The one model id each non-empty scope holds, so "refuse to mix models" is one lookup.
-    db["scope_models"].create({"scope": str, "model_id": str}, pk="scope", not_null=["model_id"], if_not_exists=True)
-    db["templates"].create(
-        {"subject_id": str, "idx": int, "model_id": str, "vector": bytes},
-        pk=("subject_id", "idx"), not_null=["model_id", "vector"], if_not_exists=True)
-    # Who may connect: gates (with the scopes they may snapshot) and admin tools.
-    db["principals"].create(
-        {"name": str, "kind": str, "ident": str, "public_key": str, "scopes": str, "created_at": float},
-        pk="name", not_null=["kind", "ident", "public_key", "scopes", "created_at"], if_not_exists=True)
-    db["principals"].create_index(["public_key"], unique=True, if_not_exists=True)
-    db["gate_health"].create(
-        {"gate_id": str, "last_seen": float, "status": str, "software_version": str, "model_versions": str,
-         "watchlist_seq": int, "queue_depth": int, "last_decision_at": str, "report": str, "silent": int},
-        pk="gate_id", not_null=["last_seen", "silent"], if_not_exists=True)
-    db["audit"].create(
-        {"gate_id": str, "seq": int, "ts": str, "prev_hash": str, "hash": str, "body": str, "received_at": float},
-        pk=("gate_id", "seq"), not_null=["ts", "prev_hash", "hash", "body", "received_at"], if_not_exists=True)
-    db["audit"].create_index(["gate_id", "ts"], if_not_exists=True)
-    db.execute("INSERT OR IGNORE INTO meta(name, value) VALUES ('schema', ?), ('seq', 0)", [SCHEMA_VERSION])
+class StorageError(Exception):
+    """The central's database refused or failed a statement; the request it served is retried
+    by its sender (a gate's Lazy Pirate client, the next publisher poll), never lost."""
 
 
-def open_central_db(path: Path) -> sqlite_utils.Database:
-    """Open (creating if needed) the central database for use by the calling thread."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Templates are biometric data: the file (and the -wal/-shm files SQLite derives from
-    # its mode) is owner-only from the first byte. Only a missing file is touched: closing
-    # any descriptor of a database file drops every POSIX lock this process holds on it, so
-    # another process could then take the database for unused and delete the WAL under this
-    # process's open connections, losing commits already acknowledged (found by gate-bench crash).
-    if not path.exists():
-        try:
-            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600))
-        except FileExistsError:  # another process created it first
-            pass
-    conn = sqlite3.connect(str(path), timeout=30.0, isolation_level=None, check_same_thread=True)
-    conn.execute("PRAGMA journal_mode=WAL")
-    # FULL: a reply that says "durable" to a gate must survive a power cut of the central.
-    conn.execute("PRAGMA synchronous=FULL")
-    conn.execute("PRAGMA busy_timeout=30000")
-    # Deleted templates and ids are overwritten, not left in free pages (sync.forget proves it).
-    conn.execute("PRAGMA secure_delete=ON")
-    db = sqlite_utils.Database(conn)
-    _create_schema(db)
-    return db
+class StorageUnavailable(StorageError):
+    """The connection to the database is gone (server down, failover in progress); the next
+    call reconnects."""
 
 
-@contextmanager
-def write_transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
-    """BEGIN IMMEDIATE takes the write lock up front, so sequence numbers are handed out in
-    commit order even when several processes write."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        yield conn
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
+class SchemaMissing(StorageError):
+    """The database has no central schema, or an older one: run `gate-central migrate`."""
 
 
-@contextmanager
-def read_snapshot(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
-    """A read transaction: in WAL mode every query inside sees one consistent state."""
-    conn.execute("BEGIN")
-    try:
-        yield conn
-    finally:
-        conn.execute("COMMIT")
+class Cursor(Protocol):
+    rowcount: int
+
+    def fetchone(self) -> Any: ...
+
+    def fetchall(self) -> list[Any]: ...
+
+    def __iter__(self) -> Iterator[Any]: ...
+
+
+class CentralDatabase(Protocol):
+    dialect: str  # "sqlite" | "postgresql"
+    description: str  # for logs and `gate-ops`: no password
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Cursor:
+        """Run one statement with `?` placeholders."""
+        ...
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None: ...
+
+    def bulk_insert(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        """Many rows into one table inside the caller's transaction (PostgreSQL: COPY)."""
+        ...
+
+    def stream(self, sql: str, params: Sequence[Any] = (), batch: int = 2000) -> Iterator[tuple]:
+        """Rows of a query read in batches, so memory stays flat in the number of rows (a
+        100k-subject snapshot, a year of audit). Must run inside a transaction on PostgreSQL."""
+        ...
+
+    def write_transaction(self) -> AbstractContextManager[None]: ...
+
+    def audit_transaction(self, gate_id: str) -> AbstractContextManager[None]: ...
+
+    def read_snapshot(self) -> AbstractContextManager[None]: ...
+
+    def notify_change(self, seq: int) -> None:
+        """Inside a write transaction: tell other nodes' publishers at commit (PostgreSQL
+        NOTIFY); nothing on SQLite, whose one process wakes its publisher in memory."""
+        ...
+
+    def wait_for_change(self, timeout: float) -> bool:
+        """Block up to `timeout` for a change notification; True if one came. Publishers also
+        poll by sequence, so a missed notification delays an update, never loses it."""
+        ...
+
+    def try_maintenance_lock(self) -> bool:
+        """True while this connection is the one node allowed to run validity expiry and log
+        retention (PostgreSQL session advisory lock; always True on SQLite's single node)."""
+        ...
+
+    def group_concat(self, expr: str) -> str: ...
+
+    def contains(self, column: str) -> str:
+        """SQL that is true when `column` contains the next `?` parameter as a substring."""
+        ...
+
+    def files(self) -> list[Path]:
+        """Raw files that may hold the central's data, for byte-level forgetting checks;
+        empty where the engine's files are not ours to read (PostgreSQL)."""
+        ...
+
+    def after_forget(self) -> None:
+        """Make deleted rows leave the engine's files as far as it allows."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def is_postgres(database: str | Path) -> bool:
+    text = str(database)
+    return text.startswith(("postgresql://", "postgres://")) or bool(_KEYWORD_DSN.match(text))
+
+
+def open_central_db(database: str | Path, create: bool = True, pool_size: int | None = None) -> CentralDatabase:
+    """Open the central's database for the calling thread.
+
+    SQLite files are created with the schema on first open (the embedded default needs no set-up
+    step). PostgreSQL is created and upgraded only by `gate-central migrate`; opening a
+    database without the current schema raises SchemaMissing, so a node never runs against a
+    half-made or older schema. `create=False` skips the check (used by migrate itself).
+    """
+    if is_postgres(database):
+        from sync.central_pg import PostgresDatabase
+
+        from sync.central_pg import POOL_SIZE
+
+        return PostgresDatabase(str(database), check_schema=create, pool_size=pool_size or POOL_SIZE)
+    from sync.central_sqlite import SqliteDatabase
+
+    return SqliteDatabase(Path(database))
+
+
+def redact_dsn(database: str | Path) -> str:
+    """A connection string fit for a log line: any password removed."""
+    text = str(database)
+    text = re.sub(r"(://[^:/@]*):[^@]*@", r"\1:***@", text)
+    return re.sub(r"(password\s*=\s*)\S+", r"\1***", text, flags=re.IGNORECASE)

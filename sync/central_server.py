@@ -10,9 +10,9 @@ Threads, each owning its sockets and its own database connection:
 """
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import signal
-import sqlite3
 import threading
 import time
 from dataclasses import dataclass
@@ -23,12 +23,15 @@ import zmq.utils.z85
 from zmq.auth.thread import ThreadAuthenticator
 
 from sync.central import Central, EnrollmentError, Principal
+from sync.central_db import StorageError
 from sync.config import CentralConfig
 from sync.forget import forget_withdrawn
 from sync.keys import load_keypair
-from sync.kvmsg import KVMsg, MalformedMessage, hugz, kthxbai, parse_icanhaz
+from sync.kvmsg import KVMsg, MalformedMessage, hugz, kthxbai, parse_icanhaz_request
 from sync.scopes import ScopeError
-from sync.service_messages import AuditBatch, MalformedRequest, Reply, decode_request, encode_reply
+from sync.audit_store import EpochRefused, UnknownEpoch
+from sync.service_messages import (
+    AuditBatch, EpochRegistration, HeadRequest, MalformedRequest, Reply, decode_request, encode_reply)
 from sync.subject_record import MalformedRecord
 from sync.transport import (
     COLLECTOR_OFFSET, MAX_CONTROL_FRAME, MAX_KV_FRAME, MAX_SERVICE_FRAME, PUBLISHER_OFFSET, SERVICE_OFFSET,
@@ -53,7 +56,7 @@ class _AllowlistAuthenticator(ThreadAuthenticator):
 
     def _db(self) -> Central:
         if self._central is None:  # created in the authenticator's own thread
-            self._central = Central(self._config.db_path)
+            self._central = Central(self._config.database, node=self._config.node_name, pool_size=self._config.pool_size)
         return self._central
 
     async def handle_zap_message(self, msg: list[bytes]) -> None:
@@ -118,14 +121,28 @@ class _Publisher:
         if now >= self._next_hugz:
             self._sock.send_multipart(hugz(self.published).frames())
             self._next_hugz = now + self._cfg.heartbeat_s
+        # Expiry and retention run on one node at a time (the maintenance lock), so two nodes
+        # never withdraw the same subject twice; the others take over when that node dies.
         if now >= self._next_expiry:
             self._next_expiry = now + self._cfg.expiry_check_s
-            if self._central.expire():
+            if self._central.db.try_maintenance_lock() and self._central.expire():
                 self._wake.set()  # publish the deletions without waiting for the next poll
         if now >= self._next_prune:
             self._next_prune = now + 60.0
-            self._central.hashmap.prune_log(self.published, time.time() - self._cfg.log_retention_s)
-            forget_withdrawn(self._central, self.published, time.time() - self._cfg.log_retention_s)
+            if self._central.db.try_maintenance_lock():
+                self.maintain()
+
+    def maintain(self) -> None:
+        cutoff = time.time() - self._cfg.log_retention_s
+        self._central.hashmap.prune_log(self.published, cutoff)
+        forget_withdrawn(self._central, self.published, cutoff)
+        if self._central.db.dialect == "postgresql":
+            from sync.central_pg import drop_audit_partitions_before, ensure_audit_partitions
+
+            now = dt.datetime.now(dt.timezone.utc)
+            ensure_audit_partitions(self._central.db, now)
+            if self._cfg.audit_retention_days > 0:
+                drop_audit_partitions_before(self._central.db, now - dt.timedelta(days=self._cfg.audit_retention_days))
 
 
 class CentralServer:
@@ -134,6 +151,7 @@ class CentralServer:
         self.ports = Endpoints(*(config.base_port + off for off in
                                  (SNAPSHOT_OFFSET, PUBLISHER_OFFSET, COLLECTOR_OFFSET, SERVICE_OFFSET)))
         self._stop = threading.Event()
+        self._failed = threading.Event()
         self._wake = threading.Event()
         self._threads: list[threading.Thread] = []
         self._ctx: zmq.Context | None = None
@@ -151,7 +169,7 @@ class CentralServer:
             if cfg.secret_key_file is None:
                 raise ValueError("central.secret_key_file is required unless dev_plain_loopback is set")
             security = Security(keypair=load_keypair(cfg.secret_key_file))
-        central = Central(cfg.db_path)  # creates the schema before any thread needs it
+        central = Central(cfg.database, pool_size=cfg.pool_size)  # creates the schema before any thread needs it
         seq, gates = central.hashmap.current_seq(), sum(p.kind == "gate" for p in central.principals())
         central.close()
         self._ctx = zmq.Context()
@@ -206,23 +224,24 @@ class CentralServer:
         self._stop.set()
         self._wake.set()
 
-    def serve_forever(self) -> None:
-        """Run until request_stop() (e.g. on SIGTERM) or until a thread dies."""
+    def serve_forever(self) -> int:
+        """Run until request_stop() (e.g. on SIGTERM): returns 0. If a service thread dies,
+        stop and return 1, so systemd (Restart=on-failure) brings the node back."""
+        code = 0
         while not self._stop.wait(1.0):
-            if self._threads and not all(t.is_alive() for t in self._threads):
-                log.error("a central thread has died; stopping")
-                break
+            pass
+        if self._failed.is_set() or (self._threads and not all(t.is_alive() for t in self._threads)):
+            log.error("a central thread has died; stopping with an error so the service is restarted")
+            code = 1
         self.stop()
-
-    def notify_change(self) -> None:
-        """Wake the publisher now instead of at its next poll (used for in-process writes)."""
-        self._wake.set()
+        return code
 
     def _guard(self, name: str, target: Callable, *sockets: zmq.Socket) -> None:
         try:
             target(*sockets)
         except Exception:
             log.exception("central %s thread failed", name)
+            self._failed.set()
             self._stop.set()
         finally:
             for s in sockets:
@@ -240,7 +259,9 @@ class CentralServer:
     # ----- snapshot ----------------------------------------------------------------------
 
     def _serve_snapshots(self, sock: zmq.Socket) -> None:
-        central = Central(self.config.db_path)
+        central = self._open_until_available("snapshot")
+        if central is None:
+            return
         while not self._stop.is_set():
             if not sock.poll(_POLL_MS):
                 continue
@@ -248,11 +269,11 @@ class CentralServer:
             identity = frames[0].bytes
             try:
                 principal = self._principal(central, frames[0])
-            except sqlite3.Error:
+            except StorageError:
                 log.exception("snapshot: could not look up the requesting peer")
                 continue
             try:
-                subtree = parse_icanhaz([f.bytes for f in frames[1:]])
+                subtree, since = parse_icanhaz_request([f.bytes for f in frames[1:]])
             except MalformedMessage as exc:
                 log.warning("snapshot: malformed request from %s: %s", principal.name if principal else "?", exc)
                 continue
@@ -262,10 +283,34 @@ class CentralServer:
                             ", ".join(principal.scopes) if principal else "nothing")
                 continue
             try:
+                if since is not None:
+                    self._send_catch_up(central, sock, identity, subtree, since, principal)
+                    continue
                 self._send_snapshot(central, sock, identity, subtree, principal)
-            except sqlite3.Error:
+            except StorageError:
                 log.exception("snapshot of %r to %s failed reading the database", subtree, principal.name)
         central.close()
+
+    def _send_catch_up(self, central: Central, sock: zmq.Socket, identity: bytes, subtree: str, since: int,
+                       who: Principal) -> None:
+        """The changes in one scope after `since` (a gate moving between nodes, or back after an
+        outage), or a refusal that sends the gate to a snapshot when the log cannot prove it has
+        them all. Every node answers the same: the log is the database's."""
+        seq, changes = central.hashmap.changes_since(subtree, since)
+        try:
+            if changes is None:
+                sock.send_multipart([identity, *kthxbai(seq, subtree, delta="refused").frames()])
+                log.info("catch-up of %r for %s from %d refused: the change log no longer holds it all; "
+                         "the gate takes a snapshot", subtree, who.name, since)
+                return
+            for msg in changes:
+                sock.send_multipart([identity, *msg.frames()], copy=False)
+            sock.send_multipart([identity, *kthxbai(seq, subtree, delta="1").frames()])
+        except zmq.ZMQError as exc:
+            log.warning("catch-up of %r to %s aborted: %s", subtree, who.name, exc)
+            return
+        log.info("catch-up of %r to %s: %d change(s) after %d, at sequence %d", subtree, who.name, len(changes),
+                 since, seq)
 
     def _send_snapshot(self, central: Central, sock: zmq.Socket, identity: bytes, subtree: str, who: Principal) -> None:
         sent = 0
@@ -289,22 +334,46 @@ class CentralServer:
     # ----- publisher ---------------------------------------------------------------------
 
     def _publish(self, sock: zmq.Socket) -> None:
-        central = Central(self.config.db_path)
+        central = self._open_until_available("publisher")
+        if central is None:
+            return
         publisher = _Publisher(self.config, central, sock, self._wake)
+        # On PostgreSQL the publisher learns of other nodes' (and other processes') changes by
+        # LISTEN/NOTIFY and polls by sequence as well, so a missed notification never loses an
+        # update; on SQLite it polls, and in-process writes wake it at once.
+        listens = central.db.dialect == "postgresql"
         while not self._stop.is_set():
-            self._wake.wait(timeout=publisher.seconds_to_heartbeat())
+            if listens:
+                if not self._wake.is_set():
+                    central.db.wait_for_change(publisher.seconds_to_heartbeat())
+            else:
+                self._wake.wait(timeout=publisher.seconds_to_heartbeat())
             self._wake.clear()
             try:
                 publisher.step()
-            except sqlite3.Error:
-                log.exception("publisher: database error; retrying")
+            except StorageError as exc:
+                log.error("publisher: database error (%s); retrying", exc)
                 self._stop.wait(0.5)
         central.close()
+
+    def _open_until_available(self, who: str) -> Central | None:
+        """A thread's own connection, retried while the database is unreachable (a failover in
+        progress) instead of killing the thread."""
+        while not self._stop.is_set():
+            try:
+                return Central(self.config.database, node=self.config.node_name, pool_size=self.config.pool_size,
+                               on_change=self._wake.set if who == "service" else None)
+            except StorageError as exc:
+                log.error("%s: cannot open the central database (%s); retrying", who, exc)
+                self._stop.wait(1.0)
+        return None
 
     # ----- collector and service ---------------------------------------------------------
 
     def _serve_requests(self, collector: zmq.Socket, service: zmq.Socket) -> None:
-        central = Central(self.config.db_path, on_change=self._wake.set)
+        central = self._open_until_available("service")
+        if central is None:
+            return
         poller = zmq.Poller()
         poller.register(collector, zmq.POLLIN)
         poller.register(service, zmq.POLLIN)
@@ -315,7 +384,7 @@ class CentralServer:
                 frames = collector.recv_multipart(copy=False)
                 try:
                     self._collect(central, frames)
-                except sqlite3.Error:
+                except StorageError:
                     log.exception("collector: database error; the KVSET was not applied")
             if service in ready:
                 frames = service.recv_multipart(copy=False)
@@ -324,7 +393,7 @@ class CentralServer:
                 else:
                     try:
                         reply = self._answer(central, frames[0], frames[2].bytes)
-                    except sqlite3.Error:
+                    except StorageError:
                         log.exception("service: database error")
                         reply = Reply(request_id=0, ok=False, error="central storage error")
                     service.send_multipart([frames[0].bytes, b"", encode_reply(reply)])
@@ -332,7 +401,7 @@ class CentralServer:
                 next_silence_check = time.monotonic() + 1.0
                 try:
                     silent = central.flag_silent_gates(self.config.gate_silent_after_s)
-                except sqlite3.Error:
+                except StorageError:
                     log.exception("could not check for silent gates")
                     silent = []
                 for gate_id in silent:
@@ -352,6 +421,11 @@ class CentralServer:
         except (MalformedMessage, MalformedRecord, EnrollmentError, ScopeError) as exc:
             log.warning("collector: rejected KVSET from %s: %s", principal.name, exc)
             return
+        except StorageError:
+            raise
+        except Exception:  # a value no check foresaw costs that one message, never the service
+            log.exception("collector: dropped a KVSET from %s that could not be applied", principal.name)
+            return
         if keys:
             log.info("collector: %s set %s (%s)", principal.name, msg.key, "delete" if msg.is_delete else "upsert")
 
@@ -370,23 +444,40 @@ class CentralServer:
             return Reply(request_id=request.request_id, ok=False, error=f"not authorised for gate {request.gate_id}")
         try:
             if isinstance(request, AuditBatch):
-                result = central.audit.store_batch(request.gate_id, request.rows, time.time())
+                result = central.audit.store_batch(request.gate_id, request.rows, time.time(), request.epoch)
                 log.debug("audit from %s: %d..%d, %d new, %d already held", request.gate_id, request.first_seq,
                           request.last_seq, result.inserted, result.duplicates)
-                return Reply(request_id=request.request_id, ok=True, durable_seq=result.durable_seq)
+                return Reply(request_id=request.request_id, ok=True, durable_seq=result.durable_seq,
+                             conflicts=result.conflicts)
+            if isinstance(request, HeadRequest):
+                known, seq, digest = central.audit.head(request.gate_id, request.epoch)
+                return Reply(request_id=request.request_id, ok=True, head_seq=seq, head_hash=digest, epoch_known=known)
+            if isinstance(request, EpochRegistration):
+                key = None if self.config.dev_plain_loopback else principal.public_key
+                central.audit.register_epoch(request.gate_id, request.chain, key, time.time())
+                return Reply(request_id=request.request_id, ok=True)
             if central.record_health(request):
                 log.info("gate %s reports again (status %s)", request.gate_id, request.status)
+            if request.audit_last_seq is not None:
+                alarm = central.audit.note_reported_head(request.gate_id, request.audit_epoch, request.audit_last_seq,
+                                                         request.audit_head_hash, time.time())
+                if alarm:
+                    log.error("gate %s audit chain %s: %s", request.gate_id, request.audit_epoch or "(first)", alarm)
             heads = central.hashmap.scope_heads(s for s in request.scopes if s in principal.scopes)
             return Reply(request_id=request.request_id, ok=True, scope_heads=heads)
+        except (UnknownEpoch, EpochRefused) as exc:
+            log.warning("service: audit chain request from %s refused: %s", request.gate_id, exc)
+            return Reply(request_id=request.request_id, ok=False, error=str(exc), epoch_known=False)
         except Exception as exc:  # storage trouble must cost a retry, never the service thread
             log.exception("service: could not handle a request from %s", request.gate_id)
             return Reply(request_id=request.request_id, ok=False, error=f"central error: {type(exc).__name__}")
 
 
-def run_central(config: CentralConfig) -> None:
-    """Serve until SIGTERM or SIGINT: the body of `gate-central --config FILE`."""
+def run_central(config: CentralConfig) -> int:
+    """Serve until SIGTERM or SIGINT: the body of `gate-central --config FILE`. Returns the
+    process exit code (non-zero when a service thread died)."""
     server = CentralServer(config)
     server.start()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: server.request_stop())
-    server.serve_forever()
+    return server.serve_forever()

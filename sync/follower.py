@@ -18,12 +18,20 @@ from dataclasses import dataclass, replace
 import zmq
 
 from sync.config import AgentConfig
+from sync.endpoints import Endpoint, EndpointChoice
 from sync.interfaces import WatchlistSink
-from sync.kvmsg import HUGZ, KTHXBAI, PREV_PROPERTY, KVMsg, MalformedMessage, icanhaz_frames
+from sync.kvmsg import DELTA_PROPERTY, HUGZ, KTHXBAI, PREV_PROPERTY, KVMsg, MalformedMessage, icanhaz_frames
 from sync.scopes import ScopeError, check_id, split_key
 from sync.subject_record import MalformedRecord, SubjectRecord, decode_record
 from sync.transport import (
-    MAX_KV_FRAME, PUBLISHER_OFFSET, SNAPSHOT_OFFSET, HandshakeWatch, Security, connect_socket, recv_frames)
+    MAX_KV_FRAME,
+    PUBLISHER_OFFSET,
+    SNAPSHOT_OFFSET,
+    HandshakeWatch,
+    Security,
+    connect_socket,
+    recv_frames,
+)
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +52,25 @@ class FollowerStatus:
     malformed: int = 0  # messages that failed to parse
     ignored_foreign_model: int = 0  # records for a model this gate does not run
     last_heard: float | None = None  # wall-clock time of the last message from the central
+    resumes: int = 0  # times the cache was brought up to date by a catch-up instead of a snapshot
+    central: str = ""  # the central endpoint the updates come from now
 
 
 class _Resnapshot(Exception):
-    """Raised inside the follower to abandon the live state and take a fresh snapshot."""
+    """Raised inside the follower to abandon the live state: catch up from what the cache
+    holds, or take a fresh snapshot when that cannot be proved complete."""
+
+    def __init__(self, central_lost: bool = False):
+        super().__init__()
+        self.central_lost = central_lost
+
+
+class _Moved(Exception):
+    """The preferred central answers again: continue on its socket (catching up from `_known`)."""
+
+    def __init__(self, sub: zmq.Socket):
+        super().__init__()
+        self.sub = sub
 
 
 class WatchlistFollower:
@@ -63,6 +86,12 @@ class WatchlistFollower:
         self._last_heard_mono: float | None = None
         self._lost_at: float | None = None  # when we last concluded the central was gone
         self._central_lost_logged = False
+        # Several central nodes: the follower moves on the first silence (no HUGZ for
+        # heartbeat_timeout_s) and tries the preferred node again every failback_after_s.
+        self.choice = EndpointChoice(config.endpoints(), "watchlist updates", retries=1,
+                                     failback_after_s=config.failback_after_s)
+        self._probe: zmq.Socket | None = None
+        self._probe_deadline = 0.0
 
     # ----- called from other threads ---------------------------------------------------
 
@@ -88,10 +117,11 @@ class WatchlistFollower:
         with self._lock:
             self._status = replace(self._status, **{name: getattr(self._status, name) + by})
 
-    def _open_sub(self) -> zmq.Socket:
+    def _open_sub(self, where: Endpoint | None = None) -> zmq.Socket:
         cfg = self._cfg
-        sub = connect_socket(self._ctx, zmq.SUB, self._security, cfg.central_host,
-                             cfg.base_port + PUBLISHER_OFFSET, MAX_KV_FRAME)
+        where = where or self.choice.current
+        sub = connect_socket(self._ctx, zmq.SUB, self._security, where.host,
+                             where.base_port + PUBLISHER_OFFSET, MAX_KV_FRAME)
         sub.rcvhwm = 100_000
         for scope in cfg.scopes:
             sub.setsockopt(zmq.SUBSCRIBE, scope.encode())
@@ -112,16 +142,26 @@ class WatchlistFollower:
                 if state == LIVE:
                     try:
                         self._follow(sub, watch, stop)
-                    except _Resnapshot:
+                    except _Moved as moved:
+                        watch.detach()
+                        sub.close(0)
+                        sub = moved.sub
+                        watch.attach(sub)
+                        self._set(state=WAITING, central=str(self.choice.current))
+                    except _Resnapshot as why:
                         self._set(state=WAITING)
+                        if why.central_lost and self.choice.failed():
+                            sub = self._reopen(sub, watch)
                     continue
                 if not self._await_central(sub, watch, buffered, stop):
                     # libzmq gives up on a connection after a protocol error (an oversized or
-                    # garbled frame), so a long silence gets a fresh socket, Lazy Pirate style.
-                    watch.detach()
-                    sub.close(0)
-                    sub = self._open_sub()
-                    watch.attach(sub)
+                    # garbled frame), so a long silence gets a fresh socket, Lazy Pirate style,
+                    # on the next central endpoint when the gate lists several.
+                    self.choice.failed()
+                    sub = self._reopen(sub, watch)
+                    continue
+                if self._can_catch_up() and self._catch_up(sub, buffered, stop):
+                    backoff = 0.2
                     continue
                 if self._take_snapshot(sub, buffered, stop):
                     backoff = 0.2
@@ -132,7 +172,108 @@ class WatchlistFollower:
         finally:
             watch.detach()
             sub.close(0)
+            self._close_probe()
             self._set(state=STOPPED)
+
+    def _reopen(self, sub: zmq.Socket, watch: HandshakeWatch) -> zmq.Socket:
+        watch.detach()
+        sub.close(0)
+        sub = self._open_sub()
+        watch.attach(sub)
+        self._last_heard_mono = None
+        self._set(central=str(self.choice.current))
+        return sub
+
+    # ----- catch-up instead of a snapshot ----------------------------------------------
+
+    def _can_catch_up(self) -> bool:
+        """The cache is exactly the central's state at `_known` for every scope (the gate was
+        live and applied everything up to there), so the changes since are all it needs."""
+        return bool(self._known) and set(self._known) == set(self._cfg.scopes)
+
+    def _catch_up(self, sub: zmq.Socket, buffered: list[KVMsg], stop: threading.Event) -> bool:
+        """Ask for each scope's changes after what this gate holds and apply them with the live
+        rules. False (take a snapshot) if the central refuses (its log no longer proves it has
+        them all), a gap shows, or it does not answer."""
+        cfg = self._cfg
+        where = self.choice.current
+        started = time.monotonic()
+        dealer = connect_socket(self._ctx, zmq.DEALER, self._security, where.host,
+                                where.base_port + SNAPSHOT_OFFSET, MAX_KV_FRAME)
+        dealer.rcvhwm = 100_000
+        changes: list[KVMsg] = []
+        try:
+            for scope in cfg.scopes:
+                dealer.send_multipart(icanhaz_frames(scope, self._known[scope]))
+                deadline = time.monotonic() + cfg.snapshot_idle_timeout_s
+                while True:
+                    if stop.is_set():
+                        return False
+                    if sub.poll(0):
+                        self._read_sub(sub, buffered)
+                    if not dealer.poll(20):
+                        if time.monotonic() > deadline:
+                            log.warning("catch-up of %s from %s: no answer; taking a snapshot", scope, where)
+                            return False
+                        continue
+                    deadline = time.monotonic() + cfg.snapshot_idle_timeout_s
+                    try:
+                        msg = KVMsg.from_frames(recv_frames(dealer))
+                    except MalformedMessage as exc:
+                        self._bump("malformed")
+                        log.warning("catch-up: dropped a malformed message: %s", exc)
+                        continue
+                    if msg.key == KTHXBAI:
+                        if msg.body.decode("utf-8", "replace") != scope:
+                            continue
+                        if msg.props.get(DELTA_PROPERTY) != "1":
+                            log.info("catch-up of %s refused by %s (%s); taking a snapshot", scope, where,
+                                     msg.props.get(DELTA_PROPERTY, "not supported"))
+                            return False
+                        break
+                    changes.append(msg)
+        finally:
+            dealer.close(0)
+        try:
+            for msg in sorted(changes, key=lambda m: m.seq):
+                self._apply_update(msg)
+            pending, buffered[:] = list(buffered), []
+            for msg in pending:
+                self._apply_update(msg)
+        except _Resnapshot:
+            return False
+        with self._lock:
+            self._heads.clear()
+        self._set(state=LIVE, resumes=self.status().resumes + 1, central=str(where))
+        log.info("resumed from %s at sequence %d with %d change(s) (no snapshot) in %.2fs", where,
+                 self.status().applied_seq, len(changes), time.monotonic() - started)
+        return True
+
+    # ----- back to the preferred node ---------------------------------------------------
+
+    def _close_probe(self) -> None:
+        if self._probe is not None:
+            self._probe.close(0)
+            self._probe = None
+
+    def _check_failback(self) -> None:
+        """While live on another node, listen to the preferred one now and then without
+        stopping the live updates; move back once it is heard."""
+        if self._probe is None:
+            if not self.choice.time_to_try_preferred():
+                return
+            self.choice.try_preferred()
+            self._probe = self._open_sub(self.choice.current)
+            self._probe_deadline = time.monotonic() + self._cfg.heartbeat_timeout_s
+            return
+        if self._probe.poll(0):
+            probe, self._probe = self._probe, None
+            self.choice.succeeded()
+            log.info("preferred central %s is back; moving the watchlist updates to it", self.choice.current)
+            raise _Moved(probe)
+        if time.monotonic() > self._probe_deadline:
+            self._close_probe()
+            self.choice.failed()  # back to the node in use, at once
 
     def _heard(self) -> None:
         self._last_heard_mono = time.monotonic()
@@ -190,8 +331,9 @@ class WatchlistFollower:
         cfg = self._cfg
         self._set(state=SNAPSHOTTING, snapshot_progress=0)
         started = time.monotonic()
-        dealer = connect_socket(self._ctx, zmq.DEALER, self._security, cfg.central_host,
-                                cfg.base_port + SNAPSHOT_OFFSET, MAX_KV_FRAME)
+        where = self.choice.current
+        dealer = connect_socket(self._ctx, zmq.DEALER, self._security, where.host,
+                                where.base_port + SNAPSHOT_OFFSET, MAX_KV_FRAME)
         dealer.rcvhwm = 100_000
         entries: dict[str, SubjectRecord] = {}
         snap_seq: dict[str, int] = {}
@@ -217,7 +359,7 @@ class WatchlistFollower:
         self._known = dict(snap_seq)
         with self._lock:
             self._heads.clear()
-        self._set(state=LIVE, applied_seq=seq, snapshots=self.status().snapshots + 1)
+        self._set(state=LIVE, applied_seq=seq, snapshots=self.status().snapshots + 1, central=str(where))
         log.info("snapshot applied: %d key(s) from %s at sequence %d in %.2fs", len(entries),
                  ", ".join(cfg.scopes), seq, time.monotonic() - started)
         pending, buffered[:] = list(buffered), []
@@ -305,10 +447,13 @@ class WatchlistFollower:
             if not self._central_recent():
                 self._lost_at = time.monotonic()
                 self._central_lost_logged = True
-                log.warning("no heartbeat from the central for %.1fs; deciding from the cached watchlist at "
-                            "sequence %d until it returns", cfg.heartbeat_timeout_s, self._sink.stored_seq())
-                raise _Resnapshot()
+                log.warning("no heartbeat from the central %s for %.1fs; deciding from the cached watchlist at "
+                            "sequence %d until it or another node answers", self.choice.current,
+                            cfg.heartbeat_timeout_s, self._sink.stored_seq())
+                self._close_probe()
+                raise _Resnapshot(central_lost=True)
             self._check_heads()
+            self._check_failback()
 
     def _check_heads(self) -> None:
         now = time.monotonic()
@@ -322,7 +467,7 @@ class WatchlistFollower:
             elif now - noted >= self._cfg.head_grace_s:
                 self._bump("gaps")
                 log.warning("missed update(s) in %s: the central is at sequence %d there, we applied %d; "
-                            "taking a fresh snapshot", scope, head, self._known.get(scope, 0))
+                            "catching up", scope, head, self._known.get(scope, 0))
                 raise _Resnapshot()
 
     def _apply_update(self, msg: KVMsg) -> None:
@@ -352,13 +497,14 @@ class WatchlistFollower:
             if prev > known:
                 self._bump("gaps")
                 log.warning("sequence gap in %s: update %d follows %d, but the last we applied there is %d; "
-                            "taking a fresh snapshot", scope, msg.seq, prev, known)
+                            "catching up", scope, msg.seq, prev, known)
                 raise _Resnapshot()
         try:
             self._apply_to_sink(msg, subject_id)
         except Exception:
             log.exception("the watchlist store failed to apply update %d for %s; will re-snapshot", msg.seq, msg.key)
-            raise _Resnapshot()
+            self._known = {}  # the cache may not match any sequence now: only a snapshot will do
+            raise _Resnapshot() from None
         self._known[scope] = msg.seq
         if msg.seq > self.status().applied_seq:
             self._set(applied_seq=msg.seq)

@@ -1,4 +1,4 @@
-"""The CHP hashmap kept in the central's SQLite file: current values, change log, sequence.
+"""The CHP hashmap kept in the central's database: current values, change log, sequence.
 
 Each change takes the next global sequence number and also records `prev`, the sequence of
 the previous change in the same scope. Gates subscribe to a few scopes only, so the global
@@ -7,13 +7,15 @@ from "an update for my lane that I missed".
 """
 from __future__ import annotations
 
-import sqlite3
 from contextlib import contextmanager
 from typing import Iterable, Iterator
 
-from sync.central_db import read_snapshot
+from sync.central_db import CentralDatabase
 from sync.kvmsg import PREV_PROPERTY, KVMsg, decode_properties, encode_properties
 from sync.scopes import split_key
+
+
+MAX_CATCH_UP = 50_000  # changes in one catch-up answer; beyond that a snapshot is cheaper
 
 
 def _subtree_bounds(subtree: str) -> tuple[str, str]:
@@ -22,14 +24,15 @@ def _subtree_bounds(subtree: str) -> tuple[str, str]:
 
 
 class Hashmap:
-    def __init__(self, conn: sqlite3.Connection):
-        self._conn = conn
+    def __init__(self, db: CentralDatabase):
+        self._conn = db
 
     def current_seq(self) -> int:
         return int(self._conn.execute("SELECT value FROM meta WHERE name = 'seq'").fetchone()[0])
 
     def _log_change(self, key: str, body: bytes, uuid: bytes, props: dict[str, str], now: float) -> int:
-        """Caller holds a write transaction (sync.central_db.write_transaction)."""
+        """Caller holds the database's write transaction, so the sequence is global and in
+        commit order (sync.central_db)."""
         scope, _ = split_key(key)
         seq = self.current_seq() + 1
         row = self._conn.execute("SELECT seq FROM scope_heads WHERE scope = ?", (scope,)).fetchone()
@@ -40,6 +43,7 @@ class Hashmap:
                            "ON CONFLICT(scope) DO UPDATE SET seq = excluded.seq", (scope, seq))
         self._conn.execute("INSERT INTO kv_log(seq, key, scope, uuid, props, body, logged_at) VALUES (?,?,?,?,?,?,?)",
                            (seq, key, scope, uuid, encode_properties(props).decode("utf-8"), body, now))
+        self._conn.notify_change(seq)
         return seq
 
     def put(self, key: str, body: bytes, uuid: bytes, props: dict[str, str], expires_at: float | None, now: float) -> int:
@@ -67,20 +71,48 @@ class Hashmap:
     @contextmanager
     def snapshot(self, subtree: str) -> Iterator[tuple[int, Iterator[KVMsg]]]:
         """Yield (sequence, key-value messages) of one consistent state of a subtree."""
-        with read_snapshot(self._conn):
+        with self._conn.read_snapshot():
             seq = self.current_seq()
             if subtree:
                 low, high = _subtree_bounds(subtree)
-                cur = self._conn.execute("SELECT key, seq, body FROM kv WHERE key >= ? AND key < ? ORDER BY key",
+                rows = self._conn.stream("SELECT key, seq, body FROM kv WHERE key >= ? AND key < ? ORDER BY key",
                                          (low, high))
             else:
-                cur = self._conn.execute("SELECT key, seq, body FROM kv ORDER BY key")
-            yield seq, (KVMsg(key=k, seq=s, body=b) for k, s, b in cur)
+                rows = self._conn.stream("SELECT key, seq, body FROM kv ORDER BY key")
+            yield seq, (KVMsg(key=k, seq=s, body=bytes(b)) for k, s, b in rows)
+
+    def changes_since(self, subtree: str, since: int, limit: int = MAX_CATCH_UP) -> tuple[int, list[KVMsg] | None]:
+        """(current sequence, every change in one scope after `since`, in order) for a gate
+        that moves between central nodes or lost contact for a while; None when the log no
+        longer holds them all (pruned, a forgotten subject's entries deleted) or there are more
+        than `limit` (a snapshot is then cheaper), so the gate must take a snapshot.
+
+        Complete means: the first change after `since` names, as its `prev`, a change at or
+        before `since` (the scope's changes form a chain through `prev`), or there is none and
+        the scope's head is at or before `since`."""
+        with self._conn.read_snapshot():
+            seq = self.current_seq()
+            rows = self._conn.execute(
+                "SELECT seq, key, uuid, props, body FROM kv_log WHERE scope = ? AND seq > ? ORDER BY seq LIMIT ?",
+                (subtree, since, limit + 1)).fetchall()
+            head = self.scope_heads([subtree])[subtree]
+        if len(rows) > limit:
+            return seq, None
+        changes = [KVMsg(key=k, seq=s, uuid=bytes(u) if u else b"", props=decode_properties(p.encode("utf-8")),
+                         body=bytes(b)) for s, k, u, p, b in rows]
+        if not changes:
+            return seq, [] if head <= since else None
+        try:
+            first_prev = int(changes[0].props.get(PREV_PROPERTY, ""))
+        except ValueError:
+            return seq, None
+        return seq, changes if first_prev <= since else None
 
     def changes_after(self, seq: int, limit: int) -> list[KVMsg]:
         rows = self._conn.execute(
             "SELECT seq, key, uuid, props, body FROM kv_log WHERE seq > ? ORDER BY seq LIMIT ?", (seq, limit))
-        return [KVMsg(key=k, seq=s, uuid=u or b"", props=decode_properties(p.encode("utf-8")), body=b)
+        return [KVMsg(key=k, seq=s, uuid=bytes(u) if u else b"", props=decode_properties(p.encode("utf-8")),
+                      body=bytes(b))
                 for s, k, u, p, b in rows]
 
     def scope_heads(self, scopes: Iterable[str]) -> dict[str, int]:

@@ -108,8 +108,32 @@ def is_valid_subtree(subtree: str) -> bool:
     return subtree == "" or bool(_SUBTREE_RE.match(subtree))
 
 
-def icanhaz_frames(subtree: str) -> list[bytes]:
-    return [ICANHAZ, subtree.encode("utf-8")]
+DELTA_PROPERTY = "delta"  # on KTHXBAI: "1" = the answer was the changes since, "refused" = take a snapshot
+
+
+def icanhaz_frames(subtree: str, since: int | None = None) -> list[bytes]:
+    """RFC 12's two frames; edgegate's catch-up adds a third, the 8-byte sequence the client
+    already holds for that subtree (docs/protocol.md 3.6), answered with the changes since."""
+    frames = [ICANHAZ, subtree.encode("utf-8")]
+    if since is not None:
+        frames.append(struct.pack("!Q", since))
+    return frames
+
+
+def parse_icanhaz_request(frames: Sequence[bytes]) -> tuple[str, int | None]:
+    """(subtree, since) of an ICANHAZ command; since is None for a plain RFC 12 snapshot."""
+    if len(frames) == 3:
+        since_b = bytes(frames[2])
+        if len(since_b) != 8:
+            raise MalformedMessage(f"an ICANHAZ catch-up sequence is 8 bytes, got {len(since_b)}")
+        since = struct.unpack("!Q", since_b)[0]
+        if since > MAX_SEQ:
+            raise MalformedMessage("catch-up sequence out of range")
+        subtree = parse_icanhaz(frames[:2])
+        if not subtree:
+            raise MalformedMessage("a catch-up names one scope subtree, not the whole map")
+        return subtree, since
+    return parse_icanhaz(frames), None
 
 
 def parse_icanhaz(frames: Sequence[bytes]) -> str:
@@ -125,8 +149,9 @@ def parse_icanhaz(frames: Sequence[bytes]) -> str:
     return subtree
 
 
-def kthxbai(seq: int, subtree: str) -> KVMsg:
-    return KVMsg(key=KTHXBAI, seq=seq, body=subtree.encode("utf-8"))
+def kthxbai(seq: int, subtree: str, delta: str | None = None) -> KVMsg:
+    return KVMsg(key=KTHXBAI, seq=seq, body=subtree.encode("utf-8"),
+                 props={} if delta is None else {DELTA_PROPERTY: delta})
 
 
 def hugz(seq: int) -> KVMsg:

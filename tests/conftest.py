@@ -45,3 +45,54 @@ def default_pipeline(mtcnn_manifest, dlib_resnet_manifest):
     from vision.pipeline import FacePipeline
 
     return FacePipeline(load_detector(mtcnn_manifest, min_face=40), load_embedder(dlib_resnet_manifest, flip=True))
+
+
+# ----- the central's two stores ------------------------------------------------------------
+# Every central test that takes `central_database` runs twice: on the embedded SQLite file and on
+# a real PostgreSQL server. The server is a throwaway cluster this session starts itself
+# (tools/pg_cluster.py: initdb + pg_ctl on a free loopback port, as an unprivileged user), or the
+# one EDGEGATE_TEST_PG_DSN points at. It is never skipped: a machine without PostgreSQL fails
+# these tests with the reason.
+
+@pytest.fixture(scope="session")
+def pg_admin_dsn():
+    """A superuser connection string to a PostgreSQL server for this test session."""
+    explicit = os.environ.get("EDGEGATE_TEST_PG_DSN")
+    if explicit:
+        yield explicit
+        return
+    from tools.pg_cluster import temp_cluster
+
+    cluster = temp_cluster()
+    try:
+        yield cluster.dsn()
+    finally:
+        from sync.central_pg import close_pools
+
+        close_pools()
+        cluster.remove()
+
+
+@pytest.fixture
+def pg_database(pg_admin_dsn):
+    """A new, migrated PostgreSQL central database for one test, dropped afterwards."""
+    import uuid
+
+    from sync.central_migrate import migrate_schema
+    from sync.central_pg import close_pool
+    from tools.pg_cluster import create_database, drop_database
+
+    name = f"edgegate_test_{uuid.uuid4().hex[:12]}"
+    dsn = create_database(pg_admin_dsn, name)
+    migrate_schema(dsn)
+    yield dsn
+    close_pool(dsn)
+    drop_database(pg_admin_dsn, name)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def central_database(request, tmp_path):
+    """The central's `database` setting: a SQLite file, or a PostgreSQL database."""
+    if request.param == "sqlite":
+        return str(tmp_path / "central.db")
+    return request.getfixturevalue("pg_database")

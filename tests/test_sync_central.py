@@ -1,4 +1,5 @@
-"""The central's storage API on a real SQLite file: enrollment, change log, audit, health."""
+"""The central's storage API on both stores (a real SQLite file, a real PostgreSQL server):
+enrolment, change log, audit, health."""
 from __future__ import annotations
 
 import csv
@@ -29,14 +30,15 @@ class Clock:
 
 
 @pytest.fixture
-def central(tmp_path):
-    c = Central(tmp_path / "central.db")
+def central(central_database):
+    c = Central(central_database)
     yield c
     c.close()
 
 
-def test_database_file_is_owner_only(central):
-    assert stat.S_IMODE(central.db_path.stat().st_mode) == 0o600
+def test_database_file_is_owner_only(tmp_path):
+    c = Central(tmp_path / "central.db")
+    assert stat.S_IMODE(c.db_path.stat().st_mode) == 0o600
 
 
 def test_enroll_publishes_one_key_per_scope_with_the_record(central):
@@ -140,9 +142,9 @@ def test_revoke_partial_and_full_deletes_templates(central):
         central.revoke("nobody")
 
 
-def test_expire_withdraws_subjects_whose_window_closed(tmp_path):
+def test_expire_withdraws_subjects_whose_window_closed(central_database):
     clock = Clock(1_000_000.0)
-    c = Central(tmp_path / "c.db", clock=clock)
+    c = Central(central_database, clock=clock)
     rng = np.random.default_rng(7)
     until = dt.datetime.fromtimestamp(clock.t + 60, UTC)
     c.enroll_subject("short", "allow", ["lane:L1"], None, until, MODEL, unit(rng, 1))
@@ -224,9 +226,9 @@ def test_audit_pull_verifies_the_chain_and_names_the_break(central, tmp_path):
     assert report.check.ok and not report.anchored and "cannot be anchored" in report.summary()
 
 
-def test_health_and_silent_gates(tmp_path):
+def test_health_and_silent_gates(central_database):
     clock = Clock(5_000.0)
-    c = Central(tmp_path / "c.db", clock=clock)
+    c = Central(central_database, clock=clock, node="node-a")
     c.register_gate("G1", "a" * 40, ["lane:L1"])
     c.register_gate("G2", "b" * 40, ["lane:L2"])
     with pytest.raises(EnrollmentError, match="already belongs"):
@@ -239,6 +241,58 @@ def test_health_and_silent_gates(tmp_path):
     statuses = {g.gate_id: g for g in c.gate_statuses(20.0)}
     assert not statuses["G1"].silent and statuses["G1"].software_version == "0.1.1"
     assert statuses["G1"].watchlist_seq == 8 and statuses["G1"].queue_depth == 0
+    assert statuses["G1"].node == "node-a"
     assert statuses["G2"].silent and statuses["G2"].last_seen is None
     assert c.principal_for_key("a" * 40).name == "gate:G1"
     assert c.remove_principal("gate", "G1") and c.principal_for_key("a" * 40) is None
+
+
+def test_bulk_import_writes_the_same_change_log_as_one_by_one(central):
+    from sync.central import Enrollment
+
+    rng = np.random.default_rng(11)
+    central.enroll_subject("first", "allow", ["lane:L1"], None, None, MODEL, unit(rng, 1))
+    batch = [Enrollment(f"b{i:04d}", "allow" if i % 7 else "deny", ["lane:L1", "lane:L2"] if i % 2 else ["lane:L2"],
+                        None, in_days(1) if i % 3 == 0 else None, MODEL, unit(rng, 1 + i % 3)) for i in range(300)]
+    last = central.enroll_new_subjects(batch)
+    assert last == 1 + sum(2 if i % 2 else 1 for i in range(300)) == central.hashmap.current_seq()
+    changes = central.hashmap.changes_after(0, 10_000)
+    assert [c.seq for c in changes] == list(range(1, last + 1))
+    # each scope's `prev` chains its own changes, across the single and the bulk writes
+    for scope in ("/lane/L1/", "/lane/L2/"):
+        mine = [c for c in changes if c.key.startswith(scope)]
+        assert [int(c.props[PREV_PROPERTY]) for c in mine] == [0] + [c.seq for c in mine[:-1]]
+    assert central.hashmap.scope_heads(["/lane/L1/", "/lane/L2/"]) == {
+        "/lane/L1/": [c.seq for c in changes if c.key.startswith("/lane/L1/")][-1], "/lane/L2/": last}
+    rec = decode_record(next(c for c in changes if c.key == "/lane/L1/b0003").body)
+    assert rec.list_type == "allow" and rec.templates.shape == (1, 16) and rec.valid_until is not None
+    assert central.templates_of("b0005").shape == (3, 16)
+    with central.hashmap.snapshot("/lane/L2/") as (seq, msgs):
+        assert seq == last and len(list(msgs)) == 300
+    # refusals write nothing
+    with pytest.raises(EnrollmentError, match="already exists"):
+        central.enroll_new_subjects([Enrollment("b0001", "allow", ["lane:L3"], None, None, MODEL, unit(rng, 1))])
+    with pytest.raises(ModelMixError):
+        central.enroll_new_subjects([Enrollment("n1", "allow", ["lane:L1"], None, None, "other-model", unit(rng, 1))])
+    assert central.hashmap.current_seq() == last
+
+
+def test_catch_up_returns_every_change_since_or_refuses(central):
+    rng = np.random.default_rng(12)
+    for i in range(5):
+        central.enroll_subject(f"c{i}", "allow", ["lane:L1"], None, None, MODEL, unit(rng, 1))
+        central.enroll_subject(f"o{i}", "allow", ["lane:L9"], None, None, MODEL, unit(rng, 1))
+    central.revoke("c1")
+    seq, changes = central.hashmap.changes_since("/lane/L1/", 3)
+    assert seq == 11 and [c.seq for c in changes] == [5, 7, 9, 11] and changes[-1].is_delete
+    assert int(changes[0].props[PREV_PROPERTY]) == 3  # chained to what the gate holds
+    assert central.hashmap.changes_since("/lane/L1/", 11) == (11, [])  # up to date
+    assert central.hashmap.changes_since("/lane/L1/", 0)[1] is not None  # the whole history is still there
+    # once the log is pruned, a gate that is behind must take a snapshot
+    central.hashmap.prune_log(6, logged_before=float("inf"))
+    assert central.hashmap.changes_since("/lane/L1/", 3)[1] is None
+    assert [c.seq for c in central.hashmap.changes_since("/lane/L1/", 7)[1]] == [9, 11]
+    # a scope with no change since and its head behind `since` is complete; a head past it
+    # with nothing in the log is not
+    assert central.hashmap.changes_since("/lane/L2/", 5) == (11, [])
+    assert central.hashmap.changes_since("/lane/L9/", 2)[1] is None

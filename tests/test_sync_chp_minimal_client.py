@@ -15,9 +15,9 @@ from tests.sync_helpers import MODEL, Deployment, unit, wait_until
 
 
 @pytest.fixture
-def served(tmp_path):
-    dep = Deployment(tmp_path)
-    central = Central(dep.db_path)
+def served(tmp_path, central_database):
+    dep = Deployment(tmp_path, central_database)
+    central = Central(dep.database)
     rng = np.random.default_rng(0)
     central.enroll_subjects([Enrollment(f"p{i}", "allow", ["lane:L1"], None, None, MODEL, unit(rng, 1))
                              for i in range(5)] +

@@ -11,14 +11,31 @@ from hypothesis import strategies as st
 
 from sync.audit_chain import GENESIS_HASH, AuditRow, record_hash
 from sync.kvmsg import (
-    KVMsg, MalformedMessage, decode_properties, encode_properties, hugz, icanhaz_frames, kthxbai, parse_icanhaz)
+    KVMsg,
+    MalformedMessage,
+    decode_properties,
+    encode_properties,
+    hugz,
+    icanhaz_frames,
+    kthxbai,
+    parse_icanhaz,
+)
 from sync.scopes import ScopeError, parse_scope, split_key
 from sync.service_messages import (
-    AuditBatch, HealthReport, MalformedRequest, Reply, decode_reply, decode_request, encode_audit_batch, encode_health,
-    encode_reply)
+    AuditBatch,
+    HealthReport,
+    MalformedRequest,
+    Reply,
+    decode_reply,
+    decode_request,
+    encode_audit_batch,
+    encode_health,
+    encode_reply,
+)
 from sync.subject_record import MalformedRecord, SubjectRecord, decode_record, encode_record, normalise_templates
 
-prop_names = st.text(st.characters(blacklist_characters="=\n\x00", blacklist_categories=("Cs",)), min_size=1, max_size=10)
+prop_names = st.text(st.characters(blacklist_characters="=\n\x00", blacklist_categories=("Cs",)),
+                     min_size=1, max_size=10)
 prop_values = st.text(st.characters(blacklist_characters="\n", blacklist_categories=("Cs",)), max_size=20)
 
 
@@ -185,3 +202,14 @@ def test_validity_times_a_gate_cannot_represent_are_rejected_at_decode():
         obj["vu"] = bad
         with pytest.raises(MalformedRecord, match="Unix time"):
             decode_record(msgpack.packb(obj, use_bin_type=True))
+
+
+def test_icanhaz_catch_up_frame_round_trip_and_refusals():
+    from sync.kvmsg import parse_icanhaz_request
+
+    assert parse_icanhaz_request(icanhaz_frames("/lane/L1/")) == ("/lane/L1/", None)
+    assert parse_icanhaz_request(icanhaz_frames("/lane/L1/", 41)) == ("/lane/L1/", 41)
+    for bad in ([b"ICANHAZ?", b"/lane/L1/", b"\0" * 7], [b"ICANHAZ?", b"", b"\0" * 8],
+                [b"ICANHAZ?", b"/lane/L1/", b"\xff" * 8]):
+        with pytest.raises(MalformedMessage):
+            parse_icanhaz_request(bad)

@@ -23,9 +23,9 @@ HEALTH = {"status": "ok", "software_version": "t", "model_versions": {}, "last_d
 
 
 @pytest.fixture
-def central(tmp_path):
-    dep = Deployment(tmp_path)
-    Central(dep.db_path).enroll_subject("p1", "allow", ["lane:L1"], None, None, MODEL,
+def central(tmp_path, central_database):
+    dep = Deployment(tmp_path, central_database)
+    Central(dep.database).enroll_subject("p1", "allow", ["lane:L1"], None, None, MODEL,
                                         unit(np.random.default_rng(0), 1))
     srv = CentralServer(dep.central_config())
     srv.start()
@@ -52,9 +52,10 @@ def test_an_unknown_gate_key_is_refused_and_logged_at_both_ends(central, caplog,
         assert wait_until(lambda: "the central refused our CURVE key" in caplog.text, timeout=20)
         time.sleep(0.5)
         assert sink.snapshot() == {} and audit.unsent_count() == 5
-        assert Central(dep.db_path).audit.count("G9") == 0
+        assert Central(dep.database).audit.count("G9") == 0
         refusals = [r for r in caplog.records if "is not registered" in r.getMessage()]
-        assert load_public_key(stranger).decode() in refusals[0].getMessage() and "127.0.0.1" in refusals[0].getMessage()
+        refused = refusals[0].getMessage()
+        assert load_public_key(stranger).decode() in refused and "127.0.0.1" in refused
     finally:
         agent.stop()
 
@@ -63,7 +64,7 @@ def test_a_removed_gate_is_refused_from_its_next_connection(central, caplog, tmp
     caplog.set_level(logging.WARNING)
     dep = central
     secret = dep.add_gate("G1", ["lane:L1"])
-    assert Central(dep.db_path).remove_principal("gate", "G1")
+    assert Central(dep.database).remove_principal("gate", "G1")
     ctx = zmq.Context()
     try:
         dealer = _client(dep, secret, zmq.DEALER, 0, ctx)
@@ -103,8 +104,9 @@ def test_a_gate_cannot_upload_under_another_gates_id(central, caplog, tmp_path):
     forged.start()
     try:
         assert wait_until(lambda: "service: refused a request for gate G2 from gate:G1" in caplog.text, timeout=20)
-        assert wait_until(lambda: "central refused audit batch 1..3: not authorised for gate G2" in caplog.text)
-        assert Central(dep.db_path).audit.count("G2") == 0 and audit.unsent_count() == 3
+        # the uploader's first request on connect (the central's head of its chain) is refused already
+        assert wait_until(lambda: "central refused to tell its audit head: not authorised for gate G2" in caplog.text)
+        assert Central(dep.database).audit.count("G2") == 0 and audit.unsent_count() == 3
     finally:
         forged.stop()
 
@@ -133,7 +135,7 @@ def test_only_admin_tools_may_publish_through_the_collector(central, caplog):
 
         assert wait_until(both_seen, timeout=5, interval=0.05)
         admin_pub.send_multipart(admin_msg.frames())
-        assert [s.subject_id for s in Central(dep.db_path).list_subjects(scope="lane:L1")] == ["approved", "p1"]
+        assert [s.subject_id for s in Central(dep.database).list_subjects(scope="lane:L1")] == ["approved", "p1"]
         assert wait_until(lambda: "already applied; ignoring the repeat" in caplog.text)
     finally:
         ctx.destroy(0)
@@ -173,7 +175,7 @@ def test_a_plain_tcp_client_gets_nothing_from_a_curve_central(central):
         ctx.destroy(0)
 
 
-def test_plain_tcp_needs_the_flag_and_stays_on_loopback(tmp_path):
+def test_plain_tcp_needs_the_flag_and_stays_on_loopback(tmp_path, central_database):
     assert is_loopback_host("127.0.0.1") and is_loopback_host("127.8.9.10") and is_loopback_host("::1")
     assert is_loopback_host("localhost") and not is_loopback_host("10.0.0.5") and not is_loopback_host("*")
     ctx = zmq.Context()
@@ -187,7 +189,7 @@ def test_plain_tcp_needs_the_flag_and_stays_on_loopback(tmp_path):
             connect_socket(ctx, zmq.DEALER, Security(), "127.0.0.1", 5556, 1024)
     finally:
         ctx.destroy(0)
-    dep = Deployment(tmp_path)
+    dep = Deployment(tmp_path, central_database)
     with pytest.raises(InsecureTransportError):
         CentralServer(dep.central_config(dev_plain_loopback=True, bind_host="0.0.0.0", secret_key_file=None)).start()
     with pytest.raises(ValueError, match="secret_key_file"):
@@ -198,12 +200,13 @@ def test_plain_tcp_needs_the_flag_and_stays_on_loopback(tmp_path):
                   MemoryWatchlist(), SqliteAuditLog(tmp_path / "a.db"), lambda: HEALTH).start()
 
 
-def test_development_mode_works_on_loopback(tmp_path, caplog):
+def test_development_mode_works_on_loopback(tmp_path, caplog, central_database):
     caplog.set_level(logging.WARNING)
-    dep = Deployment(tmp_path)
-    Central(dep.db_path).enroll_subject("p1", "allow", ["lane:L1"], None, None, MODEL, unit(np.random.default_rng(2), 1))
-    Central(dep.db_path).register_gate("G1", load_public_key(generate_keypair_files(tmp_path / "k", "g").public),
-                                       ["lane:L1"])
+    dep = Deployment(tmp_path, central_database)
+    Central(dep.database).enroll_subject("p1", "allow", ["lane:L1"], None, None, MODEL,
+                                         unit(np.random.default_rng(2), 1))
+    Central(dep.database).register_gate("G1", load_public_key(generate_keypair_files(tmp_path / "k", "g").public),
+                                        ["lane:L1"])
     srv = CentralServer(dep.central_config(dev_plain_loopback=True, secret_key_file=None))
     srv.start()
     sink, audit = MemoryWatchlist(), SqliteAuditLog(tmp_path / "a.db")

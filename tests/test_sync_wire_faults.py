@@ -16,7 +16,7 @@ import zmq
 
 from sync.follower import WatchlistFollower
 from sync.keys import load_keypair, load_public_key
-from sync.kvmsg import HUGZ, KVMsg, hugz, kthxbai, parse_icanhaz
+from sync.kvmsg import HUGZ, KVMsg, hugz, kthxbai, parse_icanhaz_request
 from sync.subject_record import SubjectRecord, encode_record
 from sync.transport import Security, bind_socket
 from tests.sync_helpers import MODEL, Deployment, MemoryWatchlist, unit, wait_until
@@ -39,6 +39,7 @@ class ScriptedCentral:
         self.seq = 0
         self.snapshot_extra: list[list[bytes]] = []  # frames slipped into the next snapshot
         self.snapshots_served = 0
+        self.catch_ups_refused = 0
         self._outbox: queue.Queue = queue.Queue()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -64,7 +65,11 @@ class ScriptedCentral:
         while not self._stop.is_set():
             if self.router.poll(10):
                 ident, *req = self.router.recv_multipart()
-                subtree = parse_icanhaz(req)
+                subtree, since = parse_icanhaz_request(req)
+                if since is not None:  # keeps no change log: it cannot prove a catch-up complete
+                    self.router.send_multipart([ident, *kthxbai(self.seq, subtree, delta="refused").frames()])
+                    self.catch_ups_refused += 1
+                    continue
                 for frames in self.snapshot_extra:
                     self.router.send_multipart([ident, *frames])
                 self.snapshot_extra = []
@@ -155,7 +160,9 @@ def test_reordered_updates_are_a_gap_and_the_gate_resnapshots(wire, caplog):
     third = fake.change("/lane/L1/c", 3, 2, record("c"))
     fake.publish(third)  # arrives before its predecessor
     fake.publish(second)
+    # this central keeps no change log, so it refuses the catch-up and the gate takes a snapshot
     assert wait_until(lambda: follower.status().snapshots == 2)
+    assert fake.catch_ups_refused == 1
     assert wait_until(lambda: set(sink.snapshot()) == {"/lane/L1/a", "/lane/L1/b", "/lane/L1/c"})
     assert "sequence gap in /lane/L1/: update 3 follows 2, but the last we applied there is 1" in caplog.text
     assert sink.stored_seq() == 3

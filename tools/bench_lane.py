@@ -209,7 +209,7 @@ def lane_bench(models: Path, images: Path, pad_from: Path, enrolled: int = 12, s
     from gate.template_crypto import TemplateCipher
     from gate.watchlist import Subject, WatchlistStore
     from models.provision import provision_minifasnet_pair
-    from vision.enroll import enrol_photos
+    from vision.enrol import enrol_photos
     from vision.loading import load_pipeline
     from vision.types import Template
 

@@ -1,0 +1,121 @@
+"""`gate-central migrate`: a SQLite central moved into PostgreSQL keeps every sequence number,
+key and audit hash, so chains verify and gates continue from their stored sequence."""
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import numpy as np
+import pytest
+
+from sync.audit_chain import GENESIS_HASH, AuditRow, record_hash, verify_chain
+from sync.audit_export import pull_audit
+from sync.central import Central
+from sync.central_db import StorageError
+from sync.central_migrate import TABLES, copy_sqlite_central
+from sync.service_messages import HealthReport
+from tests.sync_helpers import MODEL, Deployment, in_days, unit
+from tools import gate_central
+
+UTC = dt.timezone.utc
+
+
+def _chain(n: int, start: dt.datetime) -> list[AuditRow]:
+    rows, prev = [], GENESIS_HASH
+    for seq in range(1, n + 1):
+        ts = (start + dt.timedelta(days=seq)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")  # spans several months
+        body = {"event": "decision", "outcome": "allow" if seq % 3 else "deny", "name": "Nguyễn Văn An"}
+        digest = record_hash(seq, ts, prev, body)
+        rows.append(AuditRow(seq, ts, prev, digest, body))
+        prev = digest
+    return rows
+
+
+def _dump(central: Central) -> dict[str, list]:
+    out = {}
+    for table, cols in TABLES.items():
+        rows = central.conn.execute(f"SELECT {', '.join(cols)} FROM {table} ORDER BY {cols[0]}, {cols[1]}").fetchall()
+        out[table] = [tuple(bytes(v) if isinstance(v, memoryview) else v for v in r) for r in rows]
+    return out
+
+
+def test_sqlite_central_moves_into_postgresql_unchanged(tmp_path, pg_database, capsys):
+    old = Central(tmp_path / "old.db", node="old-node")
+    rng = np.random.default_rng(0)
+    for i in range(30):
+        old.enroll_subject(f"p{i}", "allow" if i % 5 else "deny", ["lane:L1", "flight:VN123-2026-12-02"],
+                           None, in_days(3) if i % 2 else None, MODEL, unit(rng, 2))
+    old.revoke("p4", reason="left the programme")
+    old.revoke("p6", ["lane:L1"])
+    old.register_gate("G1", "g" * 40, ["lane:L1"])
+    old.register_admin("ops", "a" * 40)
+    old.record_health(HealthReport("G1", 1, "ok", "0.1.0", {MODEL: "1"}, 61, 0, None, ("/lane/L1/",)))
+    rows = _chain(120, dt.datetime(2026, 6, 1, tzinfo=UTC))
+    old.audit.store_batch("G1", rows, 1.0)
+    before = _dump(old)
+    seq = old.hashmap.current_seq()
+    old.close()
+
+    dep = Deployment(tmp_path / "pg", pg_database)
+    toml = dep.central_toml()
+    assert gate_central.main(["--config", str(toml), "migrate", "--from", str(tmp_path / "old.db")]) == 0
+    assert "copied" in capsys.readouterr().out
+
+    new = Central(pg_database)
+    assert new.hashmap.current_seq() == seq
+    assert _dump(new) == before  # every row: sequences, UUIDs, bodies, keys, hashes
+    held = list(new.audit.rows("G1"))
+    assert [r.hash for r in held] == [r.hash for r in rows] and verify_chain(held).ok
+    report = pull_audit(new, "G1", dt.datetime(2026, 7, 1, tzinfo=UTC), None, "jsonl", tmp_path / "g1.jsonl")
+    assert report.check.ok and report.anchored
+    assert json.loads((tmp_path / "g1.jsonl").read_text().splitlines()[0])["body"]["name"] == "Nguyễn Văn An"
+    # history landed in monthly partitions, not in the default one
+    assert new.conn.execute("SELECT COUNT(*) FROM audit_default").fetchone()[0] == 0
+    assert new.conn.execute("SELECT COUNT(*) FROM audit_2026_07").fetchone()[0] == 31
+    # the next change continues the same global sequence
+    r = new.enroll_subject("late", "allow", ["lane:L1"], None, None, MODEL, unit(rng, 1))
+    assert r.seq == seq + 1
+    assert new.principal_for_key("g" * 40).name == "gate:G1"
+    # a second copy into a non-empty central is refused, changing nothing
+    with pytest.raises(StorageError, match="empty central"):
+        copy_sqlite_central(tmp_path / "old.db", pg_database)
+    assert new.hashmap.current_seq() == seq + 1
+    new.close()
+
+
+def test_migrate_without_from_creates_and_reports_the_schema(tmp_path, pg_admin_dsn, capsys):
+    from tools.pg_cluster import create_database, drop_database
+
+    dsn = create_database(pg_admin_dsn, "edgegate_fresh_schema")
+    try:
+        dep = Deployment(tmp_path, dsn)
+        toml = dep.central_toml()
+        # a node refuses to run on a database without the schema, with the command to run
+        assert gate_central.main(["--config", str(toml), "list"]) == 2
+        assert "run `gate-central migrate`" in capsys.readouterr().err
+        assert gate_central.main(["--config", str(toml), "migrate"]) == 0
+        assert "schema 0 -> 2" in capsys.readouterr().out
+        assert gate_central.main(["--config", str(toml), "migrate"]) == 0
+        assert "2, current" in capsys.readouterr().out
+    finally:
+        from sync.central_pg import close_pool
+
+        close_pool(dsn)
+        drop_database(pg_admin_dsn, "edgegate_fresh_schema")
+
+
+def test_audit_retention_drops_whole_months(pg_database):
+    from sync.central_pg import audit_partitions, drop_audit_partitions_before, ensure_audit_partitions
+
+    c = Central(pg_database)
+    c.audit.store_batch("G1", _chain(90, dt.datetime(2026, 1, 1, tzinfo=UTC)), 1.0)
+    ensure_audit_partitions(c.db, dt.datetime(2026, 4, 15, tzinfo=UTC))
+    parts = audit_partitions(c.db)
+    assert {"audit_2026_01", "audit_2026_02", "audit_2026_03", "audit_2026_04", "audit_2026_06"} <= set(parts)
+    dropped = drop_audit_partitions_before(c.db, dt.datetime(2026, 3, 1, tzinfo=UTC))
+    assert dropped == ["audit_2026_01", "audit_2026_02"]
+    left = list(c.audit.rows("G1"))
+    assert left[0].ts.startswith("2026-03-01") and len(left) == 90 - 58  # Jan and Feb held 58 days
+    # what is left still verifies from its first record on
+    assert verify_chain(left, prev_hash=left[0].prev_hash, prev_seq=left[0].seq - 1).ok
+    c.close()
