@@ -31,7 +31,7 @@ class PassbackStore:
         self._file = PrivateSqliteFile(Path(directory) / PASSAGES_DB_NAME, synchronous="FULL", secure_delete=True)
         try:
             with self._file.write() as db:
-                db["passages"].create({"subject_id": str, "lane": str, "passed_at": str, "flights": str},
+                db.table("passages").create({"subject_id": str, "lane": str, "passed_at": str, "flights": str},
                                       not_null={"subject_id", "lane", "passed_at", "flights"}, strict=True,
                                       if_not_exists=True)
                 db.execute("CREATE INDEX IF NOT EXISTS passages_lane_time ON passages (lane, passed_at)")

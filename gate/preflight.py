@@ -86,11 +86,11 @@ def _state_dir(cfg: GateConfig) -> Check:
 
 def preflight(cfg: GateConfig) -> list[Check]:
     rows = [_camera(cfg), *_models(cfg), _state_dir(cfg)]
-    dev = cfg.device
-    if getattr(dev, "port", None):
-        rows.append(_port("device.port", dev.port))
-    if getattr(dev, "scbk_file", None):
-        rows.append(_private_key("device.scbk_file", Path(dev.scbk_file)))
+    port, scbk = getattr(cfg.device, "port", None), getattr(cfg.device, "scbk_file", None)
+    if port:
+        rows.append(_port("device.port", port))
+    if scbk:
+        rows.append(_private_key("device.scbk_file", Path(scbk)))
     if cfg.scanner is not None:
         rows.append(_port("scanner.port", cfg.scanner.port))
     if cfg.watchlist.encrypt_templates or cfg.privacy.keep_refer_crops:

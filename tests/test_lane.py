@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 from devices.config import SimConfig
 from devices.sim import SimDriver
-from gate.actions import Action, Alert, Audit, Buzzer, Colour, Direction, Indicate, Lock, Unlock
+from gate.actions import Action, Alert, Audit, Buzzer, Colour, Direction, Indicate, Unlock
 from gate.audit import AuditLog, AuditWriteError
 from gate.executor import ActionExecutor
 from gate.passback import PassbackStore

@@ -129,10 +129,12 @@ def write_report(path: Path, summary: dict, genuine: np.ndarray, impostor: np.nd
                     f'<img src="data:image/png;base64,{_det_figure(plt, genuine, impostor)}">')
     else:
         accuracy = "<p>No LFW pairs available (../shared missing): no accuracy plots.</p>"
-    rows = "".join(f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(str(v))}</td></tr>" for k, v in summary.items())
+    rows = "".join(f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(str(v))}</td></tr>"
+                   for k, v in summary.items())
     body = f"""<!doctype html><html><head><meta charset="utf-8"><title>edgegate demo report</title>
-<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}td,th{{padding:3px 8px;border-bottom:1px solid #ddd;
-text-align:left;vertical-align:top}}img{{max-width:100%}}.ok{{color:#1a7f37}}.miss{{color:#c62828;font-weight:bold}}
+<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}
+td,th{{padding:3px 8px;border-bottom:1px solid #ddd;text-align:left;vertical-align:top}}img{{max-width:100%}}
+.ok{{color:#1a7f37}}.miss{{color:#c62828;font-weight:bold}}
 table.pax{{font-size:14px}}</style></head><body>
 <h1>edgegate demo report</h1>
 <p>One lane, real ONNX models built from PyPI wheels, real face photos, a simulated turnstile and a local

@@ -62,13 +62,10 @@ def cmd_vision(args) -> int:
 
 
 def cmd_lane(args) -> int:
+    import logging
     from pathlib import Path
 
-    from tools.bench_lane import lane_bench
-
-    import logging
-
-    from tools.bench_lane import format_table
+    from tools.bench_lane import format_table, lane_bench
 
     logging.basicConfig(level=logging.ERROR)  # the lanes' alerts are counted in the table, not printed
 
