@@ -104,6 +104,9 @@ class ControlSection:
         "help": "gatectl's Unix socket; default <state_dir>/control.sock"})
     group: str | None = field(default=None, metadata={
         "help": "group allowed to use gatectl (socket mode 0660)"})
+    staff_file: Path | None = field(default=None, metadata={
+        "help": "per-person PINs (scrypt hashes, 0600; written by gatectl staff-pin): when set, every command "
+                "that changes the lane needs the operator's PIN and the audit record says it was verified"})
 
 
 @dataclass(frozen=True)

@@ -122,6 +122,7 @@ class LaneDaemon:
         self.control = None
         self.pad = None
         self.scanner = None
+        self.staff = None  # gate.staff_auth.StaffRegistry when control.staff_file is set
         self._last_frame_index = -1
         self._last_frame_t: float | None = None
         self._frame_t_capture: float | None = None
@@ -199,8 +200,15 @@ class LaneDaemon:
         from vision.capture import FrameGrabber
 
         self.grabber = FrameGrabber(self._source, backoff_max_s=cfg.camera.reconnect_max_s).start()
-        from gate.staff import ControlHandler
         from gate.control import ControlServer
+        from gate.staff import ControlHandler
+        from gate.staff_auth import StaffAuthError, StaffRegistry
+
+        if cfg.control.staff_file is not None:
+            try:
+                self.staff = StaffRegistry(cfg.control.staff_file)
+            except (StaffAuthError, InsecureFileError) as e:
+                raise StartupError(f"control.staff_file: {e}") from None
 
         self.control = ControlServer(cfg.control_socket, ControlHandler(self), group=cfg.control.group).start()
         if cfg.sync is not None:

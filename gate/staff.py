@@ -1,7 +1,8 @@
 """What ground staff can ask the running lane over the control socket (see gate.control).
 
 Every command that changes the lane needs an operator id and a reason; the Unix account that
-sent it (from the kernel, not from the request) is recorded beside them.
+sent it (from the kernel, not from the request) is recorded beside them, and with
+`control.staff_file` the operator's PIN is checked first (gate.staff_auth).
 """
 from __future__ import annotations
 
@@ -21,8 +22,8 @@ LANE_COMMANDS = {
 }
 
 
-def operator_label(operator: str, peer: Peer) -> str:
-    return f"{operator.strip()} (uid {peer.uid})"
+def operator_label(operator: str, peer: Peer, pin_verified: bool = False) -> str:
+    return f"{operator.strip()} (uid {peer.uid}{', PIN verified' if pin_verified else ''})"
 
 
 class ControlHandler:
@@ -45,8 +46,14 @@ class ControlHandler:
             operator, reason = str(req.get("operator", "")), str(req.get("reason", ""))
             if not operator.strip() or not reason.strip():
                 return {"ok": False, "error": f"{cmd} needs --operator ID and --reason TEXT (both are audited)"}
+            verified = False
+            if self.daemon.staff is not None:  # per-person PINs: checked before anything happens
+                refused = self.daemon.staff.verify(operator.strip(), str(req.get("pin") or ""))
+                if refused:
+                    return {"ok": False, "error": refused}
+                verified = True
             try:
-                ev = StaffCommand(0.0, LANE_COMMANDS[cmd], operator_label(operator, peer), reason,
+                ev = StaffCommand(0.0, LANE_COMMANDS[cmd], operator_label(operator, peer, verified), reason,
                                   req.get("direction"))
             except ValueError as e:
                 return {"ok": False, "error": str(e)}

@@ -309,3 +309,50 @@ def test_start_up_on_a_full_disk_fails_with_a_clear_message(tmp_path, default_pi
         daemon.open()
     daemon.close()
     assert not (tmp_path / "state" / "audit.db").exists()  # nothing half-open
+
+
+def test_per_person_pins_are_checked_by_the_daemon_and_named_in_the_audit(tmp_path, default_pipeline, capsys):
+    import subprocess
+    import sys
+
+    staff = tmp_path / "staff.json"
+    p = subprocess.run([sys.executable, "-m", "tools.gatectl", "staff-pin", "--file", str(staff),
+                        "--operator", "staff-042"], input="482913\n", capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert "482913" not in staff.read_text() and oct(staff.stat().st_mode & 0o777) == "0o600"
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    cv2.imwrite(str(frames / "empty.png"), np.full((480, 640, 3), 128, np.uint8))
+    d = dict(MINIMAL, gate={"id": "G1", "state_dir": str(tmp_path / "state")},
+             camera={"source": str(frames), "fps": 20.0, "loop": True},
+             models={"dir": str(tmp_path), "pad_required": False}, device={"type": "sim"},
+             lane={**MINIMAL["lane"], "open_timeout_s": 1.0}, control={"staff_file": str(staff)})
+    cfg = parse_config(d, tmp_path)
+    daemon = LaneDaemon(cfg, pipeline=default_pipeline)
+    daemon.open()
+    t = threading.Thread(target=daemon.run, daemon=True)
+    t.start()
+    try:
+        sock = str(cfg.control_socket)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                if call(sock, "status").get("mode") == "idle":
+                    break
+            except ControlError:
+                time.sleep(0.05)
+        assert "needs your PIN" in call(sock, "open", operator="staff-042", reason="r")["error"]
+        assert "not accepted" in call(sock, "open", operator="staff-042", reason="r", pin="000000")["error"]
+        assert "not accepted" in call(sock, "open", operator="staff-999", reason="r", pin="482913")["error"]
+        assert daemon._driver.last("unlock") is None  # nothing happened on a refused PIN
+        assert gatectl(["--socket", sock, "open", "--operator", "staff-042", "--reason", "wheelchair user",
+                        "--pin", "482913"]) == 0
+        manual = [r.body for r in daemon.audit.tail(5) if r.body["event"] == "manual_action"]
+        assert manual[-1]["operator_id"].startswith("staff-042 (uid ") and "PIN verified" in manual[-1]["operator_id"]
+        for _ in range(5):  # guessing locks the id out, even for the right PIN afterwards
+            call(sock, "lock", operator="staff-042", reason="r", pin="111111")
+        assert "too many wrong PINs" in call(sock, "lock", operator="staff-042", reason="r", pin="482913")["error"]
+    finally:
+        daemon.stop_requested.set()
+        t.join(10)
+        daemon.close()

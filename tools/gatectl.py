@@ -52,8 +52,12 @@ def _central_text(c: dict | None) -> str:
 
 
 def cmd_lane(args) -> int:
-    r = call(_socket(args), args.cmd, operator=args.operator, reason=args.reason,
-             **({"direction": args.direction} if getattr(args, "direction", None) else {}))
+    extra = {"direction": args.direction} if getattr(args, "direction", None) else {}
+    if args.pin:
+        import getpass
+
+        extra["pin"] = getpass.getpass(f"PIN for {args.operator}: ") if args.pin == "-" else args.pin
+    r = call(_socket(args), args.cmd, operator=args.operator, reason=args.reason, **extra)
     if not r.get("ok"):
         print(f"gatectl {args.cmd}: refused: {r.get('error')}", file=sys.stderr)
         return 1
@@ -217,6 +221,28 @@ def cmd_selftest(args) -> int:
     return 0 if passed(checks) else 1
 
 
+def cmd_staff_pin(args) -> int:
+    """Reads the PIN twice without echo (or one line from stdin when it is not a terminal)."""
+    import getpass
+
+    from gate.staff_auth import StaffAuthError, set_pin
+
+    if sys.stdin.isatty():
+        pin = getpass.getpass(f"new PIN for {args.operator}: ")
+        if getpass.getpass("again: ") != pin:
+            print("gatectl staff-pin: the two PINs differ; nothing changed", file=sys.stderr)
+            return 2
+    else:
+        pin = sys.stdin.readline().strip()
+    try:
+        set_pin(Path(args.file), args.operator, pin)
+    except StaffAuthError as e:
+        print(f"gatectl staff-pin: {e}", file=sys.stderr)
+        return 2
+    print(f"PIN set for {args.operator} in {args.file}; the lane reads the file at start-up (restart gated)")
+    return 0
+
+
 def cmd_config_reference(args) -> int:
     from gate.config import reference_markdown
 
@@ -239,6 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
         s = sub.add_parser(name, help=hlp)
         s.add_argument("--operator", required=True, help="your staff id (audited)")
         s.add_argument("--reason", required=True, help="why (audited)")
+        s.add_argument("--pin", metavar="PIN", help="your PIN, where the lane has control.staff_file; "
+                                                    "'-' asks for it without echo")
         if name in ("open", "unlock"):
             s.add_argument("--direction", choices=["entry", "exit", "both"])
         s.set_defaults(func=cmd_lane)
@@ -274,6 +302,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--min-free-mb", type=float, default=500.0, help="free space needed for the state directory")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_selftest)
+    s = sub.add_parser("staff-pin", help="set a staff member's PIN in the lane's staff file (control.staff_file)")
+    s.add_argument("--file", required=True, help="the staff file (created 0600)")
+    s.add_argument("--operator", required=True, help="the staff id")
+    s.set_defaults(func=cmd_staff_pin)
     s = sub.add_parser("config-reference", help="print the configuration reference (markdown)")
     s.set_defaults(func=cmd_config_reference)
     return p
