@@ -8,7 +8,7 @@ SHARED ?= ../shared
 export EDGEGATE_MODEL_DIR := $(abspath $(MODELS))
 export EDGEGATE_SHARED := $(abspath $(SHARED))
 
-.PHONY: test demo models install clean pg-server
+.PHONY: test lint demo models install clean pg-server
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,11 @@ pg-server:
 
 test: models pg-server
 	$(PY) -m pytest -q tests
+
+# Lint (pyflakes, pycodestyle, isort, bugbear; config in pyproject.toml) and types on the library rooms.
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 
 demo: models
 	$(PY) -m tools.demo --models $(MODELS) --shared $(SHARED) --out out/demo

@@ -1,9 +1,12 @@
 """Turnstile and passenger I/O drivers behind one interface (see devices.base).
 
-Drivers are imported lazily by type so a gate with a relay board does not need libosdp or
-libgpiod importable, and the demo does not need either.
+Drivers are imported lazily by type (devices/<type>.py, registered in devices.driver.DRIVERS)
+so a gate with a relay board does not need libosdp or libgpiod importable, and the demo does
+not need either.
 """
 from __future__ import annotations
+
+import importlib
 
 from devices.base import (
     MAX_TEXT_LEN,
@@ -23,39 +26,33 @@ from devices.base import (
     TokenSource,
 )
 from devices.config import (
+    CONFIG_TYPES,
     DriverConfig,
     GpioConfig,
     InputMap,
     OsdpConfig,
     RelayConfig,
     SimConfig,
-    driver_config_from_mapping,
 )
 
 __all__ = [
     "MAX_TEXT_LEN", "Buzzer", "Colour", "DeviceError", "DeviceEvent", "DeviceOffline",
     "DeviceOnline", "Direction", "DoorForced", "FireAlarm", "GateDriver", "PassageComplete",
     "Tamper", "TokenRead", "TokenSource", "DriverConfig", "GpioConfig", "InputMap",
-    "OsdpConfig", "RelayConfig", "SimConfig", "driver_config_from_mapping", "make_driver",
+    "OsdpConfig", "RelayConfig", "SimConfig", "make_driver",
     "open_driver",
 ]
 
 
 def make_driver(cfg: DriverConfig) -> GateDriver:
-    """The driver for `cfg`, not yet opened."""
-    if isinstance(cfg, OsdpConfig):
-        from devices.osdp import OsdpDriver
-        return OsdpDriver(cfg)
-    if isinstance(cfg, RelayConfig):
-        from devices.relay import RelayDriver
-        return RelayDriver(cfg)
-    if isinstance(cfg, GpioConfig):
-        from devices.gpio import GpioDriver
-        return GpioDriver(cfg)
-    if isinstance(cfg, SimConfig):
-        from devices.sim import SimDriver
-        return SimDriver(cfg)
-    raise TypeError(f"not a device config: {cfg!r}")
+    """The driver for `cfg` (by its config's TYPE), not yet opened."""
+    kind = getattr(type(cfg), "TYPE", None)
+    if not isinstance(kind, str) or CONFIG_TYPES.get(kind) is not type(cfg):
+        raise TypeError(f"not a device config: {cfg!r}")
+    from devices.driver import DRIVERS
+
+    importlib.import_module(f"devices.{kind}")
+    return DRIVERS[kind](cfg)
 
 
 def open_driver(cfg: DriverConfig) -> GateDriver:

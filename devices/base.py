@@ -4,7 +4,8 @@ The daemon's lane state machine must not care whether the barrier is driven over
 serial relay board, bare GPIO lines or a simulator, so every driver offers the same four
 commands and delivers the same typed events on a queue.
 
-Two rules every driver keeps, because the daemon's safety logic depends on them:
+Three rules every driver keeps, because the daemon's safety logic depends on them
+(devices.driver.DriverBase holds the parts the drivers share):
 
 * A command returns only after the peer confirmed it. If the peer does not confirm within
   the driver's timeout (after its retries), the command raises `DeviceError`; the daemon
@@ -160,42 +161,6 @@ class GateDriver(Protocol):
         self, colour: Colour | str, buzzer: Buzzer | str = Buzzer.NONE, text: str | None = None
     ) -> None:
         """Set the lane lamp, sound the buzzer, show a short message (None clears it)."""
-
-
-class DriverBase:
-    """What every driver shares: `with driver:` opens the link and always closes it (which
-    locks the barrier when the peer still answers), and the link state each keeps in
-    `self._link` (a devices.link.LinkState) answers `online`."""
-
-    @property
-    def online(self) -> bool:
-        return self._link.online
-
-    def open(self) -> None:
-        raise NotImplementedError
-
-    def close(self) -> None:
-        raise NotImplementedError
-
-    def __enter__(self):
-        self.open()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-
-def lock_each(outputs, lock_one) -> None:
-    """Lock every output even if one fails, so a partial failure still locks what it can;
-    then report all failures together as one DeviceError."""
-    errors = []
-    for output in outputs:
-        try:
-            lock_one(output)
-        except DeviceError as exc:
-            errors.append(str(exc))
-    if errors:
-        raise DeviceError("; ".join(errors))
 
 
 def check_unlock_args(direction: Direction | str, passages: int) -> Direction:

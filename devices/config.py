@@ -1,4 +1,4 @@
-"""Typed settings for each driver, and parsing them from the daemon's config mapping.
+"""Typed settings for each driver; the daemon's config loader (configschema) builds them from [device].
 
 One dataclass per driver type rather than one bag of optional keys, so a misspelt or
 misplaced setting is rejected when the daemon starts instead of silently ignored at the
@@ -7,9 +7,8 @@ gate.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import ClassVar
 
 
 @dataclass(frozen=True)
@@ -148,28 +147,3 @@ DriverConfig = OsdpConfig | RelayConfig | GpioConfig | SimConfig
 CONFIG_TYPES: dict[str, type] = {
     c.TYPE: c for c in (OsdpConfig, RelayConfig, GpioConfig, SimConfig)}
 
-
-def driver_config_from_mapping(settings: Mapping[str, Any]) -> DriverConfig:
-    """Build the typed config from a parsed config-file section, e.g.
-    {"type": "relay", "port": "/dev/ttyUSB0", "inputs": {"passage": 0, "fire_alarm": 2}}.
-    """
-    values = dict(settings)
-    type_name = values.pop("type", None)
-    if type_name not in CONFIG_TYPES:
-        raise ValueError(f"device type must be one of {sorted(CONFIG_TYPES)}, got {type_name!r}")
-    cls = CONFIG_TYPES[type_name]
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ValueError(f"unknown {type_name} device settings: {', '.join(unknown)}")
-    if isinstance(values.get("inputs"), Mapping):
-        # Signals not listed are absent (None): an explicit map says everything wired.
-        inputs = dict(values["inputs"])
-        bad = sorted(set(inputs) - {f.name for f in dataclasses.fields(InputMap)})
-        if bad:
-            raise ValueError(f"unknown input signals: {', '.join(bad)}")
-        values["inputs"] = InputMap(**inputs)
-    try:
-        return cls(**values)
-    except TypeError as exc:  # a required setting is missing
-        raise ValueError(f"{type_name} device settings: {exc}") from None

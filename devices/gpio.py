@@ -19,54 +19,35 @@ from __future__ import annotations
 
 import importlib
 import logging
-import queue
 import threading
 import time
 from datetime import timedelta
 from types import ModuleType
+from typing import Any
 
-from devices.base import (
-    DriverBase,
-    lock_each,
-    Buzzer,
-    Colour,
-    DeviceError,
-    DeviceEvent,
-    Direction,
-    check_indicate_args,
-    check_unlock_args,
-)
+from devices.base import Buzzer, Colour, DeviceError, Direction
 from devices.config import GpioConfig
-from devices.inputs import InputDecoder
-from devices.link import LinkState
+from devices.driver import LAMPS, DriverBase
 
 log = logging.getLogger(__name__)
 
 CONSUMER = "edgegate"
 MAX_WAIT_S = 0.1  # how long the thread sleeps in the kernel before checking its timers
 BUZZER_PULSE_S = {Buzzer.SHORT: 0.2, Buzzer.LONG: 1.0}
-LAMPS = {  # colour -> (green on, red on)
-    Colour.GREEN: (True, False),
-    Colour.RED: (False, True),
-    Colour.AMBER: (True, True),
-    Colour.OFF: (False, False),
-}
 
 
 class GpioDriver(DriverBase):
+    CONFIG = GpioConfig
+    PEER = "GPIO chip"
+
     def __init__(self, cfg: GpioConfig, gpiod_module: ModuleType | None = None) -> None:
-        self.cfg = cfg
+        super().__init__(cfg, f"gpio:{cfg.chip}", entry=cfg.entry_line, exit_=cfg.exit_line, inputs=cfg.inputs)
         self._gpiod = gpiod_module or importlib.import_module("gpiod")
-        self.events: queue.Queue[DeviceEvent] = queue.Queue()
-        self._link = LinkState(self.events, f"gpio:{cfg.chip}")
-        self._inputs = InputDecoder(cfg.inputs)
-        self._request = None
+        self._request: Any = None  # gpiod.LineRequest while open (gpiod is untyped)
         # What a lost chip or request raises: kernel errors, or use after release.
         self._gpio_errors = (OSError, self._gpiod.RequestReleasedError)
         self._lock = threading.Lock()  # guards the request and the timers
         self._drop_at: dict[int, float] = {}  # output line -> when to de-energise it
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
     def _outputs(self) -> list[int]:
         c = self.cfg
@@ -74,7 +55,7 @@ class GpioDriver(DriverBase):
                 if n is not None]
 
     def open(self) -> None:
-        if self._thread is not None:
+        if self._opened:
             return
         line = self._gpiod.line
         config = {tuple(self._outputs()): self._gpiod.LineSettings(
@@ -94,19 +75,14 @@ class GpioDriver(DriverBase):
         except OSError as exc:
             raise DeviceError(f"cannot request GPIO lines on {self.cfg.chip}: {exc}") from exc
         # Outputs came up inactive: the barrier is locked before we announce anything.
+        self._opened = True
         self._link.set_online()
         for event in self._inputs.baseline(levels):
             self.events.put(event)
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="gpio-events", daemon=True)
-        self._thread.start()
+        self._start_thread(self._run, "gpio-events")
 
-    def close(self) -> None:
-        if self._thread is None:
-            return
-        self._stop.set()
-        self._thread.join()
-        self._thread = None
+    def _release(self) -> None:
+        """Every output (lamps and buzzer too) de-energised, then the request given back."""
         with self._lock:
             try:
                 for n in self._outputs():
@@ -116,26 +92,18 @@ class GpioDriver(DriverBase):
             self._request.release()
             self._request = None
             self._drop_at.clear()
-        self._link.reset()
 
     # --- commands --------------------------------------------------------------------
 
-    def unlock(self, direction: Direction | str, passages: int = 1, *, hold: bool = False) -> None:
-        direction = check_unlock_args(direction, passages)
+    def _unlock(self, direction: Direction, outputs: list[int], passages: int, hold: bool) -> None:
         hold_s = None if hold else passages * self.cfg.unlock_pulse_ms / 1000
-        for n in self._lines_for(direction):
+        for n in outputs:
             self._set(n, True, hold_s=hold_s)
-        self._inputs.set_direction(direction)
 
-    def lock(self) -> None:
-        try:
-            lock_each(self._lines_for(Direction.BOTH), lambda n: self._set(n, False))
-        finally:
-            self._inputs.set_direction(None)
+    def _lock_output(self, n: int) -> None:
+        self._set(n, False)
 
-    def indicate(self, colour: Colour | str, buzzer: Buzzer | str = Buzzer.NONE,
-                 text: str | None = None) -> None:
-        colour, buzzer, text = check_indicate_args(colour, buzzer, text)
+    def _indicate(self, colour: Colour, buzzer: Buzzer, text: str | None) -> None:
         green, red = LAMPS[colour]
         if self.cfg.green_line is not None:
             self._set(self.cfg.green_line, green)
@@ -146,12 +114,6 @@ class GpioDriver(DriverBase):
                       hold_s=BUZZER_PULSE_S.get(buzzer))
         if text:
             log.debug("GPIO gate has no display; message %r not shown", text)
-
-    def _lines_for(self, direction: Direction) -> list[int]:
-        entry = self.cfg.entry_line
-        exit_ = entry if self.cfg.exit_line is None else self.cfg.exit_line
-        return sorted({Direction.ENTRY: {entry}, Direction.EXIT: {exit_},
-                       Direction.BOTH: {entry, exit_}}[direction])
 
     def _set(self, n: int, active: bool, hold_s: float | None = None) -> None:
         """Drive one output; with `hold_s`, the driver's thread drops it again after that

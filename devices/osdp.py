@@ -28,33 +28,20 @@ from __future__ import annotations
 
 import logging
 import math
-import queue
 import threading
 import time
 import unicodedata
 from dataclasses import dataclass, field
+from typing import Any
 
 import osdp
 import osdp_sys
 import serial
 
-from devices.base import (
-    DriverBase,
-    lock_each,
-    Buzzer,
-    Colour,
-    DeviceError,
-    DeviceEvent,
-    Direction,
-    TokenRead,
-    TokenSource,
-    check_indicate_args,
-    check_unlock_args,
-)
+from devices.base import Buzzer, Colour, DeviceError, DeviceEvent, Direction, TokenRead, TokenSource
 from devices.config import OsdpConfig
-from devices.inputs import InputDecoder
+from devices.driver import DriverBase
 from devices.keyfile import load_scbk
-from devices.link import LinkState
 
 log = logging.getLogger(__name__)
 
@@ -134,15 +121,15 @@ class _PendingCommand:
 
 
 class OsdpDriver(DriverBase):
+    CONFIG = OsdpConfig
+    PEER = "PD"
+
     def __init__(self, cfg: OsdpConfig) -> None:
-        self.cfg = cfg
-        self.events: queue.Queue[DeviceEvent] = queue.Queue()
-        self._link = LinkState(self.events, f"osdp:{cfg.port}")
-        self._inputs = InputDecoder(cfg.inputs)
+        super().__init__(cfg, f"osdp:{cfg.port}", entry=cfg.entry_output, exit_=cfg.exit_output, inputs=cfg.inputs)
         self._port: serial.Serial | None = None
         self._channel: SerialChannel | None = None
         self._scbk = b""
-        self._cp = None  # osdp_sys.ControlPanel of the current session
+        self._cp: Any = None  # osdp_sys.ControlPanel of the current session (libosdp is untyped)
         self._cp_lock = threading.Lock()  # libosdp is not thread-safe
         self._command_lock = threading.Lock()  # one command in flight, so completions match
         self._pending: _PendingCommand | None = None
@@ -153,13 +140,11 @@ class OsdpDriver(DriverBase):
         self._opened_at = 0.0
         self._session_started = 0.0
         self._next_connect_at = 0.0
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
     # --- lifecycle -------------------------------------------------------------------
 
     def open(self) -> None:
-        if self._thread is not None:
+        if self._opened:
             return
         self._scbk = load_scbk(self.cfg.scbk_file)
         try:
@@ -177,35 +162,20 @@ class OsdpDriver(DriverBase):
             self._port.close()
             self._port = None
             raise
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="osdp-cp", daemon=True)
-        self._thread.start()
+        self._opened = True
+        self._start_thread(self._run, "osdp-cp")
         self._link.wait_announced(self.cfg.connect_timeout_s + 1.0)
 
-    def close(self) -> None:
-        if self._thread is None:
-            return
-        if self.online:
-            try:
-                self.lock()
-            except DeviceError as exc:
-                log.error("OSDP: could not lock while closing: %s", exc)
-        self._stop.set()
-        self._thread.join()
-        self._thread = None
+    def _release(self) -> None:
         with self._cp_lock:
             self._cp = None
         if self._port is not None:
             self._port.close()
             self._port = None
-        self._link.reset()
 
     # --- commands --------------------------------------------------------------------
 
-    def unlock(self, direction: Direction | str, passages: int = 1, *, hold: bool = False) -> None:
-        direction = check_unlock_args(direction, passages)
-        self._ensure_online(f"unlock {direction}")
-        outputs = self._outputs_for(direction)
+    def _unlock(self, direction: Direction, outputs: list[int], passages: int, hold: bool) -> None:
         self._require_outputs(max(outputs))
         if hold:
             code, units = OUT_PERMANENT_ON_ABORT_TIMED, 0
@@ -218,28 +188,18 @@ class OsdpDriver(DriverBase):
         for output in outputs:
             self._command({"command": osdp.Command.Output, "output_no": output,
                            "control_code": code, "timer_count": units}, f"unlock {direction}")
-        self._inputs.set_direction(direction)
 
-    def lock(self) -> None:
-        self._ensure_online("lock")
-        self._lock_outputs()
+    def _lock_all(self) -> None:
+        """Every lock output permanently off, cancelling running pulses (all tried even if one
+        fails), once the PD has said it has them."""
+        self._require_outputs(max(self._outputs_for(Direction.BOTH)))
+        super()._lock_all()
 
-    def _lock_outputs(self) -> None:
-        """Every lock output permanently off, cancelling running pulses. All outputs are
-        tried even if one fails, so a partial failure still locks what it can."""
-        outputs = self._outputs_for(Direction.BOTH)
-        self._require_outputs(max(outputs))
-        try:
-            lock_each(outputs, lambda output: self._command(
-                {"command": osdp.Command.Output, "output_no": output,
-                 "control_code": OUT_PERMANENT_OFF_ABORT_TIMED, "timer_count": 0}, f"lock output {output}"))
-        finally:
-            self._inputs.set_direction(None)
+    def _lock_output(self, output: int) -> None:
+        self._command({"command": osdp.Command.Output, "output_no": output,
+                       "control_code": OUT_PERMANENT_OFF_ABORT_TIMED, "timer_count": 0}, f"lock output {output}")
 
-    def indicate(self, colour: Colour | str, buzzer: Buzzer | str = Buzzer.NONE,
-                 text: str | None = None) -> None:
-        colour, buzzer, text = check_indicate_args(colour, buzzer, text)
-        self._ensure_online("indicate")
+    def _indicate(self, colour: Colour, buzzer: Buzzer, text: str | None) -> None:
         if self._has(osdp.Capability.LEDControl, self.cfg.led_number + 1):
             self._indicate_led(colour)
         if self._has(osdp.Capability.AudibleControl):
@@ -278,16 +238,6 @@ class OsdpDriver(DriverBase):
                        "control_code": TEXT_PERMANENT_NO_WRAP, "temp_time": 0,
                        "offset_row": 1, "offset_col": 1, "data": shown}, "text")
         self._shown["text"] = shown
-
-    def _outputs_for(self, direction: Direction) -> list[int]:
-        entry = self.cfg.entry_output
-        exit_ = entry if self.cfg.exit_output is None else self.cfg.exit_output
-        return sorted({Direction.ENTRY: {entry}, Direction.EXIT: {exit_},
-                       Direction.BOTH: {entry, exit_}}[direction])
-
-    def _ensure_online(self, what: str) -> None:
-        if not self.online:
-            raise DeviceError(f"{what}: PD offline")
 
     def _require_outputs(self, output: int) -> None:
         if not self._has(osdp.Capability.OutputControl, output + 1):
@@ -353,6 +303,7 @@ class OsdpDriver(DriverBase):
         """A fresh CP context: handshake, capabilities and secure channel from scratch.
         Caller holds _cp_lock."""
         self._cp = None  # tear the old context down first; it aborts its queued command
+        assert self._channel is not None, "a session needs the open port"
         self._channel.flush()
         info = osdp.PDInfo(self.cfg.address, self._channel, scbk=self._scbk,
                            flags=[osdp.LibFlag.EnforceSecure], name="turnstile").get()
@@ -378,7 +329,7 @@ class OsdpDriver(DriverBase):
         now = time.monotonic()
         with self._cp_lock:
             session_up = bool(self._cp.status() & 1 and self._cp.sc_status() & 1)
-        silent_for = now - self._channel.last_rx
+        silent_for = now - (self._channel.last_rx if self._channel is not None else 0.0)
         if session_up and silent_for < self.cfg.offline_after_s:
             if not self._link.online and now >= self._next_connect_at:
                 self._connect(now)
@@ -400,7 +351,7 @@ class OsdpDriver(DriverBase):
         reached a stalled PD and run late; whatever happened while the link was down, the
         daemon starts again from a locked barrier."""
         try:
-            self._lock_outputs()
+            self._lock_all()
         except DeviceError as exc:
             self._link.set_offline(f"PD connected but the barrier could not be locked: {exc}")
             self._next_connect_at = now + self.cfg.reconnect_interval_s

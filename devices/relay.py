@@ -16,26 +16,14 @@ The board has no display: indicate() text is accepted and ignored.
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
 
 import serial
 
-from devices.base import (
-    DriverBase,
-    lock_each,
-    Buzzer,
-    Colour,
-    DeviceError,
-    DeviceEvent,
-    Direction,
-    check_indicate_args,
-    check_unlock_args,
-)
+from devices.base import Buzzer, Colour, DeviceError, Direction
 from devices.config import RelayConfig
-from devices.inputs import InputDecoder
-from devices.link import LinkState
+from devices.driver import LAMPS, DriverBase
 from devices.relay_protocol import (
     Cmd,
     Frame,
@@ -50,12 +38,6 @@ log = logging.getLogger(__name__)
 
 READ_SLICE_S = 0.005
 BUZZER_PULSE_MS = {Buzzer.SHORT: 200, Buzzer.LONG: 1000}
-LAMPS = {  # colour -> (green relay on, red relay on)
-    Colour.GREEN: (True, False),
-    Colour.RED: (False, True),
-    Colour.AMBER: (True, True),
-    Colour.OFF: (False, False),
-}
 
 
 def _nak_reason(payload: bytes) -> str:
@@ -66,22 +48,20 @@ def _nak_reason(payload: bytes) -> str:
 
 
 class RelayDriver(DriverBase):
+    CONFIG = RelayConfig
+    PEER = "relay board"
+
     def __init__(self, cfg: RelayConfig) -> None:
-        self.cfg = cfg
-        self.events: queue.Queue[DeviceEvent] = queue.Queue()
-        self._link = LinkState(self.events, f"relay:{cfg.port}")
-        self._inputs = InputDecoder(cfg.inputs)
+        super().__init__(cfg, f"relay:{cfg.port}", entry=cfg.entry_relay, exit_=cfg.exit_relay, inputs=cfg.inputs)
         self._port: serial.Serial | None = None
         self._bus = threading.Lock()  # one transaction at a time on the line
         self._seq = 0
         self._counters: tuple[int, ...] | None = None  # last READ_INPUTS counters
         self._alarm_sounding = False
         self._opened_at = 0.0
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
     def open(self) -> None:
-        if self._thread is not None:
+        if self._opened:
             return
         try:
             self._port = serial.Serial(self.cfg.port, self.cfg.baudrate, timeout=READ_SLICE_S,
@@ -89,45 +69,27 @@ class RelayDriver(DriverBase):
         except serial.SerialException as exc:
             raise DeviceError(f"cannot open relay board port {self.cfg.port}: {exc}") from exc
         self._opened_at = time.monotonic()
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="relay-poll", daemon=True)
-        self._thread.start()
+        self._opened = True
+        self._start_thread(self._run, "relay-poll")
         self._link.wait_announced(self.cfg.connect_timeout_s + 1.0)
 
-    def close(self) -> None:
-        if self._thread is None:
-            return
-        self._stop.set()
-        self._thread.join()
-        self._thread = None
-        if self.online:
-            try:
-                self._lock_relays()
-            except DeviceError as exc:
-                log.error("relay board: could not lock while closing: %s", exc)
-        self._port.close()
-        self._port = None
+    def _release(self) -> None:
+        if self._port is not None:
+            self._port.close()
+            self._port = None
         self._counters = None
-        self._link.reset()
 
     # --- commands --------------------------------------------------------------------
 
-    def unlock(self, direction: Direction | str, passages: int = 1, *, hold: bool = False) -> None:
-        direction = check_unlock_args(direction, passages)
-        self._ensure_online(f"unlock {direction}")
+    def _unlock(self, direction: Direction, outputs: list[int], passages: int, hold: bool) -> None:
         pulse_ms = 0 if hold else min(passages * self.cfg.unlock_pulse_ms, 0xFFFF)
-        for relay in self._relays_for(direction):
+        for relay in outputs:
             self._set_relay(relay, True, pulse_ms)
-        self._inputs.set_direction(direction)
 
-    def lock(self) -> None:
-        self._ensure_online("lock")
-        self._lock_relays()
+    def _lock_output(self, relay: int) -> None:
+        self._set_relay(relay, False)
 
-    def indicate(self, colour: Colour | str, buzzer: Buzzer | str = Buzzer.NONE,
-                 text: str | None = None) -> None:
-        colour, buzzer, text = check_indicate_args(colour, buzzer, text)
-        self._ensure_online("indicate")
+    def _indicate(self, colour: Colour, buzzer: Buzzer, text: str | None) -> None:
         green, red = LAMPS[colour]
         if self.cfg.green_relay is not None:
             self._set_relay(self.cfg.green_relay, green)
@@ -143,22 +105,6 @@ class RelayDriver(DriverBase):
             self._alarm_sounding = buzzer == Buzzer.ALARM
         if text:
             log.debug("relay board has no display; message %r not shown", text)
-
-    def _relays_for(self, direction: Direction) -> list[int]:
-        entry = self.cfg.entry_relay
-        exit_ = entry if self.cfg.exit_relay is None else self.cfg.exit_relay
-        return sorted({Direction.ENTRY: {entry}, Direction.EXIT: {exit_},
-                       Direction.BOTH: {entry, exit_}}[direction])
-
-    def _lock_relays(self) -> None:
-        try:
-            lock_each(self._relays_for(Direction.BOTH), lambda relay: self._set_relay(relay, False))
-        finally:
-            self._inputs.set_direction(None)
-
-    def _ensure_online(self, what: str) -> None:
-        if not self.online:
-            raise DeviceError(f"{what}: relay board offline")
 
     def _set_relay(self, relay: int, on: bool, pulse_ms: int = 0) -> None:
         self._transact(Cmd.SET_RELAY, set_relay_payload(relay, on, pulse_ms))
@@ -189,9 +135,12 @@ class RelayDriver(DriverBase):
         raise DeviceError(error)
 
     def _exchange(self, frame: Frame) -> Frame | None:
+        port = self._port
+        if port is None:  # closed under a late command
+            return None
         try:
-            self._port.reset_input_buffer()  # drop leftovers of an earlier, spoilt reply
-            self._port.write(encode(frame))
+            port.reset_input_buffer()  # drop leftovers of an earlier, spoilt reply
+            port.write(encode(frame))
         except serial.SerialException as exc:
             log.debug("relay board write failed: %s", exc)  # reported as the link going down
             return None
@@ -199,7 +148,7 @@ class RelayDriver(DriverBase):
         deadline = time.monotonic() + self.cfg.reply_timeout_s
         while time.monotonic() < deadline:
             try:
-                data = self._port.read(max(1, self._port.in_waiting))
+                data = port.read(max(1, port.in_waiting))
             except serial.SerialException as exc:
                 log.debug("relay board read failed: %s", exc)
                 return None
@@ -227,7 +176,7 @@ class RelayDriver(DriverBase):
         """Lock before announcing the board online (see devices.base): whatever happened
         while the link was down, the daemon starts again from a locked barrier."""
         self._transact(Cmd.PING)
-        self._lock_relays()
+        self._lock_all()
         self._alarm_sounding = False
         report = InputReport.decode(self._transact(Cmd.READ_INPUTS))
         self._counters = report.counters
@@ -242,8 +191,9 @@ class RelayDriver(DriverBase):
         except ValueError as exc:
             log.warning("relay board sent a malformed input report: %s", exc)
             return
+        before = self._counters or report.counters  # set by _connect before the first poll
         for n in self._inputs.inputs:
-            rises = (report.counters[n] - self._counters[n]) & 0xFF
+            rises = (report.counters[n] - before[n]) & 0xFF
             for event in self._inputs.rises(n, rises, report.level(n)):
                 self.events.put(event)
         self._counters = report.counters

@@ -9,18 +9,15 @@ alarm, a card, or a controller that stops answering.
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from devices.base import (
-    DriverBase,
     Buzzer,
     Colour,
     DeviceError,
-    DeviceEvent,
     Direction,
     DoorForced,
     FireAlarm,
@@ -28,11 +25,9 @@ from devices.base import (
     Tamper,
     TokenRead,
     TokenSource,
-    check_indicate_args,
-    check_unlock_args,
 )
 from devices.config import SimConfig
-from devices.link import LinkState
+from devices.driver import DriverBase
 
 log = logging.getLogger(__name__)
 
@@ -45,14 +40,14 @@ class SimCommand:
 
 
 class SimDriver(DriverBase):
+    CONFIG = SimConfig
+    PEER = "simulated controller"
+
     def __init__(self, cfg: SimConfig | None = None) -> None:
-        self.cfg = cfg or SimConfig()
-        self.events: queue.Queue[DeviceEvent] = queue.Queue()
+        super().__init__(cfg or SimConfig(), "sim", entry=0, exit_=None)  # one simulated lock
         self.commands: list[SimCommand] = []
-        self._link = LinkState(self.events, "sim")
         self._lock = threading.Lock()
         self._answering = True
-        self._opened = False
         self._unlocked: Direction | None = None
         self._relock_at: float | None = None  # end of the current timed unlock
         self._timers: list[threading.Timer] = []
@@ -68,20 +63,13 @@ class SimDriver(DriverBase):
         else:
             self._link.set_offline("simulated controller not answering")
 
-    def close(self) -> None:
-        if not self._opened:
-            return
-        if self.online:
-            self.lock()
+    def _release(self) -> None:
         with self._lock:
             for timer in self._timers:
                 timer.cancel()
             self._timers.clear()
-        self._opened = False
-        self._link.reset()
 
-    def unlock(self, direction: Direction | str, passages: int = 1, *, hold: bool = False) -> None:
-        direction = check_unlock_args(direction, passages)
+    def _unlock(self, direction: Direction, outputs: list[int], passages: int, hold: bool) -> None:
         self._acknowledge("unlock", direction=direction, passages=passages, hold=hold)
         with self._lock:
             self._unlocked = direction
@@ -91,14 +79,12 @@ class SimDriver(DriverBase):
             for i in range(passages):
                 self.emit_passage(after_ms=self.cfg.auto_passage_ms * (i + 1))
 
-    def lock(self) -> None:
+    def _lock_output(self, output: int) -> None:
         self._acknowledge("lock")
         with self._lock:
             self._unlocked, self._relock_at = None, None
 
-    def indicate(self, colour: Colour | str, buzzer: Buzzer | str = Buzzer.NONE,
-                 text: str | None = None) -> None:
-        colour, buzzer, text = check_indicate_args(colour, buzzer, text)
+    def _indicate(self, colour: Colour, buzzer: Buzzer, text: str | None) -> None:
         self._acknowledge("indicate", colour=colour, buzzer=buzzer, text=text)
 
     # --- state, for the demo and tests ---------------------------------------------------
@@ -136,7 +122,8 @@ class SimDriver(DriverBase):
         self._later(after_ms, lambda: TokenRead(source=source, text=text))
 
     def stop_answering(self) -> None:
-        """The controller goes silent: commands time out, the link drops."""
+        """The controller goes silent: the link drops at once (a real driver notices within its
+        poll or offline timeout), so later commands are refused as offline."""
         with self._lock:
             self._answering = False
         if self._opened:
@@ -152,22 +139,17 @@ class SimDriver(DriverBase):
 
     def _reconnect(self) -> None:
         """Lock before announcing online, as every driver does (see devices.base)."""
-        self._acknowledge("lock", check_online=False)
-        with self._lock:
-            self._unlocked, self._relock_at = None, None
+        self._lock_all()
         self._link.set_online()
 
-    def _acknowledge(self, name: str, check_online: bool = True, **args: Any) -> None:
-        if not self._opened:
-            raise DeviceError(f"{name}: simulated driver is not open")
+    def _acknowledge(self, name: str, **args: Any) -> None:
+        """Record a command the simulated controller confirmed; the online check is the base's."""
         with self._lock:
             answering = self._answering
-        if not answering:
+        if not answering:  # it went silent while this command was on its way
             time.sleep(self.cfg.command_timeout_s)  # what a real driver spends waiting
             raise DeviceError(f"{name}: no answer from simulated controller within "
                               f"{self.cfg.command_timeout_s} s")
-        if check_online and not self.online:
-            raise DeviceError(f"{name}: simulated controller offline")
         if self.cfg.ack_delay_ms:
             time.sleep(self.cfg.ack_delay_ms / 1000)
         with self._lock:

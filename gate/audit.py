@@ -25,6 +25,12 @@ older than the retention period. The last deleted record's seq and hash become t
 rest of the chain stays verifiable locally. The anchor itself is vouched for by central,
 which holds the pruned records (they were acked) and can compare the anchor hash with its
 copy of that record.
+
+Chain epoch: `audit_epoch` holds which chain (sync.audit_chain.ChainEpoch) the records after
+its base belong to at the central; none means the first chain. The uploader moves the log to a
+new epoch when the central holds different records under the same seqs (state dir restored or
+wiped, tail truncated), and lowers the ack to the fork point so every differing record is sent
+again under the new epoch. Records are never rewritten: the epoch is a label beside them.
 """
 from __future__ import annotations
 
@@ -38,7 +44,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
 from gate.sqlite_store import PrivateSqliteFile, utc_iso, utc_now
-from sync.audit_chain import GENESIS_HASH, AuditRow, ChainCheck, record_hash, verify_chain
+from sync.audit_chain import GENESIS_HASH, AuditRow, ChainCheck, ChainEpoch, record_hash, verify_chain
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +118,7 @@ def _json_safe(value: Any, where: str) -> Any:
     if getattr(value, "ndim", None) == 0 and hasattr(value, "item"):  # numpy scalar
         return _json_safe(value.item(), where)
     if hasattr(value, "shape"):
-        raise TypeError(f"{where} is an array {getattr(value, 'shape')}; the audit log never stores "
+        raise TypeError(f"{where} is an array {value.shape}; the audit log never stores "
                         "images or templates (log figures such as scores, not vectors)")
     raise TypeError(f"{where} has type {type(value).__name__}, which is not JSON")
 
@@ -153,14 +159,18 @@ class AuditLog:
 
     def _create_schema(self) -> None:
         with self._file.write() as db:
-            db["audit"].create({"seq": int, "ts": str, "prev_hash": str, "hash": str, "body": str},
+            db.table("audit").create({"seq": int, "ts": str, "prev_hash": str, "hash": str, "body": str},
                                pk="seq", not_null={"ts", "prev_hash", "hash", "body"}, strict=True,
                                if_not_exists=True)
-            db["audit_state"].create({"id": int, "acked_upto": int, "anchor_seq": int, "anchor_hash": str},
+            db.table("audit_state").create({"id": int, "acked_upto": int, "anchor_seq": int, "anchor_hash": str},
                                      pk="id", not_null={"acked_upto", "anchor_seq", "anchor_hash"}, strict=True,
                                      if_not_exists=True)
             db.execute("INSERT OR IGNORE INTO audit_state (id, acked_upto, anchor_seq, anchor_hash) "
                        "VALUES (1, 0, 0, ?)", [GENESIS_HASH])
+            db["audit_epoch"].create({"id": int, "epoch": str, "parent": str, "base_seq": int, "base_hash": str,
+                                      "created": str, "nonce": str, "public_key": str},
+                                     pk="id", not_null={"epoch", "parent", "base_seq", "base_hash", "created", "nonce",
+                                                        "public_key"}, strict=True, if_not_exists=True)
             for trigger in _TRIGGERS:
                 db.execute(trigger)
 
@@ -192,7 +202,8 @@ class AuditLog:
                            [row.seq, row.ts, row.prev_hash, row.hash, body_text])
         except sqlite3.Error as exc:
             log.error("audit append failed (%s): %s", type(exc).__name__, exc)
-            raise AuditWriteError(f"audit record for event {body['event']!r} was not written to {self.path}: {exc}") from exc
+            raise AuditWriteError(f"audit record for event {body['event']!r} was not written to {self.path}: "
+                                  f"{exc}") from exc
         return row
 
     @staticmethod
@@ -216,6 +227,27 @@ class AuditLog:
                 db.execute("UPDATE audit_state SET acked_upto = MAX(acked_upto, ?) WHERE id = 1", [upto_seq])
         except sqlite3.Error as exc:
             raise AuditWriteError(f"could not record the ack up to seq {upto_seq} in {self.path}: {exc}") from exc
+
+    def start_epoch(self, chain: ChainEpoch) -> None:
+        """Records after `chain.base_seq` now belong to `chain`: persisted before the central
+        is told (a restart re-registers the same epoch), and the ack drops to the fork point so
+        every record after it is uploaded again under the new chain."""
+        try:
+            with self._file.write() as db:
+                last, _ = self._last_link(db)
+                if not 0 <= chain.base_seq <= last:
+                    raise ValueError(f"an epoch cannot fork at seq {chain.base_seq}: this log ends at {last}")
+                db.execute("INSERT INTO audit_epoch (id, epoch, parent, base_seq, base_hash, created, nonce, public_key) "
+                           "VALUES (1, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET epoch = excluded.epoch, "
+                           "parent = excluded.parent, base_seq = excluded.base_seq, base_hash = excluded.base_hash, "
+                           "created = excluded.created, nonce = excluded.nonce, public_key = excluded.public_key",
+                           [chain.epoch, chain.parent, chain.base_seq, chain.base_hash, chain.created, chain.nonce,
+                            chain.public_key])
+                db.execute("UPDATE audit_state SET acked_upto = MIN(acked_upto, ?) WHERE id = 1", [chain.base_seq])
+        except sqlite3.Error as exc:
+            raise AuditWriteError(f"could not start audit chain epoch {chain.epoch} in {self.path}: {exc}") from exc
+        log.warning("audit log moved to chain epoch %s (forked from %s at seq %d)", chain.epoch,
+                    chain.parent or "the first chain", chain.base_seq)
 
     def prune(self, older_than: timedelta, now: datetime | None = None) -> PruneResult:
         """Delete the longest prefix of records that are acked and older than `older_than`.
@@ -247,6 +279,22 @@ class AuditLog:
     def last_seq(self) -> int:
         seq, _ = self._last_link(self._file.reader())
         return seq
+
+    def chain_epoch(self) -> ChainEpoch:
+        row = self._file.reader().execute(
+            "SELECT epoch, parent, base_seq, base_hash, created, nonce, public_key FROM audit_epoch WHERE id = 1"
+        ).fetchone()
+        return ChainEpoch(*row) if row else ChainEpoch()
+
+    def link_at(self, seq: int) -> str | None:
+        """The hash of record `seq` (the anchor's for a pruned-to seq, genesis for 0), or None
+        when this log does not hold it (pruned away, or past its end)."""
+        db = self._file.reader()
+        anchor_seq, anchor_hash = db.execute("SELECT anchor_seq, anchor_hash FROM audit_state WHERE id = 1").fetchone()
+        if seq == anchor_seq:
+            return anchor_hash
+        row = db.execute("SELECT hash FROM audit WHERE seq = ?", [seq]).fetchone()
+        return row[0] if row else None
 
     def acked_seq(self) -> int:
         return self._file.reader().execute("SELECT acked_upto FROM audit_state WHERE id = 1").fetchone()[0]
@@ -293,7 +341,8 @@ class AuditLog:
                 last, _ = self._last_link(db)
                 if last < acked:
                     return ChainCheck(False, check.records, last + 1,
-                                      f"log ends at seq {last} but central acknowledged up to {acked} (records removed)")
+                                      f"log ends at seq {last} but central acknowledged up to {acked} "
+                                      "(records removed)")
             return check
 
     def _rows(self, where_order_limit: str, params: list) -> list[AuditRow]:

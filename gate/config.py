@@ -7,18 +7,18 @@ configuration reference is generated from these classes (`gatectl config-referen
 """
 from __future__ import annotations
 
-import dataclasses
-import tomllib
+import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
+import configschema
+from configschema import ConfigError, describe, load_dataclass, read_toml, resolve_paths
 from devices.barcode import ScannerConfig
 from devices.config import CONFIG_TYPES as DEVICE_TYPES
 from devices.config import DriverConfig, SimConfig
 from gate.lane import LaneConfig
-from gate.schema import ConfigError, describe, load_dataclass
 from models.registry import DEFAULT_DETECTOR, DEFAULT_EMBEDDER
+from sync.config import AgentConfig, agent_config_from_mapping
 from vision.quality import QualityThresholds
 
 
@@ -78,8 +78,8 @@ class WatchlistSection:
         "help": "how often expired subjects are purged from disk and memory", "min": 1.0})
     exact_on_disk: bool = field(default=False, metadata={
         "help": "keep the float32 copies used for exact rescoring in an unlinked 0600 file in state_dir "
-                "(memory-mapped) instead of RAM: ~180 instead of ~700 resident bytes per template, for "
-                "line-wide galleries of millions"})
+                "(memory-mapped, AES-256-CTR under a key held only in memory) instead of RAM: ~184 instead "
+                "of ~700 resident bytes per template, for line-wide galleries of millions"})
     scan_threads: int = field(default=2, metadata={
         "help": "cores one 1:N search may use (capped at the cores the daemon may run on): 2 takes a "
                 "million-template search from ~5.5 to ~3.9 ms on a 2-core gate", "min": 1, "max": 64})
@@ -114,7 +114,7 @@ class GateConfig:
     watchlist: WatchlistSection = field(default_factory=WatchlistSection)
     control: ControlSection = field(default_factory=ControlSection)
     privacy: PrivacySection = field(default_factory=PrivacySection)
-    sync: Any = None  # sync.config.AgentConfig, or None for a standalone gate
+    sync: AgentConfig | None = None  # None for a standalone gate
     scanner: ScannerConfig | None = None  # a serial boarding-pass / ID barcode scanner (1:1 mode)
     path: Path | None = None
 
@@ -132,21 +132,10 @@ _SECTIONS = {"gate": GateSection, "camera": CameraSection, "models": ModelsSecti
              "control": ControlSection, "privacy": PrivacySection}
 
 
-def _resolve_paths(obj, base: Path):
-    changes = {}
-    for f in dataclasses.fields(obj):
-        v = getattr(obj, f.name)
-        if isinstance(v, Path) and not v.is_absolute():
-            changes[f.name] = (base / v).resolve()
-    return dataclasses.replace(obj, **changes) if changes else obj
-
-
 def parse_config(data: dict, base_dir: Path = Path("."), path: Path | None = None) -> GateConfig:
     known = set(_SECTIONS) | {"device", "sync", "scanner"}
     for k in data:
         if k not in known:
-            import difflib
-
             close = difflib.get_close_matches(k, known, n=1)
             raise ConfigError(f"unknown section [{k}]" + (f" — did you mean [{close[0]}]?" if close else
                                                           f" (sections: {', '.join(sorted(known))})"))
@@ -161,7 +150,7 @@ def parse_config(data: dict, base_dir: Path = Path("."), path: Path | None = Non
             raise ConfigError(f"missing section [{name}]")
     for name in ("gate", "camera", "models", "watchlist", "control"):
         if name in sections:
-            sections[name] = _resolve_paths(sections[name], base_dir)
+            sections[name] = resolve_paths(sections[name], base_dir)
     dev = data.get("device", {"type": "sim"})
     if not isinstance(dev, dict) or dev.get("type") not in DEVICE_TYPES:
         raise ConfigError(f"device.type = {dev.get('type') if isinstance(dev, dict) else dev!r} is not allowed; "
@@ -174,31 +163,18 @@ def parse_config(data: dict, base_dir: Path = Path("."), path: Path | None = Non
         raise ConfigError(str(e) if isinstance(e, ConfigError) else f"[device] {e}") from None
     sync_cfg = None
     if "sync" in data:
-        from sync.config import ConfigError as SyncConfigError
-        from sync.config import agent_config_from_mapping
-
+        if not isinstance(data["sync"], dict):
+            raise ConfigError("[sync] must be a table")
         s = dict(data["sync"])
         s.setdefault("gate_id", sections["gate"].id)
-        try:
-            sync_cfg = agent_config_from_mapping(s, base_dir)
-        except (SyncConfigError, ValueError, TypeError) as e:
-            raise ConfigError(str(e)) from None
+        sync_cfg = agent_config_from_mapping(s, base_dir)
     scanner = load_dataclass(ScannerConfig, data["scanner"], "scanner") if "scanner" in data else None
     return GateConfig(**sections, sync=sync_cfg, scanner=scanner, path=path)
 
 
 def load_config(path: Path) -> GateConfig:
     path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except OSError as e:
-        raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
-    try:
-        data = tomllib.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path} is not UTF-8 text") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path} is not valid TOML: {e}") from None
+    data = read_toml(path)
     try:
         return parse_config(data, path.parent.resolve(), path)
     except ConfigError as e:
@@ -211,6 +187,7 @@ def reference_rows() -> list[dict]:
     for name, cls in _SECTIONS.items():
         rows += describe(cls, name)
     rows += describe(ScannerConfig, "scanner")
+    rows += describe(AgentConfig, "sync")
     for tname, cls in DEVICE_TYPES.items():
         rows.append({"key": "device.type", "type": "string", "default": "sim", "allowed": tname,
                      "help": f"settings below apply when type = {tname!r}"})
@@ -219,9 +196,4 @@ def reference_rows() -> list[dict]:
 
 
 def reference_markdown() -> str:
-    lines = ["| key | type | default | allowed | meaning |", "|---|---|---|---|---|"]
-    for r in reference_rows():
-        d = r["default"]
-        d = "" if d is None else (f"`{d}`" if d != "(required)" else "**required**")
-        lines.append(f"| `{r['key']}` | {r['type']} | {d} | {r['allowed']} | {r['help']} |")
-    return "\n".join(lines)
+    return configschema.reference_markdown(reference_rows())

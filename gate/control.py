@@ -87,9 +87,12 @@ class ControlServer:
             pass
 
     def _serve(self) -> None:
+        sock = self._sock
+        if sock is None:  # start() binds before it starts this thread
+            return
         while not self._stop.is_set():
             try:
-                conn, _ = self._sock.accept()
+                conn, _ = sock.accept()
             except socket.timeout:
                 continue
             except OSError:

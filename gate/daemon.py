@@ -15,7 +15,6 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 from typing import Any
 
 import devices
@@ -101,6 +100,7 @@ class LaneDaemon:
         self.state: lanes.LaneState | None = None
         self.status_snapshot: dict[str, Any] = {"mode": "starting"}
         self.agent = None
+        self.audit_chain_alarm = ""  # set by the sync uploader (see _audit_chain_alarm)
         self.control = None
         self.pad = None
         self.scanner = None
@@ -182,7 +182,8 @@ class LaneDaemon:
             from gate.watchlist_sync import WatchlistSyncSink
             from sync.agent import GateAgent
 
-            self.agent = GateAgent(cfg.sync, WatchlistSyncSink(self.store), self.audit, self.health)
+            self.agent = GateAgent(cfg.sync, WatchlistSyncSink(self.store), self.audit, self.health,
+                                   on_audit_alarm=self._audit_chain_alarm)
             try:
                 self.agent.start()
             except Exception as e:  # bad keys: refuse to run half-configured
@@ -420,6 +421,17 @@ class LaneDaemon:
         return diff < self.MOTION_THRESHOLD
 
     # ------------------------------------------------------------------ status
+    def _audit_chain_alarm(self, kind: str, details: dict[str, Any]) -> None:
+        """From the uploader thread: the central holds audit records that differ from this log,
+        or more than it. Recorded in the log itself (and so uploaded), and kept in the status."""
+        self.audit_chain_alarm = f"{kind}: {details.get('message', '')}"
+        self.metrics.alerts.append({"kind": kind, "details": dict(details), "at": _utc_now().isoformat()})
+        try:
+            self.audit.append({"event": "audit_chain_alarm", "kind": kind, "gate": self.cfg.gate.id,
+                               **{k: v for k, v in details.items() if k != "message"}})
+        except (AuditWriteError, ValueError, TypeError) as e:
+            log.error("could not record the audit chain alarm in the audit log: %s", e)
+
     def health(self) -> dict[str, Any]:
         s = self.state
         return {"status": "ok" if s is not None and not s.faults and s.mode != lanes.Mode.OUT_OF_SERVICE else "degraded",
@@ -427,7 +439,8 @@ class LaneDaemon:
                 "model_versions": {"detector": self.cfg.models.detector, "embedder": self.cfg.models.embedder,
                                    "pad": self.pad_status},
                 "last_decision_at": self.metrics.last_decision_at,
-                "mode": str(s.mode) if s else "starting", "faults": sorted(s.faults) if s else []}
+                "mode": str(s.mode) if s else "starting", "faults": sorted(s.faults) if s else [],
+                "audit_chain_alarm": self.audit_chain_alarm}
 
     def _snapshot(self) -> None:
         s = self.state
@@ -439,6 +452,7 @@ class LaneDaemon:
             "decisions": dict(self.metrics.decisions), "last_decision_at": self.metrics.last_decision_at,
             "pad": self.pad_status, "model": self._pipeline.model_id, "watchlist_size": len(self.matcher),
             "watchlist_sequence": self.store.sequence(), "audit_unsent": self.audit.unsent_count(),
+            "audit_chain_epoch": self.audit.chain_epoch().epoch or "first", "audit_chain_alarm": self.audit_chain_alarm,
             "device_online": bool(getattr(self._driver, "online", False)),
             "recent_alerts": self.metrics.alerts[-5:], "software_version": SOFTWARE_VERSION,
         }

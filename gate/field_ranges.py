@@ -1,6 +1,6 @@
 """Range checks for policy dataclasses built in code.
 
-`gate.schema.load_dataclass` enforces the `min`/`max` field metadata when a policy comes from
+`configschema.load_dataclass` enforces the `min`/`max` field metadata when a policy comes from
 a TOML file; policies built in Python (tests, tools, the daemon's defaults) must meet the same
 bounds, or a typo'd threshold could make a gate permissive without anyone being told.
 """
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import fields
 
-from gate.schema import ConfigError
+from configschema import ConfigError
 
 
 def check_ranges(obj) -> None:

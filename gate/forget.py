@@ -19,6 +19,7 @@ from pathlib import Path
 from gate.audit import AUDIT_DB_NAME
 from gate.watchlist import WATCHLIST_DB_NAME
 from sync.forget import PlaceCheck, count_bytes, db_files
+from vision.match.exact import EXACT_FILE_PREFIX
 
 
 def _read_only(db_path: Path) -> sqlite3.Connection:
@@ -52,6 +53,13 @@ def subject_presence(state_dir: Path, subject_id: str) -> list[PlaceCheck]:
     needle = subject_id.encode("utf-8")
     raw = count_bytes(db_files(watchlist), needle)
     checks.append(PlaceCheck("watchlist bytes", raw == 0, f"{raw} occurrences in {WATCHLIST_DB_NAME} and its WAL"))
+    # watchlist.exact_on_disk: the rescoring file is unlinked at creation and its rows are
+    # encrypted under a key that exists only in the daemon's memory (vision/match/exact.py), so
+    # what can remain is a file left visible by a filesystem without O_TMPFILE, or by a bug.
+    leftovers = sorted(p.name for p in state_dir.glob(f"{EXACT_FILE_PREFIX}*"))
+    checks.append(PlaceCheck("rescoring file", not leftovers,
+                             f"left in the state dir: {', '.join(leftovers)}" if leftovers else
+                             "none visible; rows on disk are encrypted under a key held only in the daemon's memory"))
     audit = count_bytes(db_files(state_dir / AUDIT_DB_NAME), needle)
     checks.append(PlaceCheck("audit log", True, f"{audit} occurrences in {AUDIT_DB_NAME} and its WAL "
                                                 "(the legal log, kept for audit.retention_days by design)",

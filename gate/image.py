@@ -25,8 +25,7 @@ from typing import BinaryIO, Callable
 
 from gate import known_answer
 from gate.checks import Check, Status
-from gate.image_signing import (SigningKeyError, load_private_key, load_public_key, public_fingerprint,
-                                signature_valid)
+from gate.image_signing import SigningKeyError, load_private_key, load_public_key, public_fingerprint, signature_valid
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +77,10 @@ class BundleManifest:
     files: dict[str, FileEntry]
     models: list[dict]  # name, kind, format, licence, source
     units: list[str]
+    # Monotonic: an installer refuses to go below the highest it has installed (gate.image_policy).
+    image_version: int = 0
+    # The gates this bundle may be installed on; a gate refuses a bundle not built for it.
+    gate_ids: list[str] = dataclasses.field(default_factory=list)
 
     def to_json(self) -> bytes:
         d = dataclasses.asdict(self)
@@ -91,7 +94,9 @@ class BundleManifest:
             return cls(format_version=int(d["format_version"]), software_version=str(d["software_version"]),
                        site=str(d["site"]), lane=str(d["lane"]), gate_id=str(d["gate_id"]),
                        built_at=str(d["built_at"]), signer=str(d["signer"]), files=files,
-                       models=[dict(m) for m in d["models"]], units=[str(u) for u in d["units"]])
+                       models=[dict(m) for m in d["models"]], units=[str(u) for u in d["units"]],
+                       image_version=int(d.get("image_version", 0)),
+                       gate_ids=[str(g) for g in d.get("gate_ids", [d["gate_id"]])])
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise ImageError(f"{MANIFEST_NAME} is malformed: {e}") from None
 
@@ -154,8 +159,8 @@ def _stage_models(cfg, models_src: Path, dest: Path) -> list[dict]:
 
 
 def _check_config_for_bundle(config_path: Path, site: str, lane: str):
+    from configschema import ConfigError
     from gate.config import load_config
-    from gate.schema import ConfigError
 
     try:
         cfg = load_config(config_path)
@@ -173,11 +178,14 @@ def _check_config_for_bundle(config_path: Path, site: str, lane: str):
 
 def build_bundle(*, site: str, lane: str, config: Path, central_key: Path, out_dir: Path, signing_key: Path,
                  models_dir: Path | None = None, units_dir: Path | None = None,
-                 progress: Progress | None = None) -> BuiltBundle:
+                 progress: Progress | None = None, image_version: int | None = None,
+                 gate_ids: tuple[str, ...] | None = None) -> BuiltBundle:
     """Build and sign a bundle in `out_dir`; returns its path and manifest.
 
     models_dir defaults to the config's own [models] dir (which must be "models" beside the
-    config, since the slot uses the config unchanged).
+    config, since the slot uses the config unchanged). image_version defaults to the build
+    time in UTC seconds (monotonic as long as builds are not back-dated); gate_ids to the
+    config's gate id, which must be among them.
     """
     from sync.keys import KeyFileError
     from sync.keys import load_public_key as load_curve_public
@@ -188,6 +196,12 @@ def build_bundle(*, site: str, lane: str, config: Path, central_key: Path, out_d
     except SigningKeyError as e:
         raise ImageError(str(e)) from None
     cfg = _check_config_for_bundle(config, site, lane)
+    gate_ids = tuple(gate_ids) if gate_ids else (cfg.gate.id,)
+    if cfg.gate.id not in gate_ids:
+        raise ImageError(f"config {config} is for gate {cfg.gate.id!r}, which is not among the gates the bundle is "
+                         f"built for ({', '.join(gate_ids)})")
+    if image_version is not None and (not isinstance(image_version, int) or image_version < 1):
+        raise ImageError(f"image version must be a positive integer, got {image_version!r}")
     try:
         load_curve_public(central_key)
     except KeyFileError as e:
@@ -220,7 +234,8 @@ def build_bundle(*, site: str, lane: str, config: Path, central_key: Path, out_d
         manifest = BundleManifest(
             format_version=FORMAT_VERSION, software_version=software_version(), site=site, lane=lane,
             gate_id=cfg.gate.id, built_at=built_at.isoformat(), signer=public_fingerprint(key.public_key()),
-            files=files, models=models, units=[f"{UNITS_DIR}/{u.name}" for u in units])
+            files=files, models=models, units=[f"{UNITS_DIR}/{u.name}" for u in units],
+            image_version=image_version or int(built_at.timestamp()), gate_ids=list(gate_ids))
         manifest_bytes = manifest.to_json()
         (stage / MANIFEST_NAME).write_bytes(manifest_bytes)
         (stage / SIGNATURE_NAME).write_bytes(key.sign(manifest_bytes))
@@ -335,8 +350,8 @@ def _file_checks(root: Path, manifest: BundleManifest) -> list[Check]:
 
 
 def _content_checks(root: Path, manifest: BundleManifest) -> list[Check]:
+    from configschema import ConfigError
     from gate.config import load_config
-    from gate.schema import ConfigError
     from models.manifest import ModelError, load_model
     from sync.keys import KeyFileError
     from sync.keys import load_public_key as load_curve_public
@@ -350,6 +365,9 @@ def _content_checks(root: Path, manifest: BundleManifest) -> list[Check]:
                                                         f"\"{MODELS_DIR}\""))
         elif cfg.lane.lane_id != manifest.lane:
             checks.append(Check("config", Status.FAIL, f"lane {cfg.lane.lane_id!r}, manifest says {manifest.lane!r}"))
+        elif cfg.gate.id not in manifest.gate_ids:
+            checks.append(Check("config", Status.FAIL, f"gate {cfg.gate.id!r} is not among the gates the manifest "
+                                                        f"binds the bundle to ({', '.join(manifest.gate_ids)})"))
         else:
             device = type(cfg.device).__name__.removesuffix("Config").lower()
             checks.append(Check("config", Status.PASS, f"gate {cfg.gate.id}, lane {cfg.lane.lane_id}, device {device}"))

@@ -7,9 +7,13 @@ the new slot; if it fails, `current` moves back. The previous slot is kept until
 install overwrites it, so a rollback needs nothing from the network.
 
 ROOT/data (watchlist, audit, keys) belongs to the running lane and is never written,
-removed or moved here. The one exception is the gate's CURVE keypair, which must come into
-being on the device: it is created at first install when the config's [sync] names a secret
-key file that does not yet exist, and never replaced.
+removed or moved here. The exceptions: the gate's CURVE keypair, which must come into
+being on the device (created at first install when the config's [sync] names a secret key
+file that does not yet exist, and never replaced), and the audit record of a deliberate
+downgrade, appended to the gate's audit log before the older image is installed.
+
+Beyond the signature, gate.image_policy refuses a bundle built for another gate and one older
+than the newest image installed here (ROOT/IMAGE_STATE.json).
 """
 from __future__ import annotations
 
@@ -23,8 +27,17 @@ from pathlib import Path
 from typing import Callable
 
 from gate.checks import Check, Status, passed
-from gate.image import (CONFIG_NAME, INSTALL_RECORD_NAME, ImageError, extract_bundle, read_manifest, software_version,
-                        verify_tree)
+from gate.image import (
+    CONFIG_NAME,
+    INSTALL_RECORD_NAME,
+    BundleManifest,
+    ImageError,
+    extract_bundle,
+    read_manifest,
+    software_version,
+    verify_tree,
+)
+from gate.image_policy import Downgrade, ImageState, check_bundle, initial_state, load_state, save_state
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +67,7 @@ class SlotStatus:
     installed_at: str = ""
     selftest: str = ""  # PASS / FAIL / "" (not installed)
     installed_software: str = ""
+    image_version: int = 0
 
 
 def slot_dir(root: Path, name: str) -> Path:
@@ -123,10 +137,53 @@ def _write_record(slot_path: Path, bundle: Path, selftest: str) -> None:
     (slot_path / INSTALL_RECORD_NAME).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
 
 
-def install(bundle: Path, root: Path, public_key: Path, selftest: SelfTest) -> InstallResult:
+def _config_gate(config_path: Path) -> tuple[str, Path]:
+    from gate.config import load_config
+    from gate.schema import ConfigError
+
+    try:
+        cfg = load_config(config_path)
+    except ConfigError as e:
+        raise ImageError(f"config: {e}") from None
+    return cfg.gate.id, cfg.gate.state_dir
+
+
+def _root_state(root: Path, previous: str | None) -> ImageState:
+    """IMAGE_STATE.json, or for a root set up before it existed, what the running slot says."""
+    state = load_state(root)
+    if state.gate_id is None and previous is not None:
+        try:
+            manifest = read_manifest(slot_dir(root, previous))
+            gate_id, _ = _config_gate(slot_dir(root, previous) / CONFIG_NAME)
+        except ImageError:
+            return state
+        state = ImageState(gate_id=gate_id, floor=max(state.floor, manifest.image_version))
+    return state
+
+
+def _record_downgrade(state_dir: Path, manifest: BundleManifest, floor: int, downgrade: Downgrade, what: str) -> None:
+    """Audit first: the older image goes on only once its record is committed."""
+    from gate.audit import AuditLog, AuditWriteError
+
+    try:
+        with AuditLog(state_dir) as audit:
+            audit.append({"event": "image_downgrade", "gate": manifest.gate_id, "lane": manifest.lane,
+                          "operator": downgrade.operator, "reason": downgrade.reason, "what": what,
+                          "from_version": floor, "to_version": manifest.image_version,
+                          "software_version": manifest.software_version})
+    except (AuditWriteError, OSError, ValueError) as e:
+        raise ImageError(f"the downgrade could not be recorded in the audit log in {state_dir} ({e}); "
+                         "nothing installed") from None
+    log.warning("image downgrade from version %d to %d (%s) allowed by %s: %s", floor, manifest.image_version, what,
+                downgrade.operator, downgrade.reason)
+
+
+def install(bundle: Path, root: Path, public_key: Path, selftest: SelfTest,
+            downgrade: Downgrade | None = None) -> InstallResult:
     """Install into the inactive slot, switch, self-test, roll back on failure.
 
-    Raises ImageError (with nothing changed) when the bundle does not verify.
+    Raises ImageError (with nothing changed) when the bundle does not verify, is built for
+    another gate, or is older than the newest image installed here (unless `downgrade`).
     """
     root = Path(root)
     (root / "slots").mkdir(parents=True, exist_ok=True)
@@ -136,11 +193,20 @@ def install(bundle: Path, root: Path, public_key: Path, selftest: SelfTest) -> I
     if staging.exists():
         shutil.rmtree(staging)
     extract_bundle(bundle, staging)
-    checks = verify_tree(staging, public_key)
-    if not passed(checks):
+    try:
+        checks = verify_tree(staging, public_key)
+        if not passed(checks):
+            bad = "; ".join(f"{c.name}: {c.detail}" for c in checks if c.status is Status.FAIL)
+            raise ImageError(f"{bundle} does not verify, nothing installed: {bad}")
+        manifest = read_manifest(staging)
+        config_gate, state_dir = _config_gate(staging / CONFIG_NAME)
+        state = _root_state(root, previous)
+        if check_bundle(state, manifest, config_gate, downgrade):
+            _record_downgrade(state_dir, manifest, state.floor, downgrade, f"install {Path(bundle).name}")
+        state = initial_state(state, manifest, config_gate)
+    except BaseException:
         shutil.rmtree(staging)
-        bad = "; ".join(f"{c.name}: {c.detail}" for c in checks if c.status is Status.FAIL)
-        raise ImageError(f"{bundle} does not verify, nothing installed: {bad}")
+        raise
     dest = slot_dir(root, target)
     if dest.exists():
         shutil.rmtree(dest)
@@ -153,7 +219,9 @@ def install(bundle: Path, root: Path, public_key: Path, selftest: SelfTest) -> I
         rows = [_pending_registration(c, generated) for c in rows]
     ok = passed(rows)
     _write_record(dest, bundle, "PASS" if ok else "FAIL")
-    if not ok:
+    if ok:
+        save_state(root, ImageState(gate_id=state.gate_id, floor=max(state.floor, manifest.image_version)))
+    else:
         _switch(root, previous)
         log.error("self-test of slot %s failed; %s", target,
                   f"rolled back to slot {previous}" if previous else "no previous slot, nothing active")
@@ -161,8 +229,9 @@ def install(bundle: Path, root: Path, public_key: Path, selftest: SelfTest) -> I
                          rolled_back=not ok, generated_key=generated)
 
 
-def rollback(root: Path) -> str:
-    """Make the other slot current again, if it holds an install whose self-test passed."""
+def rollback(root: Path, downgrade: Downgrade | None = None) -> str:
+    """Make the other slot current again, if it holds an install whose self-test passed. Going
+    back to an older image version is a downgrade like any other: it needs `downgrade`."""
     root = Path(root)
     now = current_slot(root)
     if now is None:
@@ -171,6 +240,11 @@ def rollback(root: Path) -> str:
     st = _slot_status(root, other, False)
     if st.selftest != "PASS":
         raise ImageError(f"{root}: slot {other} holds no install that passed its self-test; nothing to roll back to")
+    manifest = read_manifest(slot_dir(root, other))
+    config_gate, state_dir = _config_gate(slot_dir(root, other) / CONFIG_NAME)
+    state = _root_state(root, now)
+    if check_bundle(state, manifest, config_gate, downgrade):
+        _record_downgrade(state_dir, manifest, state.floor, downgrade, f"rollback to slot {other}")
     _switch(root, other)
     return other
 
@@ -187,7 +261,7 @@ def _slot_status(root: Path, name: str, is_current: bool) -> SlotStatus:
     return SlotStatus(name, is_current, software_version=m.software_version, site=m.site, lane=m.lane,
                       built_at=m.built_at, installed_at=str(record.get("installed_at", "")),
                       selftest=str(record.get("selftest", "")),
-                      installed_software=str(record.get("installed_software", "")))
+                      installed_software=str(record.get("installed_software", "")), image_version=m.image_version)
 
 
 def status(root: Path) -> list[SlotStatus]:

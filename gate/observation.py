@@ -64,7 +64,7 @@ def as_box(box: Sequence[float]) -> Box:
     x1, y1, x2, y2 = values
     if x2 <= x1 or y2 <= y1:
         raise ValueError(f"box {values} is empty: x2 must exceed x1 and y2 must exceed y1")
-    return values  # type: ignore[return-value]
+    return values
 
 
 @dataclass(frozen=True)

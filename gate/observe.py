@@ -36,7 +36,7 @@ def _face(fr: FaceResult, matches=None, verify_score=None, pad_score=None) -> Fa
     if pad_score is not None:
         pad_live = float(pad_score.live)
         pad_scores = tuple((m.model_id, float(m.live)) for m in pad_score.models)
-    return FaceObservation(box=fr.face.box, detector_score=float(fr.face.score), quality_ok=q.ok,
+    return FaceObservation(box=tuple(fr.face.box.tolist()), detector_score=float(fr.face.score), quality_ok=q.ok,
                            quality_reasons=tuple(q.reasons), quality_figures=dict(q.figures),
                            matches=matches, verify_score=verify_score, pad_live=pad_live, pad_scores=pad_scores)
 

@@ -53,7 +53,7 @@ def check_camera(cfg: GateConfig, opts: SelftestOptions) -> Check:
                 continue
             last = f
     got = grabber.frames
-    if got >= opts.camera_frames or (grabber.status == "ended" and got > 0):
+    if last is not None and (got >= opts.camera_frames or (grabber.status == "ended" and got > 0)):
         h, w = last.image.shape[:2]
         ended = " (finite source ended)" if got < opts.camera_frames else ""
         return Check("camera", Status.PASS, f"{source.description}: {got} frames {w}x{h}{ended}")
@@ -231,8 +231,8 @@ def run_selftest(cfg: GateConfig, opts: SelftestOptions = SelftestOptions()) -> 
 
 def selftest_config(path: Path, opts: SelftestOptions = SelftestOptions()) -> list[Check]:
     """Load the config (a bad one is a FAIL row, not an exception) and run every check."""
+    from configschema import ConfigError
     from gate.config import load_config
-    from gate.schema import ConfigError
 
     try:
         cfg = load_config(path)

@@ -79,7 +79,8 @@ class TemplateCipher:
 
     def seal(self, plaintext: bytes, subject_id: str, model_id: str) -> bytes:
         nonce = os.urandom(NONCE_BYTES)
-        return bytes([BLOB_VERSION]) + nonce + self._aead.encrypt(nonce, plaintext, _associated_data(subject_id, model_id))
+        sealed = self._aead.encrypt(nonce, plaintext, _associated_data(subject_id, model_id))
+        return bytes([BLOB_VERSION]) + nonce + sealed
 
     def open(self, blob: bytes, subject_id: str, model_id: str) -> bytes:
         if len(blob) < 1 + NONCE_BYTES + 16 or blob[0] != BLOB_VERSION:

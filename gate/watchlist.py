@@ -26,7 +26,6 @@ removes subjects whose window has closed for good.
 from __future__ import annotations
 
 import logging
-import sqlite3
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -65,13 +64,16 @@ class Subject:
         if not isinstance(self.subject_id, str) or not self.subject_id.strip():
             raise ValueError(f"subject_id must be a non-empty string, got {self.subject_id!r}")
         if self.list_type not in LIST_TYPES:
-            raise ValueError(f"subject {self.subject_id!r}: list_type must be one of {LIST_TYPES}, got {self.list_type!r}")
+            raise ValueError(f"subject {self.subject_id!r}: list_type must be one of {LIST_TYPES}, "
+                             f"got {self.list_type!r}")
         for name in ("valid_from", "valid_until"):
             moment = getattr(self, name)
             if moment is not None and (not isinstance(moment, datetime) or moment.tzinfo is None):
-                raise ValueError(f"subject {self.subject_id!r}: {name} must be a timezone-aware datetime, got {moment!r}")
+                raise ValueError(f"subject {self.subject_id!r}: {name} must be a timezone-aware datetime, "
+                                 f"got {moment!r}")
         if self.valid_from and self.valid_until and self.valid_from >= self.valid_until:
-            raise ValueError(f"subject {self.subject_id!r}: valid_from {self.valid_from} is not before valid_until {self.valid_until}")
+            raise ValueError(f"subject {self.subject_id!r}: valid_from {self.valid_from} is not before "
+                             f"valid_until {self.valid_until}")
         if isinstance(self.scopes, str):
             raise TypeError(f"subject {self.subject_id!r}: scopes must be a collection of tags, not one string")
         scopes = frozenset(self.scopes)
@@ -83,7 +85,8 @@ class Subject:
 
     def is_valid(self, now: datetime) -> bool:
         """Inside the validity window [valid_from, valid_until) at `now`."""
-        return (self.valid_from is None or self.valid_from <= now) and (self.valid_until is None or now < self.valid_until)
+        return ((self.valid_from is None or self.valid_from <= now)
+                and (self.valid_until is None or now < self.valid_until))
 
     def in_scope(self, lane_tags: Iterable[str]) -> bool:
         """Whether this subject applies at a lane described by `lane_tags`.
@@ -190,6 +193,7 @@ class WatchlistStore:
         self._cipher = cipher
         self._key_id = cipher.key_id if cipher else PLAINTEXT_KEY_ID
         self._listener: _Listener | None = None
+        self._read_only = read_only
         self._file = PrivateSqliteFile(Path(directory) / WATCHLIST_DB_NAME, synchronous="NORMAL",
                                        secure_delete=True, read_only=read_only)
         try:
@@ -197,7 +201,8 @@ class WatchlistStore:
                 self._create_schema()
             version = self._meta(self._file.reader(), "schema_version")
             if version != SCHEMA_VERSION:
-                raise ValueError(f"{self.path} has watchlist schema {version!r}; this edgegate reads {SCHEMA_VERSION!r}")
+                raise ValueError(f"{self.path} has watchlist schema {version!r}; "
+                                 f"this edgegate reads {SCHEMA_VERSION!r}")
         except BaseException:
             self._file.close()
             raise
@@ -208,19 +213,20 @@ class WatchlistStore:
 
     def _create_schema(self) -> None:
         with self._file.write() as db:
-            db["subjects"].create(
+            db.table("subjects").create(
                 {"subject_id": str, "list_type": str, "valid_from": str, "valid_until": str,
                  "updated_seq": int, "revoked": int},
                 pk="subject_id", not_null={"list_type", "updated_seq", "revoked"}, strict=True, if_not_exists=True)
-            db["scopes"].create({"subject_id": str, "scope": str}, pk=("subject_id", "scope"), strict=True,
+            db.table("scopes").create({"subject_id": str, "scope": str}, pk=("subject_id", "scope"), strict=True,
                                 if_not_exists=True)
-            db["templates"].create({"subject_id": str, "model_id": str, "idx": int, "dim": int, "vector": bytes},
+            db.table("templates").create({"subject_id": str, "model_id": str, "idx": int, "dim": int, "vector": bytes},
                                    pk=("subject_id", "model_id", "idx"), not_null={"dim", "vector"}, strict=True,
                                    if_not_exists=True)
-            db["meta"].create({"key": str, "value": str}, pk="key", not_null={"value"}, strict=True, if_not_exists=True)
-            db["scopes"].create_index(["scope"], if_not_exists=True)
-            db["templates"].create_index(["model_id"], if_not_exists=True)
-            db["subjects"].create_index(["valid_until"], if_not_exists=True)
+            db.table("meta").create({"key": str, "value": str}, pk="key", not_null={"value"}, strict=True,
+                                    if_not_exists=True)
+            db.table("scopes").create_index(["scope"], if_not_exists=True)
+            db.table("templates").create_index(["model_id"], if_not_exists=True)
+            db.table("subjects").create_index(["valid_until"], if_not_exists=True)
             for key, value in (("schema_version", SCHEMA_VERSION), ("sequence", "0"), ("template_key", self._key_id)):
                 db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)", [key, value])
 
@@ -238,20 +244,22 @@ class WatchlistStore:
 
     def sequence(self) -> int:
         """The CHP sequence of the last update applied (0 = never synced)."""
-        return int(self._meta(self._file.reader(), "sequence"))
+        return int(self._meta(self._file.reader(), "sequence") or 0)
 
     def set_sequence(self, seq: int) -> None:
         """Record that updates up to `seq` are applied. Refuses to go backwards (only a
         snapshot, through replace_all, may reset the sequence)."""
         _check_seq(seq)
         with self._file.write() as db:
-            current = int(self._meta(db, "sequence"))
+            current = int(self._meta(db, "sequence") or 0)
             if seq < current:
-                raise ValueError(f"watchlist sequence would go back from {current} to {seq}; use replace_all for a reset")
+                raise ValueError(f"watchlist sequence would go back from {current} to {seq}; "
+                                 "use replace_all for a reset")
             self._set_meta(db, "sequence", str(seq))
 
     def model_id(self) -> str | None:
-        """The embedding model the cached templates are meant for (set by the daemon)."""
+        """The embedding model of the lane that last attached its matcher (`set_listener`), so a
+        daemon started with another embedder can warn that the cached templates do not fit it."""
         return self._meta(self._file.reader(), "model_id")
 
     def set_model_id(self, model_id: str) -> None:
@@ -262,9 +270,14 @@ class WatchlistStore:
 
     def set_listener(self, listener: MatcherListener | None, model_id: str | None = None) -> None:
         """Push every later change to `listener` (vectors of `model_id` only); None detaches."""
-        if listener is not None and not model_id:
+        if listener is None:
+            self._listener = None
+            return
+        if not model_id:
             raise ValueError("a listener needs the model id whose vectors it takes")
-        self._listener = _Listener(listener, model_id) if listener is not None else None
+        self._listener = _Listener(listener, model_id)
+        if not self._read_only and model_id != self.model_id():
+            self.set_model_id(model_id)  # the model the lane now runs: what model_id() reports next start
 
     # ---- writes ----------------------------------------------------------------------------
 
@@ -289,7 +302,8 @@ class WatchlistStore:
             if applied:
                 if merge_scopes:
                     kept = {r[0] for r in db.execute(
-                        "SELECT scope FROM scopes JOIN subjects USING (subject_id) WHERE subject_id = ? AND revoked = 0",
+                        "SELECT scope FROM scopes JOIN subjects USING (subject_id) "
+                        "WHERE subject_id = ? AND revoked = 0",
                         [subject.subject_id])}
                     subject = replace(subject, scopes=subject.scopes | kept)
                 self._delete_subject_rows(db, subject.subject_id)
@@ -344,6 +358,25 @@ class WatchlistStore:
         self._file.checkpoint_truncate()
         if self._listener:
             self._listener.sink.remove(subject_id)
+
+    def erase(self, subject_id: str) -> bool:
+        """Erase now: remove a *withdrawn* subject's tombstone (and any row left) at once
+        instead of when its validity window closes. Refuses an active subject (ValueError):
+        erasing it here alone would not stop the central re-sending it, and a running matcher
+        still holds its templates; revoke it at the central first. Returns False when there is
+        nothing to erase. Afterwards a late re-delivery of its enrolment is stopped only by the
+        follower's sequence checks (the tombstone that also guarded against it is gone)."""
+        with self._file.write() as db:
+            row = db.execute("SELECT revoked FROM subjects WHERE subject_id = ?", [subject_id]).fetchone()
+            if row is None:
+                return False
+            if not row[0]:
+                raise ValueError(f"subject {subject_id} is active on this gate: revoke it at the central first, "
+                                 "then erase")
+            self._delete_subject_rows(db, subject_id)
+        self._file.checkpoint_truncate()
+        log.info("erased the tombstone of withdrawn subject %s", subject_id)
+        return True
 
     def purge_expired(self, now: datetime) -> list[str]:
         """Delete every subject whose window closed at or before `now` (tombstones too).
@@ -493,7 +526,8 @@ class WatchlistStore:
                     for model_id, dim, blob in db.execute(
                         "SELECT model_id, dim, vector FROM templates WHERE subject_id = ? ORDER BY model_id, idx",
                         [subject_id]))
-        return SubjectEntry(subject=_subject(row, scopes), updated_seq=row[4], revoked=bool(row[5]), templates=templates)
+        return SubjectEntry(subject=_subject(row, scopes), updated_seq=row[4], revoked=bool(row[5]),
+                            templates=templates)
 
     def is_valid(self, subject_id: str, now: datetime) -> bool:
         """Known, not revoked, and inside its validity window at `now` (local clock)."""
@@ -554,7 +588,8 @@ class WatchlistStore:
     def _vector(self, blob: bytes, subject_id: str, model_id: str, dim: int) -> np.ndarray:
         raw = self._cipher.open(blob, subject_id, model_id) if self._cipher else blob
         if len(raw) != 4 * dim:
-            raise ValueError(f"template of subject {subject_id!r} ({model_id}) holds {len(raw)} bytes, expected {4 * dim}")
+            raise ValueError(f"template of subject {subject_id!r} ({model_id}) holds {len(raw)} bytes, "
+                             f"expected {4 * dim}")
         return np.frombuffer(raw, dtype="<f4").astype(np.float32)
 
     def stats(self, now: datetime, expiring_within: timedelta = timedelta(days=1)) -> WatchlistStats:
@@ -562,9 +597,11 @@ class WatchlistStore:
         with self._file.snapshot() as db:
             active = "revoked = 0 AND (valid_until IS NULL OR valid_until > :now)"
             p = {"now": now_s, "soon": soon_s}
-            by_type = dict(db.execute(f"SELECT list_type, COUNT(*) FROM subjects WHERE {active} GROUP BY list_type", p).fetchall())
+            by_type = dict(db.execute(f"SELECT list_type, COUNT(*) FROM subjects WHERE {active} GROUP BY list_type",
+                                      p).fetchall())
             by_scope = dict(db.execute(
-                f"SELECT scope, COUNT(*) FROM scopes WHERE subject_id IN (SELECT subject_id FROM subjects WHERE {active}) "
+                "SELECT scope, COUNT(*) FROM scopes WHERE subject_id IN "
+                f"(SELECT subject_id FROM subjects WHERE {active}) "
                 "GROUP BY scope", p).fetchall())
 
             def count(where: str) -> int:
@@ -578,8 +615,9 @@ class WatchlistStore:
                 expiring_soon=count(f"{active} AND valid_until <= :soon"),
                 expired_unpurged=count("revoked = 0 AND valid_until <= :now"),
                 revoked=count("revoked = 1"),
-                templates_by_model=dict(db.execute("SELECT model_id, COUNT(*) FROM templates GROUP BY model_id").fetchall()),
-                sequence=int(self._meta(db, "sequence")),
+                templates_by_model=dict(db.execute(
+                    "SELECT model_id, COUNT(*) FROM templates GROUP BY model_id").fetchall()),
+                sequence=int(self._meta(db, "sequence") or 0),
                 model_id=self._meta(db, "model_id"),
             )
 
@@ -609,7 +647,8 @@ def _template_rows(subject_id: str, templates: Sequence[Template]) -> list[tuple
     per_model: Counter[str] = Counter()
     for i, template in enumerate(templates):
         if not isinstance(template, Template):
-            raise TypeError(f"subject {subject_id!r}: template {i} is a {type(template).__name__}, not a vision.types.Template")
+            raise TypeError(f"subject {subject_id!r}: template {i} is a {type(template).__name__}, "
+                            "not a vision.types.Template")
         if not template.model_id:
             raise ValueError(f"subject {subject_id!r}: template {i} has no model id")
         vector = np.asarray(template.vector)
@@ -620,13 +659,15 @@ def _template_rows(subject_id: str, templates: Sequence[Template]) -> list[tuple
             raise ValueError(f"subject {subject_id!r}: template {i} holds non-finite values")
         norm = float(np.linalg.norm(vector))
         if abs(norm - 1.0) > UNIT_NORM_TOLERANCE:
-            raise ValueError(f"subject {subject_id!r}: template {i} has norm {norm:.4f}; templates must be L2-normalised")
+            raise ValueError(f"subject {subject_id!r}: template {i} has norm {norm:.4f}; "
+                             "templates must be L2-normalised")
         rows.append((template.model_id, per_model[template.model_id], vector))
         per_model[template.model_id] += 1
-    dims = {}
+    dims: dict[str, int] = {}
     for model_id, _, vector in rows:
         if dims.setdefault(model_id, vector.size) != vector.size:
-            raise ValueError(f"subject {subject_id!r}: {model_id} templates of different sizes ({dims[model_id]} and {vector.size})")
+            raise ValueError(f"subject {subject_id!r}: {model_id} templates of different sizes "
+                             f"({dims[model_id]} and {vector.size})")
     return rows
 
 

@@ -31,9 +31,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from models.align_template import AlignTemplate
 from models.dlib_serial import DlibReader
 from models.manifest import ModelFile, ModelManifest, write_manifest
-from vision.types import AlignTemplate
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ IR_VERSION = 8  # readable by every onnxruntime >= 1.14
 # 150x150 face chip (get_face_chip, padding 0.25), so that our chips look like the ones the
 # network was trained on. Measured, not copied: the mean over the 2,446 faces found by both
 # dlib and MTCNN in the photos no LFW pair refers to, from
-# `python -m models.dlib_chip_template --models .models` (per-face spread 1.7-2.0 px for the
+# `python -m tools.dlib_chip_template --models .models` (per-face spread 1.7-2.0 px for the
 # eyes, 4-6 px for nose and mouth, so the means are good to about 0.1 px). Calibrated to
 # MTCNN because every landmark model has its own "eye centre": dlib's 68-point eyes sit
 # 1.5 px lower. tests/test_dlib_resnet.py re-measures it on other photos.
@@ -314,6 +314,8 @@ class _GraphBuilder:
 
 
 def _fold_affine(con: ParsedLayer, affine: ParsedLayer) -> tuple[np.ndarray, np.ndarray]:
+    assert con.weights is not None and con.bias is not None, "a con layer has weights and bias"
+    assert affine.scale is not None and affine.shift is not None, "an affine layer has scale and shift"
     w = (con.weights * affine.scale[:, None, None, None]).astype(np.float32)
     b = (con.bias * affine.scale + affine.shift).astype(np.float32)
     return w, b
@@ -362,6 +364,7 @@ def to_onnx(net: ParsedNetwork) -> onnx.ModelProto:
         elif spec.kind == "add_prev":
             x, shape = _add_zero_padded(g, (x, shape), tags[spec.tag])
         elif spec.kind == "fc":
+            assert layer.weights is not None, "an fc layer has weights"
             flat = g.op("Flatten", [x], axis=1)
             x = g.op("MatMul", [flat, g.const("fc", layer.weights.astype(np.float32))], output="embedding")
         else:
@@ -385,13 +388,13 @@ def to_onnx(net: ParsedNetwork) -> onnx.ModelProto:
 def _add_zero_padded(g: _GraphBuilder, a, b):
     """dlib's add_prev: sum of two tensors, the smaller one zero-padded at the end of each axis."""
     (xa, sa), (xb, sb) = a, b
-    target = tuple(max(u, v) for u, v in zip(sa, sb))
+    target = tuple(max(u, v) for u, v in zip(sa, sb, strict=True))
 
     def pad(x, s):
         if s == target:
             return x
         # ONNX pads: begins of (N, C, H, W), then ends of (N, C, H, W)
-        pads = np.array([0, 0, 0, 0, 0] + [t - u for t, u in zip(target, s)], dtype=np.int64)
+        pads = np.array([0, 0, 0, 0, 0] + [t - u for t, u in zip(target, s, strict=True)], dtype=np.int64)
         return g.op("Pad", [x, g.const("pads", pads)])
 
     return g.op("Add", [pad(xa, sa), pad(xb, sb)]), target

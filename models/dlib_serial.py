@@ -17,6 +17,7 @@ Encodings, as defined by dlib:
 """
 from __future__ import annotations
 
+import builtins  # the reader has a method named int; annotations inside it mean the type
 import math
 
 import numpy as np
@@ -95,7 +96,7 @@ class DlibReader:
         except UnicodeDecodeError as e:
             raise self.fail(f"non-ASCII string {raw[:32]!r}") from e
 
-    def expect_int(self, allowed: tuple[int, ...], what: str) -> int:
+    def expect_int(self, allowed: tuple[builtins.int, ...], what: str) -> builtins.int:
         v = self.int()
         if v not in allowed:
             raise self.fail(f"{what}: version {v}, expected one of {allowed}")
@@ -117,7 +118,8 @@ class DlibReader:
         raw = self._take(4 * count)
         return np.frombuffer(raw, dtype="<f4").astype(np.float32).reshape(shape)
 
-    def alias_tensor(self) -> tuple[int, int, int, int]:
+    def alias_tensor(self) -> tuple[builtins.int, builtins.int, builtins.int, builtins.int]:
         """The shape of a dlib alias_tensor (a view into a layer's parameter tensor)."""
         self.expect_int((_ALIAS_TENSOR_VERSION,), "alias_tensor")
-        return tuple(self.int() for _ in range(4))
+        a, b, c, d = (self.int() for _ in range(4))
+        return a, b, c, d

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vision.types import AlignTemplate
+from models.align_template import AlignTemplate
 
 MANIFEST_SUFFIX = ".manifest.json"
 FORMAT_VERSION = 1

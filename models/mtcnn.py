@@ -28,14 +28,14 @@ import importlib.metadata
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import joblib
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from models.manifest import ModelFile, ModelManifest, ModelError, manifest_path, write_manifest
+from models.manifest import ModelError, ModelFile, ModelManifest, manifest_path, write_manifest
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +146,7 @@ def source_weights_path(role: str) -> Path:
     distribution's metadata instead.
     """
     dist = importlib.metadata.distribution(SOURCE_PACKAGE)
-    p = Path(dist.locate_file(f"mtcnn/assets/weights/{role}.lz4"))
+    p = Path(str(dist.locate_file(f"mtcnn/assets/weights/{role}.lz4")))
     if not p.is_file():
         raise ModelError(f"{p} is missing from the installed `{SOURCE_PACKAGE}` wheel; reinstall it")
     return p
@@ -173,7 +173,7 @@ class _GraphBuilder:
         self.initializers: list[onnx.TensorProto] = []
         self.tensor = "input"
         self.channels = 3
-        self.hw = spec.input_hw  # spatial size while known, for the dense layer's permutation
+        self.hw: tuple[int, ...] | None = spec.input_hw  # spatial size while known, for the dense layer's permutation
         self._count = 0
         self._flat_from: tuple[int, int, int] | None = None  # (C, H, W) before flattening
 
@@ -225,7 +225,7 @@ class _GraphBuilder:
 
     def maxpool(self, layer: MaxPool) -> str:
         name = self._name("pool")
-        attrs = {"kernel_shape": [layer.k, layer.k], "strides": [layer.s, layer.s]}
+        attrs: dict[str, Any] = {"kernel_shape": [layer.k, layer.k], "strides": [layer.s, layer.s]}
         if layer.same:
             attrs["auto_pad"] = "SAME_UPPER"
         if self.hw:

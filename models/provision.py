@@ -9,13 +9,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from models.align_template import ARCFACE_112
 from models.manifest import ModelFile, ModelManifest, sha256_file, write_manifest
-from vision.types import ARCFACE_112
 
 # What each provisioned format means for input handling; recorded in the manifest so the
 # loaders never guess.
 FORMAT_DEFAULTS: dict[str, dict[str, Any]] = {
-    "scrfd": {"kind": "detector", "input": {"colour": "RGB", "mean": [127.5] * 3, "std": [128.0] * 3, "layout": "NCHW"}},
+    "scrfd": {"kind": "detector",
+              "input": {"colour": "RGB", "mean": [127.5] * 3, "std": [128.0] * 3, "layout": "NCHW"}},
     "yunet": {"kind": "detector", "input": {"colour": "BGR", "size": [640, 640], "layout": "NCHW"}},
     "arcface": {"kind": "embedder", "input": {"colour": "RGB", "size": [112, 112], "mean": [127.5] * 3,
                                                "std": [127.5] * 3, "layout": "NCHW"}},
@@ -83,7 +84,8 @@ def provision(file: Path, name: str, fmt: str, licence: str, source: str, out_di
 
 
 # The Silent-Face-Anti-Spoofing pair as its reference runs it; the crop scale is the number that
-# leads each file name. Used by `gate-models add-minifasnet`, the demo and the benchmarks.
+# leads each file name. Used by the demo and the benchmarks; an operator provisions each
+# file with `gate-models add FILE --format minifasnet --crop-scale S`.
 MINIFASNET_PAIR = (
     ("minifasnet-v2", "2.7_80x80_MiniFASNetV2.onnx", 2.7),
     ("minifasnet-v1se", "4_0_0_80x80_MiniFASNetV1SE.onnx", 4.0),
@@ -91,7 +93,9 @@ MINIFASNET_PAIR = (
 
 
 def provision_minifasnet_pair(folder: Path, out_dir: Path, licence: str = "Apache-2.0",
-                              source: str = "minivision Silent-Face-Anti-Spoofing (ONNX export)") -> list[ModelManifest]:
+                              source: str = "minivision Silent-Face-Anti-Spoofing (ONNX export)"
+                              ) -> list[ModelManifest]:
     folder = Path(folder)
-    return [provision(folder / file, name, "minifasnet", licence, source, out_dir, input_overrides={"crop_scale": scale})
+    return [provision(folder / file, name, "minifasnet", licence, source, out_dir,
+                      input_overrides={"crop_scale": scale})
             for name, file, scale in MINIFASNET_PAIR]

@@ -17,7 +17,7 @@ from sync.health_reporter import HealthReporter
 from sync.interfaces import AuditSource, HealthProvider, WatchlistSink
 from sync.keys import load_keypair, load_public_key
 from sync.transport import InsecureTransportError, Security, is_loopback_host
-from sync.uploader import AuditUploader, UploaderStatus
+from sync.uploader import AlarmCallback, AuditUploader, UploaderStatus
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +45,9 @@ def agent_security(config: AgentConfig) -> Security:
 
 class GateAgent:
     def __init__(self, config: AgentConfig, sink: WatchlistSink, audit_source: AuditSource,
-                 health_provider: HealthProvider):
+                 health_provider: HealthProvider, on_audit_alarm: AlarmCallback | None = None):
         self.config = config
+        self._on_audit_alarm = on_audit_alarm
         self._sink = sink
         self._source = audit_source
         self._provider = health_provider
@@ -64,7 +65,7 @@ class GateAgent:
             log.warning("sync agent in DEVELOPMENT MODE: plain TCP to %s, no encryption", self.config.central_host)
         self._ctx = zmq.Context()
         self._follower = WatchlistFollower(self.config, security, self._sink, self._ctx)
-        self._uploader = AuditUploader(self.config, security, self._source, self._ctx)
+        self._uploader = AuditUploader(self.config, security, self._source, self._ctx, self._on_audit_alarm)
         self._health = HealthReporter(self.config, security, self._ctx, self._provider, self._sink, self._source,
                                       self._follower.note_central_heads)
         for name, part in (("watchlist", self._follower), ("audit", self._uploader), ("health", self._health)):

@@ -39,7 +39,8 @@ class PullReport:
         if not self.check.ok:
             return f"{head}\nCHAIN BROKEN at seq {self.check.first_broken_seq}: {self.check.reason}"
         if not self.anchored:
-            return (f"{head}\nchain intact within the range, but record {self.first_seq - 1} before it is missing "
+            before = (self.first_seq or 1) - 1
+            return (f"{head}\nchain intact within the range, but record {before} before it is missing "
                     "at the central, so the range's start cannot be anchored")
         return f"{head}\nchain intact"
 

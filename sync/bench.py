@@ -12,12 +12,14 @@ numbers include the gate's real storage work:
 """
 from __future__ import annotations
 
+import functools
 import logging
 import multiprocessing
 import socket
 import statistics
 import tempfile
 import time
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Callable
 
@@ -90,7 +92,7 @@ class _CentralProcess:
     def __init__(self, config: CentralConfig):
         self._config = config
         self._ctx = multiprocessing.get_context("spawn")
-        self._proc = None
+        self._proc: BaseProcess | None = None
 
     def start(self) -> None:
         self._proc = self._ctx.Process(target=_serve_central, args=(self._config,), daemon=True)
@@ -164,7 +166,7 @@ def _run(root: Path, sink_factory: SinkFactory, probe: Probe, audit_factory: Aud
             time.sleep(float(rng.uniform(0.0, 0.05)))  # changes arrive at random moments, not in step
             t0 = time.perf_counter()
             central.enroll_subject(sid, "allow", [BENCH_SCOPE], None, None, BENCH_MODEL, v)
-            _wait(lambda: probe(sink, sid, v[0]), 30, f"update {sid}")
+            _wait(functools.partial(probe, sink, sid, v[0]), 30, f"update {sid}")
             latencies.append((time.perf_counter() - t0) * 1000)
 
         def write(n: int) -> None:

@@ -112,8 +112,9 @@ class GateStatus:
     watchlist_seq: int | None
     queue_depth: int | None
     last_decision_at: str | None
-    audit_max_seq: int
+    audit_max_seq: int  # of the gate's newest chain epoch
     node: str | None = None  # the central node the gate last reported through
+    audit_alarm: str = ""  # a conflicting or backwards audit log (sync.audit_store.alarm_summary)
 
 
 def _epoch(value: dt.datetime | None, name: str) -> int | None:
@@ -185,7 +186,7 @@ class Central:
         prepared = [self._prepare(e, now) for e in enrollments]
         results = []
         with self.db.write_transaction():
-            for (rec, scopes), e in zip(prepared, enrollments):
+            for (rec, scopes), e in zip(prepared, enrollments, strict=True):
                 results.append(self._write_subject(rec, scopes, new_uuid(), now, e.display_name))
         if results:
             self._changed()
@@ -562,5 +563,5 @@ class Central:
                 silent=not reported or now - last_seen >= silent_after_s,
                 status=status, software_version=sw, model_versions=json.loads(models) if models else {},
                 watchlist_seq=wl_seq, queue_depth=queue, last_decision_at=last_dec,
-                audit_max_seq=self.audit.max_seq(ident), node=node))
+                audit_max_seq=self.audit.latest_seq(ident), node=node, audit_alarm=self.audit.alarm_summary(ident)))
         return out

@@ -31,7 +31,11 @@ TABLES: dict[str, tuple[str, ...]] = {
     "principals": ("name", "kind", "ident", "public_key", "scopes", "created_at"),
     "gate_health": ("gate_id", "last_seen", "status", "software_version", "model_versions", "watchlist_seq",
                     "queue_depth", "last_decision_at", "report", "silent", "node"),
-    "audit": ("gate_id", "seq", "ts", "prev_hash", "hash", "body", "received_at"),
+    "audit": ("gate_id", "epoch", "seq", "ts", "prev_hash", "hash", "body", "received_at"),
+    "audit_epochs": ("gate_id", "epoch", "parent", "base_seq", "base_hash", "public_key", "created", "nonce",
+                     "vouched", "registered_at"),
+    "audit_alarms": ("gate_id", "epoch", "kind", "seq", "detail", "detected_at", "resolved_by"),
+    "erasures": ("subject_sha256", "operator", "reason", "erased_at", "templates", "log_entries"),
 }
 BATCH = 5000
 

@@ -39,7 +39,9 @@ POOL_SIZE = 20  # a node uses ~5 (snapshot, publisher, service, ZAP, CLI); headr
 
 # Version 1: the schema of the SQLite central, engine-native types, audit partitioned by month.
 # Version 2: gate_health.node (the node a gate reports through).
-# Version 3: subjects.display_name (as the person writes it, for staff; never published to gates).
+# Version 3: audit chain epochs (sync.audit_chain.ChainEpoch): audit.epoch in the key, audit_epochs,
+# audit_alarms; erasures (sync.forget.erase_subject).
+# Version 4: subjects.display_name (as the person writes it, for staff; never published to gates).
 MIGRATIONS: list[tuple[int, list[str]]] = [
     (1, [
         "CREATE TABLE IF NOT EXISTS meta (name text PRIMARY KEY, value bigint NOT NULL)",
@@ -77,7 +79,22 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
         "INSERT INTO meta (name, value) VALUES ('seq', 0) ON CONFLICT DO NOTHING",
     ]),
     (2, ["ALTER TABLE gate_health ADD COLUMN IF NOT EXISTS node text"]),
-    (3, ["ALTER TABLE subjects ADD COLUMN IF NOT EXISTS display_name text"]),
+    (3, [
+        "ALTER TABLE audit ADD COLUMN IF NOT EXISTS epoch text NOT NULL DEFAULT ''",
+        "ALTER TABLE audit DROP CONSTRAINT IF EXISTS audit_pkey",
+        "ALTER TABLE audit ADD PRIMARY KEY (gate_id, epoch, seq, ts)",
+        "CREATE TABLE audit_epochs (gate_id text NOT NULL, epoch text NOT NULL, parent text NOT NULL, "
+        "base_seq bigint NOT NULL, base_hash text NOT NULL, public_key text NOT NULL, created text NOT NULL, "
+        "nonce text NOT NULL, vouched integer NOT NULL, registered_at double precision NOT NULL, "
+        "PRIMARY KEY (gate_id, epoch))",
+        "CREATE TABLE audit_alarms (gate_id text NOT NULL, epoch text NOT NULL, kind text NOT NULL, "
+        "seq bigint NOT NULL, detail text NOT NULL, detected_at double precision NOT NULL, resolved_by text, "
+        "PRIMARY KEY (gate_id, epoch, kind, seq))",
+        "CREATE TABLE erasures (subject_sha256 text NOT NULL, operator text NOT NULL, reason text NOT NULL, "
+        "erased_at double precision NOT NULL, templates integer NOT NULL, log_entries integer NOT NULL, "
+        "PRIMARY KEY (subject_sha256, erased_at))",
+    ]),
+    (4, ["ALTER TABLE subjects ADD COLUMN IF NOT EXISTS display_name text"]),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 

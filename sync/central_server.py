@@ -29,7 +29,10 @@ from sync.forget import forget_withdrawn
 from sync.keys import load_keypair
 from sync.kvmsg import KVMsg, MalformedMessage, hugz, kthxbai, parse_icanhaz_request
 from sync.scopes import ScopeError
-from sync.service_messages import AuditBatch, EnrolRequest, MalformedRequest, Reply, decode_request, encode_reply
+from sync.audit_store import EpochRefused, UnknownEpoch
+from sync.service_messages import (
+    AuditBatch, EnrolRequest, EpochRegistration, HeadRequest, HealthReport, MalformedRequest, Reply,
+    decode_request, encode_reply)
 from sync.station_service import answer_enrolment
 from sync.subject_record import MalformedRecord
 from sync.transport import (
@@ -442,21 +445,37 @@ class CentralServer:
         if self.config.dev_plain_loopback:
             principal = central.principal(f"gate:{request.gate_id}") or central.principal(f"station:{request.gate_id}")
         # An enrolment station uploads its own audit log too; health reports are for gates.
-        kinds = ("gate", "station") if isinstance(request, AuditBatch) else ("gate",)
+        kinds = ("gate",) if isinstance(request, HealthReport) else ("gate", "station")
         if principal is None or principal.kind not in kinds or principal.ident != request.gate_id:
             log.warning("service: refused a request for gate %s from %s", request.gate_id,
                         principal.name if principal else "an unregistered peer")
             return Reply(request_id=request.request_id, ok=False, error=f"not authorised for gate {request.gate_id}")
         try:
             if isinstance(request, AuditBatch):
-                result = central.audit.store_batch(request.gate_id, request.rows, time.time())
+                result = central.audit.store_batch(request.gate_id, request.rows, time.time(), request.epoch)
                 log.debug("audit from %s: %d..%d, %d new, %d already held", request.gate_id, request.first_seq,
                           request.last_seq, result.inserted, result.duplicates)
-                return Reply(request_id=request.request_id, ok=True, durable_seq=result.durable_seq)
+                return Reply(request_id=request.request_id, ok=True, durable_seq=result.durable_seq,
+                             conflicts=result.conflicts)
+            if isinstance(request, HeadRequest):
+                known, seq, digest = central.audit.head(request.gate_id, request.epoch)
+                return Reply(request_id=request.request_id, ok=True, head_seq=seq, head_hash=digest, epoch_known=known)
+            if isinstance(request, EpochRegistration):
+                key = None if self.config.dev_plain_loopback else principal.public_key
+                central.audit.register_epoch(request.gate_id, request.chain, key, time.time())
+                return Reply(request_id=request.request_id, ok=True)
             if central.record_health(request):
                 log.info("gate %s reports again (status %s)", request.gate_id, request.status)
+            if request.audit_last_seq is not None:
+                alarm = central.audit.note_reported_head(request.gate_id, request.audit_epoch, request.audit_last_seq,
+                                                         request.audit_head_hash, time.time())
+                if alarm:
+                    log.error("gate %s audit chain %s: %s", request.gate_id, request.audit_epoch or "(first)", alarm)
             heads = central.hashmap.scope_heads(s for s in request.scopes if s in principal.scopes)
             return Reply(request_id=request.request_id, ok=True, scope_heads=heads)
+        except (UnknownEpoch, EpochRefused) as exc:
+            log.warning("service: audit chain request from %s refused: %s", request.gate_id, exc)
+            return Reply(request_id=request.request_id, ok=False, error=str(exc), epoch_known=False)
         except Exception as exc:  # storage trouble must cost a retry, never the service thread
             log.exception("service: could not handle a request from %s", request.gate_id)
             return Reply(request_id=request.request_id, ok=False, error=f"central error: {type(exc).__name__}")

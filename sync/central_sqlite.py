@@ -18,7 +18,7 @@ import sqlite_utils
 
 from sync.central_db import StorageError
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 SIDE_FILES = ("-wal",)
 
 
@@ -59,14 +59,37 @@ def _create_schema(db: sqlite_utils.Database) -> None:
         {"gate_id": str, "last_seen": float, "status": str, "software_version": str, "model_versions": str,
          "watchlist_seq": int, "queue_depth": int, "last_decision_at": str, "report": str, "silent": int},
         pk="gate_id", not_null=["last_seen", "silent"], if_not_exists=True)
+    # One row per audit record; a gate's chain is (gate_id, epoch), epoch '' being every gate's first.
     db["audit"].create(
-        {"gate_id": str, "seq": int, "ts": str, "prev_hash": str, "hash": str, "body": str, "received_at": float},
-        pk=("gate_id", "seq"), not_null=["ts", "prev_hash", "hash", "body", "received_at"], if_not_exists=True)
+        {"gate_id": str, "epoch": str, "seq": int, "ts": str, "prev_hash": str, "hash": str, "body": str,
+         "received_at": float},
+        pk=("gate_id", "epoch", "seq"), not_null=["epoch", "ts", "prev_hash", "hash", "body", "received_at"],
+        defaults={"epoch": ""}, if_not_exists=True)
     db["audit"].create_index(["gate_id", "ts"], if_not_exists=True)
     # Version 2: the node a gate reports through (several central nodes).
     if "node" not in db["gate_health"].columns_dict:
         db["gate_health"].add_column("node", str)
-    # Version 3: the subject's name as the person writes it, for staff; never published to gates.
+    # Version 3: audit chain epochs (sync.audit_chain.ChainEpoch): the chain is part of the key.
+    if "epoch" not in db["audit"].columns_dict:
+        db["audit"].add_column("epoch", str, not_null_default="")
+        db["audit"].transform(pk=("gate_id", "epoch", "seq"))
+    # Chains after the first, each forking from a record of its parent.
+    db["audit_epochs"].create(
+        {"gate_id": str, "epoch": str, "parent": str, "base_seq": int, "base_hash": str, "public_key": str,
+         "created": str, "nonce": str, "vouched": int, "registered_at": float},
+        pk=("gate_id", "epoch"), not_null=["parent", "base_seq", "base_hash", "public_key", "created", "nonce",
+                                           "vouched", "registered_at"], if_not_exists=True)
+    # Who erased a withdrawn subject at once (sync.forget.erase_subject); the id only as its sha256.
+    db["erasures"].create(
+        {"subject_sha256": str, "operator": str, "reason": str, "erased_at": float, "templates": int,
+         "log_entries": int}, pk=("subject_sha256", "erased_at"),
+        not_null=["operator", "reason", "templates", "log_entries"], if_not_exists=True)
+    # What the central noticed about a gate's audit log: a conflicting record, a log gone backwards.
+    db["audit_alarms"].create(
+        {"gate_id": str, "epoch": str, "kind": str, "seq": int, "detail": str, "detected_at": float,
+         "resolved_by": str},
+        pk=("gate_id", "epoch", "kind", "seq"), not_null=["detail", "detected_at"], if_not_exists=True)
+    # Version 4: the subject's name as the person writes it, for staff; never published to gates.
     if "display_name" not in db["subjects"].columns_dict:
         db["subjects"].add_column("display_name", str)
     db.execute("INSERT OR IGNORE INTO meta(name, value) VALUES ('schema', ?), ('seq', 0)", [SCHEMA_VERSION])

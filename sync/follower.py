@@ -18,13 +18,20 @@ from dataclasses import dataclass, replace
 import zmq
 
 from sync.config import AgentConfig
-from sync.interfaces import WatchlistSink
 from sync.endpoints import Endpoint, EndpointChoice
+from sync.interfaces import WatchlistSink
 from sync.kvmsg import DELTA_PROPERTY, HUGZ, KTHXBAI, PREV_PROPERTY, KVMsg, MalformedMessage, icanhaz_frames
 from sync.scopes import ScopeError, check_id, split_key
 from sync.subject_record import MalformedRecord, SubjectRecord, decode_record
 from sync.transport import (
-    MAX_KV_FRAME, PUBLISHER_OFFSET, SNAPSHOT_OFFSET, HandshakeWatch, Security, connect_socket, recv_frames)
+    MAX_KV_FRAME,
+    PUBLISHER_OFFSET,
+    SNAPSHOT_OFFSET,
+    HandshakeWatch,
+    Security,
+    connect_socket,
+    recv_frames,
+)
 
 log = logging.getLogger(__name__)
 
@@ -497,7 +504,7 @@ class WatchlistFollower:
         except Exception:
             log.exception("the watchlist store failed to apply update %d for %s; will re-snapshot", msg.seq, msg.key)
             self._known = {}  # the cache may not match any sequence now: only a snapshot will do
-            raise _Resnapshot()
+            raise _Resnapshot() from None
         self._known[scope] = msg.seq
         if msg.seq > self.status().applied_seq:
             self._set(applied_seq=msg.seq)

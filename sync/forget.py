@@ -16,11 +16,12 @@ log, kept by design; the byte scan counts them separately and reports them, not 
 """
 from __future__ import annotations
 
+import hashlib
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
-
 
 log = logging.getLogger(__name__)
 
@@ -136,3 +137,57 @@ def forget_withdrawn(central, published_seq: int, before: float) -> list[str]:
         central.db.after_forget()
         log.info("forgot %d withdrawn subject(s)", len(forgotten))
     return forgotten
+
+
+class EraseRefused(ValueError):
+    """An erase the central will not do (an active subject, a missing operator); nothing changed."""
+
+
+@dataclass(frozen=True)
+class EraseResult:
+    subject_id: str
+    found: bool
+    templates: int  # template rows removed
+    log_bodies: int  # change-log entries carrying an enrolment record (templates) removed
+    log_deletes: int  # change-log deletion entries removed
+    log_kept: int  # deletion entries younger than settle_s, kept for the publisher (no templates)
+
+
+def erase_subject(central, subject_id: str, operator: str, reason: str, now: float | None = None,
+                  settle_s: float = 60.0) -> EraseResult:
+    """Erase now a withdrawn subject (`gate-ops erase`): its `subjects` row (the tombstone), any
+    template rows and every change-log entry carrying its enrolment record go at once, instead
+    of at `log_retention_s`. Deletion entries (key only, no templates) younger than `settle_s`
+    stay so a publisher that has not sent them yet still does; a gate that missed them learns
+    the deletion from its next snapshot. The erasure is recorded in `erasures` under the id's
+    sha256 (not the id), with who and why, and logged. An active subject is refused: revoke it
+    first (its keys would be published again otherwise)."""
+    for name, value in (("operator", operator), ("reason", reason)):
+        if not isinstance(value, str) or not value.strip() or len(value) > 256:
+            raise EraseRefused(f"an erase needs a {name} (1-256 characters)")
+    now = time.time() if now is None else now
+    conn = central.conn
+    clause = _subject_keys_clause()
+    with central.db.write_transaction():
+        row = conn.execute("SELECT status FROM subjects WHERE subject_id = ?", (subject_id,)).fetchone()
+        if (row is not None and row[0] == "active") or conn.execute(
+                "SELECT 1 FROM kv WHERE subject_id = ? LIMIT 1", (subject_id,)).fetchone():
+            raise EraseRefused(f"subject {subject_id} is active: revoke it first (gate-central revoke), then erase")
+        templates = conn.execute("DELETE FROM templates WHERE subject_id = ?", (subject_id,)).rowcount
+        bodies = conn.execute(f"DELETE FROM kv_log WHERE {clause} AND length(body) > 0", (subject_id,)).rowcount
+        deletes = conn.execute(f"DELETE FROM kv_log WHERE {clause} AND logged_at < ?",
+                               (subject_id, now - settle_s)).rowcount
+        kept = conn.execute(f"SELECT COUNT(*) FROM kv_log WHERE {clause}", (subject_id,)).fetchone()[0]
+        subjects = conn.execute("DELETE FROM subjects WHERE subject_id = ?", (subject_id,)).rowcount
+        found = bool(subjects or templates or bodies or deletes or kept)
+        if found:
+            conn.execute("INSERT INTO erasures(subject_sha256, operator, reason, erased_at, templates, log_entries) "
+                         "VALUES (?, ?, ?, ?, ?, ?)",
+                         (hashlib.sha256(subject_id.encode("utf-8")).hexdigest(), operator, reason, now, templates,
+                          bodies + deletes))
+    if found:
+        central.db.after_forget()
+        log.warning("erased withdrawn subject %s now (by %s: %s): %d template row(s), %d change-log record(s) "
+                    "removed, %d recent deletion entr(ies) kept", subject_id, operator, reason, templates,
+                    bodies + deletes, kept)
+    return EraseResult(subject_id, found, templates, bodies, deletes, kept)

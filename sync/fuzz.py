@@ -29,11 +29,30 @@ import numpy as np
 
 from sync.audit_chain import GENESIS_HASH, AuditRow, record_hash
 from sync.kvmsg import (
-    ICANHAZ, PREV_PROPERTY, TTL_PROPERTY, KVMsg, MalformedMessage, hugz, icanhaz_frames, kthxbai, new_uuid,
-    parse_icanhaz)
+    ICANHAZ,
+    PREV_PROPERTY,
+    TTL_PROPERTY,
+    KVMsg,
+    MalformedMessage,
+    hugz,
+    icanhaz_frames,
+    kthxbai,
+    new_uuid,
+    parse_icanhaz,
+)
 from sync.service_messages import (
-    AuditBatch, EnrolRequest, HealthReport, MalformedRequest, Reply, decode_reply, decode_request,
-    encode_audit_batch, encode_enrol, encode_health, encode_reply)
+    AuditBatch,
+    EnrolRequest,
+    HealthReport,
+    MalformedRequest,
+    Reply,
+    decode_reply,
+    decode_request,
+    encode_audit_batch,
+    encode_enrol,
+    encode_health,
+    encode_reply,
+)
 from sync.subject_record import MalformedRecord, SubjectRecord, decode_record, encode_record
 from sync.transport import MAX_CONTROL_FRAME, MAX_KV_FRAME, MAX_SERVICE_FRAME
 
@@ -63,7 +82,7 @@ class Target:
     decode: Callable[[Frames], Any]
     error: type[Exception]
     seed: Callable[[random.Random], Frames]  # a valid message from the real encoder
-    reencode: Callable[[Any], Frames]
+    reencode: Callable[[Any], Frames] | None  # None: re-encode the decoded request
     max_frame: int  # the transport's limit on one frame for this socket
     multi_frame: bool
 
@@ -158,7 +177,8 @@ def _audit_batch(rng: random.Random) -> AuditBatch:
 
 
 def _health(rng: random.Random) -> HealthReport:
-    return HealthReport(gate_id=_ident(rng, "G"), request_id=rng.randrange(10**6), status=rng.choice(("ok", "degraded")),
+    return HealthReport(gate_id=_ident(rng, "G"), request_id=rng.randrange(10**6),
+                        status=rng.choice(("ok", "degraded")),
                         software_version="0.1.0", model_versions={"dlib-resnet": "1"},
                         watchlist_seq=rng.randrange(10**6), queue_depth=rng.randrange(1000),
                         last_decision_at=rng.choice((None, "2026-11-23T13:16:48.123456Z")),
@@ -392,7 +412,8 @@ def run_fuzz(frames: int = 100_000, seed: int = 0) -> FuzzReport:
             report.rejected += 1
             report.rejected_by_reason[f"{out.target}: {out.reason}"] += 1
         else:
-            finding = Finding(out.target, out.mutation, index, "exception" if out.result == "exception" else "roundtrip",
+            kind = "exception" if out.result == "exception" else "roundtrip"
+            finding = Finding(out.target, out.mutation, index, kind,
                               out.reason, out.where, _hexes(out.frames))
             (report.crashes if out.result == "exception" else report.roundtrip_failures).append(finding)
     report.seconds = time.perf_counter() - started

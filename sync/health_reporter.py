@@ -52,7 +52,17 @@ class HealthReporter:
             software_version=str(own.get("software_version", "")),
             model_versions={str(k): str(v) for k, v in dict(own.get("model_versions") or {}).items()},
             watchlist_seq=self._sink.stored_seq(), queue_depth=self._source.unsent_count(),
-            last_decision_at=last_decision, scopes=self._cfg.scopes, extra=extra)
+            last_decision_at=last_decision, scopes=self._cfg.scopes, extra=extra, **self._audit_head())
+
+    def _audit_head(self) -> dict:
+        """The log's epoch, last seq and its hash, so the central can tell a log that went back."""
+        try:
+            last = self._source.last_seq()
+            return {"audit_epoch": self._source.chain_epoch().epoch, "audit_last_seq": last,
+                    "audit_head_hash": self._source.link_at(last) or ""}
+        except Exception:
+            log.exception("could not read the audit log's head for the health report")
+            return {}
 
     def _check_scopes(self, heads: dict[str, int]) -> None:
         """The central answers heads only for scopes this gate is registered for; a scope

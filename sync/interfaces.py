@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 
-from sync.audit_chain import AuditRow
+from sync.audit_chain import AuditRow, ChainEpoch
 from sync.subject_record import SubjectRecord
 
 
@@ -49,6 +49,18 @@ class AuditSource(Protocol):
     def unsent_count(self) -> int: ...
 
     def last_seq(self) -> int: ...
+
+    def link_at(self, seq: int) -> str | None:
+        """The hash of record `seq` (genesis for 0), or None if the log does not hold it."""
+        ...
+
+    def chain_epoch(self) -> ChainEpoch:
+        """The chain the unsent records belong to (ChainEpoch() for the first)."""
+        ...
+
+    def start_epoch(self, chain: ChainEpoch) -> None:
+        """Persist a new epoch for the records after chain.base_seq and lower the ack to it."""
+        ...
 
 
 # Returns the gate's own view for the health report: at least "status" (e.g. "ok",

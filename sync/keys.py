@@ -37,13 +37,15 @@ class KeyFiles:
 
 
 def key_files(directory: Path, name: str) -> KeyFiles:
-    return KeyFiles(public=Path(directory) / f"{name}{PUBLIC_SUFFIX}", secret=Path(directory) / f"{name}{SECRET_SUFFIX}")
+    return KeyFiles(public=Path(directory) / f"{name}{PUBLIC_SUFFIX}",
+                    secret=Path(directory) / f"{name}{SECRET_SUFFIX}")
 
 
 def _certificate_text(name: str, public: bytes, secret: bytes | None) -> str:
     kind = "Secret" if secret else "Public"
     lines = [
-        f"#   ZeroMQ CURVE {kind} Certificate for {name}, generated {dt.datetime.now(dt.timezone.utc):%Y-%m-%dT%H:%M:%SZ} by edgegate",
+        f"#   ZeroMQ CURVE {kind} Certificate for {name}, "
+        f"generated {dt.datetime.now(dt.timezone.utc):%Y-%m-%dT%H:%M:%SZ} by edgegate",
         "#   Owner-only permissions (0600) are required; edgegate refuses a wider secret key file.",
         "",
         "metadata",

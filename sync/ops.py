@@ -32,8 +32,8 @@ def _age(when: dt.datetime | None, now: dt.datetime) -> str:
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)]
-    lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header, *rows]]
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=True)]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in [header, *rows]]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 
@@ -46,10 +46,10 @@ def gates_table(statuses: Sequence[GateStatus], now: dt.datetime | None = None) 
              "-" if g.watchlist_seq is None else str(g.watchlist_seq),
              "-" if g.queue_depth is None else str(g.queue_depth),
              g.last_decision_at or "-", str(g.audit_max_seq), g.node or "-",
-             " ".join(scope_label(s) for s in g.scopes)]
+             " ".join(scope_label(s) for s in g.scopes), g.audit_alarm or "-"]
             for g in statuses]
     return _table(["gate", "status", "last seen", "software", "models", "watchlist seq", "queue", "last decision",
-                   "audit seq", "node", "scopes"], rows)
+                   "audit seq", "node", "scopes", "audit alarm"], rows)
 
 
 def subjects_table(subjects: Sequence[SubjectInfo]) -> str:

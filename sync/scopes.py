@@ -22,7 +22,7 @@ class ScopeError(ValueError):
     """A scope or subject identifier that cannot name a hashmap key."""
 
 
-def check_id(value: str, what: str) -> str:
+def check_id(value: object, what: str) -> str:
     if not isinstance(value, str) or not _ID_RE.match(value):
         raise ScopeError(f"{what} {value!r} must be 1-128 characters of letters, digits and ._:@+- "
                          "starting with a letter or digit")

@@ -17,7 +17,7 @@ from typing import Any
 import msgpack
 import numpy as np
 
-from sync.audit_chain import AuditRow
+from sync.audit_chain import LEGACY_EPOCH, AuditRow, ChainEpoch
 from sync.scopes import ScopeError, check_id, parse_scope
 from sync.subject_record import MAX_DIM
 
@@ -25,6 +25,8 @@ MAX_BATCH_ROWS = 5000
 _HASH_RE = re.compile(r"^[0-9a-f]{64}$")
 _MAX_TEXT = 256
 _MAX_EXTRA_BYTES = 16 << 10
+_EPOCH_RE = re.compile(r"^([0-9a-f]{32})?$")
+_NONCE_RE = re.compile(r"^[0-9a-f]{32}$")
 
 
 class MalformedRequest(ValueError):
@@ -36,6 +38,7 @@ class AuditBatch:
     gate_id: str
     request_id: int
     rows: tuple[AuditRow, ...]
+    epoch: str = LEGACY_EPOCH  # the chain these rows belong to (sync.audit_chain.ChainEpoch)
 
     @property
     def first_seq(self) -> int:
@@ -58,6 +61,28 @@ class HealthReport:
     last_decision_at: str | None
     scopes: tuple[str, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
+    # The gate's own audit head, so the central notices a log that went backwards or forked.
+    audit_epoch: str = LEGACY_EPOCH
+    audit_last_seq: int | None = None
+    audit_head_hash: str = ""
+
+
+@dataclass(frozen=True)
+class HeadRequest:
+    """'What do you hold of my chain `epoch`?', sent by a gate's uploader on every connect."""
+
+    gate_id: str
+    request_id: int
+    epoch: str = LEGACY_EPOCH
+
+
+@dataclass(frozen=True)
+class EpochRegistration:
+    """A gate starts a new audit chain epoch (after finding its log does not continue the central's)."""
+
+    gate_id: str
+    request_id: int
+    chain: ChainEpoch
 
 
 MAX_ENROL_SCOPES = 8
@@ -77,8 +102,9 @@ class EnrolRequest:
     `scopes` are "flight:VN123-2026-12-02" / "checkpoint:SGN"; `from` is the departure airport
     of the boarding-pass leg; vf/vu are Unix seconds UTC (vu required: a station's enrolment
     always ends); `tpl` is n*dim float32 little-endian, n 1..16, rows L2-normalised (as the
-    embedder makes them; checked, not rescaled, so a request re-encodes to the same bytes). The list type is carried so a
-    deny request is refused by policy, visibly, rather than being unrepresentable.
+    embedder makes them; checked, not rescaled, so a request re-encodes to the same bytes).
+    The list type is carried so a deny request is refused by policy, visibly, rather than
+    being unrepresentable.
     """
 
     station_id: str
@@ -108,16 +134,26 @@ class EnrolRequest:
 
 @dataclass(frozen=True)
 class Reply:
-    """The central's answer to either request. For audit, `durable_seq` is the highest of this
-    gate's sequence numbers the central has committed; for health, `scope_heads` maps each
-    scope the gate follows to the sequence of its latest change; for an enrolment, `change_seq`
-    is the sequence of the last change it wrote (a gate holding that sequence has it)."""
+    """The central's answer to any request.
+
+    Audit: `durable_seq` is the highest seq up to which every row of the batch is held by the
+    central *identically* (first_seq - 1 when none is); `conflicts` lists the batch's seqs the
+    central holds with different content (or whose link to the held predecessor breaks); they
+    are never acknowledged. Head: `head_seq`/`head_hash` are the central's last record of the
+    asked epoch (its base when it holds none), `epoch_known` False for an epoch never registered.
+    Health: `scope_heads` maps each scope the gate follows to the sequence of its latest change.
+    Enrolment: `change_seq` is the sequence of the last change it wrote (a gate holding that
+    sequence has the traveller)."""
 
     request_id: int
     ok: bool
     error: str = ""
     durable_seq: int = 0
     scope_heads: dict[str, int] = field(default_factory=dict)
+    conflicts: tuple[int, ...] = ()
+    head_seq: int = 0
+    head_hash: str = ""
+    epoch_known: bool = True
     change_seq: int = 0
 
 
@@ -158,9 +194,50 @@ def _gate_id(obj: dict) -> str:
         raise MalformedRequest(str(exc)) from exc
 
 
+def _epoch(obj: dict, name: str = "epoch") -> str:
+    v = obj.get(name, LEGACY_EPOCH)
+    if not isinstance(v, str) or not _EPOCH_RE.match(v):
+        raise MalformedRequest(f"{name} must be empty or 32 lowercase hex digits")
+    return v
+
+
+def _hash_field(obj: dict, name: str) -> str:
+    v = obj.get(name)
+    if not isinstance(v, str) or not _HASH_RE.match(v):
+        raise MalformedRequest(f"{name} must be 64 lowercase hex digits")
+    return v
+
+
+def encode_head_request(req: HeadRequest) -> bytes:
+    return _pack({"t": "head", "gate": req.gate_id, "rid": req.request_id, "epoch": req.epoch})
+
+
+def encode_epoch_registration(req: EpochRegistration) -> bytes:
+    c = req.chain
+    return _pack({"t": "epoch", "gate": req.gate_id, "rid": req.request_id, "epoch": c.epoch, "parent": c.parent,
+                  "base_seq": c.base_seq, "base_hash": c.base_hash, "created": c.created, "nonce": c.nonce,
+                  "key": c.public_key})
+
+
+def _decode_epoch_registration(obj: dict) -> EpochRegistration:
+    epoch = _epoch(obj)
+    if not epoch:
+        raise MalformedRequest("a registered epoch needs a 32-hex-digit id")
+    nonce = obj.get("nonce")
+    if not isinstance(nonce, str) or not _NONCE_RE.match(nonce):
+        raise MalformedRequest("nonce must be 32 lowercase hex digits")
+    key = obj.get("key")
+    if not isinstance(key, str) or len(key) not in (0, 40):
+        raise MalformedRequest("key must be a 40-character Z85 CURVE public key (or empty in development mode)")
+    chain = ChainEpoch(epoch=epoch, parent=_epoch(obj, "parent"), base_seq=_int(obj, "base_seq"),
+                       base_hash=_hash_field(obj, "base_hash"), created=_text(obj, "created"), nonce=nonce,
+                       public_key=key)
+    return EpochRegistration(gate_id=_gate_id(obj), request_id=_int(obj, "rid"), chain=chain)
+
+
 def encode_audit_batch(batch: AuditBatch) -> bytes:
     return _pack({
-        "t": "audit", "gate": batch.gate_id, "rid": batch.request_id,
+        "t": "audit", "gate": batch.gate_id, "rid": batch.request_id, "epoch": batch.epoch,
         "first": batch.first_seq, "last": batch.last_seq,
         "rows": [[r.seq, r.ts, r.prev_hash, r.hash,
                   json.dumps(r.body, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)]
@@ -208,7 +285,8 @@ def encode_health(report: HealthReport) -> bytes:
         "t": "health", "gate": report.gate_id, "rid": report.request_id, "status": report.status,
         "sw": report.software_version, "models": report.model_versions, "wl_seq": report.watchlist_seq,
         "queue": report.queue_depth, "last_decision": report.last_decision_at, "scopes": list(report.scopes),
-        "extra": report.extra,
+        "extra": report.extra, "a_epoch": report.audit_epoch, "a_seq": report.audit_last_seq,
+        "a_head": report.audit_head_hash,
     })
 
 
@@ -271,7 +349,7 @@ def _decode_enrol(obj: dict) -> EnrolRequest:
                         model_id=model, templates=templates)
 
 
-def decode_request(frame: bytes) -> AuditBatch | HealthReport | EnrolRequest:
+def decode_request(frame: bytes) -> AuditBatch | HealthReport | HeadRequest | EpochRegistration | EnrolRequest:
     obj = _unpack(frame)
     kind = obj.get("t")
     if kind == "enrol":
@@ -281,13 +359,17 @@ def decode_request(frame: bytes) -> AuditBatch | HealthReport | EnrolRequest:
         if not isinstance(rows_raw, list) or not 1 <= len(rows_raw) <= MAX_BATCH_ROWS:
             raise MalformedRequest(f"an audit batch carries 1..{MAX_BATCH_ROWS} rows")
         rows = tuple(_decode_row(r) for r in rows_raw)
-        for a, b in zip(rows, rows[1:]):
+        for a, b in zip(rows, rows[1:], strict=False):  # consecutive pairs
             if b.seq <= a.seq:
                 raise MalformedRequest(f"audit rows must be in increasing seq order ({a.seq} then {b.seq})")
         first, last = _int(obj, "first", 1), _int(obj, "last", 1)
         if first != rows[0].seq or last != rows[-1].seq:
             raise MalformedRequest(f"batch header says {first}..{last} but rows hold {rows[0].seq}..{rows[-1].seq}")
-        return AuditBatch(gate_id=_gate_id(obj), request_id=_int(obj, "rid"), rows=rows)
+        return AuditBatch(gate_id=_gate_id(obj), request_id=_int(obj, "rid"), rows=rows, epoch=_epoch(obj))
+    if kind == "head":
+        return HeadRequest(gate_id=_gate_id(obj), request_id=_int(obj, "rid"), epoch=_epoch(obj))
+    if kind == "epoch":
+        return _decode_epoch_registration(obj)
     if kind == "health":
         models = obj.get("models")
         if not isinstance(models, dict) or len(models) > 32 or not all(
@@ -295,7 +377,8 @@ def decode_request(frame: bytes) -> AuditBatch | HealthReport | EnrolRequest:
                 for k, v in models.items()):
             raise MalformedRequest("models must map up to 32 model names to version strings")
         scopes = obj.get("scopes")
-        if not isinstance(scopes, list) or len(scopes) > 64 or not all(isinstance(s, str) and len(s) <= _MAX_TEXT for s in scopes):
+        if (not isinstance(scopes, list) or len(scopes) > 64
+                or not all(isinstance(s, str) and len(s) <= _MAX_TEXT for s in scopes)):
             raise MalformedRequest("scopes must be a list of up to 64 subtrees")
         extra = obj.get("extra")
         if not isinstance(extra, dict) or len(_pack(extra)) > _MAX_EXTRA_BYTES:
@@ -308,13 +391,17 @@ def decode_request(frame: bytes) -> AuditBatch | HealthReport | EnrolRequest:
             gate_id=_gate_id(obj), request_id=_int(obj, "rid"), status=_text(obj, "status"),
             software_version=_text(obj, "sw"), model_versions=dict(models), watchlist_seq=_int(obj, "wl_seq"),
             queue_depth=_int(obj, "queue"), last_decision_at=_text(obj, "last_decision", optional=True),
-            scopes=tuple(scopes), extra=extra)
+            scopes=tuple(scopes), extra=extra, audit_epoch=_epoch(obj, "a_epoch"),
+            audit_last_seq=None if obj.get("a_seq") is None else _int(obj, "a_seq"),
+            audit_head_hash="" if obj.get("a_head") in (None, "") else _hash_field(obj, "a_head"))
     raise MalformedRequest(f"unknown request type {kind!r}")
 
 
 def encode_reply(reply: Reply) -> bytes:
     return _pack({"rid": reply.request_id, "ok": reply.ok, "error": reply.error,
-                  "durable": reply.durable_seq, "heads": reply.scope_heads, "seq": reply.change_seq})
+                  "durable": reply.durable_seq, "heads": reply.scope_heads, "conflicts": list(reply.conflicts),
+                  "head_seq": reply.head_seq, "head": reply.head_hash, "known": reply.epoch_known,
+                  "seq": reply.change_seq})
 
 
 def decode_reply(frame: bytes) -> Reply:
@@ -324,6 +411,17 @@ def decode_reply(frame: bytes) -> Reply:
         raise MalformedRequest("reply must carry ok, error and heads")
     if not all(isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) for k, v in heads.items()):
         raise MalformedRequest("reply heads must map subtrees to sequence numbers")
+    conflicts = obj.get("conflicts", [])
+    if not isinstance(conflicts, list) or len(conflicts) > MAX_BATCH_ROWS or not all(
+            isinstance(c, int) and not isinstance(c, bool) and 0 < c <= 2**63 - 1 for c in conflicts):
+        raise MalformedRequest("reply conflicts must be a list of sequence numbers")
+    head = obj.get("head", "")
+    if not isinstance(head, str) or (head and not _HASH_RE.match(head)):
+        raise MalformedRequest("reply head must be 64 lowercase hex digits")
+    known = obj.get("known", True)
+    if not isinstance(known, bool):
+        raise MalformedRequest("reply known must be true or false")
     return Reply(request_id=_int(obj, "rid"), ok=obj["ok"], error=obj["error"],
-                 durable_seq=_int(obj, "durable"), scope_heads=dict(heads),
+                 durable_seq=_int(obj, "durable"), scope_heads=dict(heads), conflicts=tuple(sorted(conflicts)),
+                 head_seq=_int(obj, "head_seq") if "head_seq" in obj else 0, head_hash=head, epoch_known=known,
                  change_seq=_int(obj, "seq") if "seq" in obj else 0)

@@ -183,6 +183,7 @@ class HandshakeWatch:
             self._sock.disable_monitor()
         except zmq.ZMQError:
             pass
-        self._monitor.close(0)
+        if self._monitor is not None:
+            self._monitor.close(0)
         self._sock = self._monitor = None
         self.connected_at = None

@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from sync.audit_chain import GENESIS_HASH, AuditRow, record_hash  # noqa: E402
+from sync.audit_chain import GENESIS_HASH, AuditRow, ChainEpoch, record_hash  # noqa: E402
 from sync.central import Central  # noqa: E402
 from sync.config import AgentConfig, CentralConfig  # noqa: E402
 from sync.keys import generate_keypair_files, load_public_key  # noqa: E402
@@ -115,6 +115,8 @@ class SqliteAuditLog:
         conn.execute("CREATE TABLE IF NOT EXISTS audit (seq INTEGER PRIMARY KEY, ts TEXT NOT NULL, prev TEXT NOT NULL, "
                      "hash TEXT NOT NULL, body TEXT NOT NULL, acked INTEGER NOT NULL DEFAULT 0)")
         conn.execute("CREATE INDEX IF NOT EXISTS audit_unacked ON audit(acked, seq)")
+        conn.execute("CREATE TABLE IF NOT EXISTS chain (id INTEGER PRIMARY KEY, epoch TEXT, parent TEXT, "
+                     "base_seq INTEGER, base_hash TEXT, created TEXT, nonce TEXT, public_key TEXT)")
 
     def _conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
@@ -159,6 +161,27 @@ class SqliteAuditLog:
 
     def last_seq(self) -> int:
         return int(self._conn().execute("SELECT COALESCE(MAX(seq), 0) FROM audit").fetchone()[0])
+
+    def link_at(self, seq: int) -> str | None:
+        if seq == 0:
+            return GENESIS_HASH
+        row = self._conn().execute("SELECT hash FROM audit WHERE seq = ?", (seq,)).fetchone()
+        return row[0] if row else None
+
+    def chain_epoch(self) -> ChainEpoch:
+        row = self._conn().execute("SELECT epoch, parent, base_seq, base_hash, created, nonce, public_key "
+                                   "FROM chain WHERE id = 1").fetchone()
+        return ChainEpoch(*row) if row else ChainEpoch()
+
+    def start_epoch(self, chain: ChainEpoch) -> None:
+        with self._write_lock:
+            conn = self._conn()
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("INSERT OR REPLACE INTO chain VALUES (1, ?, ?, ?, ?, ?, ?, ?)",
+                         (chain.epoch, chain.parent, chain.base_seq, chain.base_hash, chain.created, chain.nonce,
+                          chain.public_key))
+            conn.execute("UPDATE audit SET acked = 0 WHERE seq > ?", (chain.base_seq,))
+            conn.execute("COMMIT")
 
     def all_rows(self) -> list[AuditRow]:
         return [AuditRow(s, t, p, h, json.loads(b)) for s, t, p, h, b in self._conn().execute(
@@ -284,8 +307,15 @@ def _run_gate_process(spec_path: str) -> None:
         central_public_key_file=Path(spec["central_public"]), heartbeat_timeout_s=0.6, reply_timeout_s=0.5,
         request_retries=2, retry_backoff_max_s=0.3, audit_batch_rows=spec["batch"], audit_idle_poll_s=0.05,
         health_interval_s=0.3)
-    agent = GateAgent(cfg, MemoryWatchlist(), SqliteAuditLog(Path(spec["audit_db"])),
-                      lambda: {"status": "ok", "software_version": "test", "model_versions": {MODEL: "1"}})
+    if spec.get("state_dir"):  # the gate's own audit log in a state directory
+        from gate.audit import AuditLog
+
+        audit = AuditLog(Path(spec["state_dir"]))
+    else:
+        audit = SqliteAuditLog(Path(spec["audit_db"]))
+    agent = GateAgent(cfg, MemoryWatchlist(), audit,
+                      lambda: {"status": "ok", "software_version": "test", "model_versions": {MODEL: "1"}},
+                      on_audit_alarm=lambda kind, details: audit.append({"event": "audit_chain_alarm", "kind": kind}))
     agent.start()
     while True:
         time.sleep(1)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import gc
+import itertools
 import json
 import os
 import random
@@ -54,7 +55,7 @@ def test_append_chains_records_and_central_can_verify_them(tmp_path, log):
     rows = [log.append(decision(i)) for i in range(5)]
     assert [r.seq for r in rows] == [1, 2, 3, 4, 5]
     assert rows[0].prev_hash == GENESIS_HASH
-    for prev, row in zip(rows, rows[1:]):
+    for prev, row in itertools.pairwise(rows):
         assert row.prev_hash == prev.hash
     for row in rows:
         assert TS_FORMAT.match(row.ts), row.ts
@@ -146,7 +147,8 @@ def _rewrite_with_fresh_hash(conn):
     seq, ts, prev, body = conn.execute("SELECT seq, ts, prev_hash, body FROM audit WHERE seq = 5").fetchone()
     body = json.loads(body)
     body["decision"] = "deny"
-    conn.execute("UPDATE audit SET body = ?, hash = ? WHERE seq = 5", [json.dumps(body), record_hash(seq, ts, prev, body)])
+    conn.execute("UPDATE audit SET body = ?, hash = ? WHERE seq = 5",
+                 [json.dumps(body), record_hash(seq, ts, prev, body)])
 
 
 def _garble_body(conn):
@@ -377,7 +379,8 @@ def test_concurrent_writers_and_readers(log):
             tail = log.tail(5)
             assert [r.seq for r in tail] == sorted(r.seq for r in tail)
 
-    threads = [threading.Thread(target=guarded(f)) for f in (lambda: writer("a"), lambda: writer("b"), sync_agent, auditor)]
+    threads = [threading.Thread(target=guarded(f))
+               for f in (lambda: writer("a"), lambda: writer("b"), sync_agent, auditor)]
     for t in threads:
         t.start()
     threads[0].join()

@@ -16,8 +16,16 @@ from sync.agent import GateAgent
 from sync.audit_chain import verify_chain
 from sync.central import Central
 from sync.subject_record import SubjectRecord
-from tests.sync_helpers import MODEL, REPO, Deployment, MemoryWatchlist, SqliteAuditLog, free_base_port, unit, \
-    wait_until
+from tests.sync_helpers import (
+    MODEL,
+    REPO,
+    Deployment,
+    MemoryWatchlist,
+    SqliteAuditLog,
+    free_base_port,
+    unit,
+    wait_until,
+)
 
 HEALTH = {"status": "ok", "software_version": "test", "model_versions": {MODEL: "1"}, "last_decision_at": None}
 
@@ -58,7 +66,8 @@ def test_a_gate_rides_through_the_loss_of_a_central_node(tmp_path, pg_database, 
     ports = {"node-a": dep.base_port, "node-b": free_base_port()}
     procs = {n: _node(dep, n, p, tmp_path / f"{n}.log") for n, p in ports.items()}
     for n in ports:
-        assert wait_until(lambda: "central serving" in (tmp_path / f"{n}.log").read_text(), timeout=60), n
+        log_file = tmp_path / f"{n}.log"
+        assert wait_until(lambda log_file=log_file: "central serving" in log_file.read_text(), timeout=60), n
     central = Central(dep.database)
     rng = np.random.default_rng(0)
     for i in range(20):

@@ -1,11 +1,10 @@
 """Configuration errors must name the key, the bad value and what is allowed."""
-import tomllib
 from pathlib import Path
 
 import pytest
 
+from configschema import ConfigError
 from gate.config import load_config, parse_config, reference_markdown
-from gate.schema import ConfigError
 from tools.gated import main as gated_main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -96,8 +95,49 @@ def test_unreadable_and_malformed_files(tmp_path, capsys):
     assert "configuration error" in capsys.readouterr().err
 
 
+def test_device_table_builds_the_typed_driver_config(tmp_path):
+    from devices.config import InputMap, RelayConfig
+
+    d = {**MINIMAL, "device": {"type": "relay", "port": "/dev/ttyUSB0", "green_relay": 2,
+                               "inputs": {"passage": 0, "fire_alarm": 3}}}
+    assert parse_config(d, tmp_path).device == RelayConfig(port="/dev/ttyUSB0", green_relay=2,
+                                                          inputs=InputMap(passage=0, fire_alarm=3))
+    with pytest.raises(ConfigError, match="unknown key device.colour"):
+        parse_config({**MINIMAL, "device": {"type": "relay", "port": "x", "colour": "red"}}, tmp_path)
+
+
+def test_sync_table_is_checked_by_the_same_schema(tmp_path):
+    d = {**MINIMAL, "sync": {"central_host": "c", "base_port": 5556, "scopes": ["lane:L1", "flight:BA1"],
+                             "accepted_models": ["m1"], "secret_key_file": "keys/g.key_secret"}}
+    cfg = parse_config(d, tmp_path).sync
+    assert cfg.gate_id == "G1" and cfg.scopes == ("/flight/BA1/", "/lane/L1/")  # gate id from [gate]
+    assert cfg.accepted_models == frozenset({"m1"})
+    assert cfg.secret_key_file == (tmp_path / "keys/g.key_secret").resolve()
+    for bad, expect in [({"base_port": "5556"}, "sync.base_port = '5556' must be a whole number"),
+                        ({"scopes": ["gate:L1"]}, "sync.scopes"),
+                        ({"heartbeat_timeout_s": 0}, "below the minimum"),
+                        ({"hearbeat_timeout_s": 1.0}, "did you mean sync.heartbeat_timeout_s"),
+                        ({"gate_id": "a b"}, "sync.gate_id")]:
+        with pytest.raises(ConfigError, match=expect):
+            parse_config({**d, "sync": {**d["sync"], **bad}}, tmp_path)
+
+
+def test_sync_central_lists_several_nodes_and_the_first_gives_host_and_port(tmp_path):
+    sync = {"scopes": ["lane:L1"], "accepted_models": ["m1"], "central": ["tcp://a.example:5556", "b.example:6000"]}
+    cfg = parse_config({**MINIMAL, "sync": sync}, tmp_path).sync
+    assert (cfg.central_host, cfg.base_port) == ("a.example", 5556)
+    assert [str(e) for e in cfg.endpoints()] == ["a.example:5556", "b.example:6000"]
+    one = parse_config({**MINIMAL, "sync": {**sync, "central": "tcp://c.example:7000"}}, tmp_path).sync
+    assert [str(e) for e in one.endpoints()] == ["c.example:7000"]
+    for bad, expect in [(["tcp://a.example"], "must look like tcp://host:5556"), ([], "list of endpoints"),
+                        (["tcp://a:5556", "b:99999"], r"sync.central = .*base port must be 1..65532")]:
+        with pytest.raises(ConfigError, match=expect):
+            parse_config({**MINIMAL, "sync": {**sync, "central": bad}}, tmp_path)
+
+
 def test_every_key_is_documented_in_the_generated_reference():
     md = reference_markdown()
     for key in ("gate.id", "camera.source", "lane.policy.threshold_1n", "lane.tracking.capture_min_face_px",
-                "device.(osdp).scbk_file", "device.(relay).port", "models.pad_required", "quality.min_inter_eye_px"):
+                "device.(osdp).scbk_file", "device.(relay).port", "models.pad_required", "quality.min_inter_eye_px",
+                "sync.central_host", "sync.scopes"):
         assert f"`{key}`" in md, key

@@ -1,5 +1,6 @@
 """The whole lane on real parts: a camera feed made from real photos, the real default models,
 a real SQLite watchlist and audit log, the simulated turnstile and the real control socket."""
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -13,7 +14,7 @@ from gate.daemon import LaneDaemon
 from gate.watchlist import Subject, WatchlistStore
 from tests.paths import LFW_IMAGES, lfw_people
 from tools.feedgen import Passenger, write_walkup_video
-from vision.enroll import enrol_photos
+from vision.enrol import enrol_photos
 from vision.types import Template
 
 
@@ -40,8 +41,9 @@ def scenario(tmp_path_factory, default_pipeline, mtcnn_manifest, dlib_resnet_man
         models_dir = tmp / "models"
         models_dir.mkdir()
         for m in (mtcnn_manifest, dlib_resnet_manifest):
-            from models.manifest import write_manifest
             import dataclasses
+
+            from models.manifest import write_manifest
 
             files = {r: dataclasses.replace(f, file=str(m.file_path(r))) for r, f in m.files.items()}
             write_manifest(dataclasses.replace(m, files=files, path=None), models_dir)
@@ -96,6 +98,31 @@ def scenario(tmp_path_factory, default_pipeline, mtcnn_manifest, dlib_resnet_man
     return {"cfg": cfg, "truth": truth, "unlocks": unlocks, "decisions": decisions, "status": status,
             "alive": alive, "rc": result.get("rc"), "sim": sim, "enrolled": [d.name for d in enrolled],
             "scan_threads": result["scan_threads"]}
+
+
+def test_a_watchlist_cached_for_another_embedder_is_warned_about(tmp_path, default_pipeline, caplog):
+    """The daemon records the model it runs in the watchlist; started later with another
+    embedder, it says so (only matching templates load)."""
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    shutil.copy(next(LFW_IMAGES.glob("*/*.jpg")), frames)
+    cfg = parse_config({**_config(tmp_path, frames, tmp_path), "watchlist": {"encrypt_templates": False}}, tmp_path)
+    cfg.gate.state_dir.mkdir(parents=True, mode=0o700)
+    with WatchlistStore(cfg.gate.state_dir) as store:
+        store.set_model_id("an-older-embedder-v0")
+    for expect_warning in (True, False):  # the second start runs the model the first recorded
+        caplog.clear()
+        daemon = LaneDaemon(cfg, pipeline=default_pipeline)
+        try:
+            daemon.open()
+        finally:
+            daemon.close()
+        warned = [r.getMessage() for r in caplog.records if "watchlist holds templates of model" in r.getMessage()]
+        assert bool(warned) is expect_warning, warned
+        if expect_warning:
+            assert "an-older-embedder-v0" in warned[0] and default_pipeline.model_id in warned[0]
+    with WatchlistStore(cfg.gate.state_dir, read_only=True) as store:
+        assert store.model_id() == default_pipeline.model_id
 
 
 def test_lane_runs_the_feed_to_the_end_and_exits_cleanly(scenario):

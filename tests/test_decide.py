@@ -11,8 +11,21 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gate.audit import canonical_body
-from gate.decide import (ABSENT_SCORE, PAD_NOT_JUDGED, PAD_NOT_PROVISIONED, DecisionPolicy, MatchMode, Outcome,
-                         Reason, Token, best_samples, decide, fuse, judge_liveness, refer_unknown_token)
+from gate.decide import (
+    ABSENT_SCORE,
+    PAD_NOT_JUDGED,
+    PAD_NOT_PROVISIONED,
+    DecisionPolicy,
+    MatchMode,
+    Outcome,
+    Reason,
+    Token,
+    best_samples,
+    decide,
+    fuse,
+    judge_liveness,
+    refer_unknown_token,
+)
 from gate.observation import Candidate, ListType
 from gate.schema import ConfigError, load_dataclass
 from gate.track import Sample, Track
@@ -513,7 +526,7 @@ def random_pad_track(rnd: random.Random) -> tuple[Track, float | None]:
     tr, ratio = random_track(rnd)
     centre = rnd.choice([0.9, 0.75, 0.5, 0.3, 0.1])
     pads = [None if rnd.random() < 0.1 else min(1.0, max(0.0, rnd.gauss(centre, 0.2))) for _ in tr.samples]
-    samples = tuple(replace(s, pad_live=p, pad_scores=pad_models(p)) for s, p in zip(tr.samples, pads))
+    samples = tuple(replace(s, pad_live=p, pad_scores=pad_models(p)) for s, p in zip(tr.samples, pads, strict=True))
     return replace(tr, samples=samples), ratio
 
 

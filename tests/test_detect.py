@@ -88,7 +88,7 @@ def test_detectors_agree_on_landmarks(detectors, portraits):
 
 @pytest.mark.parametrize("kind", DETECTORS)
 def test_group_photo_gives_several_faces_largest_first(detectors, manifests, kind):
-    det = load_detector(manifests["mtcnn"], min_face=20) if kind == "mtcnn" else detectors[kind]
+    det = load_detector(manifests[kind], min_face=20)  # crowd faces are smaller than the 60 px default
     faces = det.detect(cv2.imread(str(group_photo())))
     assert len(faces) >= 5
     areas = [f.area for f in faces]
@@ -184,3 +184,36 @@ def test_factory_refuses_what_it_cannot_run(manifests, tmp_path):
         load_detector(dataclasses.replace(manifests["yunet"], format="scrfd"))
     with pytest.raises(ValueError):
         load_detector(manifests["mtcnn"], min_face=5)
+    with pytest.raises(ValueError, match="min_face"):
+        load_detector(manifests["scrfd"], min_face=0)
+
+
+def test_one_registry_and_one_min_face_default(detectors):
+    from vision.detect import DEFAULT_MIN_FACE, FORMATS, detector_class
+
+    assert {k: type(d) for k, d in detectors.items()} == {f: detector_class(f) for f in FORMATS}
+    assert {d.min_face for d in detectors.values()} == {DEFAULT_MIN_FACE}
+
+
+def test_yunet_leaves_opencv_threads_alone(manifests):
+    before = cv2.getNumThreads()
+    cv2.setNumThreads(max(1, before - 1) if before > 1 else 2)
+    try:
+        chosen = cv2.getNumThreads()
+        load_detector(manifests["yunet"], threads=1)
+        assert cv2.getNumThreads() == chosen
+    finally:
+        cv2.setNumThreads(before)
+
+
+def test_letterbox_maps_back_with_one_scale():
+    from vision.detect.frame import fit, letterbox
+
+    frame = np.zeros((480, 800, 3), np.uint8)
+    assert fit(frame, 1920)[0] is frame and fit(frame, 1920)[1] == 1.0  # never enlarged unless asked
+    small, scale = fit(frame, 640)
+    assert small.shape[:2] == (384, 640) and scale == 0.8
+    square, scale = letterbox(np.zeros((250, 200, 3), np.uint8), 640, enlarge=True, square=True)
+    assert square.shape[:2] == (640, 640) and scale == 640 / 250
+    aligned, scale = letterbox(np.zeros((250, 200, 3), np.uint8), 640, multiple=32)
+    assert aligned.shape[:2] == (256, 224) and scale == 1.0

@@ -20,11 +20,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from models import dlib_resnet
-from models.dlib_chip_template import (DlibLandmarker, calibration_photos, matching_face, measure_template,
-                                       pair_photo_names)
 from models.dlib_serial import DlibFormatError, DlibReader
 from models.manifest import ModelIntegrityError, load_manifest
 from tests.paths import LFW_IMAGES, LFW_PAIRS, lfw_people, require
+from tools.dlib_chip_template import (
+    DlibLandmarker,
+    calibration_photos,
+    matching_face,
+    measure_template,
+    pair_photo_names,
+)
 from vision.align import align_points
 from vision.detect import load_detector
 from vision.embed import load_embedder

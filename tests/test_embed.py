@@ -11,10 +11,10 @@ import cv2
 import numpy as np
 import pytest
 
-from models.dlib_chip_template import DlibLandmarker
 from models.manifest import ModelError, ModelFile, ModelIntegrityError
 from models.provision import provision
 from tests.paths import LFW_IMAGES, LFW_PAIRS, SHARED_MODELS, require
+from tools.dlib_chip_template import DlibLandmarker
 from vision.align import align_points
 from vision.embed import Embedder, InputSpec, load_embedder
 

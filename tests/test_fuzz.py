@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from sync.audit_chain import GENESIS_HASH, record_hash
 from sync.fuzz import MUTATIONS, TARGETS, Target, check_frames, fuzz_one, run_fuzz
 from sync.kvmsg import KVMsg, MalformedMessage
-from sync.service_messages import MalformedRequest, decode_reply, decode_request, encode_reply, Reply
+from sync.service_messages import MalformedRequest, Reply, decode_reply, decode_request, encode_reply
 
 # Reason classes a 4,000-frame sample must reach: one or more per decoder, deep checks included.
 EXPECTED_REASONS = (

@@ -37,13 +37,14 @@ def write_frames(folder: Path, n: int = 3) -> Path:
     return folder
 
 
-def write_lane_config(folder: Path, *, state_dir: Path, camera: str, lane: str = "L1", extra: str = "") -> Path:
+def write_lane_config(folder: Path, *, state_dir: Path, camera: str, lane: str = "L1", extra: str = "",
+                      gate_id: str = "G1") -> Path:
     """A lane config in the shape a bundle needs: models in "models" beside it."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "lane.toml"
     path.write_text(f'''
 [gate]
-id = "G1"
+id = "{gate_id}"
 site = "SGN"
 state_dir = "{state_dir}"
 
@@ -94,11 +95,13 @@ def kit(tmp_path_factory, mtcnn_manifest, dlib_resnet_manifest):
     return k(tmp, models, signing, central_key, frames, root, built.path)
 
 
-def build(kit, name: str, *, camera: str | None = None, extra: str = "", root: Path | None = None) -> Path:
+def build(kit, name: str, *, camera: str | None = None, extra: str = "", root: Path | None = None,
+          version: int | None = None, gate_id: str = "G1", lane: str = "L1", gate_ids=None) -> Path:
     cfg = write_lane_config(kit.tmp / f"cfg-{name}", state_dir=(root or kit.root) / "data",
-                            camera=camera or str(kit.frames), extra=extra)
-    return build_bundle(site="SGN", lane="L1", config=cfg, central_key=kit.central_key, out_dir=kit.tmp / f"out-{name}",
-                        signing_key=kit.signing.private, models_dir=kit.models).path
+                            camera=camera or str(kit.frames), extra=extra, gate_id=gate_id, lane=lane)
+    return build_bundle(site="SGN", lane=lane, config=cfg, central_key=kit.central_key, out_dir=kit.tmp / f"out-{name}",
+                        signing_key=kit.signing.private, models_dir=kit.models, image_version=version,
+                        gate_ids=gate_ids).path
 
 
 def retar(src_dir: Path, out: Path) -> Path:
@@ -210,8 +213,8 @@ def test_keygen_writes_an_owner_only_private_key(tmp_path):
 def test_ab_install_keeps_the_previous_slot_and_never_touches_data(kit, tmp_path):
     root = tmp_path / "root"
     data_before = make_data_dir(root)
-    second = build(kit, "second", root=root)
-    first = build(kit, "first", root=root)
+    second = build(kit, "second", root=root, version=5)
+    first = build(kit, "first", root=root, version=5)  # the same version may be installed again
     r1 = install(first, root, kit.signing.public, fast_selftest)
     assert (r1.slot, r1.previous, r1.rolled_back) == ("a", None, False), failures(r1.checks)
     assert os.readlink(root / "current") == "slots/a"
@@ -301,3 +304,53 @@ def test_a_bundle_with_a_path_out_of_the_slot_or_a_link_is_refused(kit, tmp_path
         checks = verify_bundle(evil, kit.signing.public)
         assert [c.name for c in checks] == ["bundle"] and checks[0].status is Status.FAIL, checks
     assert not (tmp_path.parent / "escape.txt").exists()
+
+
+# ----------------------------------------------------------------------------- downgrade / identity
+def _audit_events(root: Path) -> list[dict]:
+    from gate.audit import AuditLog
+
+    with AuditLog(root / "data", read_only=True) as log:
+        return [r.body for r in log.iter_since(0)]
+
+
+def test_an_older_signed_image_is_refused_unless_a_named_engineer_allows_it(kit, tmp_path, capsys):
+    root = tmp_path / "root"
+    newer, older = build(kit, "v20", root=root, version=20), build(kit, "v10", root=root, version=10)
+    assert not install(newer, root, kit.signing.public, fast_selftest).rolled_back
+    with pytest.raises(ImageError, match="image version 10 is older than version 20"):
+        install(older, root, kit.signing.public, fast_selftest)
+    assert current_slot(root) == "a" and not slot_dir(root, "b").exists()
+    (root / "field-engineering.pub").write_bytes(kit.signing.public.read_bytes())
+    fast = ["--camera-timeout", "1.5", "--min-free-mb", "1"]
+    assert gate_image(["install", str(older), "--root", str(root), *fast]) == 2
+    assert "a downgrade" in capsys.readouterr().err
+    assert gate_image(["install", str(older), "--root", str(root), "--allow-downgrade", *fast]) == 2
+    assert "--operator ID and --reason TEXT" in capsys.readouterr().err
+    assert current_slot(root) == "a"
+    code = gate_image(["install", str(older), "--root", str(root), "--allow-downgrade", "--operator", "fe-0042",
+                       "--reason", "v20 drops frames on this camera", *fast])
+    assert code == 0 and current_slot(root) == "b"
+    record = [e for e in _audit_events(root) if e["event"] == "image_downgrade"]
+    assert len(record) == 1 and record[0]["operator"] == "fe-0042" and record[0]["reason"].startswith("v20 drops")
+    assert (record[0]["from_version"], record[0]["to_version"]) == (20, 10)
+    # the floor stays at the newest image: rolling forward is free, going back again is not
+    assert rollback(root) == "a"
+    with pytest.raises(ImageError, match="older than version 20"):
+        rollback(root)
+
+
+def test_a_signed_bundle_for_another_gate_is_refused(kit, tmp_path):
+    root = tmp_path / "root"
+    assert not install(build(kit, "g1", root=root, version=3), root, kit.signing.public, fast_selftest).rolled_back
+    (root / "IMAGE_STATE.json").unlink()  # a root set up before the state file: identity from the running slot
+    for name, kwargs in (("g2", dict(gate_id="G2", lane="L2")),
+                         ("g2-listed-g1-config", dict(gate_id="G2", gate_ids=("G1", "G2")))):
+        with pytest.raises(ImageError, match="this is gate G1"):
+            install(build(kit, name, root=root, version=4, **kwargs), root, kit.signing.public, fast_selftest)
+        assert current_slot(root) == "a" and read_manifest(slot_dir(root, "a")).gate_ids == ["G1"]
+    with pytest.raises(ImageError, match="not among the gates"):  # a builder cannot bind a config to other gates
+        build(kit, "mismatch", root=root, gate_id="G1", gate_ids=("G2",))
+    # a bundle listing this gate among several, with this gate's config, installs
+    assert not install(build(kit, "g1-of-two", root=root, version=4, gate_ids=("G1", "G3")), root,
+                       kit.signing.public, fast_selftest).rolled_back

@@ -2,7 +2,7 @@ import cv2
 import numpy as np
 import pytest
 
-from tests.paths import LFW_IMAGES, lfw_people, require
+from tests.paths import lfw_people
 from vision.image_io import ImageError, decode_image, load_image, to_bgr8
 
 
@@ -42,7 +42,8 @@ def test_grey_rgba_16bit_and_float_are_converted():
     assert np.array_equal(to_bgr8(sixteen), bgr)
     ok, png16 = cv2.imencode(".png", sixteen)
     assert np.array_equal(decode_image(png16.tobytes()), bgr)
-    assert np.array_equal(to_bgr8(bgr.astype(np.float32) / 255.0), (bgr.astype(np.float32) / 255.0 * 255).astype(np.uint8))
+    as_float = bgr.astype(np.float32) / 255.0
+    assert np.array_equal(to_bgr8(as_float), (as_float * 255).astype(np.uint8))
 
 
 @pytest.mark.parametrize("bad", [np.zeros((0, 0, 3), np.uint8), np.zeros((4, 4, 2), np.uint8),

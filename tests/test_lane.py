@@ -729,7 +729,7 @@ def test_safety_properties_hold_for_any_event_sequence(events, pad_provisioned):
         if after.mode is not before.mode:
             assert transitions and transitions[0]["from"] == before.mode.value
             assert transitions[-1]["to"] == after.mode.value
-        for x, y in zip(transitions, transitions[1:]):
+        for x, y in zip(transitions, transitions[1:], strict=False):  # consecutive pairs
             assert x["to"] == y["from"]
         # 4. manual actions carry who and why
         if isinstance(ev, StaffCommand):

@@ -57,7 +57,7 @@ class Reference:
         owners, rows = self._stacked
         scores = cos(rows, unit32(q)[0])
         best: dict[str, float] = {}
-        for sid, sc in zip(owners.tolist(), scores.tolist()):
+        for sid, sc in zip(owners.tolist(), scores.tolist(), strict=True):
             best[sid] = max(sc, best.get(sid, -np.inf))
         return sorted(best.items(), key=lambda t: (-t[1], t[0]))[:k]
 
@@ -82,7 +82,7 @@ def test_search_equals_brute_force_on_crowded_gallery(precision):
     data = clustered(rng, 3000)
     ids = [f"s{i:05d}" for i in range(2000)]
     m.add_arrays(ids, data[:2000])  # bulk → segments
-    for sid, v in zip(ids, data[:2000]):
+    for sid, v in zip(ids, data[:2000], strict=True):
         ref.add(sid, v)
     for i in range(2000, 3000, 2):  # one by one → staging, seals, merges; two templates each
         sid = f"m{i:05d}"
@@ -171,7 +171,7 @@ def test_bulk_load_in_segment_sized_steps_is_all_or_nothing():
     assert len(m) == 0
     m.add_arrays(ids, v)
     ref = Reference()
-    for sid, x in zip(ids, v):
+    for sid, x in zip(ids, v, strict=True):
         ref.add(sid, x)
     assert len(m) == 2000 and m.stats()["segments"] >= 2
     for q in v[::97] + 0.1 * rng.standard_normal((len(v[::97]), D)):
@@ -189,7 +189,7 @@ def test_search_split_over_two_cores_gives_the_exact_answer():
     split.add_arrays(ids, v)
     split.add("late", v[5] + 0.01)  # lands in the staging buffer
     ref = Reference()
-    for sid, x in zip(ids, v):
+    for sid, x in zip(ids, v, strict=True):
         ref.add(sid, x)
     ref.add("late", v[5] + 0.01)
     assert split.stats()["segments"] == 3
@@ -286,11 +286,11 @@ def test_subject_ids_of_any_length_survive_growth_revocation_and_reuse():
     m = Matcher(D, "m", staging_rows=64)
     ids = [f"p{i}" for i in range(1500)] + ["Zoë Ünïcødé-" + "x" * i for i in range(0, 200, 7)]
     vecs = rng.standard_normal((len(ids), D))
-    for sid, v in zip(ids, vecs):
+    for sid, v in zip(ids, vecs, strict=True):
         m.add(sid, v)
     for sid in ids[::3]:
         assert m.remove(sid)
-    for sid, v in zip(ids[::3], vecs[::3]):  # back, into reused numbers
+    for sid, v in zip(ids[::3], vecs[::3], strict=True):  # back, into reused numbers
         m.add(sid, -v)
     assert len(m) == len(ids) and all(sid in m for sid in ids) and "p1500" not in m
     for i in list(range(0, len(ids), 97)) + [len(ids) - 1]:
@@ -474,3 +474,30 @@ def test_verify_equals_reference(seed, k):
     m.add("s", t)
     want = float(cos(unit32(t), unit32(q)[0]).max())
     assert m.verify(q, "s") == pytest.approx(want, abs=1e-12)
+
+
+def test_the_rescoring_file_holds_no_template_in_clear(tmp_path):
+    """exact_on_disk: the unlinked file's blocks outlive the process on the disk, so what is
+    written there must be ciphertext under a key that never leaves memory."""
+    from vision.match.exact import FileExactStore
+
+    rng = np.random.default_rng(11)
+    rows = unit32(rng.standard_normal((300, 128)))
+    store = FileExactStore(128, tmp_path)
+    store.write(0, rows)
+    raw = open(f"/proc/self/fd/{store._fd}", "rb").read()  # what the disk holds, as the kernel has it
+    assert len(raw) >= rows.nbytes and not any(rows[i].tobytes()[:64] in raw for i in range(len(rows)))
+    for probe in rows[:, :4]:  # not even a 16-byte run of any row's floats
+        assert probe.tobytes() not in raw
+    slots = rng.permutation(300)[:64]
+    assert np.array_equal(store.read(slots), rows[slots])
+    store.write(7, rows[7:8])  # the same row rewritten: a fresh counter, a different ciphertext
+    again = open(f"/proc/self/fd/{store._fd}", "rb").read()
+    assert again[7 * 512:8 * 512] != raw[7 * 512:8 * 512] and np.array_equal(store.read(np.array([7])), rows[7:8])
+    other = FileExactStore(128, tmp_path)  # another process's (or a restarted daemon's) key reads noise
+    other.write(0, rows[:1])
+    assert open(f"/proc/self/fd/{other._fd}", "rb").read(512) != raw[:512]
+    assert store.resident_bytes() == 4 * len(store._gen)
+    store.close()
+    other.close()
+    assert list(tmp_path.iterdir()) == []

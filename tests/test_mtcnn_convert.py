@@ -117,7 +117,7 @@ def run(session_bytes, x_nhwc):
     s = ort.InferenceSession(session_bytes, providers=["CPUExecutionProvider"])
     names = [o.name for o in s.get_outputs()]
     outs = s.run(None, {"input": x_nhwc.transpose(0, 3, 1, 2).astype(np.float32)})
-    return dict(zip(names, outs))
+    return dict(zip(names, outs, strict=True))
 
 
 def max_error(got, want, nchw=False):
@@ -129,7 +129,7 @@ def max_error(got, want, nchw=False):
 def test_pnet_matches_reference_on_odd_and_even_sizes(mtcnn_manifest, photos):
     weights = mtcnn.load_source_weights("pnet")
     model = mtcnn_manifest.read_verified("pnet")
-    for photo, size in zip(photos, [(97, 83), (64, 64), (125, 125), (51, 38)]):
+    for photo, size in zip(photos, [(97, 83), (64, 64), (125, 125), (51, 38)], strict=False):  # first four photos
         x = normalised_rgb(cv2.resize(photo, size, interpolation=cv2.INTER_AREA))
         err = max_error(run(model, x), ref_pnet(weights, x), nchw=True)
         assert err < TOLERANCE, f"P-Net on {size}: max abs error {err}"

@@ -22,8 +22,16 @@ from tests.paths import PAD_SAMPLES, SHARED_MODELS, require
 from tools import gate_eval
 from vision.detect import load_detector
 from vision.image_io import ImageError, load_image
-from vision.pad import (DEFAULT_THRESHOLD, CropRule, PadPolicy, PadState, PresentationAttackDetector,
-                        find_pad_manifests, fuse_frames, load_pad)
+from vision.pad import (
+    DEFAULT_THRESHOLD,
+    CropRule,
+    PadPolicy,
+    PadState,
+    PresentationAttackDetector,
+    find_pad_manifests,
+    fuse_frames,
+    load_pad,
+)
 from vision.pad.evaluate import apcer, bpcer, pad_report, roc_auc, threshold_at_bpcer
 from vision.types import Face
 
@@ -89,7 +97,7 @@ def test_network_input_is_the_manifests_crop_bgr_unscaled_nchw(pad):
     here by hand and run on a separate ONNX Runtime session of the same file."""
     frame = cv2.resize(load_image(require(PAD_SAMPLES / "live/image_T1.jpg")), (1280, 960))
     box = (560, 380, 720, 580)  # 160x200, centre (640, 480): even x4 fits inside the frame
-    for model, file in zip(pad.models, (V2, V1SE)):
+    for model, file in zip(pad.models, (V2, V1SE), strict=True):
         w, h = 160 * model.crop.scale, 200 * model.crop.scale
         x1, y1 = round(640 - w / 2), round(480 - h / 2)
         crop = cv2.resize(frame[y1:y1 + round(h), x1:x1 + round(w)], (80, 80), interpolation=cv2.INTER_LINEAR)

@@ -12,17 +12,17 @@ import cv2
 import numpy as np
 import pytest
 
+from configschema import ConfigError
 from gate.audit import AuditLog
 from gate.config import parse_config
 from gate.daemon import LaneDaemon, StartupError
 from gate.refer_crops import CROPS_DIR_NAME, CropError, ReferCropStore, crop_face
-from gate.schema import ConfigError
 from gate.sqlite_store import InsecureFileError
 from gate.template_crypto import TemplateCipher, TemplateIntegrityError
 from gate.watchlist import Subject, WatchlistStore
 from tests.paths import lfw_people
 from tools.feedgen import Passenger, write_walkup_video
-from vision.enroll import enrol_photos
+from vision.enrol import enrol_photos
 from vision.types import Template
 
 T0 = datetime(2026, 11, 23, 12, 0, tzinfo=timezone.utc)

@@ -53,7 +53,7 @@ def test_a_healthy_lane_passes_with_a_table_and_exit_code_0(lane, capsys):
     assert code == 0, out
     assert "overall: PASS" in out
     for name in ("camera", "models", "models known answer", "turnstile", "free disk", "clock"):
-        line = next(l for l in out.splitlines() if l.startswith(name + " "))
+        line = next(ln for ln in out.splitlines() if ln.startswith(name + " "))
         assert line.split()[len(name.split())] == "PASS", line
     r = rows(selftest_config(lane, FAST))
     assert r["central"].status is Status.SKIP and "no [sync]" in r["central"].detail

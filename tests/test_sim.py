@@ -23,7 +23,6 @@ from devices import (
     Tamper,
     TokenRead,
     TokenSource,
-    driver_config_from_mapping,
     make_driver,
     open_driver,
 )
@@ -104,13 +103,12 @@ def test_scripted_inputs(sim):
     assert isinstance(fire, FireAlarm) and not fire.active
 
 
-def test_silent_controller_fails_commands_and_goes_offline(sim):
+def test_silent_controller_goes_offline_and_commands_are_refused(sim):
     sim.stop_answering()
     assert isinstance(get(sim), DeviceOffline)
     started = time.monotonic()
-    with pytest.raises(DeviceError, match="no answer"):
+    with pytest.raises(DeviceError, match="offline"):  # at once, as every driver does (tests/test_driver_rules.py)
         sim.unlock("entry")
-    assert time.monotonic() - started >= 0.05
     assert sim.last("unlock") is None
     sim.resume_answering()
     assert isinstance(get(sim), DeviceOnline)
@@ -151,20 +149,8 @@ def test_every_driver_satisfies_the_protocol(tmp_path):
     assert all(isinstance(d, GateDriver) for d in drivers)
 
 
-def test_config_from_mapping():
-    cfg = driver_config_from_mapping({"type": "relay", "port": "/dev/ttyUSB0", "green_relay": 2,
-                                      "inputs": {"passage": 0, "fire_alarm": 3}})
-    assert cfg == RelayConfig(port="/dev/ttyUSB0", green_relay=2,
-                              inputs=InputMap(passage=0, fire_alarm=3))
-    assert isinstance(driver_config_from_mapping({"type": "sim"}), SimConfig)
-    with pytest.raises(ValueError, match="one of"):
-        driver_config_from_mapping({"type": "canbus"})
-    with pytest.raises(ValueError, match="unknown relay device settings: colour"):
-        driver_config_from_mapping({"type": "relay", "port": "x", "colour": "red"})
-    with pytest.raises(ValueError, match="unknown input signals: smoke"):
-        driver_config_from_mapping({"type": "gpio", "inputs": {"smoke": 4}})
-    with pytest.raises(ValueError, match="scbk_file"):
-        driver_config_from_mapping({"type": "osdp", "port": "/dev/ttyS0"})
+def test_driver_configs_check_themselves():
+    # Parsing [device] from a file is the gate config's job (tests/test_config.py).
     with pytest.raises(ValueError, match="share one input"):
         InputMap(passage=1, tamper=1)
     with pytest.raises(ValueError, match="address"):

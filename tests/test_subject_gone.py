@@ -4,6 +4,7 @@ the subject has been withdrawn and purged after its validity window."""
 from __future__ import annotations
 
 import datetime as dt
+import os
 import time
 from pathlib import Path
 
@@ -126,7 +127,8 @@ def test_gate_ops_subject_gone_cli(tmp_path, capsys):
     c.enroll_subject(WHO, "deny", ["lane:L1"], None, None, MODEL, unit_rows(np.random.default_rng(1), 1))
     assert gate_ops.main(["--config", str(toml), "subject-gone", WHO]) == 1
     out = capsys.readouterr().out
-    assert "FAIL hashmap keys: /lane/L1/" + WHO in out and out.splitlines()[-1] == f"FAIL subject {WHO} is still present"
+    assert "FAIL hashmap keys: /lane/L1/" + WHO in out
+    assert out.splitlines()[-1] == f"FAIL subject {WHO} is still present"
     c.revoke(WHO)
     forget_withdrawn(c, c.hashmap.current_seq(), time.time() + 1)
     c.close()
@@ -176,7 +178,8 @@ def test_gatectl_watchlist_gone_cli(tmp_path, capsys):
     state, cipher = _gate_state(tmp_path)
     assert gatectl.main(["watchlist", "gone", WHO, "--state-dir", str(state)]) == 1
     out = capsys.readouterr().out
-    assert "FAIL watchlist templates: 2 rows" in out and out.splitlines()[-1] == f"FAIL subject {WHO} is still on this gate"
+    assert "FAIL watchlist templates: 2 rows" in out
+    assert out.splitlines()[-1] == f"FAIL subject {WHO} is still on this gate"
     with WatchlistStore(state, cipher=cipher) as store:
         store.purge_expired(T0 + dt.timedelta(hours=2))  # expired without a revocation
     assert gatectl.main(["watchlist", "gone", WHO, "--state-dir", str(state)]) == 0
@@ -184,3 +187,73 @@ def test_gatectl_watchlist_gone_cli(tmp_path, capsys):
     assert "PASS watchlist bytes: 0 occurrences" in out and "INFO audit log" in out
     assert gatectl.main(["watchlist", "gone", WHO, "--state-dir", str(tmp_path / "nowhere")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_gatectl_watchlist_erase_removes_a_withdrawn_subject_now_and_is_audited(tmp_path, capsys):
+    state, cipher = _gate_state(tmp_path)
+    before = [r.body for r in AuditLog(state, read_only=True).iter_since(0)]
+    # an active subject is refused, and nothing is audited for it
+    assert gatectl.main(["watchlist", "erase", OTHERS[0], "--operator", "dpo-1", "--reason", "req 42",
+                         "--state-dir", str(state)]) == 2
+    assert "revoke it at the central first" in capsys.readouterr().err
+    with WatchlistStore(state, cipher=cipher) as store:
+        assert store.revoke(WHO, seq=100)
+    assert failing(gate_presence(state, WHO)) == {"watchlist subjects", "watchlist bytes"}  # the tombstone
+    assert gatectl.main(["watchlist", "erase", WHO, "--operator", "dpo-1", "--reason", "withdrawal req 42",
+                         "--state-dir", str(state)]) == 0
+    checks = gate_presence(state, WHO)
+    assert all_gone(checks), [c.line() for c in checks]  # now, not when its window closes (T0 + 1h)
+    assert any(c.place == "rescoring file" and c.ok for c in checks)
+    with AuditLog(state, read_only=True) as audit:
+        after = [r.body for r in audit.iter_since(0)]
+    assert after[:len(before)] == before
+    assert [b for b in after[len(before):]] == [{"event": "watchlist_erase", "subject_id": WHO, "operator": "dpo-1",
+                                                  "reason": "withdrawal req 42", "uid": os.getuid()}]
+    with WatchlistStore(state, cipher=cipher) as store:  # nobody else was touched
+        assert store.get(OTHERS[0]).templates
+    assert gatectl.main(["watchlist", "erase", WHO, "--operator", "dpo-1", "--reason", "again",
+                         "--state-dir", str(state)]) == 0
+    assert "nothing on this gate to erase" in capsys.readouterr().out
+    (state / "edgegate-templates-leftover").write_bytes(b"x")  # a rescoring file left visible is a failure
+    assert "rescoring file" in failing(gate_presence(state, WHO))
+
+
+def test_central_erase_now_removes_tombstone_and_change_log_templates_and_is_recorded(central, clock):
+    import hashlib
+
+    from sync.forget import EraseRefused, erase_subject
+
+    with pytest.raises(EraseRefused, match="revoke it first"):
+        erase_subject(central, WHO, "dpo-1", "withdrawal req 42", now=clock.t)
+    with pytest.raises(EraseRefused, match="operator"):
+        erase_subject(central, WHO, " ", "withdrawal req 42", now=clock.t)
+    central.revoke(WHO, reason="withdrawn")
+    r = erase_subject(central, WHO, "dpo-1", "withdrawal req 42", now=clock.t + 1)  # long before retention
+    assert r.found and r.log_bodies >= 2 and r.log_kept >= 2  # the fresh deletions stay for the publisher
+    left = central_presence(central, WHO)
+    assert failing(left) <= {"change log", "database bytes"}
+    assert "0 with an enrolment record" in next(c for c in left if c.place == "change log").detail
+    r = erase_subject(central, WHO, "dpo-1", "withdrawal req 42", now=clock.t + 120)  # the deletions went out
+    assert r.log_deletes >= 2 and r.log_kept == 0
+    checks = central_presence(central, WHO)
+    assert all_gone(checks), [c.line() for c in checks]
+    digest = hashlib.sha256(WHO.encode()).hexdigest()
+    rows = central.conn.execute("SELECT subject_sha256, operator, reason FROM erasures ORDER BY erased_at").fetchall()
+    assert [tuple(x) for x in rows] == [(digest, "dpo-1", "withdrawal req 42")] * 2
+    assert [s.subject_id for s in central.list_subjects()] == sorted(OTHERS)  # nobody else was touched
+    assert central.templates_of(OTHERS[0]).shape == (2, 128)
+    assert not erase_subject(central, WHO, "dpo-1", "again", now=clock.t + 200).found
+
+
+def test_gate_ops_erase_cli(tmp_path, capsys):
+    dep = Deployment(tmp_path)
+    toml = dep.central_toml()
+    c = Central(dep.db_path)
+    c.enroll_subject(WHO, "deny", ["lane:L1"], None, None, MODEL, unit_rows(np.random.default_rng(1), 1))
+    erase = ["--config", str(toml), "erase", WHO, "--operator", "dpo-1", "--reason", "req 42"]
+    assert gate_ops.main(erase) == 1 and "revoke it first" in capsys.readouterr().err
+    c.revoke(WHO)
+    c.close()
+    assert gate_ops.main(erase + ["--settle-s", "0"]) == 0
+    assert "erased now (audited)" in capsys.readouterr().out
+    assert gate_ops.main(["--config", str(toml), "subject-gone", WHO]) == 0

@@ -33,13 +33,30 @@ def test_config_file_round_trip_and_errors(dep, tmp_path):
     assert cfg.db_path == dep.db_path and cfg.base_port == dep.base_port and cfg.heartbeat_s == 0.1
     bad = tmp_path / "bad.toml"
     bad.write_text('[central]\ndb_path = "c.db"\nheartbeat_s = "often"\n')
-    with pytest.raises(ConfigError, match="heartbeat_s must be a number"):
+    with pytest.raises(ConfigError, match="central.heartbeat_s = 'often' must be a number"):
         load_central_config(bad)
     bad.write_text('[central]\ndb_path = "c.db"\nsurprise = 1\n')
-    with pytest.raises(ConfigError, match="unknown key"):
+    with pytest.raises(ConfigError, match="unknown key central.surprise"):
         load_central_config(bad)
-    bad.write_text('[central]\ndb_path = "rel/c.db"\n')
-    assert load_central_config(bad).db_path == tmp_path / "rel" / "c.db"
+    bad.write_text('[central]\ndb_path = "rel/c.db"\n')  # the older name: a SQLite file
+    cfg = load_central_config(bad)
+    assert cfg.db_path == tmp_path / "rel" / "c.db" and cfg.database == str(tmp_path / "rel" / "c.db")
+    bad.write_text('[central]\ndatabase = "rel/c.db"\npool_size = 2\n')
+    cfg = load_central_config(bad)
+    assert cfg.db_path == tmp_path / "rel" / "c.db" and cfg.database == str(cfg.db_path) and cfg.pool_size == 2
+    url = "postgresql://central@db1:5432,db2:5432/edgegate?target_session_attrs=read-write"
+    bad.write_text(f'[central]\ndatabase = "{url}"\nnode_name = "c1"\n')
+    cfg = load_central_config(bad)
+    assert cfg.database == url and cfg.db_path is None and cfg.node_name == "c1"
+    bad.write_text('[central]\nbase_port = 5556\n')
+    with pytest.raises(ConfigError, match="missing required key central.database"):
+        load_central_config(bad)
+    bad.write_text('[central]\ndatabase = "a.db"\ndb_path = "b.db"\n')
+    with pytest.raises(ConfigError, match="disagree"):
+        load_central_config(bad)
+    bad.write_text('[central]\ndatabase = "a.db"\npool_size = 0\n')
+    with pytest.raises(ConfigError, match="central.pool_size = 0 is below the minimum 1"):
+        load_central_config(bad)
 
 
 def test_gate_admin_revoke_expire_and_list_commands(dep, capsys, tmp_path):
@@ -51,7 +68,8 @@ def test_gate_admin_revoke_expire_and_list_commands(dep, capsys, tmp_path):
                                            "--scope", "lane:L2"], capsys)
     assert code == 2 and "already belongs to gate:L1-gate" in err
     admin_pub = generate_keypair_files(tmp_path / "k", "admin").public
-    assert run(gate_central.main, ["--config", dep.toml, "admin", "add", "ops", "--public-key", admin_pub], capsys)[0] == 0
+    add_admin = ["--config", dep.toml, "admin", "add", "ops", "--public-key", admin_pub]
+    assert run(gate_central.main, add_admin, capsys)[0] == 0
     code, out, _ = run(gate_central.main, ["--config", dep.toml, "gate", "list"], capsys)
     assert "gate:L1-gate" in out and "admin:ops" in out
 

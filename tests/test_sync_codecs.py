@@ -11,14 +11,31 @@ from hypothesis import strategies as st
 
 from sync.audit_chain import GENESIS_HASH, AuditRow, record_hash
 from sync.kvmsg import (
-    KVMsg, MalformedMessage, decode_properties, encode_properties, hugz, icanhaz_frames, kthxbai, parse_icanhaz)
+    KVMsg,
+    MalformedMessage,
+    decode_properties,
+    encode_properties,
+    hugz,
+    icanhaz_frames,
+    kthxbai,
+    parse_icanhaz,
+)
 from sync.scopes import ScopeError, parse_scope, split_key
 from sync.service_messages import (
-    AuditBatch, HealthReport, MalformedRequest, Reply, decode_reply, decode_request, encode_audit_batch, encode_health,
-    encode_reply)
+    AuditBatch,
+    HealthReport,
+    MalformedRequest,
+    Reply,
+    decode_reply,
+    decode_request,
+    encode_audit_batch,
+    encode_health,
+    encode_reply,
+)
 from sync.subject_record import MalformedRecord, SubjectRecord, decode_record, encode_record, normalise_templates
 
-prop_names = st.text(st.characters(blacklist_characters="=\n\x00", blacklist_categories=("Cs",)), min_size=1, max_size=10)
+prop_names = st.text(st.characters(blacklist_characters="=\n\x00", blacklist_categories=("Cs",)),
+                     min_size=1, max_size=10)
 prop_values = st.text(st.characters(blacklist_characters="\n", blacklist_categories=("Cs",)), max_size=20)
 
 

@@ -15,7 +15,7 @@ def test_unit_declares_notify_watchdog_state_and_hardening():
     text = UNIT.read_text()
     for line in ("Type=notify", "WatchdogSec=", "Restart=on-failure", "StateDirectory=", "ProtectSystem=strict",
                  "NoNewPrivileges=yes", "PrivateTmp=yes", "DevicePolicy=closed", "DeviceAllow=char-ttyUSB rw",
-                 "DeviceAllow=char-video4linux rw", "DeviceAllow=char-gpiochip rw"):
+                 "DeviceAllow=char-video4linux rw", "DeviceAllow=char-gpiochip rw", "LimitCORE=0"):
         assert line in text, line
 
 

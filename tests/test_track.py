@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from configschema import ConfigError
 from gate.observation import Candidate, FaceObservation, FrameObservation, ListType
-from gate.schema import ConfigError
 from gate.track import TrackPolicy, follow, in_capture_zone, iou, restart, tailgate_ratio
 
 POLICY = TrackPolicy(iou_min=0.3, lost_after_s=1.0, capture_min_face_px=80.0)

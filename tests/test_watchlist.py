@@ -78,7 +78,7 @@ def store(tmp_path):
 
 def assert_same_templates(got, want) -> None:
     assert [t.model_id for t in got] == [t.model_id for t in want]
-    for g, w in zip(got, want):
+    for g, w in zip(got, want, strict=True):
         assert g.vector.dtype == np.float32
         np.testing.assert_array_equal(g.vector, w.vector)
 
@@ -123,7 +123,8 @@ def test_upsert_replaces_templates_and_bad_input_loses_nothing(store):
         (lambda: store.upsert_subject(subject("p-1"), [Template(unit(64), MODEL)], seq=9), "128-d"),
         (lambda: store.upsert_subject(subject("p-1"), [Template(unit()[None, :], MODEL)], seq=9), "shape"),
         (lambda: store.upsert_subject(subject("p-1"), [Template(unit(), "")], seq=9), "model id"),
-        (lambda: store.upsert_subject(subject("p-1"), templates(1) + templates(1, MODEL, 64), seq=9), "different sizes"),
+        (lambda: store.upsert_subject(subject("p-1"), templates(1) + templates(1, MODEL, 64), seq=9),
+         "different sizes"),
         (lambda: store.upsert_subject(subject("p-1"), templates(1), seq=-1), "sequence"),
         (lambda: subject("p-1", scopes={"L1"}), "kind:value"),
         (lambda: subject("p-1", scopes="lane:L1"), "one string"),
@@ -241,7 +242,8 @@ def test_purge_expired_removes_rows_and_bytes_from_disk(tmp_path):
 def test_iter_active_filters_by_model_and_window(store, caplog):
     a = templates(2)
     store.upsert_subject(subject("p-a"), a, seq=1)
-    store.upsert_subject(subject("p-b", "deny", valid_from=NOW + DAY), templates(1) + templates(2, OTHER_MODEL, 512), seq=2)
+    store.upsert_subject(subject("p-b", "deny", valid_from=NOW + DAY),
+                         templates(1) + templates(2, OTHER_MODEL, 512), seq=2)
     store.upsert_subject(subject("p-old", valid_until=NOW - HOUR), templates(1), seq=3)
     store.upsert_subject(subject("p-c"), templates(1, OTHER_MODEL, 512), seq=4)
     store.upsert_subject(subject("p-r"), templates(1), seq=5)
@@ -255,6 +257,24 @@ def test_iter_active_filters_by_model_and_window(store, caplog):
     assert f"skipped 3 watchlist templates of model {OTHER_MODEL}" in caplog.text
     assert f"1 active watchlist subjects have no {MODEL} template" in caplog.text
     assert {s.subject_id for s in store.iter_active(NOW, OTHER_MODEL)} == {"p-b", "p-c"}
+
+
+def test_attaching_a_matcher_records_its_model_for_the_next_start(tmp_path):
+    class Listener:
+        def add(self, subject_id, vectors): ...
+
+        def remove(self, subject_id): ...
+
+    with WatchlistStore(tmp_path) as store:
+        assert store.model_id() is None
+        store.set_listener(Listener(), MODEL)
+    with WatchlistStore(tmp_path, read_only=True) as store:
+        assert store.model_id() == MODEL
+        store.set_listener(Listener(), OTHER_MODEL)  # a read-only view records nothing
+    with WatchlistStore(tmp_path) as store:
+        assert store.model_id() == MODEL
+        store.set_listener(Listener(), OTHER_MODEL)
+        assert store.model_id() == OTHER_MODEL
 
 
 def test_stats(store):

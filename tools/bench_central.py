@@ -174,7 +174,7 @@ def _bench_store(name: str, database: str, sqlite_path: Path | None, nodes: int,
                     "snapshot_s": {}}
     try:
         time.sleep(1.0)
-        scope0 = [f"/lane/BENCH-0/"]
+        scope0 = ["/lane/BENCH-0/"]
         target = int(rng.integers(min(scope_size, subjects)))
         target_vec = np.random.default_rng(1)  # regenerate the target's vector as the load did
         vectors = _unit(target_vec, min(20_000, subjects), dim)
@@ -196,8 +196,9 @@ def _bench_store(name: str, database: str, sqlite_path: Path | None, nodes: int,
                                                            "model_versions": {MODEL: "1"}})
             t0 = time.perf_counter()
             agent.start()
-            _wait(lambda: agent.status().watchlist.snapshots >= 1, timeout_s, "the snapshot", 0.005)
-            _wait(lambda: probe(sink, f"s{target:07d}", vectors[target]), timeout_s, "search after the snapshot")
+            _wait(lambda agent=agent: agent.status().watchlist.snapshots >= 1, timeout_s, "the snapshot", 0.005)
+            _wait(lambda sink=sink: probe(sink, f"s{target:07d}", vectors[target]), timeout_s,
+                  "search after the snapshot")
             result["snapshot_s"][node] = round(time.perf_counter() - t0, 2)
             agents.append((agent, sink))
 
@@ -212,7 +213,7 @@ def _bench_store(name: str, database: str, sqlite_path: Path | None, nodes: int,
             time.sleep(float(rng.uniform(0.0, 0.05)))
             t0 = time.perf_counter()
             central.enroll_subject(sid, "allow", ["lane:BENCH-0"], None, None, MODEL, v)
-            _wait(lambda: probe(sink, sid, v[0]), 30, f"update {sid}")
+            _wait(lambda sid=sid, v=v: probe(sink, sid, v[0]), 30, f"update {sid}")
             latencies.append((time.perf_counter() - t0) * 1000)
         for agent, _ in agents:
             agent.stop()
@@ -242,7 +243,8 @@ def _bench_store(name: str, database: str, sqlite_path: Path | None, nodes: int,
 
 
 def central_bench(*, subjects: int = 1_000_000, scope_size: int = 100_000, updates: int = 30, gates: int = 200,
-                  records: int = 1000, batch: int = 500, dim: int = 128, stores: tuple[str, ...] = ("sqlite", "postgresql"),
+                  records: int = 1000, batch: int = 500, dim: int = 128,
+                  stores: tuple[str, ...] = ("sqlite", "postgresql"),
                   progress: Progress = lambda _: None, timeout_s: float = 600.0) -> dict:
     from tools.pg_cluster import create_database, temp_cluster
 
@@ -295,7 +297,8 @@ def format_table(r: dict) -> str:
         ["audit chains verify"] + ["yes" if s["chains_ok"] else "NO" for s in stores],
     ]
     if len(stores) == 2 and stores[0]["audit_records_per_s"]:
-        rows.append(["ingest ratio postgresql / sqlite", "", f"{stores[1]['audit_records_per_s'] / stores[0]['audit_records_per_s']:.2f}x"])
+        ratio = stores[1]["audit_records_per_s"] / stores[0]["audit_records_per_s"]
+        rows.append(["ingest ratio postgresql / sqlite", "", f"{ratio:.2f}x"])
     widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
-    fmt = lambda row: "  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip()  # noqa: E731
+    fmt = lambda row: "  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()  # noqa: E731
     return "\n".join(lines + [fmt(header), fmt(["-" * w for w in widths]), *map(fmt, rows)])

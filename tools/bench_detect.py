@@ -72,7 +72,8 @@ def accuracy(detectors: dict, photos: list[Path], dlib_ref: DlibReference) -> di
     for path in photos:
         img = cv2.imread(str(path))
         h, w = img.shape[:2]
-        ref_boxes = [b for b in dlib_ref.boxes(img) if b.left() <= w / 2 <= b.right() and b.top() <= h / 2 <= b.bottom()]
+        ref_boxes = [b for b in dlib_ref.boxes(img)
+                     if b.left() <= w / 2 <= b.right() and b.top() <= h / 2 <= b.bottom()]
         ref = dlib_ref.eyes_and_nose(img, ref_boxes[0]) if ref_boxes else None
         found["dlib-hog"] += ref is not None
         for k, det in detectors.items():

@@ -74,14 +74,13 @@ class _Gate:
 
 def node_failover_bench(gates: int = 50, progress: Callable[[str], None] = lambda _: None,
                         settle_s: float = 60.0) -> dict:
-    from sync.bench import _free_base_port
-    from tools.gate_bench import gate_side_factories
-    from tools.pg_cluster import create_database, temp_cluster
+    import logging
 
+    from sync.bench import _free_base_port
     from sync.central_migrate import migrate_schema
     from sync.central_pg import close_pools
-
-    import logging
+    from tools.gate_bench import gate_side_factories
+    from tools.pg_cluster import create_database, temp_cluster
 
     logging.getLogger("sync").setLevel(logging.ERROR)  # every gate's "moving to" line would flood the table
     with tempfile.TemporaryDirectory(prefix="edgegate-failover-bench-") as tmp:
@@ -189,7 +188,8 @@ def node_failover_bench(gates: int = 50, progress: Callable[[str], None] = lambd
                 duplicated += len(seqs) - len(set(seqs))
                 lost += g.audit.last_seq() - len(set(seqs) & set(range(1, g.audit.last_seq() + 1)))
                 chains_ok &= verify_chain(held).ok
-            snapshots_forced = sum(g.agent.status().watchlist.snapshots - b for g, b in zip(fleet, snapshots_before))
+            snapshots_forced = sum(g.agent.status().watchlist.snapshots - b
+                                   for g, b in zip(fleet, snapshots_before, strict=True))
             resumes = sum(g.agent.status().watchlist.resumes for g in fleet)
             central.close()
         finally:

@@ -56,13 +56,13 @@ def kiosk_bench(model_dir: Path, images: Path, travellers: int = 12, fps: float 
     from kiosk.specimen import build_dg1, build_dg2, build_sod, make_csca, make_document_signer, td1_mrz
     from models.registry import DEFAULT_DETECTOR, DEFAULT_EMBEDDER
     from sync.agent import GateAgent
+    from sync.bench import _free_base_port  # the sync benchmark's loopback port finder
     from sync.central import Central
     from sync.central_server import CentralServer
     from sync.config import AgentConfig, CentralConfig
     from sync.keys import generate_keypair_files, load_public_key
     from sync.service_messages import EnrolRequest
     from sync.station_client import StationClient, StationLink
-    from sync.bench import _free_base_port  # the sync benchmark's loopback port finder
     from tools.gate_bench import gate_side_factories
     from vision.image_io import load_image
     from vision.loading import load_pipeline

@@ -65,7 +65,7 @@ def lane_bench(models: Path, images: Path, enrolled: int = 12, strangers: int = 
     from gate.template_crypto import TemplateCipher
     from gate.watchlist import Subject, WatchlistStore
     from vision.capture import open_source
-    from vision.enroll import enrol_photos
+    from vision.enrol import enrol_photos
     from vision.loading import load_pipeline
     from vision.types import Template
 

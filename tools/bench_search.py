@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import gc
+import itertools
 import json
 import logging
 import os
@@ -166,7 +167,7 @@ def _burst(matcher, data: _Data, model_rng, updates: int) -> dict:
     sentinel_set = set(sentinels.tolist())
     dim = data.gallery.shape[1]
     noise = model_rng.standard_normal((len(sentinels), dim)) * (0.75 / np.sqrt(dim))  # genuine-like, cos ≈ 0.8
-    probes = [(data.ids[i], data.gallery[i] + e) for i, e in zip(sentinels, noise)]
+    probes = [(data.ids[i], data.gallery[i] + e) for i, e in zip(sentinels, noise, strict=True)]
     before = {sid: matcher.search(v, 1)[0] for sid, v in probes}
     touchable = np.array([i for i in model_rng.permutation(n)[:updates * 2] if i not in sentinel_set])
     slowest = [0.0]
@@ -290,7 +291,7 @@ def search_bench(sizes=(10_000, 100_000, 1_000_000), dims=(128, 512), methods=("
                 ms = np.array(lat[name]) * 1e3
                 baseline = name.startswith("faiss_flat")
                 agree = [a[:1] == t[:1] if not baseline else _same_top1_id(a, t)
-                         for a, t in zip(answers[name], truth)]
+                         for a, t in zip(answers[name], truth, strict=True)]
                 row = {
                     "size": size, "dim": dim, "method": name, "k": k, "probes": len(data.probes),
                     "median_ms": float(np.median(ms)), "p99_ms": float(np.quantile(ms, 0.99)),
@@ -299,7 +300,7 @@ def search_bench(sizes=(10_000, 100_000, 1_000_000), dims=(128, 512), methods=("
                     "faiss_sharded_median_ms": sharded_median,
                     "speedup_vs_faiss_sharded": sharded_median / float(np.median(ms)) if sharded_median else None,
                     "top1_agreement": float(np.mean(agree)),
-                    "topk_disagreements": int(sum(a != t for a, t in zip(answers[name], truth)))
+                    "topk_disagreements": int(sum(a != t for a, t in zip(answers[name], truth, strict=True)))
                     if not baseline else None,
                     "load_s": build[name]["load_s"],
                     "resident_bytes": int(build[name]["rss_delta"]),
@@ -335,7 +336,7 @@ def _sharded_flat(gallery: np.ndarray, shards: int):
 
     index = faiss.IndexShards(gallery.shape[1], True, True)  # threaded, successive ids
     bounds = np.linspace(0, len(gallery), shards + 1).astype(int)
-    for a, b in zip(bounds[:-1], bounds[1:]):
+    for a, b in itertools.pairwise(bounds):
         shard = faiss.IndexFlatIP(gallery.shape[1])
         shard.add(gallery[a:b])
         index.add_shard(shard)
@@ -345,7 +346,7 @@ def _sharded_flat(gallery: np.ndarray, shards: int):
 def _query(engine, name: str, q: np.ndarray, k: int, ids: list[str]):
     if name.startswith("faiss_flat"):
         scores, idx = engine.search(q[None], k)
-        return [(ids[i], float(s)) for i, s in zip(idx[0], scores[0])]
+        return [(ids[i], float(s)) for i, s in zip(idx[0], scores[0], strict=True)]
     return [(m.subject_id, m.score) for m in engine.search(q, k)]
 
 

@@ -1,6 +1,6 @@
 """Enrolment at the central from photo folders: vision makes the templates, the central
 stores and publishes them. This is the one place the two meet (vision never imports sync and
-sync never imports vision), so both `gate-central enroll` and the demo call it.
+sync never imports vision), so both `gate-central enrol` and the demo call it.
 """
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Callable
 
 from sync.scopes import ScopeError, check_id
-from vision.enroll import PhotoVerdict, enrol_photos, photos_in
+from vision.enrol import PhotoVerdict, enrol_photos, photos_in
 
 
 @dataclass

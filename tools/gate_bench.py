@@ -217,7 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-reference", action="store_true", help="skip the dlib reference pipeline")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_vision)
-    s = sub.add_parser("lane", help="the real daemon on a 15 fps feed of passengers: face-to-open, false opens, idle CPU")
+    s = sub.add_parser("lane", help="the real daemon on a 15 fps feed of passengers: face-to-open, false opens, "
+                                    "idle CPU")
     s.add_argument("--images", default="../shared/faces/lfw-dev/images")
     s.add_argument("--models", default=str(default_model_dir()))
     s.add_argument("--enrolled", type=int, default=12)

@@ -2,6 +2,7 @@
 
     gate-central --config central.toml                  serve (CHP, audit collector, health)
     gate-central keys gen --name NAME --out DIR         CURVE keypair, files 0600
+    gate-central config-reference                       the [central] keys (markdown)
     gate-central --config F gate add ID --public-key FILE --scope lane:L1 [--scope flight:BA1]
     gate-central --config F gate remove ID | gate list
     gate-central --config F admin add NAME --public-key FILE
@@ -10,7 +11,7 @@
     gate-central --config F revoke SUBJECT [--scope lane:L1] [--reason TEXT]
     gate-central --config F expire
     gate-central --config F list [--scope lane:L1] [--status active|revoked|expired]
-    gate-central --config F enroll --from DIR --scope lane:L1 [--list deny] [--valid-until T]
+    gate-central --config F enrol --from DIR --scope lane:L1 [--list deny] [--valid-until T]  (alias: enroll)
     gate-central --config F migrate [--from OLD_SQLITE_FILE]   create/upgrade the schema; copy a SQLite central
 
 Every command is a thin wrapper over sync.central / sync.central_server / sync.keys.
@@ -25,7 +26,7 @@ from pathlib import Path
 from models.manifest import ModelError
 from sync.central import Central, EnrollmentError
 from sync.central_db import StorageError, redact_dsn
-from sync.config import ConfigError, load_central_config
+from sync.config import ConfigError, central_reference_markdown, load_central_config
 from sync.keys import KeyFileError, generate_keypair_files, load_public_key
 
 
@@ -41,6 +42,11 @@ def cmd_serve(args) -> int:
     if args.config is None:
         raise ConfigError("serving needs --config FILE")
     return run_central(load_central_config(args.config))
+
+
+def cmd_config_reference(args) -> int:
+    print(central_reference_markdown())
+    return 0
 
 
 def cmd_keys_gen(args) -> int:
@@ -124,7 +130,7 @@ def cmd_list(args) -> int:
     return 0
 
 
-def cmd_enroll(args) -> int:
+def cmd_enrol(args) -> int:
     """Photos → templates with the configured models → stored and published in the scope."""
     import datetime as dt
 
@@ -188,6 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub = p.add_subparsers(dest="cmd", parser_class=with_config)
     sub.add_parser("serve", help="run the central service (the default)").set_defaults(func=cmd_serve)
+    sub.add_parser("config-reference", help="print the [central] configuration reference (markdown)").set_defaults(
+        func=cmd_config_reference)
 
     keys = sub.add_parser("keys", help="CURVE keys").add_subparsers(dest="keys_cmd", required=True,
                                                                           parser_class=with_config)
@@ -242,7 +250,9 @@ def build_parser() -> argparse.ArgumentParser:
     from models.registry import DEFAULT_DETECTOR, DEFAULT_EMBEDDER
     from tools.gate_models import default_model_dir
 
-    en = sub.add_parser("enroll", help="enrol people from photos: one sub-folder per person, named by subject id")
+    # "enroll" kept as an alias so scripts written for the first spelling keep working
+    en = sub.add_parser("enrol", aliases=["enroll"],
+                        help="enrol people from photos: one sub-folder per person, named by subject id")
     en.add_argument("--from", dest="from_dir", required=True, help="folder of per-person photo folders")
     en.add_argument("--scope", action="append", required=True, help="lane:ID or flight:NO (repeatable)")
     en.add_argument("--list", choices=["allow", "deny"], default="allow")
@@ -251,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     en.add_argument("--detector", default=DEFAULT_DETECTOR)
     en.add_argument("--embedder", default=DEFAULT_EMBEDDER)
     en.add_argument("--no-flip", action="store_true")
-    en.set_defaults(func=cmd_enroll)
+    en.set_defaults(func=cmd_enrol)
 
     mg = sub.add_parser("migrate", help="create or upgrade the central's schema (PostgreSQL); "
                                         "--from copies a SQLite central into it")

@@ -48,7 +48,7 @@ def cmd_lfw(args) -> int:
         print()
     else:
         print(f"pairs {r.pairs}  no_face {r.no_face}")
-        for i, (a, t) in enumerate(zip(r.fold_accuracies, r.fold_thresholds)):
+        for i, (a, t) in enumerate(zip(r.fold_accuracies, r.fold_thresholds, strict=True)):
             print(f"  fold {i + 1}: accuracy {a:.4f} at threshold {t:.4f} (chosen on the other folds)")
         print(f"accuracy {r.accuracy_mean:.4f} ± {r.accuracy_std:.4f}")
         print(f"TAR@FAR=1e-3 {r.tar_at_far_1e_3:.4f} at threshold {r.threshold_at_far_1e_3:.4f}")
@@ -125,14 +125,16 @@ def cmd_pad(args) -> int:
     for row in r["per_image"]:
         live = f"{row['live']:.4f}" if row["face"] else "-"
         verdict = row["verdict"] or row.get("error", "no face")
-        print(f"{row['image'][:40]:40s} {row['label']:6s} {live:>7s}  {verdict}{'' if row['correct'] in (None, True) else '  WRONG'}")
+        wrong = "" if row["correct"] in (None, True) else "  WRONG"
+        print(f"{row['image'][:40]:40s} {row['label']:6s} {live:>7s}  {verdict}{wrong}")
 
     def pct(v):
         return "n/a" if v is None else f"{100 * v:.1f}%"
     print(f"pad {r['pad']}  detector {r['detector']}  live {r['live']}  spoof {r['spoof']}  "
           f"no_face {r['no_face']}  unreadable {r['unreadable']}")
-    print(f"at threshold {r['threshold']:g}: APCER {pct(r['apcer'])} (worst species; "
-          f"{', '.join(f'{k} {pct(v)}' for k, v in r['apcer_per_species'].items()) or 'none'})  BPCER {pct(r['bpcer'])}")
+    species = ", ".join(f"{k} {pct(v)}" for k, v in r["apcer_per_species"].items()) or "none"
+    print(f"at threshold {r['threshold']:g}: APCER {pct(r['apcer'])} (worst species; {species})  "
+          f"BPCER {pct(r['bpcer'])}")
     t, auc = r["threshold_at_bpcer_0.05"], r["auc"]
     print(f"APCER at BPCER<=5% {pct(r['apcer_at_bpcer_0.05'])} (threshold {'n/a' if t is None else f'{t:.4f}'})  "
           f"AUC {'n/a' if auc is None else f'{auc:.4f}'}")

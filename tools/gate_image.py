@@ -36,9 +36,11 @@ def cmd_build(args) -> int:
         built = build_bundle(site=args.site, lane=args.lane, config=Path(args.config),
                              central_key=Path(args.central_key), out_dir=Path(args.out),
                              signing_key=Path(args.key), models_dir=Path(args.models) if args.models else None,
-                             units_dir=Path(args.units) if args.units else None, progress=progress)
+                             units_dir=Path(args.units) if args.units else None, progress=progress,
+                             image_version=args.image_version, gate_ids=tuple(args.gate_id) if args.gate_id else None)
     m = built.manifest
-    print(f"{built.path}: site {m.site}, lane {m.lane}, software {m.software_version}, "
+    print(f"{built.path}: site {m.site}, lane {m.lane}, gate(s) {', '.join(m.gate_ids)}, image version "
+          f"{m.image_version}, software {m.software_version}, "
           f"{len(m.files)} files, models {', '.join(d['name'] for d in m.models)}, signed by {m.signer}")
     return 0
 
@@ -49,6 +51,19 @@ def cmd_verify(args) -> int:
     return 0 if passed(checks) else 1
 
 
+def _downgrade(args):
+    """--allow-downgrade needs a named engineer and a reason; either alone is a mistake."""
+    from gate.image_policy import Downgrade
+
+    if not args.allow_downgrade:
+        if args.operator or args.reason:
+            raise ImageError("--operator and --reason go with --allow-downgrade")
+        return None
+    if not args.operator or not args.reason:
+        raise ImageError("--allow-downgrade needs --operator ID and --reason TEXT (both are audited)")
+    return Downgrade(args.operator, args.reason)
+
+
 def cmd_install(args) -> int:
     from gate.image_install import install
     from gate.selftest import selftest_config
@@ -56,7 +71,7 @@ def cmd_install(args) -> int:
     root = Path(args.root)
     pubkey = Path(args.pubkey) if args.pubkey else root / PUBLIC_NAME
     opts = _selftest_options(args)
-    result = install(Path(args.bundle), root, pubkey, lambda cfg: selftest_config(cfg, opts))
+    result = install(Path(args.bundle), root, pubkey, lambda cfg: selftest_config(cfg, opts), _downgrade(args))
     print(format_table(result.checks))
     if result.generated_key:
         print(f"generated this gate's CURVE keypair: {result.generated_key} — register its public key "
@@ -72,7 +87,7 @@ def cmd_install(args) -> int:
 def cmd_rollback(args) -> int:
     from gate.image_install import rollback
 
-    print(f"current → slot {rollback(Path(args.root))}")
+    print(f"current → slot {rollback(Path(args.root), _downgrade(args))}")
     return 0
 
 
@@ -83,15 +98,23 @@ def cmd_status(args) -> int:
     if args.json:
         print(json.dumps([r.__dict__ for r in rows], indent=2))
         return 0
-    print(f"{'slot':4s}  {'current':7s}  {'site':8s}  {'lane':10s}  {'software':8s}  {'built':25s}  "
+    print(f"{'slot':4s}  {'current':7s}  {'site':8s}  {'lane':10s}  {'version':10s}  {'software':8s}  {'built':25s}  "
           f"{'installed':25s}  selftest")
     for r in rows:
         if not r.installed_at and not r.selftest:
             print(f"{r.name:4s}  {'*' if r.current else '':7s}  (empty)")
             continue
-        print(f"{r.name:4s}  {'*' if r.current else '':7s}  {r.site:8s}  {r.lane:10s}  {r.software_version:8s}  "
+        print(f"{r.name:4s}  {'*' if r.current else '':7s}  {r.site:8s}  {r.lane:10s}  {r.image_version:<10d}  "
+              f"{r.software_version:8s}  "
               f"{r.built_at:25s}  {r.installed_at:25s}  {r.selftest}")
     return 0
+
+
+def _add_downgrade_options(s) -> None:
+    s.add_argument("--allow-downgrade", action="store_true",
+                   help="permit an image older than the newest installed here (audited)")
+    s.add_argument("--operator", help="who allows the downgrade (recorded in the gate's audit log)")
+    s.add_argument("--reason", help="why (recorded in the gate's audit log)")
 
 
 def _add_selftest_options(s) -> None:
@@ -116,6 +139,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--models", help="take models from here instead of the config's [models] dir")
     s.add_argument("--units", help="folder of systemd units (default: the repository's systemd/)")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    s.add_argument("--image-version", type=int, help="monotonic image version (default: build time, UTC seconds); "
+                                                    "gates refuse to go below the newest they installed")
+    s.add_argument("--gate-id", action="append", help="a gate this bundle may be installed on (repeatable; "
+                                                       "default: the config's gate id)")
     s.set_defaults(func=cmd_build)
     s = sub.add_parser("verify", help="check signature, every file's hash, config and models")
     s.add_argument("bundle")
@@ -127,9 +154,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--root", required=True, help="install root (slots/, current, data/)")
     s.add_argument("--pubkey", help=f"trusted public key (default ROOT/{PUBLIC_NAME})")
     _add_selftest_options(s)
+    _add_downgrade_options(s)
     s.set_defaults(func=cmd_install)
     s = sub.add_parser("rollback", help="make the previous slot current again")
     s.add_argument("--root", required=True)
+    _add_downgrade_options(s)
     s.set_defaults(func=cmd_rollback)
     s = sub.add_parser("status", help="slots, versions, which one is current")
     s.add_argument("--root", required=True)

@@ -3,6 +3,7 @@
     gate-ops --config central.toml gates
     gate-ops --config central.toml audit pull --gate ID --since T [--until T] --format jsonl|csv --out FILE
     gate-ops --config central.toml subject-gone SUBJECT_ID
+    gate-ops --config central.toml erase SUBJECT_ID --operator ID --reason TEXT
 
 `audit pull` verifies the gate's hash chain while exporting and exits 3 if it is broken
 (the file is still written in full). Times are ISO-8601; a time without offset is UTC.
@@ -19,7 +20,7 @@ from sync.audit_export import FORMATS, pull_audit
 from sync.central import Central
 from sync.central_db import StorageError
 from sync.config import ConfigError, load_central_config
-from sync.forget import all_gone, subject_presence
+from sync.forget import EraseRefused, all_gone, erase_subject, subject_presence
 from sync.ops import gates_table, parse_time
 
 EXIT_CHAIN_BROKEN = 3
@@ -52,6 +53,24 @@ def cmd_subject_gone(args) -> int:
     return 0 if gone else 1
 
 
+def cmd_erase(args) -> int:
+    central = Central(load_central_config(args.config).database)
+    try:
+        r = erase_subject(central, args.subject_id, args.operator, args.reason, settle_s=args.settle_s)
+    except EraseRefused as e:
+        print(f"gate-ops erase: {e}", file=sys.stderr)
+        return 1
+    finally:
+        central.close()
+    if not r.found:
+        print(f"subject {args.subject_id}: nothing at the central to erase")
+        return 0
+    print(f"subject {args.subject_id}: erased now (audited): {r.templates} template rows, "
+          f"{r.log_bodies} enrolment records and {r.log_deletes} deletion entries of the change log"
+          + (f"; {r.log_kept} recent deletion entries kept for the publisher (no templates)" if r.log_kept else ""))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gate-ops", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -66,6 +85,13 @@ def build_parser() -> argparse.ArgumentParser:
     pull.add_argument("--format", choices=FORMATS, default="jsonl")
     pull.add_argument("--out", required=True)
     pull.set_defaults(func=cmd_audit_pull)
+    erase = sub.add_parser("erase", help="erase a withdrawn subject now (tombstone, change-log templates), audited")
+    erase.add_argument("subject_id")
+    erase.add_argument("--operator", required=True, help="who erases (recorded with the erasure)")
+    erase.add_argument("--reason", required=True, help="why, e.g. the withdrawal request's reference")
+    erase.add_argument("--settle-s", type=float, default=60.0,
+                       help="keep deletion entries younger than this for the publisher (default 60)")
+    erase.set_defaults(func=cmd_erase)
     gone = sub.add_parser("subject-gone", help="prove a subject id has left the central's database")
     gone.add_argument("subject_id")
     gone.set_defaults(func=cmd_subject_gone)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sqlite3
 import sys
 from pathlib import Path
@@ -24,7 +25,8 @@ def _socket(args) -> Path:
 
 def _print_status(r: dict) -> None:
     keys = ["gate", "lane", "mode", "faults", "alarm", "camera", "device_online", "pad", "model", "watchlist_size",
-            "watchlist_sequence", "audit_unsent", "frames", "decisions", "last_decision_at", "out_of_service_by"]
+            "watchlist_sequence", "audit_unsent", "audit_chain_epoch", "audit_chain_alarm", "frames", "decisions",
+            "last_decision_at", "out_of_service_by"]
     for k in keys:
         if k in r:
             v = r[k]
@@ -97,6 +99,54 @@ def cmd_watchlist_gone(args) -> int:
     gone = all_gone(checks)
     print(f"{'PASS' if gone else 'FAIL'} subject {args.subject_id} is {'gone' if gone else 'still on this gate'}")
     return 0 if gone else 1
+
+
+def _state_dir(args, what: str) -> Path | None:
+    state_dir = Path(args.state_dir) if args.state_dir else None
+    if state_dir is None and args.config:
+        from gate.config import load_config
+
+        state_dir = load_config(Path(args.config)).gate.state_dir
+    if state_dir is None:
+        print(f"gatectl {what}: give --state-dir or --config", file=sys.stderr)
+    return state_dir
+
+
+def cmd_watchlist_erase(args) -> int:
+    """Offline (beside a running daemon too: a withdrawn subject is no longer in its matcher):
+    remove a withdrawn subject's tombstone now, audited first."""
+    from gate.audit import AuditLog, AuditWriteError
+    from gate.watchlist import WatchlistStore
+
+    state_dir = _state_dir(args, "watchlist erase")
+    if state_dir is None:
+        return 2
+    for name, value in (("--operator", args.operator), ("--reason", args.reason)):
+        if not value or not value.strip() or len(value) > 256:
+            print(f"gatectl watchlist erase: {name} must be 1-256 characters", file=sys.stderr)
+            return 2
+    if not (state_dir / "watchlist.db").exists():
+        print(f"gatectl watchlist erase: {state_dir / 'watchlist.db'} does not exist", file=sys.stderr)
+        return 2
+    with WatchlistStore(state_dir) as store:
+        entry = store.get(args.subject_id, with_templates=False)
+        if entry is None:
+            print(f"subject {args.subject_id}: nothing on this gate to erase")
+            return 0
+        if not entry.revoked:
+            print(f"gatectl watchlist erase: subject {args.subject_id} is active on this gate; revoke it at the "
+                  "central first", file=sys.stderr)
+            return 2
+        try:
+            with AuditLog(state_dir) as audit:
+                audit.append({"event": "watchlist_erase", "subject_id": args.subject_id, "operator": args.operator,
+                              "reason": args.reason, "uid": os.getuid()})
+        except (AuditWriteError, ValueError) as e:
+            print(f"gatectl watchlist erase: not erased, the audit record could not be written: {e}", file=sys.stderr)
+            return 2
+        store.erase(args.subject_id)
+    print(f"subject {args.subject_id}: tombstone erased (audited); check with `gatectl watchlist gone`")
+    return 0
 
 
 def cmd_audit_verify(args) -> int:
@@ -174,6 +224,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("subject_id")
     g.add_argument("--state-dir")
     g.set_defaults(func=cmd_watchlist_gone)
+    e = wl.add_parser("erase", help="offline: erase a withdrawn subject's tombstone now, not at expiry (audited)")
+    e.add_argument("subject_id")
+    e.add_argument("--operator", required=True, help="who erases (recorded in the audit log)")
+    e.add_argument("--reason", required=True, help="why, e.g. the withdrawal request's reference")
+    e.add_argument("--state-dir")
+    e.set_defaults(func=cmd_watchlist_erase)
     s = sub.add_parser("audit", help="offline audit checks")
     s.add_argument("what", choices=["verify"])
     s.add_argument("--state-dir")

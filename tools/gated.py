@@ -7,7 +7,7 @@ import signal
 import sys
 from pathlib import Path
 
-from gate.schema import ConfigError
+from configschema import ConfigError
 
 
 def setup_logging(level: str) -> None:
@@ -36,6 +36,14 @@ def main(argv=None) -> int:
         return 0
     setup_logging(cfg.gate.log_level)
     from gate.daemon import LaneDaemon, StartupError
+    from gate.process_hardening import disable_core_dumps
+
+    try:  # before any key or template is in memory
+        disable_core_dumps()
+    except OSError as e:
+        logging.getLogger("gated").error("cannot disable core dumps (%s); refusing to hold templates in a "
+                                         "process that may dump them", e)
+        return 3
 
     daemon = LaneDaemon(cfg)
 

@@ -1,19 +1,26 @@
-"""Regenerate the README's configuration reference from the config schema
-(`python -m tools.readme_config`), so the documented keys cannot drift from the code."""
+"""Regenerate the README's configuration references from the config schemas
+(`python -m tools.readme_config`), so the documented keys cannot drift from the code: the lane's
+(gate.config, with its [sync] table) and the central's (sync.config)."""
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
 from gate.config import reference_markdown
+from sync.config import central_reference_markdown
 
-START, END = "<!-- config-reference:start -->", "<!-- config-reference:end -->"
+SECTIONS = (("config-reference", reference_markdown), ("central-config-reference", central_reference_markdown))
 
 
 def render(readme: str) -> str:
-    head, rest = readme.split(START, 1)
-    _, tail = rest.split(END, 1)
-    return f"{head}{START}\n{reference_markdown()}\n{END}{tail}"
+    for marker, generate in SECTIONS:
+        start, end = f"<!-- {marker}:start -->", f"<!-- {marker}:end -->"
+        if start not in readme or end not in readme:
+            raise ValueError(f"README.md has no {start} ... {end} section")
+        head, rest = readme.split(start, 1)
+        _, tail = rest.split(end, 1)
+        readme = f"{head}{start}\n{generate()}\n{end}{tail}"
+    return readme
 
 
 def main() -> int:

@@ -183,9 +183,9 @@ def fnir_at_fpir(gen_top_id_ok: np.ndarray, gen_scores: np.ndarray, imp_scores: 
 def identification_report(split: IdentSplit, templates: dict[Path, np.ndarray | None], matcher_factory
                           ) -> dict:
     gal_ids = [i for i, p in split.gallery.items() if templates.get(p) is not None]
-    vecs = np.stack([templates[split.gallery[i]] for i in gal_ids])
+    vecs = np.stack([v for i in gal_ids if (v := templates.get(split.gallery[i])) is not None])
     matcher = matcher_factory(vecs.shape[1])
-    for i, v in zip(gal_ids, vecs):
+    for i, v in zip(gal_ids, vecs, strict=True):
         matcher.add(i, v[None])
     enrolled = set(gal_ids)
     asked: list[tuple[np.ndarray, tuple[str, float]]] = []  # every probe and the matcher's answer
@@ -210,13 +210,13 @@ def identification_report(split: IdentSplit, templates: dict[Path, np.ndarray | 
     for p in split.impostor:
         v = templates.get(p)
         imp_s.append(-1.0 if v is None else search(v).score)
-    gen_ok, gen_s, imp_s = np.array(gen_ok), np.array(gen_s), np.array(imp_s)
+    ok, gen, imp = np.array(gen_ok), np.array(gen_s), np.array(imp_s)
     # the matcher scans a compact copy; its answers must equal exact float32 search (0 changes)
     truth = exact_search(vecs, gal_ids, np.stack([v for v, _ in asked]), 1) if asked else []
-    changes = sum(got != want[0] for (_, got), want in zip(asked, truth))
-    f3, t3 = fnir_at_fpir(gen_ok, gen_s, imp_s, 0.003)
-    f2, t2 = fnir_at_fpir(gen_ok, gen_s, imp_s, 0.01)
-    return {"rank1": float(gen_ok.mean()), "fnir_at_fpir_0.003": f3, "threshold_at_fpir_0.003": t3,
+    changes = sum(got != want[0] for (_, got), want in zip(asked, truth, strict=True))
+    f3, t3 = fnir_at_fpir(ok, gen, imp, 0.003)
+    f2, t2 = fnir_at_fpir(ok, gen, imp, 0.01)
+    return {"rank1": float(ok.mean()), "fnir_at_fpir_0.003": f3, "threshold_at_fpir_0.003": t3,
             "fnir_at_fpir_0.01": f2, "threshold_at_fpir_0.01": t2, "gallery": len(gal_ids),
             "genuine_probes": len(split.genuine), "impostor_probes": len(split.impostor),
             "no_face": sum(v is None for v in templates.values()), "genuine_unusable": gen_missing,

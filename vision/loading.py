@@ -22,6 +22,7 @@ def load_pipeline(model_dir: Path, detector: str, embedder: str, flip: bool = Fa
     from vision.pipeline import FacePipeline
     from vision.quality import QualityThresholds
 
-    det = load_detector(resolve_manifest(model_dir, detector), **(detector_opts or {}), **({"threads": threads} if threads else {}))
+    det = load_detector(resolve_manifest(model_dir, detector), **(detector_opts or {}),
+                        **({"threads": threads} if threads else {}))
     emb = load_embedder(resolve_manifest(model_dir, embedder), flip=flip, **({"threads": threads} if threads else {}))
     return FacePipeline(det, emb, thresholds or QualityThresholds())

@@ -36,10 +36,10 @@ class FrameResult:
 
 
 class FacePipeline:
-    def __init__(self, detector, embedder, thresholds: QualityThresholds = QualityThresholds()):
+    def __init__(self, detector, embedder, thresholds: QualityThresholds | None = None):
         self.detector = detector
         self.embedder = embedder
-        self.thresholds = thresholds
+        self.thresholds = thresholds if thresholds is not None else QualityThresholds()
 
     @property
     def model_id(self) -> str:
@@ -79,5 +79,5 @@ class FacePipeline:
         else:
             t["align"] = 0.0
             t["embed"] = 0.0
-        results = [FaceResult(f, q, templates.get(i)) for i, (f, q) in enumerate(zip(faces, quals))]
+        results = [FaceResult(f, q, templates.get(i)) for i, (f, q) in enumerate(zip(faces, quals, strict=True))]
         return FrameResult(results, t, self.model_id)

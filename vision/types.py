@@ -9,6 +9,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+# The alignment template is part of a model's description, so it lives in models/ (vision may
+# import models, never the reverse); re-exported here for the stages that align.
+from models.align_template import ARCFACE_112, AlignTemplate  # noqa: F401
+
 # Landmark order used everywhere in edgegate (the ArcFace / MTCNN / SCRFD convention):
 # 0 = eye on the image's left, 1 = eye on the image's right, 2 = nose tip,
 # 3 = mouth corner on the image's left, 4 = mouth corner on the image's right.
@@ -38,32 +42,6 @@ class Face:
     @property
     def inter_eye_px(self) -> float:
         return float(np.linalg.norm(self.landmarks[1] - self.landmarks[0]))
-
-
-@dataclass(frozen=True)
-class AlignTemplate:
-    """Where the 5 landmarks must land in an aligned chip of `size` (width, height) pixels."""
-
-    size: tuple[int, int]
-    points: np.ndarray  # (5, 2) float32 in chip pixels, order LANDMARK_NAMES
-
-    def to_dict(self) -> dict:
-        return {"size": list(self.size), "points": np.asarray(self.points, dtype=float).round(4).tolist()}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "AlignTemplate":
-        return cls(size=(int(d["size"][0]), int(d["size"][1])), points=np.asarray(d["points"], dtype=np.float32))
-
-
-# ArcFace's canonical 112x112 template (insightface `arcface_dst`), used by provisioned
-# ArcFace-style embedders (MobileFaceNet, ArcFace R50/R100, ...).
-ARCFACE_112 = AlignTemplate(
-    size=(112, 112),
-    points=np.array(
-        [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]],
-        dtype=np.float32,
-    ),
-)
 
 
 @dataclass(frozen=True)

@@ -17,16 +17,18 @@ import cv2
 import numpy as np
 
 from models.manifest import ModelError, ModelManifest
+from vision.detect.base import DetectorBase
 from vision.detect.boxes import nms, to_faces
-from vision.onnx_session import verified_session
+from vision.detect.frame import DEFAULT_MIN_FACE, letterbox
 from vision.image_io import to_bgr8
+from vision.onnx_session import verified_session
 from vision.types import Face
 
 STRIDES = (8, 16, 32)
 ALIGN = 32  # input sides must be multiples of the coarsest stride
 
 
-class ScrfdDetector:
+class ScrfdDetector(DetectorBase):
     """Faces with landmarks from an insightface-format SCRFD model.
 
     det_side: a frame whose longer side exceeds this is shrunk to it (then padded to a
@@ -39,17 +41,16 @@ class ScrfdDetector:
     threads: ONNX Runtime intra-op threads.
     """
 
+    FORMAT = "scrfd"
+
     def __init__(self, manifest: ModelManifest, *, det_side: int = 640, score_threshold: float = 0.5,
-                 nms_threshold: float = 0.4, min_face: float = 20.0, threads: int = 1):
-        if manifest.format != "scrfd":
-            raise ModelError(f"model {manifest.name!r} has format {manifest.format!r}, not 'scrfd'")
+                 nms_threshold: float = 0.4, min_face: float = DEFAULT_MIN_FACE, threads: int = 1):
+        super().__init__(manifest, min_face)
         if det_side < ALIGN or det_side % ALIGN:
             raise ValueError(f"det_side must be a positive multiple of {ALIGN}, got {det_side}")
-        self.name = manifest.name
         self.det_side = int(det_side)
         self.score_threshold = float(score_threshold)
         self.nms_threshold = float(nms_threshold)
-        self.min_face = float(min_face)
         self._session = verified_session(manifest, "model", threads)
         inputs = self._session.get_inputs()
         outputs = self._session.get_outputs()
@@ -65,14 +66,9 @@ class ScrfdDetector:
         h, w = image.shape[:2]
         if min(h, w) < self.min_face:
             return []
-        scale = min(1.0, self.det_side / max(h, w))
-        sw, sh = max(1, round(w * scale)), max(1, round(h * scale))
-        resized = image if (sw, sh) == (w, h) else cv2.resize(
-            image, (sw, sh), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
-        pw, ph = -(-sw // ALIGN) * ALIGN, -(-sh // ALIGN) * ALIGN
-        if (pw, ph) != (sw, sh):
-            resized = cv2.copyMakeBorder(resized, 0, ph - sh, 0, pw - sw, cv2.BORDER_CONSTANT, value=0)
-        blob = cv2.dnn.blobFromImage(resized, 1 / 128, mean=(127.5, 127.5, 127.5), swapRB=True)
+        padded, scale = letterbox(image, self.det_side, multiple=ALIGN)
+        ph, pw = padded.shape[:2]
+        blob = cv2.dnn.blobFromImage(padded, 1 / 128, mean=(127.5, 127.5, 127.5), swapRB=True)
         boxes, scores, landmarks = self._decode(self._session.run(None, {self._input: blob}), ph, pw)
         keep = nms(boxes, scores, self.nms_threshold)
         boxes, scores, landmarks = boxes[keep], scores[keep], landmarks[keep]

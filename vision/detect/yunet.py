@@ -7,7 +7,15 @@ the verified bytes (FaceDetectorYN.create's framework/buffer overload), never fr
 
 cv2.FaceDetectorYN rows are [x, y, w, h, then five (x, y) landmarks, score]; its landmark
 order (the subject's right eye, i.e. the image's left eye, first) already matches
-LANDMARK_NAMES. OpenCV's DNN threads are process-wide: cap them with cv2.setNumThreads.
+LANDMARK_NAMES.
+
+Threads: OpenCV's DNN has no per-model thread count, only the process-wide cv2.setNumThreads
+that every cv2 call in the process (capture, resizing, alignment) shares, so a detector must not
+set it: that is the application's choice, made once. The detector used to set it from
+`threads`, and the cap bought nothing: on this project's shared 2-core machine, 120 composed
+640x480 LFW frames (tools.bench_vision.compose_frames) with OpenCV's thread count switched
+frame by frame in one process took 46.2 ms median with 1 thread and 47.0 ms with OpenCV's
+default 2 (load average 4); separate runs before and after the change, 41.3 vs 38.9 ms.
 """
 from __future__ import annotations
 
@@ -15,33 +23,32 @@ import cv2
 import numpy as np
 
 from models.manifest import ModelError, ModelManifest
+from vision.detect.base import DetectorBase
 from vision.detect.boxes import to_faces
+from vision.detect.frame import DEFAULT_MIN_FACE, letterbox
 from vision.image_io import to_bgr8
 from vision.types import Face
 
 INPUT_SIDE = 640
 
 
-class YunetDetector:
+class YunetDetector(DetectorBase):
     """Faces with landmarks from a YuNet ONNX model.
 
     score_threshold / nms_threshold / top_k: passed to cv2.FaceDetectorYN (OpenCV Zoo's
         demo defaults).
     min_face: faces whose box is narrower than this (frame pixels) are dropped.
-    threads: if given, OpenCV's process-wide thread count (cv2.setNumThreads); OpenCV has
-        no per-model setting.
+    threads: accepted like every detector's and checked, but not applied: see the module
+        docstring (OpenCV's thread count is process-wide).
     """
 
+    FORMAT = "yunet"
+
     def __init__(self, manifest: ModelManifest, *, score_threshold: float = 0.6, nms_threshold: float = 0.3,
-                 top_k: int = 5000, min_face: float = 20.0, threads: int | None = None):
-        if manifest.format != "yunet":
-            raise ModelError(f"model {manifest.name!r} has format {manifest.format!r}, not 'yunet'")
-        self.name = manifest.name
-        self.min_face = float(min_face)
-        if threads is not None:
-            if threads < 1:
-                raise ValueError(f"threads must be >= 1, got {threads}")
-            cv2.setNumThreads(int(threads))
+                 top_k: int = 5000, min_face: float = DEFAULT_MIN_FACE, threads: int | None = None):
+        super().__init__(manifest, min_face)
+        if threads is not None and threads < 1:
+            raise ValueError(f"threads must be >= 1, got {threads}")
         model = np.frombuffer(manifest.read_verified("model"), dtype=np.uint8)
         try:
             self._net = cv2.FaceDetectorYN.create(
@@ -56,11 +63,7 @@ class YunetDetector:
         h, w = image.shape[:2]
         if min(h, w) < self.min_face:
             return []
-        scale = INPUT_SIDE / max(h, w)
-        sw, sh = min(INPUT_SIDE, max(1, round(w * scale))), min(INPUT_SIDE, max(1, round(h * scale)))
-        resized = image if (sw, sh) == (w, h) else cv2.resize(
-            image, (sw, sh), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
-        square = cv2.copyMakeBorder(resized, 0, INPUT_SIDE - sh, 0, INPUT_SIDE - sw, cv2.BORDER_CONSTANT, value=0)
+        square, scale = letterbox(image, INPUT_SIDE, enlarge=True, square=True)
         _, rows = self._net.detect(square)
         if rows is None or len(rows) == 0:
             return []

@@ -45,9 +45,9 @@ class InputSpec:
 
     size: tuple[int, int]
     colour: str
-    range: tuple[float, float]
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
+    range: tuple[float, ...]  # 2 values (checked in from_manifest)
+    mean: tuple[float, ...]  # 3 values
+    std: tuple[float, ...]  # 3 values
     layout: str
 
     @classmethod

@@ -12,8 +12,8 @@ import logging
 import numpy as np
 
 from models.manifest import ModelError, ModelManifest
-from vision.onnx_session import verified_session
 from vision.embed.base import InputSpec
+from vision.onnx_session import verified_session
 from vision.types import AlignTemplate
 
 log = logging.getLogger(__name__)
@@ -62,7 +62,8 @@ class OnnxEmbedder:
     def _check_input(self, where: str, shape: list) -> None:
         w, h = self.spec.size
         want = [3, h, w] if self.spec.layout == "NCHW" else [h, w, 3]
-        if len(shape) != 4 or any(isinstance(got, int) and got != exp for got, exp in zip(shape[1:], want)):
+        if len(shape) != 4 or any(isinstance(got, int) and got != exp
+                                  for got, exp in zip(shape[1:], want, strict=True)):
             raise ModelError(f"{where}: model input shape {shape} does not fit the manifest's "
                              f"{self.spec.layout} {w}x{h} RGB/BGR chips")
 

@@ -253,9 +253,9 @@ class Matcher:
     def add_arrays(self, subject_ids: Sequence[str], vectors: np.ndarray) -> None:
         """One template per row; rows sharing a subject id become that subject's templates. The
         bulk form for a watchlist loaded from a database: no Python object per template, and
-        with distinct ids the rows go in a segment (a million rows) at a time, so loading ten
-        million templates never holds a second copy of them. Everything is validated before
-        anything changes."""
+        with distinct ids the rows go in one segment (`max_segment_rows`, half a million) at a
+        time, so loading ten million templates never holds a second copy of them. Everything is
+        validated before anything changes."""
         v = np.asarray(vectors)
         if v.ndim != 2 or len(v) != len(subject_ids):
             raise ValueError(f"need one subject id per row: {len(subject_ids)} ids, array shape {v.shape}")
@@ -283,7 +283,7 @@ class Matcher:
         numbers = np.empty(len(ids), dtype=np.int64)
         starts = np.empty(len(ids), dtype=np.int64)
         clear_ranges = []
-        for i, (sid, k) in enumerate(zip(ids, counts.tolist())):
+        for i, (sid, k) in enumerate(zip(ids, counts.tolist(), strict=True)):
             with self._lock:
                 number = self._subjects.number(sid)
                 old = None if number is None else self._subjects.slots(number)
@@ -298,11 +298,11 @@ class Matcher:
         row_slots = (np.repeat(starts, counts) + np.arange(len(vecs))
                      - np.repeat(np.cumsum(counts) - counts, counts)).astype(np.int32)
         self._write_exact(row_slots, vecs)
-        for sid, number, slot0, k in zip(ids, numbers.tolist(), starts.tolist(), counts.tolist()):
+        for sid, number, slot0, k in zip(ids, numbers.tolist(), starts.tolist(), counts.tolist(), strict=True):
             with self._lock:  # only now, with its templates stored, can verify() find a subject
                 self._subjects.bind(sid, number, slot0, k)
             self._subjects.rehash_if_needed()
-        self._slots.update_liveness(list(zip(starts.tolist(), counts.tolist())), clear_ranges)
+        self._slots.update_liveness(list(zip(starts.tolist(), counts.tolist(), strict=True)), clear_ranges)
         gens = self._slots.gen[row_slots]
         if len(vecs) >= self._staging_rows:
             for a in range(0, len(vecs), self._max_segment_rows):
@@ -321,7 +321,7 @@ class Matcher:
         order = np.argsort(row_slots, kind="stable")
         sorted_slots = row_slots[order]
         breaks = np.flatnonzero(np.diff(sorted_slots) != 1) + 1
-        for a, b in zip(np.r_[0, breaks].tolist(), np.r_[breaks, len(order)].tolist()):
+        for a, b in zip(np.r_[0, breaks].tolist(), np.r_[breaks, len(order)].tolist(), strict=True):
             for c in range(a, b, 1 << 16):
                 d = min(b, c + (1 << 16))
                 self._exact.write(int(sorted_slots[c]), vecs[order[c:d]])
@@ -440,7 +440,7 @@ class Matcher:
                 rounds += 1
                 new_slots = []
                 scanned = scan_parts(q, [(parts[i][0], want[i], parts[i][1]) for i in todo], self.scan_threads)
-                for i, (scores, rows) in zip(todo, scanned):
+                for i, (scores, rows) in zip(todo, scanned, strict=True):
                     part, n = parts[i]
                     if want[i] >= n or not len(rows):  # every row seen: nothing left to bound
                         bound[i] = -math.inf
@@ -453,7 +453,7 @@ class Matcher:
                 if len(slots):
                     scored = np.union1d(scored, slots)
                     exact = exact_scores(self._exact.read(slots), q)
-                    for subj, sc in zip(snap.slot_subject[slots].tolist(), exact.tolist()):
+                    for subj, sc in zip(snap.slot_subject[slots].tolist(), exact.tolist(), strict=True):
                         if sc > best.get(subj, -math.inf):
                             best[subj] = sc
                 ranked = self._rank(best, k)

@@ -26,7 +26,7 @@ def exact_search(gallery: np.ndarray, ids: list[str], probes: np.ndarray, k: int
     for p in range(len(q)):
         rows = np.concatenate(cands[p])
         exact = exact_scores(unit_rows(gallery[rows]), q[p])
-        ranked = sorted(((ids[i], float(s)) for i, s in zip(rows.tolist(), exact.tolist())),
+        ranked = sorted(((ids[i], float(s)) for i, s in zip(rows.tolist(), exact.tolist(), strict=True)),
                         key=lambda t: (-t[1], t[0]))
         out.append(ranked[:k])
     return out

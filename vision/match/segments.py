@@ -64,7 +64,7 @@ class Codec:
             raise RuntimeError(f"faiss {faiss.__version__} computes wrong {self.precision.value} scan scores at "
                                f"dim {self.dim} on this CPU; the matcher cannot run exactly with it")
 
-    def new_index(self) -> faiss.Index:
+    def new_index(self) -> faiss.IndexFlatCodes:  # flat and scalar-quantised: both keep their codes
         if self.precision is Precision.FLOAT32:
             return faiss.IndexFlatIP(self.dim)
         if self.precision is Precision.FLOAT16:
@@ -101,7 +101,7 @@ class CodeSegment:
     row's place in the exact store, the generation tells a live row from a stale one left by an
     earlier owner of the same slot."""
 
-    index: faiss.Index
+    index: faiss.IndexFlatCodes
     row_slot: np.ndarray  # (n,) int32
     row_gen: np.ndarray  # (n,) uint16
     max_error: float

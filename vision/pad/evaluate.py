@@ -84,7 +84,7 @@ def roc_auc(live: np.ndarray, spoof: np.ndarray) -> float | None:
 def _worst_apcer(by_species: dict[str, np.ndarray], threshold: float | None) -> float | None:
     if threshold is None:
         return None
-    values = [apcer(v, threshold) for v in by_species.values() if len(v)]
+    values = [a for v in by_species.values() if len(v) and (a := apcer(v, threshold)) is not None]
     return max(values) if values else None
 
 

@@ -45,7 +45,8 @@ class PadPolicy:
             lo, hi = f.metadata.get("min"), f.metadata.get("max")
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) \
                     or (lo is not None and v < lo) or (hi is not None and v > hi):
-                raise ValueError(f"pad {f.name} = {v!r} must be a number within [{lo}, {hi if hi is not None else '∞'}]")
+                raise ValueError(f"pad {f.name} = {v!r} must be a number within "
+                                 f"[{lo}, {hi if hi is not None else '∞'}]")
 
 
 @dataclass(frozen=True)

@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 
 from models.manifest import ModelError, ModelManifest, find_manifests
-from vision.onnx_session import verified_session
 from vision.embed.base import InputSpec
 from vision.image_io import to_bgr8
+from vision.onnx_session import verified_session
 from vision.pad.base import ModelOutput, PadScore
 from vision.pad.crop import CropRule
 from vision.types import Face
@@ -85,7 +85,8 @@ class OnnxPadModel:
     def _check_input(self, where: str, shape: list) -> None:
         w, h = self.spec.size
         want = [3, h, w] if self.spec.layout == "NCHW" else [h, w, 3]
-        if len(shape) != 4 or any(isinstance(got, int) and got != exp for got, exp in zip(shape[1:], want)):
+        if len(shape) != 4 or any(isinstance(got, int) and got != exp
+                                  for got, exp in zip(shape[1:], want, strict=True)):
             raise ModelError(f"{where}: model input shape {shape} does not fit the manifest's "
                              f"{self.spec.layout} {w}x{h} crops")
 

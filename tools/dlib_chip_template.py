@@ -23,7 +23,7 @@ template is calibrated to the detector the gate uses by default (MTCNN), as foll
 Only geometry is used: no identity labels, and no photo any verification pair refers to, so
 the template carries nothing of the benchmark's test pairs. Photos: insightface's bundled
 sample photos plus the LFW development images that pairs.txt never mentions, in sorted path
-order. Run `python -m models.dlib_chip_template --models .models`; the result is stored as
+order. Run `python -m tools.dlib_chip_template --models .models`; the result is stored as
 DLIB_CHIP_150 in models/dlib_resnet.py and re-checked by tests/test_dlib_resnet.py.
 
 dlib is a test/reference dependency, so it is imported only when a measurement runs.
@@ -143,7 +143,8 @@ class DlibLandmarker:
         src_x = self.dlib.extract_image_chip(np.ascontiguousarray(xs), details)
         src_y = self.dlib.extract_image_chip(np.ascontiguousarray(ys), details)
         v, u = np.mgrid[0:CHIP_SIZE, 0:CHIP_SIZE]
-        inside = (src_x > _FIT_MARGIN) & (src_x < w - 1 - _FIT_MARGIN) & (src_y > _FIT_MARGIN) & (src_y < h - 1 - _FIT_MARGIN)
+        inside = ((src_x > _FIT_MARGIN) & (src_x < w - 1 - _FIT_MARGIN)
+                  & (src_y > _FIT_MARGIN) & (src_y < h - 1 - _FIT_MARGIN))
         inside[:_FIT_MARGIN] = inside[-_FIT_MARGIN:] = False
         inside[:, :_FIT_MARGIN] = inside[:, -_FIT_MARGIN:] = False
         if inside.sum() < 3 * CHIP_SIZE:

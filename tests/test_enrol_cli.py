@@ -1,4 +1,4 @@
-"""`gate-central enroll`: photo folders → templates with the real default models → central."""
+"""`gate-central enrol`: photo folders → templates with the real default models → central."""
 import dataclasses
 import shutil
 
@@ -34,7 +34,7 @@ def test_enrol_folder_reports_rejects_and_refuses_mixed_models(tmp_path, mtcnn_m
     (bad / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
     cfg = tmp_path / "central.toml"
     cfg.write_text(f'[central]\ndb_path = "{tmp_path / "central.db"}"\n')
-    rc = central_main(["--config", str(cfg), "enroll", "--from", str(people), "--scope", "lane:L1",
+    rc = central_main(["--config", str(cfg), "enrol", "--from", str(people), "--scope", "lane:L1",
                        "--valid-until", "2099-01-01T00:00Z", "--models", str(models)])
     out = capsys.readouterr().out
     assert rc == 0
@@ -50,7 +50,7 @@ def test_enrol_folder_reports_rejects_and_refuses_mixed_models(tmp_path, mtcnn_m
     mfn = provision(require(SHARED_MODELS / "mobilefacenet.onnx"), "mobilefacenet", "arcface", "test only",
                     "../shared", tmp_path / "mfn", input_overrides=NORMALISATIONS["imagenet"])
     _models_dir(tmp_path, mfn)
-    rc = central_main(["--config", str(cfg), "enroll", "--from", str(people), "--scope", "lane:L1",
+    rc = central_main(["--config", str(cfg), "enroll", "--from", str(people), "--scope", "lane:L1",  # old spelling
                        "--models", str(models), "--embedder", "mobilefacenet"])
     out = capsys.readouterr().out
     assert rc == 1 and "enrolled 0 subject(s)" in out  # each subject refused and reported, none aborts the batch
