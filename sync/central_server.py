@@ -31,8 +31,7 @@ from sync.kvmsg import KVMsg, MalformedMessage, hugz, kthxbai, parse_icanhaz_req
 from sync.scopes import ScopeError
 from sync.audit_store import EpochRefused, UnknownEpoch
 from sync.service_messages import (
-    AuditBatch, EnrolRequest, EpochRegistration, HeadRequest, HealthReport, MalformedRequest, Reply,
-    decode_request, encode_reply)
+    AuditBatch, EnrolRequest, EpochRegistration, HeadRequest, MalformedRequest, Reply, decode_request, encode_reply)
 from sync.station_service import answer_enrolment
 from sync.subject_record import MalformedRecord
 from sync.transport import (
@@ -444,8 +443,9 @@ class CentralServer:
             return answer_enrolment(central, principal, request)
         if self.config.dev_plain_loopback:
             principal = central.principal(f"gate:{request.gate_id}") or central.principal(f"station:{request.gate_id}")
-        # An enrolment station uploads its own audit log too; health reports are for gates.
-        kinds = ("gate",) if isinstance(request, HealthReport) else ("gate", "station")
+        # An enrolment station uploads its own audit log too (with its chain head and epochs);
+        # health reports are for gates.
+        kinds = ("gate", "station") if isinstance(request, (AuditBatch, HeadRequest, EpochRegistration)) else ("gate",)
         if principal is None or principal.kind not in kinds or principal.ident != request.gate_id:
             log.warning("service: refused a request for gate %s from %s", request.gate_id,
                         principal.name if principal else "an unregistered peer")

@@ -102,9 +102,8 @@ class EnrolRequest:
     `scopes` are "flight:VN123-2026-12-02" / "checkpoint:SGN"; `from` is the departure airport
     of the boarding-pass leg; vf/vu are Unix seconds UTC (vu required: a station's enrolment
     always ends); `tpl` is n*dim float32 little-endian, n 1..16, rows L2-normalised (as the
-    embedder makes them; checked, not rescaled, so a request re-encodes to the same bytes).
-    The list type is carried so a deny request is refused by policy, visibly, rather than
-    being unrepresentable.
+    embedder makes them; checked, not rescaled, so a request re-encodes to the same bytes). The list type is carried so a
+    deny request is refused by policy, visibly, rather than being unrepresentable.
     """
 
     station_id: str
@@ -141,9 +140,9 @@ class Reply:
     central holds with different content (or whose link to the held predecessor breaks); they
     are never acknowledged. Head: `head_seq`/`head_hash` are the central's last record of the
     asked epoch (its base when it holds none), `epoch_known` False for an epoch never registered.
-    Health: `scope_heads` maps each scope the gate follows to the sequence of its latest change.
     Enrolment: `change_seq` is the sequence of the last change it wrote (a gate holding that
-    sequence has the traveller)."""
+    sequence has it).
+    Health: `scope_heads` maps each scope the gate follows to the sequence of its latest change."""
 
     request_id: int
     ok: bool
