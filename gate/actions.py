@@ -13,8 +13,8 @@ from typing import Any, Mapping, Sequence
 # The driver interface's own vocabulary, so an action maps onto a GateDriver call unchanged.
 from devices.base import Buzzer, Colour, Direction
 
-__all__ = ["Action", "Alert", "Audit", "Buzzer", "Colour", "Direction", "Indicate", "Lock", "Unlock",
-           "after_audit_failure"]
+__all__ = ["Action", "Alert", "Audit", "Buzzer", "Colour", "Direction", "Indicate", "Lock", "RecordPassage",
+           "Unlock", "after_audit_failure"]
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,14 @@ class Alert:
     details: Mapping[str, Any] = field(default_factory=dict)
 
 
-Action = Audit | Unlock | Lock | Indicate | Alert
+@dataclass(frozen=True)
+class RecordPassage:
+    """Remember that `subject_id` passed (anti-passback, `gate.passback`); survives a restart."""
+
+    subject_id: str
+
+
+Action = Audit | Unlock | Lock | Indicate | Alert | RecordPassage
 
 
 def after_audit_failure(remaining: Sequence[Action]) -> tuple[Action, ...]:

@@ -29,6 +29,10 @@ class GateSection:
     state_dir: Path = field(default=Path("/var/lib/edgegate"), metadata={
         "help": "watchlist.db, audit.db and keys/ live here (systemd StateDirectory)"})
     log_level: str = field(default="INFO", metadata={"choices": ("DEBUG", "INFO", "WARNING", "ERROR")})
+    min_free_mb: float = field(default=20.0, metadata={
+        "help": "free space the state dir's disk needs for the lane to start (SQLite on a full disk fails "
+                "in ways that are hard to read: the lane refuses to start with a clear message instead)",
+        "min": 0.0})
 
 
 @dataclass(frozen=True)
@@ -100,6 +104,9 @@ class ControlSection:
         "help": "gatectl's Unix socket; default <state_dir>/control.sock"})
     group: str | None = field(default=None, metadata={
         "help": "group allowed to use gatectl (socket mode 0660)"})
+    staff_file: Path | None = field(default=None, metadata={
+        "help": "per-person PINs (scrypt hashes, 0600; written by gatectl staff-pin): when set, every command "
+                "that changes the lane needs the operator's PIN and the audit record says it was verified"})
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,11 @@ def _peer(conn: socket.socket) -> Peer:
     return Peer(*struct.unpack("3i", creds))
 
 
+# Clients served at once (each has a thread; a follower holds one until it leaves). Staff tools
+# and the sync agent's health need a handful; the cap keeps a runaway script from exhausting threads.
+MAX_CLIENTS = 32
+
+
 class ControlServer:
     def __init__(self, path: Path, handler: Handler, group: str | None = None, mode: int = 0o660):
         self.path = Path(path)
@@ -50,6 +55,7 @@ class ControlServer:
         self._sock: socket.socket | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._slots = threading.BoundedSemaphore(MAX_CLIENTS)
 
     def start(self) -> "ControlServer":
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -97,7 +103,23 @@ class ControlServer:
                 continue
             except OSError:
                 return
-            threading.Thread(target=self._client, args=(conn,), name="control-client", daemon=True).start()
+            if not self._slots.acquire(blocking=False):  # hundreds of `events --follow`: refuse, stay up
+                with conn:
+                    try:
+                        conn.settimeout(0.5)
+                        conn.recv(MAX_REQUEST)  # take the request, so the client reads the refusal
+                        conn.sendall(_line({"ok": False, "error": f"too many control clients (at most "
+                                                                  f"{MAX_CLIENTS}); close a gatectl --follow"}))
+                    except OSError:
+                        pass
+                continue
+            threading.Thread(target=self._client_slot, args=(conn,), name="control-client", daemon=True).start()
+
+    def _client_slot(self, conn: socket.socket) -> None:
+        try:
+            self._client(conn)
+        finally:
+            self._slots.release()
 
     def _client(self, conn: socket.socket) -> None:
         with conn:
@@ -132,9 +154,23 @@ class ControlServer:
                 for item in out:  # streaming reply; ends when the client goes away
                     if self._stop.is_set():
                         return
+                    if item is None:  # the stream is idle: is anyone still listening?
+                        if _gone(conn):
+                            return
+                        continue
                     conn.sendall(_line(item))
             except (BrokenPipeError, ConnectionResetError, socket.timeout):
                 return
+
+
+def _gone(conn: socket.socket) -> bool:
+    """Whether the client closed its end (a follower that left frees its slot)."""
+    try:
+        return conn.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
 
 
 def _line(obj: Any) -> bytes:

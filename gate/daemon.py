@@ -13,21 +13,24 @@ import os
 import queue
 import threading
 import time
+from pathlib import Path
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import devices
 from gate import lane as lanes
-from gate.actions import Alert, Audit, Indicate, Lock, Unlock, after_audit_failure
+from gate.actions import Unlock
 from gate.audit import AuditLog, AuditWriteError
 from gate.config import GateConfig
 from gate.decide import Outcome
-from gate.events import (AuditFailed, AuditRestored, DeviceFault, DeviceRestored, DoorForced, FireAlarm,
-                         PassageComplete, StaffCommand, Tamper, Tick, TokenRead)
+from gate.events import (AuditRestored, DeviceFault, DeviceRestored, DoorForced, FireAlarm, PassageComplete,
+                         StaffCommand, Tamper, Tick, TokenRead)
+from gate.executor import BARRIER, ActionExecutor
 from gate.notify import Notifier
 from gate.observation import FrameObservation
 from gate.observe import observe, store_lookup
+from gate.passback import PassbackStore
 from gate.refer_crops import CROPS_DIR_NAME, CropError, ReferCropStore
 from gate.sqlite_store import InsecureFileError, parse_utc_iso
 from gate.template_crypto import TemplateCipher, TemplateKeyError
@@ -37,8 +40,23 @@ log = logging.getLogger("gated")
 
 SOFTWARE_VERSION = "0.1.0"
 TICK_S = 0.1
-BARRIER = "barrier"
 CAMERA = "camera"
+
+
+def _device_online(daemon: "LaneDaemon", t: float, e) -> DeviceRestored | None:
+    return DeviceRestored(t, BARRIER) if BARRIER in daemon.state.faults else None
+
+
+# Device event type -> the lane event it becomes (None: nothing for the lane to hear).
+_FROM_DEVICE = {
+    devices.PassageComplete: lambda d, t, e: PassageComplete(t, e.direction),
+    devices.DoorForced: lambda d, t, e: DoorForced(t, "door forced"),
+    devices.FireAlarm: lambda d, t, e: FireAlarm(t, e.active),
+    devices.Tamper: lambda d, t, e: Tamper(t, "tamper switch"),
+    devices.TokenRead: lambda d, t, e: d._resolve_token(t, e),
+    devices.DeviceOffline: lambda d, t, e: DeviceFault(t, BARRIER, e.reason),
+    devices.DeviceOnline: _device_online,
+}
 
 
 class StartupError(RuntimeError):
@@ -104,6 +122,7 @@ class LaneDaemon:
         self.control = None
         self.pad = None
         self.scanner = None
+        self.staff = None  # gate.staff_auth.StaffRegistry when control.staff_file is set
         self._last_frame_index = -1
         self._last_frame_t: float | None = None
         self._frame_t_capture: float | None = None
@@ -118,7 +137,9 @@ class LaneDaemon:
         cfg = self.cfg
         state_dir = cfg.gate.state_dir
         state_dir.mkdir(parents=True, exist_ok=True)
-        os.chmod(state_dir, 0o700)
+        self._protect_state_dir(state_dir)
+        self._check_free_space(state_dir)
+        self._take_instance_lock(state_dir)
         if self._pipeline is None:
             from models.manifest import ModelError
             from vision.loading import load_pipeline
@@ -162,6 +183,11 @@ class LaneDaemon:
             self._driver.open()
         except devices.DeviceError as e:  # offline at start: the lane starts locked and faulted
             log.error("turnstile driver: %s", e)
+        self.passback = _private("anti-passback store", lambda: PassbackStore(state_dir))
+        self.executor = ActionExecutor(self.audit, self._driver, clock=self.clock,
+                                       stamp={"gate": cfg.gate.id, "pad": self.pad_status},
+                                       on_written=self._audit_written, on_unlock=self._note_unlock,
+                                       on_passage=self._record_passage)
         if cfg.scanner is not None:  # its tokens join the driver's event queue
             from devices.barcode import BarcodeScanner
 
@@ -174,8 +200,15 @@ class LaneDaemon:
         from vision.capture import FrameGrabber
 
         self.grabber = FrameGrabber(self._source, backoff_max_s=cfg.camera.reconnect_max_s).start()
-        from gate.staff import ControlHandler
         from gate.control import ControlServer
+        from gate.staff import ControlHandler
+        from gate.staff_auth import StaffAuthError, StaffRegistry
+
+        if cfg.control.staff_file is not None:
+            try:
+                self.staff = StaffRegistry(cfg.control.staff_file)
+            except (StaffAuthError, InsecureFileError) as e:
+                raise StartupError(f"control.staff_file: {e}") from None
 
         self.control = ControlServer(cfg.control_socket, ControlHandler(self), group=cfg.control.group).start()
         if cfg.sync is not None:
@@ -190,6 +223,52 @@ class LaneDaemon:
                 raise StartupError(f"sync: {e}") from None
         self.notifier = Notifier()
 
+    def _protect_state_dir(self, state_dir: Path) -> None:
+        """Owner-only (0700); with a control group and the socket inside the state dir, 0710 and
+        that group, so its members can reach the socket (search permission only: they cannot
+        list the folder, and every store file in it is 0600)."""
+        group = self.cfg.control.group
+        if not group or self.cfg.control_socket.parent.resolve() != state_dir.resolve():
+            os.chmod(state_dir, 0o700)
+            return
+        import grp
+
+        try:
+            gid = grp.getgrnam(group).gr_gid
+            os.chown(state_dir, -1, gid)
+        except KeyError:
+            raise StartupError(f"control.group = {group!r}: no such group on this system") from None
+        except PermissionError:
+            raise StartupError(f"control.group = {group!r}: this user may not give {state_dir} to that group "
+                               "(add the lane's user to the group)") from None
+        os.chmod(state_dir, 0o710)
+
+    def _check_free_space(self, state_dir: Path) -> None:
+        st = os.statvfs(state_dir)
+        free_mb = st.f_bavail * st.f_frsize / 2 ** 20
+        if free_mb < self.cfg.gate.min_free_mb:
+            log.error("ALERT disk_full: %s has %.1f MB free", state_dir, free_mb)
+            raise StartupError(f"the disk of state dir {state_dir} has {free_mb:.1f} MB free, below gate.min_free_mb "
+                               f"= {self.cfg.gate.min_free_mb:g}: free space (old logs, images) before starting; "
+                               "the lane stays locked")
+
+    def _take_instance_lock(self, state_dir: Path) -> None:
+        """One daemon per state dir: a second one would take over the control socket and write
+        the same audit chain. The lock is the kernel's (flock), so it dies with the process."""
+        import fcntl
+
+        fd = os.open(state_dir / "gated.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise StartupError(f"another gated (pid {holder}) is running on state dir {state_dir}; stop it first "
+                               "(systemctl stop edgegate-gated) or give this lane its own state_dir") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._lock_fd = fd
+
     def _open_refer_crops(self, cipher) -> ReferCropStore | None:
         """Opened when the setting is on, or when crops are left from when it was: those still
         expire on schedule after the setting is turned off."""
@@ -203,15 +282,13 @@ class LaneDaemon:
         return _private("refer crops", lambda: ReferCropStore(self.cfg.gate.state_dir, cipher,
                                                               timedelta(days=p.refer_crop_retention_days)))
 
-    def _keep_refer_crop(self, d) -> None:
-        """Seal the primary face of the last processed frame as the crop of REFER decision `d`,
+    def _keep_refer_crop(self, record) -> None:
+        """Seal the primary face of the last processed frame as the crop of a REFER decision,
         named after its audit record. No record (audit write failed) or no face: no crop."""
         if self._last_processed is None or self._last_processed[1].primary is None:
             return
         image, result = self._last_processed
-        record = next((r for r in reversed(self.audit.tail(8)) if r.body.get("event") == "decision"), None)
-        if record is None or record.body["decision"].get("outcome") != str(d.outcome) \
-                or record.body["decision"].get("track_id") != d.track_id:
+        if record is None:
             log.warning("REFER decision without its audit record: no face crop kept")
             return
         try:
@@ -243,48 +320,15 @@ class LaneDaemon:
         return "not provisioned" if self.pad is None else "+".join(self.cfg.models.pad)
 
     # ------------------------------------------------------------------ actions
-    def _run(self, actions) -> None:
-        acts = list(actions)
-        followups = []
-        i = 0
-        while i < len(acts):
-            a = acts[i]
-            t = self.clock()
-            if isinstance(a, Audit):
-                body = dict(a.record)
-                body.setdefault("gate", self.cfg.gate.id)
-                body.setdefault("pad", self.pad_status)
-                try:
-                    self.audit.append(body)
-                    if lanes.AUDIT_LOG in self.state.faults:
-                        followups.append(AuditRestored(t))
-                    if self.agent is not None:
-                        self.agent.notify_audit()
-                except AuditWriteError as e:
-                    log.error("audit write failed, no opening without its record: %s", e)
-                    acts = acts[: i + 1] + list(after_audit_failure(acts[i + 1:]))
-                    followups.append(AuditFailed(t, str(e)))
-            elif isinstance(a, Unlock):
-                try:
-                    self._driver.unlock(a.direction, 1, hold=a.hold)
-                    self._note_unlock(t, a)
-                except devices.DeviceError as e:
-                    followups.append(DeviceFault(t, BARRIER, str(e)))
-            elif isinstance(a, Lock):
-                try:
-                    self._driver.lock()
-                except devices.DeviceError as e:
-                    followups.append(DeviceFault(t, BARRIER, str(e)))
-            elif isinstance(a, Indicate):
-                try:
-                    self._driver.indicate(a.colour, a.buzzer, a.text)
-                except devices.DeviceError as e:
-                    followups.append(DeviceFault(t, BARRIER, str(e)))
-            elif isinstance(a, Alert):
-                log.warning("ALERT %s %s", a.kind, dict(a.details))
-                self.metrics.alerts.append({"kind": a.kind, "details": dict(a.details), "at": _utc_now().isoformat()})
-            i += 1
-        for ev in followups:
+    def _run(self, actions, decision=None) -> None:
+        """Run a step's actions; then keep the crop of a new REFER `decision` (named after the
+        record the executor wrote for it) and feed the follow-up events back to the lane."""
+        done = self.executor.run(actions, audit_failing=lanes.AUDIT_LOG in self.state.faults)
+        for a in done.alerts:
+            self.metrics.alerts.append({"kind": a.kind, "details": dict(a.details), "at": _utc_now().isoformat()})
+        if decision is not None and decision.outcome is Outcome.REFER and self.cfg.privacy.keep_refer_crops:
+            self._keep_refer_crop(done.row_for("decision"))
+        for ev in done.followups:
             self._step(ev)
 
     def _probe_audit(self, now: float) -> None:
@@ -297,6 +341,27 @@ class LaneDaemon:
             return
         log.warning("audit log writable again; returning the lane to service")
         self._step(AuditRestored(now))
+
+    @property
+    def flights(self) -> frozenset[str]:
+        """The flight: scopes this lane follows (a boarding gate), from its sync subscription."""
+        if self.cfg.sync is None:
+            return frozenset()
+        from sync.scopes import scope_label
+
+        return frozenset(label for label in map(scope_label, self.cfg.sync.scopes) if label.startswith("flight:"))
+
+    @property
+    def _passback_keep(self) -> timedelta:
+        p = self.cfg.lane.passback
+        return timedelta(seconds=max(p.window_s, p.per_flight_h * 3600 if self.flights else 0.0))
+
+    def _record_passage(self, subject_id: str) -> None:
+        self.passback.record(subject_id, self.cfg.lane.lane_id, _utc_now(), self.flights)
+
+    def _audit_written(self, _row) -> None:
+        if self.agent is not None:
+            self.agent.notify_audit()
 
     def _note_unlock(self, t: float, a: Unlock) -> None:
         d = self.state.decision if self.state is not None else None
@@ -312,9 +377,7 @@ class LaneDaemon:
         if d is not None and d is not before:
             self.metrics.decisions[str(d.outcome)] = self.metrics.decisions.get(str(d.outcome), 0) + 1
             self.metrics.last_decision_at = _utc_now().isoformat()
-        self._run(actions)
-        if d is not None and d is not before and d.outcome is Outcome.REFER and self.cfg.privacy.keep_refer_crops:
-            self._keep_refer_crop(d)
+        self._run(actions, d if d is not None and d is not before else None)
 
     # ------------------------------------------------------------------ inputs
     def _device_events(self) -> None:
@@ -324,22 +387,13 @@ class LaneDaemon:
                 e = q.get_nowait()
             except queue.Empty:
                 return
-            t = self.clock()
-            if isinstance(e, devices.PassageComplete):
-                self._step(PassageComplete(t, e.direction))
-            elif isinstance(e, devices.DoorForced):
-                self._step(DoorForced(t, "door forced"))
-            elif isinstance(e, devices.FireAlarm):
-                self._step(FireAlarm(t, e.active))
-            elif isinstance(e, devices.Tamper):
-                self._step(Tamper(t, "tamper switch"))
-            elif isinstance(e, devices.TokenRead):
-                self._step(self._resolve_token(t, e))
-            elif isinstance(e, devices.DeviceOffline):
-                self._step(DeviceFault(t, BARRIER, e.reason))
-            elif isinstance(e, devices.DeviceOnline):
-                if BARRIER in self.state.faults:
-                    self._step(DeviceRestored(t, BARRIER))
+            to_lane = _FROM_DEVICE.get(type(e))
+            if to_lane is None:
+                log.warning("ignoring a device event the lane has no use for: %r", e)
+                continue
+            ev = to_lane(self, self.clock(), e)
+            if ev is not None:
+                self._step(ev)
 
     def _resolve_token(self, t: float, e) -> TokenRead:
         """A boarding pass or ID read carries the traveller's pseudonymous subject id (as
@@ -455,12 +509,30 @@ class LaneDaemon:
             "audit_chain_epoch": self.audit.chain_epoch().epoch or "first", "audit_chain_alarm": self.audit_chain_alarm,
             "device_online": bool(getattr(self._driver, "online", False)),
             "recent_alerts": self.metrics.alerts[-5:], "software_version": SOFTWARE_VERSION,
+            "central": self._central_status(),
         }
+
+    def _central_status(self) -> dict[str, Any] | None:
+        """Whether the central answers and when it was last heard from (None: standalone gate)."""
+        if self.agent is None:
+            return None
+        try:
+            st = self.agent.status()
+        except RuntimeError:
+            return {"reachable": False, "last_contact": None, "last_error": "sync agent not started"}
+        heard = [x for x in (st.watchlist.last_heard, st.audit.last_ack_at) if x is not None]
+        last = max(heard) if heard else None
+        return {"reachable": bool(st.audit.reachable),
+                "last_contact": None if last is None else
+                datetime.fromtimestamp(last, timezone.utc).isoformat(timespec="seconds"),
+                "last_error": st.audit.last_error or None}
 
     # ------------------------------------------------------------------ main loop
     def run(self) -> int:
         self._started = self.clock()
-        self.state, actions = lanes.start(self.cfg.lane, self._started, pad_provisioned=self.pad is not None)
+        passed = self.passback.recent(self.cfg.lane.lane_id, _utc_now(), self._passback_keep, self.flights)
+        self.state, actions = lanes.start(self.cfg.lane, self._started, pad_provisioned=self.pad is not None,
+                                          flights=self.flights, passed=passed)
         self._run(actions)
         self._step(Tick(self.clock()))
         self._snapshot()
@@ -486,6 +558,7 @@ class LaneDaemon:
                     log.info("purged %d expired subjects", len(gone))
                 if self.refer_crops is not None:
                     self.refer_crops.purge(_utc_now())
+                self.passback.purge(_utc_now() - self._passback_keep)
                 last_purge = now
             if now - last_status >= 0.5:
                 self._snapshot()
@@ -540,7 +613,10 @@ class LaneDaemon:
                 self._driver.close()
             except Exception:
                 log.exception("closing the driver failed")
-        for name in ("audit", "store"):
+        for name in ("audit", "store", "passback"):
             part = getattr(self, name, None)
             if part is not None:
                 part.close()
+        if getattr(self, "_lock_fd", None) is not None:
+            os.close(self._lock_fd)  # releases the instance lock
+            self._lock_fd = None

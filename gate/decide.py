@@ -31,7 +31,7 @@ PAD the decision rests on matching alone and its record says "pad": "not provisi
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from statistics import fmean
 from typing import Any, Mapping, Sequence
@@ -64,6 +64,16 @@ class Reason(StrEnum):
     TOKEN_MISMATCH = "token_mismatch"
     TOKEN_UNKNOWN = "token_unknown"
     PRESENTATION_ATTACK = "presentation_attack_suspected"
+    ANTI_PASSBACK = "anti_passback"  # matched, but passed this lane (or boarded this flight) already
+
+
+class Unserved(StrEnum):
+    """Why an attempt ended without a decision (the face left or another person stepped in)."""
+
+    TOO_FEW_QUALITY_FRAMES = "too_few_quality_frames"  # not enough frames passed quality to decide
+    WAITING_FOR_LIVENESS = "waiting_for_liveness"  # the match was there, the PAD verdict was not yet
+    OUTSIDE_CAPTURE_ZONE = "outside_capture_zone"  # the face was last seen too far from the camera
+    TOO_FEW_FRAMES_TO_REFUSE = "too_few_frames_to_refuse"  # no match yet, not enough frames to conclude one
 
 
 class MatchMode(StrEnum):
@@ -183,7 +193,7 @@ class Decision:
     mode: MatchMode
     decided_at: float
     track_id: int | None = None
-    subject_id: str | None = None  # the best candidate considered (accepted only if ALLOW)
+    subject_id: str | None = None  # who matched (see named_only_if_matched); None for a non-match
     list_type: ListType | None = None
     score: float | None = None
     runner_up_id: str | None = None
@@ -253,6 +263,77 @@ def refer_unknown_token(kind: str, subject_id: str | None, now: float, *, pad_pr
                     subject_id=subject_id, details={"token_kind": kind}, pad_provisioned=pad_provisioned)
 
 
+@dataclass(frozen=True)
+class Evidence:
+    """What one attempt's frames say, before any rule is applied: the fused scores, the best
+    candidate and its lead, the liveness verdict and how many frames stand behind them."""
+
+    mode: MatchMode
+    fused: tuple[FusedScore, ...]  # 1:N: every identity of the used frames' shortlists, best first
+    observations_used: int  # frames fused into the score
+    observations_in_window: int  # quality-passing frames of the window (what a refusal waits for)
+    subject_id: str | None = None  # 1:N: best allow-list candidate; 1:1: the token's subject
+    list_type: ListType | None = None
+    score: float | None = None
+    runner_up_id: str | None = None
+    runner_up_score: float | None = None
+    margin: float | None = None
+    pad: PadEvidence | None = None
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+    def decision_fields(self) -> dict[str, Any]:
+        """The Decision fields this evidence fills in."""
+        return {"subject_id": self.subject_id, "list_type": self.list_type, "score": self.score,
+                "runner_up_id": self.runner_up_id, "runner_up_score": self.runner_up_score, "margin": self.margin,
+                "observations_used": self.observations_used,
+                "observations_in_window": self.observations_in_window}
+
+
+def named_only_if_matched(d: Decision, policy: DecisionPolicy) -> Decision:
+    """A decision names a person only when that person matched: an acceptance, a deny-list hit,
+    or a best candidate at or above the threshold (e.g. a matched face judged a photo). The best
+    candidate below the threshold is not an identity: a stranger's refusal naming the nearest
+    enrolled traveller reads to staff as that traveller being there. Scores stay in the record."""
+    threshold = policy.threshold_1n if d.mode is MatchMode.ONE_TO_MANY else policy.threshold_1to1
+    if d.outcome is Outcome.ALLOW or d.reason is Reason.DENY_LIST or (d.score is not None and d.score >= threshold):
+        return d
+    details = dict(d.details)
+    if d.mode is MatchMode.ONE_TO_ONE and d.subject_id is not None:
+        details["token_subject_id"] = d.subject_id  # who the document says, not who the face is
+    return replace(d, subject_id=None, list_type=None, runner_up_id=None, top=(), details=details)
+
+
+def gather_evidence(track: Track, now: float, policy: DecisionPolicy, token: Token | None = None, *,
+                    pad_provisioned: bool) -> Evidence:
+    """The evidence of `track`'s frames inside the fusion window at `now` (see the module
+    docstring for fusion and for why PAD-unscored frames do not count on a lane with PAD)."""
+    window = tuple(s for s in track.samples if now - s.t <= policy.window_s)
+    if pad_provisioned:  # a frame PAD did not score vouches for nobody (see the module docstring)
+        window = tuple(s for s in window if s.pad_live is not None)
+    # the shortlists are fused in 1:1 mode too: a deny-list subject holding someone's pass is still a hit
+    searched = tuple(s for s in window if s.matches is not None)
+    used = best_samples(searched, policy.fuse_k)
+    fused = fuse([s.matches for s in used]) if len(used) >= policy.fuse_k else ()
+    if token is None:
+        pad = judge_liveness(searched, policy.pad) if pad_provisioned else None
+        best = next((f for f in fused if f.list_type is ListType.ALLOW), None)
+        rival = None if best is None else max(
+            (f for f in fused if f is not best), key=lambda f: (f.high, f.subject_id), default=None)
+        return Evidence(
+            MatchMode.ONE_TO_MANY, fused, len(used), len(searched), pad=pad,
+            subject_id=None if best is None else best.subject_id, list_type=None if best is None else best.list_type,
+            score=None if best is None else best.low,
+            runner_up_id=None if rival is None else rival.subject_id,
+            runner_up_score=None if rival is None else rival.high,
+            margin=None if rival is None or best is None else best.low - rival.high)
+    verified = tuple(s for s in window if s.verify_score is not None)
+    used_v = best_samples(verified, policy.fuse_k)
+    score = fmean(s.verify_score for s in used_v) if len(used_v) >= policy.fuse_k else None
+    pad = judge_liveness(verified, policy.pad) if pad_provisioned else None
+    return Evidence(MatchMode.ONE_TO_ONE, fused, len(used_v), len(verified), subject_id=token.subject_id,
+                    list_type=token.list_type, score=score, pad=pad, details={"token_kind": token.kind})
+
+
 def decide(track: Track, now: float, policy: DecisionPolicy, token: Token | None = None,
            tailgate_ratio: float | None = None, *, pad_provisioned: bool) -> Decision | None:
     """The decision for `track` at time `now`, or None while evidence is still coming in.
@@ -261,46 +342,23 @@ def decide(track: Track, now: float, policy: DecisionPolicy, token: Token | None
     with a `token`, the track's verify scores are judged against that subject (1:1 mode).
     `pad_provisioned` says whether the lane runs a PAD model; it is not inferred from the
     samples, because a PAD model that failed on every frame must not look like no PAD model.
-    Precedence: tailgating, deny-list hit, suspected presentation attack, (while liveness is
-    pending, nothing else from the evidence), acceptance, refusal/mismatch, persistent low
-    quality, timeout.
     """
-    window = tuple(s for s in track.samples if now - s.t <= policy.window_s)
-    if pad_provisioned:  # a frame PAD did not score vouches for nobody (see the module docstring)
-        window = tuple(s for s in window if s.pad_live is not None)
-    searched = tuple(s for s in window if s.matches is not None)
-    used = best_samples(searched, policy.fuse_k)
-    fused = fuse([s.matches for s in used]) if len(used) >= policy.fuse_k else ()
-    verified = tuple(s for s in window if s.verify_score is not None)
-    used_v = best_samples(verified, policy.fuse_k)
-    pad = judge_liveness(searched if token is None else verified, policy.pad) if pad_provisioned else None
+    ev = gather_evidence(track, now, policy, token, pad_provisioned=pad_provisioned)
+    return judge(ev, track, now, policy, token, tailgate_ratio, pad_provisioned=pad_provisioned)
 
-    if token is None:
-        mode = MatchMode.ONE_TO_MANY
-        best = next((f for f in fused if f.list_type is ListType.ALLOW), None)
-        rival = None if best is None else max(
-            (f for f in fused if f is not best), key=lambda f: (f.high, f.subject_id), default=None)
-        score = None if best is None else best.low
-        margin = None if rival is None else best.low - rival.high
-        evidence: dict[str, Any] = {
-            "observations_used": len(used), "observations_in_window": len(searched)}
-        if best is not None:
-            evidence.update(subject_id=best.subject_id, list_type=best.list_type, score=score)
-        if rival is not None:
-            evidence.update(runner_up_id=rival.subject_id, runner_up_score=rival.high, margin=margin)
-    else:
-        mode = MatchMode.ONE_TO_ONE
-        score = fmean(s.verify_score for s in used_v) if len(used_v) >= policy.fuse_k else None
-        evidence = {"subject_id": token.subject_id, "list_type": token.list_type, "score": score,
-                    "observations_used": len(used_v), "observations_in_window": len(verified),
-                    "details": {"token_kind": token.kind}}
 
+def judge(ev: Evidence, track: Track, now: float, policy: DecisionPolicy, token: Token | None,
+          tailgate_ratio: float | None, *, pad_provisioned: bool) -> Decision | None:
+    """The precedence ladder over gathered evidence: tailgating, deny-list hit, suspected
+    presentation attack, (while liveness is pending, nothing else from the evidence),
+    acceptance, refusal/mismatch, persistent low quality, timeout."""
     def result(outcome: Outcome, reason: Reason, **override: Any) -> Decision:
-        details = {**evidence.get("details", {}), **override.pop("details", {})}
-        return Decision(outcome, reason, mode, decided_at=now, track_id=track.track_id, frames=track.frames,
-                        low_quality_streak=track.low_quality_streak, elapsed_s=now - track.started_t,
-                        top=fused[:3], pad_provisioned=pad_provisioned, pad=pad,
-                        **{**evidence, **override, "details": details})
+        details = {**ev.details, **override.pop("details", {})}
+        return named_only_if_matched(Decision(
+            outcome, reason, ev.mode, decided_at=now, track_id=track.track_id, frames=track.frames,
+            low_quality_streak=track.low_quality_streak, elapsed_s=now - track.started_t,
+            top=ev.fused[:3], pad_provisioned=pad_provisioned, pad=ev.pad,
+            **{**ev.decision_fields(), **override, "details": details}), policy)
 
     if tailgate_ratio is not None and tailgate_ratio >= policy.tailgate_size_ratio:
         return result(Outcome.REFER, Reason.TAILGATING, details={"tailgate_ratio": round(tailgate_ratio, 3)})
@@ -309,15 +367,17 @@ def decide(track: Track, now: float, policy: DecisionPolicy, token: Token | None
     # an alarm and brings staff either way, and ranking a spoof verdict first would let a PAD
     # false reject (BPCER ~8% at the reference operating point) turn a wanted person's alarm into
     # a "suspected photo" referral. The PAD verdict, whatever it is, stays in the record.
-    hits = [f for f in fused if f.list_type is ListType.DENY and f.high >= policy.deny_threshold]
+    hits = [f for f in ev.fused if f.list_type is ListType.DENY and f.high >= policy.deny_threshold]
     if hits:
         hit = max(hits, key=lambda f: (f.high, f.subject_id))
         return result(Outcome.DENY, Reason.DENY_LIST, subject_id=hit.subject_id, list_type=ListType.DENY,
                       score=hit.high, runner_up_id=None, runner_up_score=None, margin=None)
+    score = ev.score
     if token is not None and token.list_type is ListType.DENY and score is not None \
             and score >= policy.deny_threshold:
         return result(Outcome.DENY, Reason.DENY_LIST)
 
+    pad = ev.pad
     if pad is not None and pad.verdict.state is PadState.SPOOF:  # before any match: never an opening
         return result(Outcome.REFER, Reason.PRESENTATION_ATTACK)
     # While liveness is pending no conclusion is drawn from the matching either: not an
@@ -326,15 +386,15 @@ def decide(track: Track, now: float, policy: DecisionPolicy, token: Token | None
     if pad is None or pad.verdict.state is PadState.LIVE:
         if token is None:
             if score is not None and score >= policy.threshold_1n:
-                if margin is None or margin >= policy.min_margin:
+                if ev.margin is None or ev.margin >= policy.min_margin:
                     return result(Outcome.ALLOW, Reason.MATCH)
                 return result(Outcome.REFER, Reason.AMBIGUOUS_MARGIN)
-            if len(searched) >= policy.min_observations_to_deny:
+            if ev.observations_in_window >= policy.min_observations_to_deny:
                 return result(Outcome.DENY, Reason.NO_MATCH)
         else:
             if score is not None and token.list_type is ListType.ALLOW and score >= policy.threshold_1to1:
                 return result(Outcome.ALLOW, Reason.MATCH)
-            if len(verified) >= policy.min_observations_to_deny:
+            if ev.observations_in_window >= policy.min_observations_to_deny:
                 return result(Outcome.REFER, Reason.TOKEN_MISMATCH)
 
     if track.low_quality_streak >= policy.low_quality_refer_frames:
@@ -343,3 +403,25 @@ def decide(track: Track, now: float, policy: DecisionPolicy, token: Token | None
     if now - track.started_t >= policy.acquire_timeout_s:
         return result(Outcome.REFER, Reason.TIMEOUT)
     return None
+
+
+def why_undecided(track: Track, now: float, policy: DecisionPolicy, token: Token | None = None, *,
+                  pad_provisioned: bool) -> dict[str, Any]:
+    """The reason an attempt that ends now without a decision was not served, with the figures
+    behind it, for its audit record: staff must be able to tell why a traveller was not let
+    through, and `gate-bench lane` counts these reasons."""
+    ev = gather_evidence(track, now, policy, token, pad_provisioned=pad_provisioned)
+    figures: dict[str, Any] = {"frames": track.frames, "quality_frames": ev.observations_in_window,
+                               "needed": policy.fuse_k, "elapsed_s": round(now - track.started_t, 3)}
+    if track.last_quality_reasons:
+        figures["quality_reasons"] = list(track.last_quality_reasons)
+    if ev.score is not None:
+        figures["best_score"] = round(ev.score, 4)  # a score, never a name: the person did not match
+    if track.out_of_zone_streak:
+        return {"why": Unserved.OUTSIDE_CAPTURE_ZONE.value, **figures,
+                "frames_outside_zone": track.out_of_zone_streak}
+    if ev.observations_used < policy.fuse_k:
+        return {"why": Unserved.TOO_FEW_QUALITY_FRAMES.value, **figures}
+    if ev.pad is not None and ev.pad.verdict.state is PadState.PENDING:
+        return {"why": Unserved.WAITING_FOR_LIVENESS.value, **figures, "pad": ev.pad.to_record()}
+    return {"why": Unserved.TOO_FEW_FRAMES_TO_REFUSE.value, **figures, "needed": policy.min_observations_to_deny}

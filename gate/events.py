@@ -109,6 +109,12 @@ class AuditRestored(_Timed):
     """An audit write succeeded again after `AuditFailed`."""
 
 
+# Checked before the command reaches the lane, so its audit record always fits (gate.audit
+# MAX_BODY_BYTES is 8 KiB; a manual action's record holds both strings twice).
+MAX_OPERATOR_LEN = 128
+MAX_REASON_LEN = 500
+
+
 class StaffAction(StrEnum):
     OPEN_ONCE = "open_once"  # one passage, then locked again
     UNLOCK = "unlock"  # held open until LOCK
@@ -132,6 +138,9 @@ class StaffCommand(_Timed):
         object.__setattr__(self, "action", StaffAction(self.action))
         if not self.operator_id.strip():
             raise ValueError(f"staff command {self.action.value!r} needs an operator id")
+        if len(self.operator_id) > MAX_OPERATOR_LEN or len(self.reason) > MAX_REASON_LEN:
+            raise ValueError(f"staff command {self.action.value!r}: operator id at most {MAX_OPERATOR_LEN} and reason "
+                             f"at most {MAX_REASON_LEN} characters (they go into the audit record)")
         if not self.reason.strip():
             raise ValueError(f"staff command {self.action.value!r} by {self.operator_id!r} needs a reason")
         if self.direction is not None:

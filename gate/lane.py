@@ -1,7 +1,9 @@
 """The lane state machine: `step(state, event) -> (state, actions)`, with no I/O and no clock.
 
-Modes: IDLE → ACQUIRING → DECIDED → OPEN → IDLE for a passenger; ALARM (forced door, tamper,
-tailgating, deny-list hit, suspected presentation attack) latched until a staff reset;
+Modes: IDLE → ACQUIRING → DECIDED → OPEN → IDLE for a passenger (a failed attempt that may be
+retried stays in ACQUIRING with a prompt, see AttemptPolicy); ALARM (forced door, tamper, and
+what the site's LatchPolicy latches: tailgating, deny-list hit, suspected presentation attack)
+latched until a staff reset;
 EMERGENCY (fire input: fail open, latched until a staff reset with the input off);
 OUT_OF_SERVICE while a device or the audit log is faulty or staff took the lane out.
 
@@ -17,15 +19,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Mapping
 
-from gate.actions import Action, Alert, Audit, Buzzer, Colour, Direction, Indicate, Lock, Unlock
-from gate.decide import Decision, DecisionPolicy, Outcome, Reason, Token, decide, refer_unknown_token
+from gate.actions import Action, Alert, Audit, Buzzer, Colour, Direction, Indicate, Lock, RecordPassage, Unlock
+from gate.decide import (Decision, DecisionPolicy, Outcome, Reason, Token, decide, refer_unknown_token,
+                         why_undecided)
 from gate.events import (AuditFailed, AuditRestored, DeviceFault, DeviceRestored, DoorForced, Event, FireAlarm,
                          PassageComplete, StaffAction, StaffCommand, Tamper, Tick, TokenRead)
 from gate.field_ranges import check_ranges
-from gate.observation import FrameObservation
-from gate.track import Track, TrackPolicy, follow, in_capture_zone, restart, tailgate_ratio
+from gate.schema import ConfigError
+from gate.observation import FaceObservation, FrameObservation, ListType
+from gate.track import Track, TrackPolicy, follow, in_capture_zone, restart, same_visit, tailgate_ratio
 
 AUDIT_LOG = "audit_log"  # the fault name under which an unwritable audit log is tracked
 
@@ -34,6 +38,7 @@ TEXT_HOLD_STILL = "Hold still"
 TEXT_PASS = "Please pass"
 TEXT_HELD_OPEN = "Gate open"
 TEXT_NOT_RECOGNISED = "Not recognised"
+TEXT_ALREADY_PASSED = "Already passed: see staff"
 TEXT_SEE_STAFF = "Please see staff"
 TEXT_WAIT = "Please wait"
 TEXT_ALARM = "Stop: staff called"
@@ -53,13 +58,79 @@ class Mode(StrEnum):
 
 # Modes of ordinary service: a fault or a staff out-of-service takes the lane out of them at once.
 _IN_SERVICE = frozenset({Mode.IDLE, Mode.ACQUIRING, Mode.DECIDED, Mode.OPEN})
-# Decisions that latch an alarm instead of being shown and forgotten.
-# A suspected presentation attack latches too, rather than showing "see staff" for a few
-# seconds and serving the next attempt: at the reference operating point about one spoof in
-# six is judged live (APCER 16.9%), so a self-clearing referral would let an attacker retry
-# until one attempt passes. Latched, the lane stays locked until a person has come, looked at
-# whoever is standing there and reset it, which is what the referral asks for anyway.
-_ALARM_REASONS = frozenset({Reason.TAILGATING, Reason.DENY_LIST, Reason.PRESENTATION_ATTACK})
+# Decision reasons a passenger may try again after, within the same visit (see AttemptPolicy).
+_RETRYABLE = (Reason.NO_MATCH, Reason.PRESENTATION_ATTACK, Reason.LOW_QUALITY)
+
+
+@dataclass(frozen=True, kw_only=True)
+class AttemptPolicy:
+    """Retry before referral. Commercial e-gates prompt and retry before calling staff: the
+    shipped PAD refuses ~8% of genuine single photos (BPCER 8.2%), and a first bad frame is the
+    commonest cause of a no-match, so a second attempt on fresh frames serves most of those
+    travellers at the cost of a few seconds. The price: an attacker also gets `max` tries per
+    visit (APCER 16.9% per try at the reference operating point, ~31% over two)."""
+
+    max: int = field(default=2, metadata={
+        "help": "attempts a passenger gets within one visit before a refusal or referral is final; "
+                "each retry shows a prompt (look at the camera / step closer / remove glasses) and "
+                "starts the evidence afresh", "min": 1, "max": 5})
+    retry_on: tuple[str, ...] = field(default=tuple(r.value for r in _RETRYABLE), metadata={
+        "help": "decision reasons that give another attempt (any of: "
+                + ", ".join(r.value for r in _RETRYABLE) + ")"})
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
+        bad = sorted(set(self.retry_on) - {r.value for r in _RETRYABLE})
+        if bad:
+            raise ConfigError(f"retry_on: {', '.join(bad)} cannot be retried; choose from "
+                             + ", ".join(r.value for r in _RETRYABLE))
+
+
+@dataclass(frozen=True, kw_only=True)
+class LatchPolicy:
+    """What holds the lane locked in ALARM until staff reset it, per site.
+
+    Tailgating and a deny-list hit latch by default: someone is at the gate who must not pass,
+    and only a person on the spot can resolve it. A suspected presentation attack (after its
+    retries) refers without latching by default: most such verdicts are genuine travellers
+    (BPCER 8.2%: one in twelve), and a latch would block the traveller behind them too, which
+    at a busy lane means a staff call every dozen passengers. A site that fears repeated
+    attacks more than queues sets `presentation_attack = true`."""
+
+    tailgating: bool = field(default=True, metadata={
+        "help": "a second person at the gate (tailgating) latches the lane until a staff reset"})
+    deny_list: bool = field(default=True, metadata={
+        "help": "a deny-list hit latches the lane (quietly: no siren) until a staff reset"})
+    presentation_attack: bool = field(default=False, metadata={
+        "help": "a suspected presentation attack (after the allowed attempts) latches the lane; "
+                "false: the passenger is referred to staff and the next traveller is served"})
+
+    def latches(self, reason: Reason) -> bool:
+        return {Reason.TAILGATING: self.tailgating, Reason.DENY_LIST: self.deny_list,
+                Reason.PRESENTATION_ATTACK: self.presentation_attack}.get(reason, False)
+
+
+@dataclass(frozen=True, kw_only=True)
+class PassbackPolicy:
+    """Anti-passback (see gate.passback): one passage per person, also across a restart."""
+
+    window_s: float = field(default=300.0, metadata={
+        "help": "seconds after passing during which the same subject cannot open this lane again "
+                "(a traveller lingering in view, a pass handed back); 0 = off", "min": 0.0})
+    per_flight_h: float = field(default=20.0, metadata={
+        "help": "on a boarding gate (a lane following a flight: scope), hours during which a subject who "
+                "boarded cannot pass for the same flight again at all; under a day, so a daily flight's "
+                "next departure boards again; 0 = off", "min": 0.0, "max": 72.0})
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
+
+
+# Prompts for a retry, by what went wrong (at most devices.base.MAX_TEXT_LEN characters).
+_PROMPTS = {Reason.NO_MATCH.value: "Look straight at the camera", Reason.PRESENTATION_ATTACK.value:
+            "Remove glasses, look at camera", "face_too_small": "Please step closer",
+            "blurred": "Hold still, look at camera"}
+TEXT_LOOK = "Look at the camera"
 # Alarms held without the siren. A deny-list subject should not learn that staff are coming;
 # a PAD alarm is most often a genuine traveller (BPCER 8.2%: one in twelve), who deserves a
 # "please wait" rather than a siren, and an attacker is told nothing about which check tripped.
@@ -79,6 +150,11 @@ class LaneConfig:
         "help": "seconds a refusal or referral stays on the display before the next attempt", "min": 0.0})
     token_ttl_s: float = field(default=30.0, metadata={
         "help": "seconds a read boarding pass / ID keeps the lane in 1:1 mode for its holder", "min": 0.0})
+    attempts: AttemptPolicy = field(default_factory=AttemptPolicy, metadata={
+        "help": "retry before referral"})
+    latch: LatchPolicy = field(default_factory=LatchPolicy, metadata={
+        "help": "what latches the lane until staff act"})
+    passback: PassbackPolicy = field(default_factory=PassbackPolicy, metadata={"help": "anti-passback"})
 
     def __post_init__(self) -> None:
         check_ranges(self)
@@ -119,6 +195,12 @@ class LaneState:
     fire_active: bool = False  # the fire-alarm input's current level
     faults: frozenset[str] = frozenset()  # devices (and AUDIT_LOG) currently failing
     out_of_service_by: str | None = None  # operator who took the lane out of service
+    served: Track | None = None  # the person last decided, while still in view: one decision per visit
+    served_subject: str | None = None  # who that decision named (None: nobody matched)
+    attempt: int = 1  # the current attempt of the person in front of the camera (see AttemptPolicy)
+    flights: frozenset[str] = frozenset()  # the flight: scopes this lane boards (a fact of start-up)
+    passed: Mapping[str, float] = field(default_factory=dict)  # subject -> time of their last passage here
+    boarded: Mapping[str, float] = field(default_factory=dict)  # subject -> time they boarded one of `flights`
 
     @property
     def one_to_one_subject(self) -> str | None:
@@ -139,7 +221,8 @@ class LaneState:
 Result = tuple[LaneState, list[Action]]
 
 
-def start(config: LaneConfig, t: float, *, pad_provisioned: bool) -> tuple[LaneState, tuple[Action, ...]]:
+def start(config: LaneConfig, t: float, *, pad_provisioned: bool, flights: Iterable[str] = (),
+          passed: Iterable[Any] = ()) -> tuple[LaneState, tuple[Action, ...]]:
     """The lane at daemon start-up: locked, idle, and the start recorded.
 
     `pad_provisioned` is whether the daemon loaded a PAD model. It is an argument, not a
@@ -147,8 +230,12 @@ def start(config: LaneConfig, t: float, *, pad_provisioned: bool) -> tuple[LaneS
     (that is `models.pad_required`); a config key could claim PAD that is not there. It has no
     default so a caller cannot forget it: with it False every decision records "pad":
     "not provisioned", with it True no frame counts as evidence until PAD has scored it.
+    `flights` are the flight: scopes the lane boards and `passed` the remembered passages
+    (`gate.passback.PastPassage`: subject_id, age_s, boarded) from before this start.
     """
-    state = LaneState(config=config, mode=Mode.IDLE, now=t, since=t, pad_provisioned=pad_provisioned)
+    state = LaneState(config=config, mode=Mode.IDLE, now=t, since=t, pad_provisioned=pad_provisioned,
+                      flights=frozenset(flights), passed={p.subject_id: t - p.age_s for p in passed},
+                      boarded={p.subject_id: t - p.age_s for p in passed if p.boarded})
     record = {"event": "lane_started", "lane": config.lane_id, "t": round(t, 6), "from": None,
               "to": Mode.IDLE.value, "pad_provisioned": pad_provisioned}
     return state, (Audit(record), *_entry_actions(state))
@@ -196,8 +283,12 @@ def _rest_mode(s: LaneState) -> Mode:
 
 
 def _settle(s: LaneState, event: str, fields: dict[str, Any] | None = None, **changes: Any) -> Result:
-    """End the current episode and fall back to the most severe condition still in force."""
+    """End the current episode and fall back to the most severe condition still in force. The
+    person just served gets `visit_gap_s` from now to be seen again (frames were not watched
+    while the result was shown) before the visit counts as over."""
     s = replace(s, **changes)
+    if s.served is not None:
+        s = replace(s, served=replace(s.served, last_seen_t=s.now))
     return _go(s, _rest_mode(s), event, fields, track=None, opening=None, decision=None)
 
 
@@ -213,9 +304,11 @@ def _entry_actions(s: LaneState) -> list[Action]:
     elif s.mode is Mode.ACQUIRING:
         indication = Indicate(Colour.OFF, Buzzer.NONE, TEXT_HOLD_STILL)
     elif s.mode is Mode.DECIDED:
-        if s.decision.outcome is Outcome.ALLOW or s.decision.reason in _ALARM_REASONS:
+        if s.decision.outcome is Outcome.ALLOW or s.config.latch.latches(s.decision.reason):
             return []  # OPEN or ALARM follows within the same step and sets the barrier
-        if s.decision.outcome is Outcome.DENY:
+        if s.decision.reason is Reason.ANTI_PASSBACK:
+            indication = Indicate(Colour.RED, Buzzer.LONG, TEXT_ALREADY_PASSED)
+        elif s.decision.outcome is Outcome.DENY:
             indication = Indicate(Colour.RED, Buzzer.LONG, TEXT_NOT_RECOGNISED)
         else:
             indication = Indicate(Colour.AMBER, Buzzer.LONG, TEXT_SEE_STAFF)
@@ -243,26 +336,85 @@ def _apply_decision(s: LaneState, d: Decision, timings_ms: dict[str, float] | No
     fields: dict[str, Any] = {"decision": d.to_record()}
     if timings_ms:
         fields["timings_ms"] = {k: round(float(v), 2) for k, v in timings_ms.items()}
-    s, actions = _go(s, Mode.DECIDED, "decision", fields, decision=d, track=None, token=None)
+    s, actions = _go(s, Mode.DECIDED, "decision", fields, decision=d, track=None, token=None, served=s.track,
+                     served_subject=d.subject_id)
     if d.outcome is Outcome.ALLOW:
         cfg = s.config
         opening = Opening(Direction(cfg.passage_direction), hold=False, deadline=s.now + cfg.open_timeout_s,
                           subject_id=d.subject_id)
         s, more = _go(s, Mode.OPEN, "open", {"opening": opening.to_record()}, opening=opening)
         return s, actions + more
-    if d.reason in _ALARM_REASONS:
+    if s.config.latch.latches(d.reason):
         s, more = _raise_alarm(s, d.reason.value, subject_id=d.subject_id,
                                score=None if d.score is None else round(d.score, 4), details=dict(d.details),
                                pad=d.pad_record())
         return s, actions + more
     if d.outcome is Outcome.REFER:
         actions.append(_alert(s, "refer", reason=d.reason.value, subject_id=d.subject_id))
+    elif d.reason is Reason.ANTI_PASSBACK:
+        actions.append(_alert(s, "anti_passback", subject_id=d.subject_id, **dict(d.details)))
     return s, actions
+
+
+def _why_unserved(s: LaneState) -> dict[str, Any]:
+    return why_undecided(s.track, s.now, s.config.policy, s.token, pad_provisioned=s.pad_provisioned)
+
+
+def _prompt(d: Decision) -> str:
+    if d.reason is Reason.LOW_QUALITY:
+        reasons = d.details.get("quality_reasons") or ()
+        return next((_PROMPTS[r] for r in reasons if r in _PROMPTS), TEXT_LOOK)
+    return _PROMPTS.get(d.reason.value, TEXT_LOOK)
+
+
+def _retry(s: LaneState, d: Decision) -> Result:
+    """Not final yet: record the failed attempt and its reason, prompt the passenger and start
+    the evidence afresh on the same track (the same person, still in front of the camera)."""
+    prompt = _prompt(d)
+    record = _record(s, s.mode, "attempt_failed", {
+        "track_id": d.track_id, "attempt": s.attempt, "of": s.config.attempts.max, "prompt": prompt,
+        "decision": d.to_record()})
+    s = replace(s, attempt=s.attempt + 1, track=restart(s.track, s.now))
+    return s, [Audit(record), Indicate(Colour.AMBER, Buzzer.SHORT, prompt)]
+
+
+def _passed_already(s: LaneState, d: Decision) -> Decision:
+    """An acceptance of someone who passed here within the window, or boarded this lane's
+    flight, becomes a refusal that says so (the match itself is kept in the record)."""
+    p = s.config.passback
+    sid = d.subject_id
+    details: dict[str, Any] = {}
+    if sid in s.boarded and s.flights and p.per_flight_h and s.now - s.boarded[sid] < p.per_flight_h * 3600:
+        details = {"boarded": sorted(s.flights), "passed_s_ago": round(s.now - s.boarded[sid], 1)}
+    elif sid in s.passed and p.window_s and s.now - s.passed[sid] < p.window_s:
+        details = {"passed_s_ago": round(s.now - s.passed[sid], 1), "window_s": p.window_s}
+    if not details:
+        return d
+    return replace(d, outcome=Outcome.DENY, reason=Reason.ANTI_PASSBACK, details={**d.details, **details})
+
+
+def _remember_passage(s: LaneState, subject_id: str) -> LaneState:
+    p = s.config.passback
+    keep_s = max(p.window_s, p.per_flight_h * 3600 if s.flights else 0.0)
+    passed = {k: v for k, v in s.passed.items() if s.now - v < keep_s}
+    passed[subject_id] = s.now
+    boarded = s.boarded
+    if s.flights:
+        boarded = {k: v for k, v in s.boarded.items() if s.now - v < p.per_flight_h * 3600}
+        boarded[subject_id] = s.now
+    return replace(s, passed=passed, boarded=boarded)
 
 
 def _judge(s: LaneState, ratio: float | None, timings_ms: dict[str, float] | None) -> Result:
     d = decide(s.track, s.now, s.config.policy, s.token, ratio, pad_provisioned=s.pad_provisioned)
-    return (s, []) if d is None else _apply_decision(s, d, timings_ms)
+    if d is None:
+        return s, []
+    if d.outcome is Outcome.ALLOW:
+        d = _passed_already(s, d)
+    a = s.config.attempts
+    if d.outcome is not Outcome.ALLOW and d.reason.value in a.retry_on and s.attempt < a.max:
+        return _retry(s, d)
+    return _apply_decision(s, d, timings_ms)
 
 
 def _advance_time(s: LaneState) -> Result:
@@ -272,7 +424,8 @@ def _advance_time(s: LaneState) -> Result:
         actions += _note(s, "token_expired", subject_id=s.token.subject_id, token_kind=s.token.kind)
         s = replace(s, token=None, track=None if s.track is None else restart(s.track, s.now))
     if s.mode is Mode.ACQUIRING and s.now - s.track.last_seen_t >= s.config.tracking.lost_after_s:
-        s, more = _go(s, Mode.IDLE, "face_lost", {"track_id": s.track.track_id}, track=None)
+        s, more = _go(s, Mode.IDLE, "face_lost", {"track_id": s.track.track_id, "unserved": _why_unserved(s)},
+                      track=None)
         actions += more
     elif s.mode is Mode.DECIDED and s.now - s.since >= s.config.result_display_s:
         s, more = _settle(s, "result_shown")
@@ -285,6 +438,16 @@ def _advance_time(s: LaneState) -> Result:
 
 # ---- event handlers ---------------------------------------------------------------------------
 
+def _still_served(s: LaneState, face: FaceObservation) -> bool:
+    """Whether `face` is the person just decided: the same place in the picture, and not clearly
+    someone else (a face matching another enrolled identity is a new passenger who stepped up
+    into the same spot, and starts a normal attempt)."""
+    if not same_visit(s.served, face, s.config.tracking):
+        return False
+    best = next((c for c in face.matches or () if c.list_type is ListType.ALLOW), None)
+    return best is None or best.score < s.config.policy.threshold_1n or best.subject_id == s.served_subject
+
+
 def _on_frame(s: LaneState, frame: FrameObservation) -> Result:
     tracking = s.config.tracking
     if s.mode is Mode.OPEN:
@@ -293,7 +456,19 @@ def _on_frame(s: LaneState, frame: FrameObservation) -> Result:
             return _raise_alarm(s, Reason.TAILGATING.value, tailgate_ratio=round(ratio, 3),
                                 opening=s.opening.to_record())
         return s, []
-    if s.mode not in (Mode.IDLE, Mode.ACQUIRING) or not in_capture_zone(frame.primary, tracking):
+    if s.mode not in (Mode.IDLE, Mode.ACQUIRING):
+        return s, []
+    if s.mode is Mode.IDLE and s.served is not None:
+        if s.now - s.served.last_seen_t >= tracking.visit_gap_s or (
+                frame.primary is not None and not _still_served(s, frame.primary)):
+            s = replace(s, served=None)  # the decided person has left, or someone else stepped up
+        elif frame.primary is not None:  # the decided person, still there: not judged again
+            return replace(s, served=replace(s.served, box=frame.primary.box, last_seen_t=s.now)), []
+        else:
+            return s, []
+    if not in_capture_zone(frame.primary, tracking):
+        if s.mode is Mode.ACQUIRING and frame.primary is not None:  # stepped back: say so if the attempt ends
+            s = replace(s, track=replace(s.track, out_of_zone_streak=s.track.out_of_zone_streak + 1))
         return s, []
     window_s = s.config.policy.window_s
     track = follow(s.track, frame.primary, s.now, s.next_track_id, tracking, window_s)
@@ -303,7 +478,9 @@ def _on_frame(s: LaneState, frame: FrameObservation) -> Result:
         fields = {"track_id": track.track_id}
         if s.track is not None:
             fields["previous_track_id"] = s.track.track_id
-        s, actions = _go(s, Mode.ACQUIRING, event, fields, track=track, next_track_id=s.next_track_id + 1)
+            fields["previous_unserved"] = _why_unserved(s)
+        s, actions = _go(s, Mode.ACQUIRING, event, fields, track=track, next_track_id=s.next_track_id + 1,
+                         attempt=1)
     else:
         s = replace(s, track=track)
     s, more = _judge(s, tailgate_ratio(frame), dict(frame.timings_ms))
@@ -317,7 +494,11 @@ def _on_tick(s: LaneState, _: Tick) -> Result:
 def _on_passage(s: LaneState, e: PassageComplete) -> Result:
     direction = None if e.direction is None else e.direction.value
     if s.mode is Mode.OPEN and not s.opening.hold:
-        return _settle(s, "passage_complete", {"opening": s.opening.to_record(), "direction": direction})
+        subject_id = s.opening.subject_id  # a face still in view after the passage is theirs: not judged again
+        s, actions = _settle(s, "passage_complete", {"opening": s.opening.to_record(), "direction": direction})
+        if subject_id is None:
+            return s, actions
+        return _remember_passage(s, subject_id), actions + [RecordPassage(subject_id)]
     if s.mode in (Mode.OPEN, Mode.EMERGENCY):
         return s, _note(s, "passage", direction=direction)
     return s, _note(s, "unexpected_passage", direction=direction) + [
@@ -430,13 +611,14 @@ def _on_staff(s: LaneState, c: StaffCommand) -> Result:
         if s.mode is Mode.OUT_OF_SERVICE and _rest_mode(s) is not Mode.OUT_OF_SERVICE:
             return _settle(s, "manual_action", fields)
         return s, _note(s, "manual_action", **fields, faults=sorted(s.faults))
-    # RESET
-    if s.mode is Mode.EMERGENCY and s.fire_active:
-        return refuse("the fire-alarm input is still active")
-    fields["cleared"] = [x for x in (s.alarm, "emergency" if s.mode is Mode.EMERGENCY else None) if x]
-    if s.mode in (Mode.EMERGENCY, Mode.ALARM):
-        return _settle(s, "manual_action", fields, alarm=None)
-    return replace(s, alarm=None), _note(s, "manual_action", **fields)
+    if c.action is StaffAction.RESET:
+        if s.mode is Mode.EMERGENCY and s.fire_active:
+            return refuse("the fire-alarm input is still active")
+        fields["cleared"] = [x for x in (s.alarm, "emergency" if s.mode is Mode.EMERGENCY else None) if x]
+        if s.mode in (Mode.EMERGENCY, Mode.ALARM):
+            return _settle(s, "manual_action", fields, alarm=None)
+        return replace(s, alarm=None), _note(s, "manual_action", **fields)
+    raise ValueError(f"the lane has no rule for staff action {c.action.value!r}")
 
 
 _HANDLERS: dict[type, Callable[[LaneState, Any], Result]] = {

@@ -26,6 +26,11 @@ class TrackPolicy:
                 "capture zone; smaller faces are people further back. Site-specific: measure it "
                 "at the lane's marked standing position", "min": 0.0})
 
+    visit_gap_s: float = field(default=0.5, metadata={
+        "help": "after a decision, the decided person is not judged again while their face stays in view; "
+                "the visit ends after this many seconds without it (shorter than the gap between two "
+                "passengers, longer than a detector's missed frame)", "min": 0.0})
+
     def __post_init__(self) -> None:
         check_ranges(self)
 
@@ -56,6 +61,7 @@ class Track:
     samples: tuple[Sample, ...] = ()  # scored frames inside the fusion window, oldest first
     low_quality_streak: int = 0  # consecutive frames whose face failed quality
     last_quality_reasons: tuple[str, ...] = ()
+    out_of_zone_streak: int = 0  # frames since the face was last seen inside the capture zone
 
 
 def iou(a: Box, b: Box) -> float:
@@ -99,10 +105,15 @@ def follow(track: Track | None, face: FaceObservation, t: float, new_id: int,
         streak, reasons = streak + 1, face.quality_reasons
     return replace(track, last_seen_t=t, box=face.box, frames=track.frames + 1,
                    samples=tuple(s for s in samples if t - s.t <= window_s),
-                   low_quality_streak=streak, last_quality_reasons=reasons)
+                   low_quality_streak=streak, last_quality_reasons=reasons, out_of_zone_streak=0)
 
 
 def restart(track: Track, t: float) -> Track:
     """Same person, fresh attempt: used when a token read switches the lane to 1:1 mode, so
     evidence gathered for a 1:N search is not mixed with the 1:1 verification."""
     return replace(track, started_t=t, samples=(), low_quality_streak=0, last_quality_reasons=())
+
+
+def same_visit(track: Track, face: FaceObservation, policy: TrackPolicy) -> bool:
+    """Whether `face` is still the person of `track` (their boxes overlap enough)."""
+    return iou(track.box, face.box) >= policy.iou_min

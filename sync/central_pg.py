@@ -170,6 +170,7 @@ class PostgresDatabase:
         # How long a call may wait for a connection; the publisher lowers it below its
         # heartbeat interval, so HUGZ keep flowing while the database is away.
         self.connect_wait_s = POOL_WAIT_S
+        self._depth = 0
         if check_schema:
             version = self.schema_version()
             if version is None:
@@ -262,12 +263,19 @@ class PostgresDatabase:
 
     @contextmanager
     def _transaction(self, begin: str, lock_sql: str | None = None, lock_args: Sequence[Any] = ()) -> Iterator[None]:
+        if self._depth:  # inside group_transaction(): take this transaction's lock, commit with the group
+            if lock_sql:
+                self.execute(lock_sql, lock_args)
+            yield
+            return
         self.execute(begin)
+        self._depth += 1
         try:
             if lock_sql:
                 self.execute(lock_sql, lock_args)
             yield
         except BaseException:
+            self._depth -= 1
             conn = self._conn
             if conn is not None and not conn.closed:
                 try:
@@ -275,7 +283,13 @@ class PostgresDatabase:
                 except psycopg.Error:
                     self._lost()
             raise
+        self._depth -= 1
         self.execute("COMMIT")
+
+    def group_transaction(self):
+        """One transaction (one commit, one WAL flush) around several requests' own
+        transactions; their advisory locks are held to its end."""
+        return self._transaction("BEGIN")
 
     def write_transaction(self):
         return self._transaction("BEGIN", "SELECT pg_advisory_xact_lock(?)", (_CHANGE_LOCK,))

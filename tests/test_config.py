@@ -36,11 +36,38 @@ def _with(path: str, value):
 _DELETE = object()
 
 
-@pytest.mark.parametrize("example", sorted(p for p in (REPO / "config").glob("*.toml")
-                                            if not p.name.startswith("central-")), ids=lambda p: p.name)
+def _examples(kind: str) -> list:
+    """The shipped example configs of one program: a lane has [lane], a station [station], a
+    central node [central]."""
+    def tables(p):
+        return {t for t in ("lane", "station", "central") if f"\n[{t}]" in "\n" + p.read_text()}
+    programs = {p: (tables(p) & {"lane", "station"}) or tables(p) for p in (REPO / "config").glob("*.toml")}
+    return sorted(p for p, kinds in programs.items() if kind in kinds)
+
+
+@pytest.mark.parametrize("example", _examples("lane"), ids=lambda p: p.name)
 def test_shipped_example_configs_are_valid(example):
     cfg = load_config(example)
     assert cfg.gate.id and cfg.lane.lane_id
+
+
+@pytest.mark.parametrize("example", _examples("station"), ids=lambda p: p.name)
+def test_shipped_station_configs_are_valid(example):
+    from kiosk.config import load_config as load_station_config
+
+    assert load_station_config(example) is not None
+
+
+@pytest.mark.parametrize("example", _examples("central"), ids=lambda p: p.name)
+def test_shipped_central_configs_are_valid(example):
+    from sync.config import load_central_config
+
+    assert load_central_config(example).database
+
+
+def test_every_shipped_config_is_checked():
+    checked = {p for kind in ("lane", "station", "central") for p in _examples(kind)}
+    assert checked == set((REPO / "config").glob("*.toml"))
 
 
 def test_shipped_central_node_configs_are_valid_and_differ_only_in_the_node():

@@ -161,3 +161,57 @@ def test_no_face_images_are_stored(scenario):
     state = scenario["cfg"].gate.state_dir
     for p in state.rglob("*"):
         assert p.suffix.lower() not in (".jpg", ".png", ".jpeg", ".bmp"), p
+
+
+def test_every_attempt_ends_in_a_decision_or_a_recorded_reason(scenario):
+    """On real photos: no face is acquired and then forgotten without the audit saying why."""
+    with AuditLog(scenario["cfg"].gate.state_dir, read_only=True) as log:
+        bodies = [r.body for r in log.iter_since(0)]
+    open_track = None
+    for b in bodies:
+        if b["event"] in ("face_acquired", "track_replaced"):
+            if b["event"] == "track_replaced":
+                assert b["previous_unserved"]["why"], b
+            open_track = b["track_id"]
+        elif b["event"] == "decision" and open_track is not None:
+            assert b["decision"]["track_id"] == open_track
+            open_track = None
+        elif b["event"] == "face_lost":
+            assert b["track_id"] == open_track and b["unserved"]["why"] in (
+                "too_few_quality_frames", "waiting_for_liveness", "outside_capture_zone",
+                "too_few_frames_to_refuse"), b
+            open_track = None
+
+
+def test_zz_travellers_who_passed_cannot_pass_again_after_a_restart(scenario):
+    """Anti-passback lives in the state dir: the same feed replayed on a restarted daemon opens
+    for nobody, and each refusal is recorded with its reason."""
+    cfg = scenario["cfg"]
+    with AuditLog(cfg.gate.state_dir, read_only=True) as log:
+        before = log.last_seq()
+    daemon = LaneDaemon(cfg)
+    daemon.open()
+    t = threading.Thread(target=daemon.run, daemon=True)
+    t.start()
+    t.join(120)
+    assert not t.is_alive()
+    unlocks = list(daemon.metrics.unlocks)
+    daemon.close()
+    assert unlocks == []
+    with AuditLog(cfg.gate.state_dir, read_only=True) as log:
+        decisions = [r.body["decision"] for r in log.iter_since(before) if r.body["event"] == "decision"]
+    refused = {d["subject_id"] for d in decisions if d["reason"] == "anti_passback"}
+    assert refused == set(scenario["enrolled"]), decisions
+
+
+def test_refusals_name_nobody_and_each_passenger_is_decided_at_most_once(scenario):
+    with AuditLog(scenario["cfg"].gate.state_dir, read_only=True) as log:
+        rows = [r.body for r in log.iter_since(0)]
+    first_run = rows[: next(i for i, b in enumerate(rows) if b["event"] == "daemon_stopped") + 1]
+    decisions = [b["decision"] for b in first_run if b["event"] == "decision"]
+    assert len(decisions) <= len(scenario["truth"])  # one decision per person per visit
+    for b in first_run:
+        d = b.get("decision")
+        if d is not None and d["outcome"] != "allow":
+            assert d["subject_id"] is None and d["runner_up_id"] is None and d["top"] == [], d
+            assert d["score"] is None or d["score"] < 0.92

@@ -179,7 +179,17 @@ def test_the_candidate_is_scored_at_its_pessimistic_bound():
     tr = track_of([shortlist(("alice", 0.9), ("bob", 0.2))] * 2 + [shortlist(("bob", 0.3))] * 3,
                   dets=[0.9, 0.9, 0.8, 0.5, 0.5])  # the first three frames are fused
     d = matching_only(tr, now_of(tr), no_margin)
-    assert d.reason is Reason.NO_MATCH and d.subject_id == "alice" and d.score == pytest.approx(0.8 / 3)
+    assert d.reason is Reason.NO_MATCH and d.score == pytest.approx(0.8 / 3)
+    assert d.subject_id is None and d.top == ()  # below the threshold the best candidate is not named
+
+
+def test_only_a_matched_identity_is_named():
+    d = matching_only(track_of([shortlist(("alice", 0.3), ("bob", 0.2))] * 5), 9.0, POLICY)
+    rec = d.to_record()
+    assert (rec["outcome"], rec["subject_id"], rec["runner_up_id"], rec["top"]) == ("deny", None, None, [])
+    assert rec["score"] == 0.3  # the best score is kept, the name is not
+    tr = track_of([shortlist(("alice", 0.66), ("alicia", 0.60))] * 3)  # both above the threshold: named
+    assert matching_only(tr, now_of(tr), POLICY).subject_id == "alice"
 
 
 def test_close_runner_up_is_referred_as_ambiguous():
@@ -274,7 +284,8 @@ def test_one_to_one_mismatch_is_referred_after_enough_frames():
     assert matching_only(tr, now_of(tr), POLICY, token=token) is None
     tr = track_of(verifies=[0.2] * 5)
     d = matching_only(tr, now_of(tr), POLICY, token=token)
-    assert (d.outcome, d.reason, d.subject_id) == (Outcome.REFER, Reason.TOKEN_MISMATCH, "alice")
+    assert (d.outcome, d.reason, d.subject_id) == (Outcome.REFER, Reason.TOKEN_MISMATCH, None)
+    assert d.details["token_subject_id"] == "alice"  # what the document says, not who the face is
 
 
 def test_one_to_one_with_a_deny_listed_token_holder():

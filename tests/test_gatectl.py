@@ -52,7 +52,7 @@ def test_staff_open_is_one_audited_passage_with_who_and_why(running_lane, capsys
     assert "lane idle → open" in capsys.readouterr().out
     sim = daemon._driver
     assert sim.last("unlock") is not None
-    assert gatectl(["--socket", sock, "events", "--last", "5"]) == 0
+    assert gatectl(["--socket", sock, "events", "--last", "5", "--json"]) == 0
     events = _json_lines(capsys.readouterr().out)
     manual = [e for e in events if e.get("event") == "manual_action"]
     assert manual and manual[-1]["operator_id"].startswith("staff-042 (uid ")
@@ -150,3 +150,209 @@ def test_a_scanned_boarding_pass_puts_the_lane_in_one_to_one_mode(running_lane):
     assert any(e.get("event") == "token_unknown" or e.get("decision", {}).get("reason") == "token_unknown"
                for e in events), [e.get("event") for e in events]
     assert all("NOT-ENROLLED-1" not in json.dumps(e) for e in events)  # the raw token is never logged
+
+
+def test_events_are_one_readable_line_each_and_status_says_where_the_central_is(running_lane, capsys):
+    daemon, sock, cfg = running_lane
+    gatectl(["--socket", sock, "out-of-service", "--operator", "s1", "--reason", "cleaning"])
+    assert "lane idle → out-of-service" in capsys.readouterr().out  # modes spelt as the commands are
+    assert gatectl(["--socket", sock, "events", "--last", "3"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 and not any(line.startswith("{") for line in lines)  # lane started, the action
+    assert "staff out of service by s1 (uid" in lines[-1] and "[idle → out-of-service]" in lines[-1]
+    time.sleep(0.6)  # the status snapshot is refreshed twice a second
+    assert gatectl(["--socket", sock, "status"]) == 0
+    out = capsys.readouterr().out
+    assert "mode                 out-of-service" in out
+    assert "central              standalone (no [sync] section)" in out
+
+
+def test_cli_errors_are_one_line_with_what_to_do(tmp_path, capsys):
+    assert gatectl(["audit", "verify", "--state-dir", str(tmp_path / "nowhere")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no audit log at" in err and "state_dir" in err
+    assert gatectl(["--socket", str(tmp_path / "none.sock"), "status"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_a_closed_pipe_ends_gatectl_quietly(running_lane):
+    import subprocess
+    import sys
+
+    _, sock, _ = running_lane
+    p = subprocess.run(f"{sys.executable} -m tools.gatectl --socket {sock} events --last 200 --json | head -c 10",
+                       shell=True, capture_output=True, text=True, timeout=60)
+    assert "Traceback" not in p.stderr and "BrokenPipe" not in p.stderr, p.stderr
+
+
+def test_gated_check_names_the_key_that_fails(tmp_path, capsys):
+    from tools.gated import main as gated
+
+    key = tmp_path / "scbk.hex"
+    key.write_text("00" * 16)
+    key.chmod(0o644)
+    cfg = tmp_path / "lane.toml"
+    cfg.write_text(f"""
+[gate]
+id = "G1"
+state_dir = "{tmp_path / 'state'}"
+[camera]
+source = "{tmp_path / 'no-such-video.avi'}"
+[models]
+dir = "{tmp_path / 'models'}"
+pad_required = false
+[lane]
+lane_id = "L1"
+[lane.policy]
+threshold_1n = 0.93
+min_margin = 0.03
+threshold_1to1 = 0.92
+deny_threshold = 0.92
+[device]
+type = "osdp"
+port = "{tmp_path / 'ttyUSB9'}"
+scbk_file = "{key}"
+""")
+    assert gated(["--config", str(cfg), "--check"]) == 1
+    out = capsys.readouterr().out
+    rows = {line.split()[0]: line for line in out.splitlines() if line.split() and "." in line.split()[0]}
+    assert "FAIL" in rows["camera.source"] and "does not exist" in rows["camera.source"]
+    assert "FAIL" in rows["models.detector"]
+    assert "FAIL" in rows["device.port"]
+    assert "FAIL" in rows["device.scbk_file"] and "chmod 600" in rows["device.scbk_file"]
+    assert "PASS" in rows["gate.state_dir"]
+    assert "overall: FAIL" in out
+
+
+def test_a_command_with_a_very_long_operator_id_is_refused_before_anything_happens(running_lane):
+    daemon, sock, _ = running_lane
+    before = daemon.audit.last_seq()
+    r = call(sock, "open", operator="o" * 5000, reason="test")
+    assert not r["ok"] and "at most 128" in r["error"]
+    assert daemon._driver.last("unlock") is None and call(sock, "status")["mode"] == "idle"
+    assert daemon.audit.last_seq() == before  # nothing recorded, because nothing happened
+
+
+def test_a_second_daemon_on_the_same_state_dir_refuses_to_start(running_lane, default_pipeline):
+    from gate.daemon import StartupError
+
+    daemon, sock, cfg = running_lane
+    second = LaneDaemon(cfg, pipeline=default_pipeline)
+    with pytest.raises(StartupError, match="another gated .* is running on state dir"):
+        second.open()
+    second.close()
+    assert call(sock, "status")["mode"] == "idle"  # the first one still owns its socket
+
+
+def test_a_control_group_can_reach_the_socket_in_the_default_layout(tmp_path, default_pipeline):
+    import grp
+    import os
+    import stat
+
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    cv2.imwrite(str(frames / "empty.png"), np.full((480, 640, 3), 128, np.uint8))
+    group = grp.getgrgid(os.getgid()).gr_name
+    d = dict(MINIMAL, gate={"id": "G1", "state_dir": str(tmp_path / "state")},
+             camera={"source": str(frames), "fps": 20.0, "loop": True},
+             models={"dir": str(tmp_path), "pad_required": False}, device={"type": "sim"},
+             control={"group": group})
+    cfg = parse_config(d, tmp_path)
+    daemon = LaneDaemon(cfg, pipeline=default_pipeline)
+    try:
+        daemon.open()
+        st = os.stat(cfg.gate.state_dir)
+        assert stat.S_IMODE(st.st_mode) == 0o710 and st.st_gid == os.getgid()  # group may traverse, not list
+        sock = os.stat(cfg.control_socket)
+        assert stat.S_IMODE(sock.st_mode) == 0o660 and sock.st_gid == os.getgid()
+        for f in ("audit.db", "watchlist.db", "passages.db"):
+            assert stat.S_IMODE(os.stat(cfg.gate.state_dir / f).st_mode) == 0o600
+    finally:
+        daemon.close()
+
+
+def test_control_clients_are_bounded(running_lane):
+    import socket as _socket
+
+    from gate.control import MAX_CLIENTS
+
+    _, sock, _ = running_lane
+    held = []
+    for _ in range(MAX_CLIENTS):
+        s = _socket.socket(_socket.AF_UNIX)
+        s.connect(sock)
+        s.sendall(b'{"cmd": "events", "follow": true, "last": 0}\n')
+        held.append(s)
+    time.sleep(0.5)
+    r = call(sock, "status")
+    assert not r["ok"] and "too many control clients" in r["error"]
+    for s in held:
+        s.close()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and not call(sock, "status").get("ok"):
+        time.sleep(0.3)
+    assert call(sock, "status")["ok"]  # the slots come back when followers leave
+
+
+def test_start_up_on_a_full_disk_fails_with_a_clear_message(tmp_path, default_pipeline):
+    import os
+
+    from gate.daemon import StartupError
+
+    st = os.statvfs(tmp_path)
+    free_mb = st.f_bavail * st.f_frsize / 2 ** 20
+    d = dict(MINIMAL, gate={"id": "G1", "state_dir": str(tmp_path / "state"), "min_free_mb": free_mb + 1e6},
+             models={"dir": str(tmp_path), "pad_required": False}, device={"type": "sim"})
+    daemon = LaneDaemon(parse_config(d, tmp_path), pipeline=default_pipeline)
+    with pytest.raises(StartupError, match="MB free, below gate.min_free_mb"):
+        daemon.open()
+    daemon.close()
+    assert not (tmp_path / "state" / "audit.db").exists()  # nothing half-open
+
+
+def test_per_person_pins_are_checked_by_the_daemon_and_named_in_the_audit(tmp_path, default_pipeline, capsys):
+    import subprocess
+    import sys
+
+    staff = tmp_path / "staff.json"
+    p = subprocess.run([sys.executable, "-m", "tools.gatectl", "staff-pin", "--file", str(staff),
+                        "--operator", "staff-042"], input="482913\n", capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert "482913" not in staff.read_text() and oct(staff.stat().st_mode & 0o777) == "0o600"
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    cv2.imwrite(str(frames / "empty.png"), np.full((480, 640, 3), 128, np.uint8))
+    d = dict(MINIMAL, gate={"id": "G1", "state_dir": str(tmp_path / "state")},
+             camera={"source": str(frames), "fps": 20.0, "loop": True},
+             models={"dir": str(tmp_path), "pad_required": False}, device={"type": "sim"},
+             lane={**MINIMAL["lane"], "open_timeout_s": 1.0}, control={"staff_file": str(staff)})
+    cfg = parse_config(d, tmp_path)
+    daemon = LaneDaemon(cfg, pipeline=default_pipeline)
+    daemon.open()
+    t = threading.Thread(target=daemon.run, daemon=True)
+    t.start()
+    try:
+        sock = str(cfg.control_socket)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                if call(sock, "status").get("mode") == "idle":
+                    break
+            except ControlError:
+                time.sleep(0.05)
+        assert "needs your PIN" in call(sock, "open", operator="staff-042", reason="r")["error"]
+        assert "not accepted" in call(sock, "open", operator="staff-042", reason="r", pin="000000")["error"]
+        assert "not accepted" in call(sock, "open", operator="staff-999", reason="r", pin="482913")["error"]
+        assert daemon._driver.last("unlock") is None  # nothing happened on a refused PIN
+        assert gatectl(["--socket", sock, "open", "--operator", "staff-042", "--reason", "wheelchair user",
+                        "--pin", "482913"]) == 0
+        manual = [r.body for r in daemon.audit.tail(5) if r.body["event"] == "manual_action"]
+        assert manual[-1]["operator_id"].startswith("staff-042 (uid ") and "PIN verified" in manual[-1]["operator_id"]
+        for _ in range(5):  # guessing locks the id out, even for the right PIN afterwards
+            call(sock, "lock", operator="staff-042", reason="r", pin="111111")
+        assert "too many wrong PINs" in call(sock, "lock", operator="staff-042", reason="r", pin="482913")["error"]
+    finally:
+        daemon.stop_requested.set()
+        t.join(10)
+        daemon.close()

@@ -56,3 +56,25 @@ def test_unusable_arrays_are_refused(bad):
 def test_missing_file_names_the_path(tmp_path):
     with pytest.raises(ImageError, match="cannot read"):
         load_image(tmp_path / "nope.jpg")
+
+
+def test_a_decompression_bomb_is_refused_from_its_header_without_decoding():
+    import io
+    import struct
+    import time
+    import zlib
+
+    from PIL import Image
+
+    from vision.image_io import ImageError, decode_image
+
+    for side in (12000, 20000):  # below and above Pillow's own bomb limit, both above ours
+        buf = io.BytesIO()
+        Image.new("L", (8, 8)).save(buf, "PNG")
+        b = bytearray(buf.getvalue())
+        b[16:24] = struct.pack(">II", side, side)  # the IHDR claims side×side pixels
+        b[29:33] = struct.pack(">I", zlib.crc32(bytes(b[12:29])))
+        t0 = time.perf_counter()
+        with pytest.raises(ImageError, match="larger than the .* pixel limit"):
+            decode_image(bytes(b), "bomb.png")
+        assert time.perf_counter() - t0 < 0.5  # refused from the header, nothing decoded

@@ -30,8 +30,11 @@ ROOM_RULES: dict[str, frozenset[str]] = {
     "sync": frozenset({"configschema"}),
     # composes vision, devices and sync; none of them imports gate
     "gate": frozenset({"vision", "devices", "sync", "models", "configschema"}),
-    # an enrolment kiosk: the library rooms, and of the gate only its audit log (not the lane's internals)
-    "kiosk": frozenset({"vision", "devices", "sync", "models", "configschema", "gate.audit"}),
+    # an enrolment kiosk: the library rooms, and of the gate what a station shares with a lane (the audit
+    # log, the camera/models config sections, the control socket, staff identities), never the lane's
+    # decision internals (gate.lane, gate.decide, gate.daemon)
+    "kiosk": frozenset({"vision", "devices", "sync", "models", "configschema", "gate.audit", "gate.config",
+                        "gate.control", "gate.staff", "gate.schema"}),
     # thin command lines over library code
     "tools": frozenset({"*"}),
 }

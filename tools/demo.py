@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import logging
 import os
 import shutil
@@ -21,7 +20,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +31,10 @@ log = logging.getLogger("demo")
 FPS = 15.0
 LANE = "DEMO-1"
 GATE = "DEMO-GATE-1"
+THRESHOLD = 0.92  # threshold_1n of the demo's lane config (calibrated, see _write_configs)
+
+
+CENTRAL_DOWN, CENTRAL_UP = "central_down", "central_up"
 
 
 @dataclass
@@ -42,6 +45,18 @@ class Cast:
     deny: dict[str, Path]
     late: dict[str, Path]  # enrolled while the lane runs
     passengers: list[Passenger]
+    cues: dict[str, int] = field(default_factory=dict)  # scripted incident -> index of the passenger it precedes
+
+
+def _sequence(items: list) -> tuple[list[Passenger], dict[str, int]]:
+    """A script of passengers with incident cues (strings) between them -> passengers, cue positions."""
+    passengers, cues = [], {}
+    for it in items:
+        if isinstance(it, str):
+            cues[it] = len(passengers)
+        else:
+            passengers.append(it)
+    return passengers, cues
 
 
 def _lfw_cast(images: Path, rng: np.random.Generator, pad_samples: Path | None, detector) -> Cast:
@@ -56,23 +71,21 @@ def _lfw_cast(images: Path, rng: np.random.Generator, pad_samples: Path | None, 
     late = {pick[8].name: photos[pick[8].name][0]}
     e = [d.name for d in pick[:7]]
     walk = {n: str(photos[n][1]) for n in photos}
+    stranger = [str(next(d.glob("*.jpg"))) for d in strangers]
     P = Passenger
-    seq = [P("enrolled", walk[e[0]], e[0]), P("enrolled", walk[e[1]], e[1]),
-           P("not_enrolled", str(next(strangers[0].glob("*.jpg")))),
-           P("enrolled", walk[e[2]], e[2]),
-           P("tailgate", walk[e[3]], e[3], follower_photo=str(next(strangers[3].glob("*.jpg")))),
-           P("enrolled", walk[e[4]], e[4]),
-           # the central goes down about here
-           P("not_enrolled", str(next(strangers[1].glob("*.jpg")))),
-           P("enrolled", walk[e[5]], e[5]),
-           P("deny_list", walk[pick[7].name], pick[7].name),
-           # the central comes back about here; the late traveller is enrolled then
-           P("not_enrolled", str(next(strangers[2].glob("*.jpg")))),
-           P("late_enrolled", walk[pick[8].name], pick[8].name),
-           P("enrolled", walk[e[6]], e[6])]
+    script = [P("enrolled", walk[e[0]], e[0]), P("enrolled", walk[e[1]], e[1]), P("not_enrolled", stranger[0]),
+              P("enrolled", walk[e[2]], e[2]), P("tailgate", walk[e[3]], e[3], follower_photo=stranger[3]),
+              P("enrolled", walk[e[4]], e[4]),
+              CENTRAL_DOWN,  # the lane keeps deciding from its local watchlist
+              P("not_enrolled", stranger[1]), P("enrolled", walk[e[5]], e[5]),
+              P("deny_list", walk[pick[7].name], pick[7].name),
+              CENTRAL_UP,  # the late traveller is enrolled as the central returns
+              P("not_enrolled", stranger[2])]
     if pad_samples is not None:
-        seq.insert(10, P("photo_attack", str(pad_samples / "spoof" / "image_F1.jpg")))
-    return Cast(enrolled, deny, late, seq)
+        script.append(P("photo_attack", str(pad_samples / "spoof" / "image_F1.jpg")))
+    script += [P("late_enrolled", walk[pick[8].name], pick[8].name), P("enrolled", walk[e[6]], e[6])]
+    passengers, cues = _sequence(script)
+    return Cast(enrolled, deny, late, passengers, cues)
 
 
 def _insightface_cast(work: Path, pipeline) -> Cast:
@@ -99,7 +112,8 @@ def _insightface_cast(work: Path, pipeline) -> Cast:
     enrolled = {p.stem: p for p, _ in photos[:3]}
     passengers = [Passenger("enrolled", str(m), p.stem) for p, m in photos[:3]]
     passengers += [Passenger("not_enrolled", str(m)) for _, m in photos[3:]]
-    return Cast(enrolled, {}, {}, passengers)
+    return Cast(enrolled, {}, {}, passengers, {CENTRAL_DOWN: min(2, len(passengers) - 1),
+                                               CENTRAL_UP: min(3, len(passengers) - 1)})
 
 
 def _write_configs(work: Path, models: Path, video: Path, pad: bool, keys: Path) -> tuple[Path, Path]:
@@ -140,10 +154,10 @@ result_display_s = 0.7
 # Calibrated by gate-eval on LFW folds (README, "Accuracy"); see docs/accuracy.md.
 # 1:1 at FAR 0.1 % on LFW (gate-eval lfw: threshold_at_far_1e-3 = 0.918). For 1:N the chance of
 # a false match grows with the gallery: with ~10 enrolled here, FPIR is about 10 x FAR, ~1 %.
-threshold_1n = 0.92
+threshold_1n = {THRESHOLD}
 min_margin = 0.03
-threshold_1to1 = 0.92
-deny_threshold = 0.92
+threshold_1to1 = {THRESHOLD}
+deny_threshold = {THRESHOLD}
 acquire_timeout_s = 3.0
 
 [lane.policy.pad]
@@ -194,7 +208,10 @@ class Procs:
 
     def start(self, name: str, argv: list[str], cwd: Path, logfile: Path) -> subprocess.Popen:
         f = open(logfile, "ab")
-        p = subprocess.Popen(argv, cwd=cwd, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+        # the children run the same checkout as the demo itself, whatever their working folder
+        repo = str(Path(__file__).resolve().parents[1])
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(x for x in (repo, os.environ.get("PYTHONPATH")) if x)}
+        p = subprocess.Popen(argv, cwd=cwd, stdout=f, stderr=subprocess.STDOUT, start_new_session=True, env=env)
         self.procs[name] = p
         return p
 
@@ -213,303 +230,459 @@ class Procs:
             self.kill(name, signal.SIGTERM)
 
 
-def _fmt_event(e: dict, t0: float) -> str | None:
-    t = e.get("t")
-    rel = f"{t - t0:6.1f}s" if isinstance(t, (int, float)) else "       "
+def _fmt_event(e: dict) -> str | None:
+    """The live view's line for an audit record (None: not worth a line), in staff wording."""
+    from gate.event_text import decision_text, label, unserved_text
+
     ev = e.get("event")
     if ev == "decision":
-        d = e["decision"]
-        who = d.get("subject_id") or "-"
         ms = e.get("timings_ms", {})
-        pad = d.get("pad")
-        pad_s = f" live={pad['live']:.2f}" if isinstance(pad, dict) and pad.get("live") is not None else ""
-        return (f"[{rel}] {e.get('to', ''):9s} {d['outcome'].upper():6s} {d['reason']:30s} who={who:28s} "
-                f"score={d.get('score') or 0:.3f} margin={d.get('margin') or 0:.3f}{pad_s} "
-                f"decided in {d.get('elapsed_s', 0) * 1000:.0f} ms (frame: detect {ms.get('detect', 0):.0f} "
-                f"embed {ms.get('embed', 0):.0f} ms)")
+        d = e["decision"]
+        took = f"; decided {d.get('elapsed_s', 0) * 1000:.0f} ms after the first face" if d.get("elapsed_s") else ""
+        frame = f"; frame: detect {ms['detect']:.0f} ms, embed {ms.get('embed', 0):.0f} ms" if "detect" in ms else ""
+        return f"{decision_text(d)}{took}{frame}"
+    if ev == "attempt_failed":
+        return (f"RETRY  attempt {e['attempt']}/{e['of']}: {label(e['decision']['reason'])}; "
+                f"passenger told {e['prompt']!r}")
+    if ev == "face_lost" and e.get("unserved"):
+        return f"LOST   {unserved_text(e['unserved'])}"
     if ev == "open":
-        return f"[{rel}] open      turnstile unlocked for {e['opening'].get('subject_id') or e['opening'].get('operator_id')}"
+        o = e["opening"]
+        return f"OPEN   turnstile unlocked for {o.get('subject_id') or 'staff ' + str(o.get('operator_id'))}"
     if ev == "manual_action":
-        return f"[{rel}] STAFF     {e.get('action')} by {e.get('operator_id')}: {e.get('reason')}"
-    if ev in ("alarm", "alarm_raised") or e.get("to") == "alarm":
-        return f"[{rel}] ALARM     {e.get('event')} {e.get('cause', '')}"
+        return f"STAFF  {label(e.get('action'))} by {e.get('operator_id')}: {e.get('reason')}"
+    if e.get("to") == "alarm" and e.get("from") != "alarm":
+        return f"ALARM  {label(ev)} (lane held for staff)"
     return None
 
 
-def run_demo(models: Path, shared: Path, out: Path, seed: int = 7) -> int:
-    from gate.control import ControlError, call
-    from models.provision import provision_minifasnet_pair
-    from sync.central import Central
-    from sync.keys import generate_keypair_files, load_public_key
-    from tools.enrolment import enrol_folder
-    from vision.loading import load_pipeline
+class LiveView:
+    """Prints the lane's events and the demo's own incidents in time order.
 
-    t_start = time.monotonic()
-    work = out.resolve()
-    if work.exists():
-        shutil.rmtree(work)
-    work.mkdir(parents=True)
-    models = models.resolve()
-    print(f"edgegate demo — working folder {work}")
-    pipeline = load_pipeline(models, "mtcnn-v1", "dlib-resnet-v1", flip=True, detector_opts={"min_face": 40})
-    shared_models = shared / "models"
-    pad = (shared_models / "2.7_80x80_MiniFASNetV2.onnx").exists()
-    if pad:
-        provision_minifasnet_pair(shared_models, models)
-        print("liveness: MiniFASNet pair provisioned from ../shared/models")
-    else:
-        print("liveness: NOT PROVISIONED (../shared/models missing) — the lane says so in every record")
-    lfw = shared / "faces" / "lfw-dev" / "images"
-    rng = np.random.default_rng(seed)
-    if lfw.is_dir():
-        pad_samples = shared / "faces" / "pad-samples" if pad else None
-        cast = _lfw_cast(lfw, rng, pad_samples, pipeline.detector)
-        print(f"people: LFW photos from {lfw}")
-    else:
-        cast = _insightface_cast(work, pipeline)
-        print("people: faces from the photo shipped in the insightface wheel (../shared not found)")
+    Audit records reach the demo over the control socket a little after they happen, while the
+    demo's incidents (the central killed, a late enrolment) are known at once; lines are held
+    for `delay_s` and printed sorted by their time (one clock: the system's monotonic clock,
+    which the lane's records also use), so the story reads in the order it happened."""
 
-    keys = work / "keys"
-    generate_keypair_files(keys, "central")
-    generate_keypair_files(keys, "gate")
-    central_cfg, gate_cfg = _write_configs(work, models, work / "feed.avi", pad, keys)
-    from sync.config import load_central_config
+    def __init__(self, delay_s: float = 0.6):
+        self.delay_s = delay_s
+        self.origin: float | None = None  # the lane's start (its lane_started record)
+        self._pending: list[tuple[float, int, str]] = []
+        self._n = 0
+        self._lock = threading.Lock()
 
-    ccfg = load_central_config(central_cfg)
-    central = Central(ccfg.db_path)
-    central.register_gate(GATE, load_public_key(keys / "gate.key"), [f"lane:{LANE}"])
+    def add(self, t: float, line: str) -> None:
+        with self._lock:
+            self._n += 1
+            self._pending.append((t, self._n, line))
 
-    # enrolment folders: one per person, named by the (pseudonymous) subject id
-    def folder_of(people: dict[str, Path], name: str) -> Path:
-        root = work / "enrol" / name
+    def flush(self, everything: bool = False) -> None:
+        with self._lock:
+            now = time.monotonic()
+            ready = sorted(x for x in self._pending if everything or x[0] <= now - self.delay_s)
+            self._pending = [x for x in self._pending if x not in ready]
+        for t, _, line in ready:
+            print(f"[{t - (self.origin or t):6.1f}s] {line}", flush=True)
+
+
+@dataclass
+class DemoRun:
+    """What the phases share. A phase reads what earlier phases set and adds its own part, so a
+    longer journey (more lanes, more stations) is more phases, not a longer function."""
+
+    models: Path
+    shared: Path
+    work: Path
+    seed: int
+    t_start: float = field(default_factory=time.monotonic)
+    pipeline: object = None
+    pad: bool = False
+    cast: Cast | None = None
+    keys: Path | None = None
+    central_cfg: Path | None = None
+    gate_cfg: Path | None = None
+    ccfg: object = None
+    truth: list = field(default_factory=list)
+    procs: Procs = field(default_factory=Procs)
+    events: list[dict] = field(default_factory=list)
+    outage: list = field(default_factory=lambda: [None, None])
+    view: LiveView = field(default_factory=LiveView)
+    summary: dict = field(default_factory=dict)
+    per_passenger: list[dict] = field(default_factory=list)
+
+    @property
+    def sock(self) -> Path:
+        return self.work / "gate-state" / "control.sock"
+
+    def folder_of(self, people: dict[str, Path], name: str) -> Path:
+        """An enrolment folder: one sub-folder per person, named by the (pseudonymous) subject id."""
+        root = self.work / "enrol" / name
         for sid, photo in people.items():
             (root / sid).mkdir(parents=True, exist_ok=True)
             shutil.copy(photo, root / sid / photo.name)
         return root
 
+
+def phase_prepare(run: DemoRun) -> None:
+    """Working folder, models (liveness provisioned when the shared models are there), the cast."""
+    from models.provision import provision_minifasnet_pair
+    from vision.loading import load_pipeline
+
+    if run.work.exists():
+        shutil.rmtree(run.work)
+    run.work.mkdir(parents=True)
+    print(f"edgegate demo — working folder {run.work}")
+    run.pipeline = load_pipeline(run.models, "mtcnn-v1", "dlib-resnet-v1", flip=True, detector_opts={"min_face": 40})
+    shared_models = run.shared / "models"
+    run.pad = (shared_models / "2.7_80x80_MiniFASNetV2.onnx").exists()
+    if run.pad:
+        provision_minifasnet_pair(shared_models, run.models)
+        print("liveness: MiniFASNet pair provisioned from ../shared/models")
+    else:
+        print("liveness: NOT PROVISIONED (../shared/models missing) — the lane says so in every record")
+    lfw = run.shared / "faces" / "lfw-dev" / "images"
+    if lfw.is_dir():
+        pad_samples = run.shared / "faces" / "pad-samples" if run.pad else None
+        run.cast = _lfw_cast(lfw, np.random.default_rng(run.seed), pad_samples, run.pipeline.detector)
+        print(f"people: LFW photos from {lfw}")
+    else:
+        run.cast = _insightface_cast(run.work, run.pipeline)
+        print("people: faces from the photo shipped in the insightface wheel (../shared not found)")
+
+
+def phase_enrol(run: DemoRun) -> None:
+    """CURVE keys, configs, and the travellers enrolled at the central."""
+    from sync.central import Central
+    from sync.config import load_central_config
+    from sync.keys import generate_keypair_files, load_public_key
+    from tools.enrolment import enrol_folder
+
+    run.keys = run.work / "keys"
+    generate_keypair_files(run.keys, "central")
+    generate_keypair_files(run.keys, "gate")
+    run.central_cfg, run.gate_cfg = _write_configs(run.work, run.models, run.work / "feed.avi", run.pad, run.keys)
+    run.ccfg = load_central_config(run.central_cfg)
+    central = Central(run.ccfg.db_path)
+    central.register_gate(GATE, load_public_key(run.keys / "gate.key"), [f"lane:{LANE}"])
     scope = [f"lane:{LANE}"]
-    r = enrol_folder(central, pipeline, folder_of(cast.enrolled, "allow"), scope, "allow",
+    r = enrol_folder(central, run.pipeline, run.folder_of(run.cast.enrolled, "allow"), scope, "allow",
                      valid_until=dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=2))
-    if cast.deny:
-        enrol_folder(central, pipeline, folder_of(cast.deny, "deny"), scope, "deny")
-    print(f"enrolled {len(r.enrolled)} travellers, {len(cast.deny)} on the deny list "
+    if run.cast.deny:
+        enrol_folder(central, run.pipeline, run.folder_of(run.cast.deny, "deny"), scope, "deny")
+    print(f"enrolled {len(r.enrolled)} travellers, {len(run.cast.deny)} on the deny list "
           f"({len(r.rejects)} photos rejected)")
     central.close()
-    # 3 s of empty lane first: the gate takes its first watchlist snapshot meanwhile
-    # and 1.6 s between passengers, so staff can clear an alarm before the next one arrives
-    truth = write_walkup_video(work / "feed.avi", cast.passengers, fps=FPS, lead_in_frames=int(3 * FPS),
-                               gap_frames=24)
-    print(f"camera feed: {len(cast.passengers)} passengers, {truth[-1].last_frame / FPS:.0f} s at {FPS:.0f} fps")
 
-    procs = Procs()
+
+def phase_feed(run: DemoRun) -> None:
+    """The camera feed: 3 s of empty lane first (the gate takes its first watchlist snapshot
+    meanwhile) and 1.6 s between passengers, so staff can clear an alarm before the next one."""
+    run.truth = write_walkup_video(run.work / "feed.avi", run.cast.passengers, fps=FPS,
+                                   lead_in_frames=int(3 * FPS), gap_frames=24)
+    print(f"camera feed: {len(run.cast.passengers)} passengers, {run.truth[-1].last_frame / FPS:.0f} s "
+          f"at {FPS:.0f} fps")
+
+
+def phase_start(run: DemoRun) -> None:
+    """The central and the lane daemon as child processes; wait for the lane to be up."""
+    from gate.control import ControlError, call
+
     py = sys.executable
-    events: list[dict] = []
-    outage = [None, None]
-    try:
-        procs.start("central", [py, "-m", "tools.gate_central", "--config", str(central_cfg)], work, work / "central.log")
-        time.sleep(1.0)
-        procs.start("gated", [py, "-m", "tools.gated", "--config", str(gate_cfg)], work, work / "gated.log")
-        sock = work / "gate-state" / "control.sock"
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                st = call(sock, "status")
-                if st.get("mode") not in (None, "starting"):
-                    break
-            except ControlError:
-                pass
-            if procs.procs["gated"].poll() is not None or time.monotonic() > deadline:
-                print((work / "gated.log").read_text()[-3000:])
-                raise RuntimeError("the lane did not start; see gated.log above")
-            time.sleep(0.2)
-        lane_t0 = time.monotonic()  # replaced by the lane's own start time once its first event arrives
-        print(f"lane {LANE} is up ({st['mode']}, pad {st['pad']}, watchlist {st['watchlist_size']} subjects)\n")
-
-        stream_stop = threading.Event()
-        first_t = [None]
-        lane_clock = [lane_t0]
-
-        def follow():
-            try:
-                for e in call(sock, "events", stream=True, last=0, follow=True):
-                    if e.get("event") == "lane_started" and first_t[0] is None:
-                        first_t[0] = e.get("t")
-                        lane_clock[0] = e.get("t")
-                    if first_t[0] is None and isinstance(e.get("t"), (int, float)):
-                        first_t[0] = e["t"]
-                    events.append(e)
-                    line = _fmt_event(e, first_t[0] or 0.0)
-                    if line:
-                        print(line, flush=True)
-                    if stream_stop.is_set():
-                        return
-            except (ControlError, OSError, ValueError):
-                return
-
-        threading.Thread(target=follow, daemon=True).start()
-        starts = [a.first_frame / FPS for a in truth]
-        down_at, up_at = starts[6] - 0.5, starts[9] - 0.5
-        late_done = False
-        last_reset = 0.0
-        while procs.procs["gated"].poll() is None:
-            now = time.monotonic() - lane_clock[0]
-            if outage[0] is None and now >= down_at:
-                procs.kill("central", signal.SIGKILL)
-                outage[0] = now
-                print(f"[{now:6.1f}s] --- central service killed (kill -9): the lane keeps deciding offline ---")
-            if outage[0] is not None and outage[1] is None and now >= up_at:
-                procs.start("central", [py, "-m", "tools.gate_central", "--config", str(central_cfg)], work,
-                            work / "central.log")
-                outage[1] = now
-                print(f"[{now:6.1f}s] --- central service restarted ---")
-                if cast.late and not late_done:
-                    c = Central(ccfg.db_path)
-                    enrol_folder(c, pipeline, folder_of(cast.late, "late"), scope, "allow")
-                    c.close()
-                    late_done = True
-                    print(f"[{now:6.1f}s] --- late traveller {next(iter(cast.late))} enrolled at the central ---")
-            try:
-                st = call(sock, "status", timeout=2)
-            except ControlError:
-                st = {}
-            if st.get("mode") == "alarm" and now - last_reset > 1.0:
-                time.sleep(0.3)  # staff look, decide
-                reason = {"tailgating": "second person sent back", "deny_list": "security informed",
-                          "presentation_attack": "photo attack, passenger escorted"}
-                why = next((v for k, v in reason.items() if k in str(st.get("alarm"))), "checked")
-                call(sock, "emergency-reset", operator="demo-staff-07", reason=why)
-                last_reset = time.monotonic() - lane_clock[0]
-            if time.monotonic() - t_start > 170:
-                print("demo: time budget reached, stopping the lane")
-                procs.kill("gated", signal.SIGTERM)
+    run.procs.start("central", [py, "-m", "tools.gate_central", "--config", str(run.central_cfg)], run.work,
+                    run.work / "central.log")
+    time.sleep(1.0)
+    run.procs.start("gated", [py, "-m", "tools.gated", "--config", str(run.gate_cfg)], run.work,
+                    run.work / "gated.log")
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            st = call(run.sock, "status")
+            if st.get("mode") not in (None, "starting"):
                 break
-            time.sleep(0.2)
-        stream_stop.set()
-        # the lane has stopped; let the restarted central catch the uploads made by the lane
-        # before it stopped (the lane drains its audit log when the central comes back)
-        print("\nlane finished its feed; checking the central's copy of the audit log ...")
-        summary = _summarise(work, ccfg, cast, events, truth, outage, t_start, lane_clock[0])
+        except ControlError:
+            pass
+        if run.procs.procs["gated"].poll() is not None or time.monotonic() > deadline:
+            print((run.work / "gated.log").read_text()[-3000:])
+            raise RuntimeError("the lane did not start; see gated.log above")
+        time.sleep(0.2)
+    print(f"lane {LANE} is up ({st['mode']}, pad {st['pad']}, watchlist {st['watchlist_size']} subjects)\n")
+    threading.Thread(target=_follow_events, args=(run,), daemon=True).start()
+
+
+def _follow_events(run: DemoRun) -> None:
+    from gate.control import ControlError, call
+
+    try:
+        for e in call(run.sock, "events", stream=True, last=1000, follow=True):  # from the lane's start
+            if e.get("event") == "lane_started":
+                run.view.origin = e.get("t")
+            elif run.view.origin is None and isinstance(e.get("t"), (int, float)):
+                run.view.origin = e["t"]
+            run.events.append(e)
+            line = _fmt_event(e)
+            if line and isinstance(e.get("t"), (int, float)):
+                run.view.add(e["t"], line)
+    except (ControlError, OSError, ValueError):
+        return
+
+
+STAFF_REASONS = {"tailgating": "second person sent back", "deny_list": "security informed",
+                 "presentation_attack": "photo attack, passenger escorted"}
+
+
+def _cue_time(run: DemoRun, cue: str) -> float | None:
+    """Seconds into the feed at which a scripted incident happens: just before its passenger."""
+    i = run.cast.cues.get(cue)
+    return None if i is None or i >= len(run.truth) else run.truth[i].first_frame / FPS - 0.5
+
+
+def phase_lane(run: DemoRun) -> None:
+    """Play the feed through the lane; kill and restart the central on cue; staff clear alarms."""
+    from gate.control import ControlError, call
+    from sync.central import Central
+    from tools.enrolment import enrol_folder
+
+    py = sys.executable
+    down_at, up_at = _cue_time(run, CENTRAL_DOWN), _cue_time(run, CENTRAL_UP)
+    last_reset = 0.0
+    while run.procs.procs["gated"].poll() is None:
+        if run.view.origin is None:
+            time.sleep(0.1)
+            continue
+        wall = time.monotonic()
+        now = wall - run.view.origin
+        if run.outage[0] is None and down_at is not None and now >= down_at:
+            run.procs.kill("central", signal.SIGKILL)
+            run.outage[0] = now
+            run.view.add(wall, "--- central service killed (kill -9): the lane keeps deciding offline ---")
+        if run.outage[0] is not None and run.outage[1] is None and up_at is not None and now >= up_at:
+            run.procs.start("central", [py, "-m", "tools.gate_central", "--config", str(run.central_cfg)],
+                            run.work, run.work / "central.log")
+            run.outage[1] = now
+            run.view.add(wall, "--- central service restarted ---")
+            if run.cast.late:
+                c = Central(run.ccfg.db_path)
+                enrol_folder(c, run.pipeline, run.folder_of(run.cast.late, "late"), [f"lane:{LANE}"], "allow")
+                c.close()
+                run.view.add(time.monotonic(), f"--- late traveller {next(iter(run.cast.late))} enrolled "
+                                               "at the central ---")
+        try:
+            st = call(run.sock, "status", timeout=2)
+        except ControlError:
+            st = {}
+        if st.get("mode") == "alarm" and now - last_reset > 1.0:
+            time.sleep(0.3)  # staff look, decide
+            why = next((v for k, v in STAFF_REASONS.items() if k in str(st.get("alarm"))), "checked")
+            call(run.sock, "emergency-reset", operator="demo-staff-07", reason=why)
+            last_reset = time.monotonic() - run.view.origin
+        if now > run.truth[-1].last_frame / FPS + 60:  # the feed is long over: the lane is stuck
+            run.view.add(time.monotonic(), "demo: time budget reached, stopping the lane")
+            run.procs.kill("gated", signal.SIGTERM)
+            break
+        run.view.flush()
+        time.sleep(0.2)
+    time.sleep(run.view.delay_s)
+    run.view.flush(everything=True)
+    print("\nlane finished its feed; checking the central's copy of the audit log ...")
+
+
+def phase_summary(run: DemoRun) -> None:
+    run.summary, run.per_passenger = _summarise(run)
+
+
+def phase_report(run: DemoRun) -> None:
+    _report(run)
+    print(f"\nreport: {run.work / 'report.html'}   (total {time.monotonic() - run.t_start:.0f} s)")
+
+
+PHASES = (phase_prepare, phase_enrol, phase_feed, phase_start, phase_lane, phase_summary)
+
+
+def run_demo(models: Path, shared: Path, out: Path, seed: int = 7) -> int:
+    run = DemoRun(models=models.resolve(), shared=shared, work=out.resolve(), seed=seed)
+    try:
+        for phase in PHASES:
+            phase(run)
     finally:
-        procs.stop_all()
-    _report(work, models, shared, summary, events, outage, pipeline)
-    print(f"\nreport: {work / 'report.html'}   (total {time.monotonic() - t_start:.0f} s)")
-    return 0 if summary["false_opens"] == 0 and summary["chain_at_central"] == "ok" else 1
+        run.procs.stop_all()
+    phase_report(run)
+    return 0 if run.summary["false opens"] == 0 and run.summary["audit chain at the central"] == "ok" else 1
 
 
-EXPECTED = {"enrolled": "allow", "late_enrolled": "allow", "not_enrolled": "deny", "tailgate": "refer:tailgating",
-            "deny_list": "deny:deny_list", "photo_attack": "refer:presentation_attack_suspected"}
+# What the gate should do with each kind of passenger, as (outcome, reason) of the visit's decision.
+EXPECTED = {"enrolled": ("allow", "match"), "late_enrolled": ("allow", "match"), "not_enrolled": ("deny", "no_match"),
+            "tailgate": ("refer", "tailgating"), "deny_list": ("deny", "deny_list"),
+            "photo_attack": ("refer", "presentation_attack_suspected")}
+KIND_LABELS = {"enrolled": "enrolled traveller", "late_enrolled": "enrolled during the run",
+               "not_enrolled": "not enrolled", "tailgate": "tailgating pair", "deny_list": "deny-list subject",
+               "photo_attack": "printed-photo attack"}
+OUTCOME_LABELS = {("allow", "match"): "let through", ("deny", "no_match"): "refused: no match"}
 
 
-def _per_passenger(truth, decisions_at: list[tuple[float, dict]]) -> list[dict]:
-    """Attribute each decision to the passenger on camera at that moment of the feed (the
-    lane plays the file at its frame rate from its start, so feed time ~ lane time)."""
+def _outcome_label(outcome: str, reason: str) -> str:
+    from gate.event_text import label
+
+    return OUTCOME_LABELS.get((outcome, reason), f"{'referred' if outcome == 'refer' else 'refused'}: {label(reason)}")
+
+
+def _why(a, mine: list[dict], threshold: float, mode_before: str | None = None) -> str:
+    """Why a passenger's visit ended as it did, from the visit's own audit records."""
+    from gate.event_text import label, unserved_text
+
+    decision = next((b["decision"] for b in mine if b["event"] == "decision"), None)
+    if not mine and mode_before in ("alarm", "out_of_service", "emergency"):
+        return f"the lane was held in {mode_before.replace('_', '-')} while they were there (nobody served)"
+    retries = [b for b in mine if b["event"] == "attempt_failed"]
+    lost = next((b for b in mine if b["event"] == "face_lost" and b.get("unserved")), None)
+    parts = []
+    if retries:
+        parts.append(f"{len(retries)} retry: " + ", ".join(label(b["decision"]["reason"]) for b in retries))
+    if decision is None:
+        parts.append("no decision: " + (unserved_text(lost["unserved"]) if lost else "face never in the capture zone"))
+    elif decision["reason"] == "no_match" and a.label in ("enrolled", "late_enrolled"):
+        sc = decision.get("score")
+        parts.append("model limit: best score " + (f"{sc:.3f}" if sc is not None else "n/a")
+                     + f" below the threshold {threshold:.2f} (enrolment photo years apart)")
+    elif decision["reason"] == "presentation_attack_suspected" and a.label != "photo_attack":
+        live = (decision.get("pad") or {}).get("live")
+        parts.append(f"liveness model doubted a genuine face (live {live:.2f}; stated BPCER 8 %)" if live is not None
+                     else "liveness model doubted a genuine face")
+    elif decision.get("score") is not None:
+        parts.append(f"score {decision['score']:.3f}")
+    return "; ".join(parts)
+
+
+def _feed_clock(truth, bodies: list[dict], origin: float) -> tuple[float, float]:
+    """(offset, rate) with lane time ≈ offset + rate × feed time. A recorded file plays a little
+    slower than its frame rate on a loaded machine (decoding adds to each frame's period) and
+    starts a moment after the lane, so the clock is fitted on the acceptances, whose passenger
+    is known; the fit is moved 0.8 s earlier, as acceptances come ~0.5–1 s after the first face."""
+    start_of = {a.subject_id: a.first_frame / FPS for a in truth if a.subject_id}
+    pts = [(start_of[b["decision"]["subject_id"]], b["t"] - origin) for b in bodies
+           if b.get("event") == "decision" and b["decision"]["outcome"] == "allow"
+           and b["decision"].get("subject_id") in start_of]
+    if len(pts) >= 2 and len({x for x, _ in pts}) >= 2:
+        rate, offset = np.polyfit([x for x, _ in pts], [y for _, y in pts], 1)
+        if 0.8 <= rate <= 1.5:
+            return float(offset) - 0.8, float(rate)
+    offset = float(np.median([y - x for x, y in pts])) if pts else 0.5
+    return offset - 0.8, 1.0
+
+
+def _per_passenger(truth, bodies: list[dict], origin: float, threshold: float) -> list[dict]:
+    """Each passenger's visit: the records from their first frame until the next passenger's,
+    on the feed clock fitted by `_feed_clock`."""
     rows = []
-    for a in truth:
-        t0, t1 = a.first_frame / FPS, (a.last_frame + 8) / FPS
-        got = [d for t, d in decisions_at if t0 <= t <= t1]
-        first = got[0] if got else None
-        observed = "none" if first is None else (
-            first["outcome"] if first["outcome"] in ("allow", "deny") and first["reason"] in ("match", "no_match")
-            else f"{first['outcome']}:{first['reason']}")
-        ok = observed == EXPECTED[a.label] and (a.label not in ("enrolled", "late_enrolled")
-                                                or first["subject_id"] == a.subject_id)
-        rows.append({"passenger": a.subject_id or "(not enrolled)", "kind": a.label, "expected": EXPECTED[a.label],
-                     "observed": observed, "score": None if first is None else first.get("score"), "as_expected": ok})
+    offset, rate = _feed_clock(truth, bodies, origin)
+    starts = [offset + rate * a.first_frame / FPS for a in truth] + [float("inf")]
+    for i, a in enumerate(truth):
+        timed = [b for b in bodies if isinstance(b.get("t"), (int, float))]
+        mine = [b for b in timed if starts[i] <= b["t"] - origin < starts[i + 1]]
+        mode_before = next((b.get("to") for b in reversed(timed) if b["t"] - origin < starts[i] and b.get("to")), None)
+        d = next((b["decision"] for b in mine if b["event"] == "decision"), None)
+        expected = EXPECTED[a.label]
+        got = None if d is None else (d["outcome"], d["reason"])
+        ok = got == expected and (a.label not in ("enrolled", "late_enrolled") or d["subject_id"] == a.subject_id)
+        rows.append({"passenger": a.subject_id or "(not enrolled)", "kind": KIND_LABELS[a.label],
+                     "expected": _outcome_label(*expected),
+                     "got": "no decision" if got is None else _outcome_label(*got),
+                     "score": None if d is None else d.get("score"), "as_expected": ok,
+                     "why": "" if ok else _why(a, mine, threshold, mode_before)})
     return rows
 
 
-def _summarise(work: Path, ccfg, cast: Cast, events: list[dict], truth, outage, t_start: float,
-               lane_t0: float) -> dict:
+def _summarise(run: DemoRun) -> tuple[dict, list[dict]]:
     from gate.audit import AuditLog
     from sync.audit_chain import verify_chain
     from sync.central import Central
 
-    with AuditLog(work / "gate-state", read_only=True) as alog:
+    with AuditLog(run.work / "gate-state", read_only=True) as alog:
         rows = list(alog.iter_since(0))
         chain_gate = alog.verify()
     bodies = [r.body for r in rows]
     decisions = [b["decision"] for b in bodies if b.get("event") == "decision"]
     opens = [b["opening"] for b in bodies if b.get("event") == "open"]
-    allowed = {cast_id for cast_id in list(cast.enrolled) + list(cast.late)}
+    allowed = set(run.cast.enrolled) | set(run.cast.late)
     auto_opens = [o for o in opens if o.get("operator_id") is None]
     false_opens = [o for o in auto_opens if o.get("subject_id") not in allowed]
-    walked = {p.subject_id for p in cast.passengers if p.label in ("enrolled", "late_enrolled", "tailgate")}
-    let_through = {o["subject_id"] for o in auto_opens}
+    second_opens = len(auto_opens) - len({o["subject_id"] for o in auto_opens})
     deadline = time.monotonic() + 20
-    central_rows = 0
-    chain_c = None
+    central_rows, chain_c = 0, None
     while time.monotonic() < deadline:
-        c = Central(ccfg.db_path)
+        c = Central(run.ccfg.db_path)
         crow = list(c.audit.rows(GATE))
         c.close()
-        central_rows = len(crow)
-        chain_c = verify_chain(crow)
+        central_rows, chain_c = len(crow), verify_chain(crow)
         if central_rows >= len(rows):
             break
         time.sleep(0.5)
-    reasons: dict[str, int] = {}
-    for d in decisions:
-        reasons[f"{d['outcome']}:{d['reason']}"] = reasons.get(f"{d['outcome']}:{d['reason']}", 0) + 1
     elapsed = [d["elapsed_s"] * 1000 for d in decisions if d["outcome"] == "allow"]
-    per = _per_passenger(truth, [(b["t"] - lane_t0, b["decision"]) for b in bodies if b.get("event") == "decision"])
-    print("\n=== passengers (first decision while each was on camera) ===")
+    origin = next((b["t"] for b in bodies if b.get("event") == "lane_started"), 0.0)
+    per = _per_passenger(run.truth, bodies, origin, THRESHOLD)
+    print("\n=== passengers (the decision of each visit) ===")
     for r in per:
-        print(f"  {'ok ' if r['as_expected'] else 'MISS'} {r['kind']:14s} {r['passenger']:28s} expected "
-              f"{r['expected']:38s} got {r['observed']}" + (f" ({r['score']:.3f})" if r["score"] else ""))
+        score = f" (score {r['score']:.3f})" if r["score"] is not None else ""
+        print(f"  {'ok  ' if r['as_expected'] else 'MISS'} {r['kind']:24s} {r['passenger']:28s} expected "
+              f"{r['expected']:34s} got {r['got']}{score}" + (f" — {r['why']}" if r["why"] else ""))
+    genuine = [r for r in per if r["kind"] in (KIND_LABELS["enrolled"], KIND_LABELS["late_enrolled"])]
     s = {
-        "passengers in feed": len(cast.passengers),
-        "decisions": len(decisions),
-        "decisions by outcome:reason": json.dumps(reasons, sort_keys=True),
-        "enrolled travellers let through": f"{len(let_through & walked)} of {len(walked - {None})} "
-                                           f"(tailgater's leader is held on purpose)",
+        "passengers in the feed": len(run.cast.passengers),
         "passengers handled as expected": f"{sum(r['as_expected'] for r in per)} of {len(per)}",
-        "false_opens": len(false_opens),
+        "enrolled travellers let through": f"{sum(r['as_expected'] for r in genuine)} of {len(genuine)}",
+        "false opens": len(false_opens),
+        "second openings for the same person": second_opens,
+        "visits without a decision or a recorded reason": sum(
+            1 for r in per if r["got"] == "no decision" and "no decision: " not in r["why"]),
+        "retry prompts shown": sum(1 for b in bodies if b.get("event") == "attempt_failed"),
         "staff actions (audited)": sum(1 for b in bodies if b.get("event") == "manual_action"),
-        "first face to decision, allow, median ms": round(float(np.median(elapsed)), 1) if elapsed else None,
-        "central outage (s into the run)": f"{outage[0]:.1f} – {outage[1]:.1f}" if outage[0] and outage[1] else "none",
-        "audit records at gate": len(rows),
-        "audit records received by central": central_rows,
-        "chain_at_gate": "ok" if chain_gate.ok else f"BROKEN at {chain_gate.first_broken_seq}",
-        "chain_at_central": "ok" if chain_c is not None and chain_c.ok and central_rows == len(rows) else
+        "first face → acceptance, median": f"{np.median(elapsed):.0f} ms" if elapsed else "n/a",
+        "central outage": (f"{run.outage[0]:.1f} s – {run.outage[1]:.1f} s into the run"
+                           if run.outage[0] and run.outage[1] else "none"),
+        "audit records at the gate / received by the central": f"{len(rows)} / {central_rows}",
+        "audit chain at the gate": "ok" if chain_gate.ok else f"BROKEN at {chain_gate.first_broken_seq}",
+        "audit chain at the central": "ok" if chain_c is not None and chain_c.ok and central_rows == len(rows) else
         f"{'ok' if chain_c and chain_c.ok else 'BROKEN'} ({central_rows}/{len(rows)} records)",
-        "demo wall time s": round(time.monotonic() - t_start, 1),
+        "demo wall time": f"{time.monotonic() - run.t_start:.0f} s",
     }
     print("\n=== summary ===")
     for k, v in s.items():
-        print(f"  {k:45s} {v}")
-    return s
+        print(f"  {k:52s} {v}")
+    return s, per
 
 
-def _report(work: Path, models: Path, shared: Path, summary: dict, events: list[dict], outage, pipeline) -> None:
+def _report(run: DemoRun) -> None:
+    from gate.event_text import label
     from tools.demo_report import write_report
     from vision.evaluate import embed_images, read_pairs
 
-    pairs_file = shared / "faces" / "lfw-dev" / "pairs.txt"
+    pairs_file = run.shared / "faces" / "lfw-dev" / "pairs.txt"
     if pairs_file.exists():
-        pairs = read_pairs(pairs_file, shared / "faces" / "lfw-dev" / "images")
+        pairs = read_pairs(pairs_file, run.shared / "faces" / "lfw-dev" / "images")
         fold1 = [p for p in pairs if p.fold == 0]
         sample = [p for p in fold1 if p.same][:150] + [p for p in fold1 if not p.same][:150]
-        tpl = embed_images(pipeline, {p.a for p in sample} | {p.b for p in sample})
-        sc = [(float(np.dot(tpl[p.a], tpl[p.b])), p.same) for p in sample if tpl[p.a] is not None and tpl[p.b] is not None]
-        genuine = np.array([s for s, same in sc if same])
-        impostor = np.array([s for s, same in sc if not same])
+        tpl = embed_images(run.pipeline, {p.a for p in sample} | {p.b for p in sample})
+        sc = [(float(np.dot(tpl[p.a], tpl[p.b])), p.same) for p in sample
+              if tpl[p.a] is not None and tpl[p.b] is not None]
+        genuine = np.array([x for x, same in sc if same])
+        impostor = np.array([x for x, same in sc if not same])
     else:
-        genuine = impostor = np.array([0.0])
+        genuine = impostor = np.array([])
     stage: dict[str, list[float]] = {}
     timeline = []
-    t0 = next((e["t"] for e in events if isinstance(e.get("t"), (int, float))), 0.0)
+    t0 = run.view.origin or next((e["t"] for e in run.events if isinstance(e.get("t"), (int, float))), 0.0)
     rows = {"allow": 0, "deny": 1, "refer": 2}
-    for e in events:
+    for e in run.events:
         if e.get("event") == "decision":
             for k, v in e.get("timings_ms", {}).items():
                 stage.setdefault(k, []).append(v)
             d = e["decision"]
             timeline.append({"t": e["t"] - t0, "row": rows.get(d["outcome"], 2), "kind": d["outcome"],
-                             "label": (d.get("subject_id") or "")[:14] if d["outcome"] == "allow" else d["reason"][:14]})
+                             "label": d.get("subject_id") or label(d["reason"])})
         if e.get("event") == "manual_action" and isinstance(e.get("t"), (int, float)):
-            timeline.append({"t": e["t"] - t0, "row": 3, "kind": "manual", "label": e.get("action", "")})
-    out_span = (outage[0], outage[1]) if outage[0] and outage[1] else None
-    write_report(work / "report.html", summary, genuine, impostor, 0.92, stage, timeline, out_span)
+            timeline.append({"t": e["t"] - t0, "row": 3, "kind": "manual", "label": label(e.get("action", ""))})
+    out_span = (run.outage[0], run.outage[1]) if run.outage[0] and run.outage[1] else None
+    write_report(run.work / "report.html", run.summary, genuine, impostor, THRESHOLD, stage, timeline, out_span,
+                 run.per_passenger)
 
 
 def main(argv=None) -> int:

@@ -24,24 +24,46 @@ def _socket(args) -> Path:
 
 
 def _print_status(r: dict) -> None:
-    keys = ["gate", "lane", "mode", "faults", "alarm", "camera", "device_online", "pad", "model", "watchlist_size",
-            "watchlist_sequence", "audit_unsent", "audit_chain_epoch", "audit_chain_alarm", "frames", "decisions",
-            "last_decision_at", "out_of_service_by"]
+    from gate.event_text import mode_name
+
+    keys = ["gate", "lane", "mode", "faults", "alarm", "camera", "device_online", "central", "pad", "model",
+            "watchlist_size", "watchlist_sequence", "audit_unsent", "audit_chain_epoch", "audit_chain_alarm",
+            "frames", "decisions", "last_decision_at", "out_of_service_by"]
     for k in keys:
         if k in r:
             v = r[k]
             if k == "pad" and v == "not provisioned":
                 v = "NOT PROVISIONED (no presentation-attack detection)"
+            elif k == "mode":
+                v = mode_name(v)
+            elif k == "faults":
+                v = ", ".join(v) if v else "none"
+            elif k == "central":
+                v = _central_text(v)
             print(f"{k:20s} {v}")
 
 
+def _central_text(c: dict | None) -> str:
+    if not c:
+        return "standalone (no [sync] section)"
+    last = c.get("last_contact") or "never"
+    state = "reachable" if c.get("reachable") else "NOT REACHABLE"
+    return f"{state}, last contact {last}" + (f" ({c['last_error']})" if c.get("last_error") else "")
+
+
 def cmd_lane(args) -> int:
-    r = call(_socket(args), args.cmd, operator=args.operator, reason=args.reason,
-             **({"direction": args.direction} if getattr(args, "direction", None) else {}))
+    extra = {"direction": args.direction} if getattr(args, "direction", None) else {}
+    if args.pin:
+        import getpass
+
+        extra["pin"] = getpass.getpass(f"PIN for {args.operator}: ") if args.pin == "-" else args.pin
+    r = call(_socket(args), args.cmd, operator=args.operator, reason=args.reason, **extra)
     if not r.get("ok"):
         print(f"gatectl {args.cmd}: refused: {r.get('error')}", file=sys.stderr)
         return 1
-    print(f"{args.cmd}: done (lane {r.get('mode_before')} → {r.get('mode')})")
+    from gate.event_text import mode_name
+
+    print(f"{args.cmd}: done (lane {mode_name(r.get('mode_before'))} → {mode_name(r.get('mode'))})")
     return 0
 
 
@@ -55,17 +77,22 @@ def cmd_status(args) -> int:
 
 
 def cmd_events(args) -> int:
+    from gate.event_text import event_line
+
+    def show(e: dict) -> None:
+        print(json.dumps(e, sort_keys=True) if args.json else event_line(e))
+
     if args.follow:
         try:
             for e in call(_socket(args), "events", stream=True, last=args.last, follow=True):
-                print(json.dumps(e, sort_keys=True))
+                show(e)
                 sys.stdout.flush()
         except KeyboardInterrupt:
             return 0
         return 0
     r = call(_socket(args), "events", last=args.last)
     for e in r.get("events", []):
-        print(json.dumps(e, sort_keys=True))
+        show(e)
     return 0
 
 
@@ -161,6 +188,12 @@ def cmd_audit_verify(args) -> int:
     if state_dir is None:
         print("gatectl audit verify: give --state-dir or --config", file=sys.stderr)
         return 2
+    from gate.audit import AUDIT_DB_NAME
+
+    if not (state_dir / AUDIT_DB_NAME).is_file():
+        print(f"gatectl audit verify: no audit log at {state_dir / AUDIT_DB_NAME}; give the lane's state_dir "
+              "(see [gate] state_dir in its config) or --config FILE", file=sys.stderr)
+        return 2
     with AuditLog(state_dir, read_only=True) as log:
         c = log.verify()
     if c.ok:
@@ -188,6 +221,28 @@ def cmd_selftest(args) -> int:
     return 0 if passed(checks) else 1
 
 
+def cmd_staff_pin(args) -> int:
+    """Reads the PIN twice without echo (or one line from stdin when it is not a terminal)."""
+    import getpass
+
+    from gate.staff_auth import StaffAuthError, set_pin
+
+    if sys.stdin.isatty():
+        pin = getpass.getpass(f"new PIN for {args.operator}: ")
+        if getpass.getpass("again: ") != pin:
+            print("gatectl staff-pin: the two PINs differ; nothing changed", file=sys.stderr)
+            return 2
+    else:
+        pin = sys.stdin.readline().strip()
+    try:
+        set_pin(Path(args.file), args.operator, pin)
+    except StaffAuthError as e:
+        print(f"gatectl staff-pin: {e}", file=sys.stderr)
+        return 2
+    print(f"PIN set for {args.operator} in {args.file}; the lane reads the file at start-up (restart gated)")
+    return 0
+
+
 def cmd_config_reference(args) -> int:
     from gate.config import reference_markdown
 
@@ -210,12 +265,15 @@ def build_parser() -> argparse.ArgumentParser:
         s = sub.add_parser(name, help=hlp)
         s.add_argument("--operator", required=True, help="your staff id (audited)")
         s.add_argument("--reason", required=True, help="why (audited)")
+        s.add_argument("--pin", metavar="PIN", help="your PIN, where the lane has control.staff_file; "
+                                                    "'-' asks for it without echo")
         if name in ("open", "unlock"):
             s.add_argument("--direction", choices=["entry", "exit", "both"])
         s.set_defaults(func=cmd_lane)
-    s = sub.add_parser("events", help="recent audit events")
+    s = sub.add_parser("events", help="recent audit events, one readable line each")
     s.add_argument("--last", type=int, default=20)
     s.add_argument("--follow", action="store_true")
+    s.add_argument("--json", action="store_true", help="the raw audit records, one JSON object per line")
     s.set_defaults(func=cmd_events)
     s = sub.add_parser("watchlist", help="watchlist statistics; `gone ID`: prove a subject left this gate")
     wl = s.add_subparsers(dest="what", required=True)
@@ -244,16 +302,38 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--min-free-mb", type=float, default=500.0, help="free space needed for the state directory")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_selftest)
+    s = sub.add_parser("staff-pin", help="set a staff member's PIN in the lane's staff file (control.staff_file)")
+    s.add_argument("--file", required=True, help="the staff file (created 0600)")
+    s.add_argument("--operator", required=True, help="the staff id")
+    s.set_defaults(func=cmd_staff_pin)
     s = sub.add_parser("config-reference", help="print the configuration reference (markdown)")
     s.set_defaults(func=cmd_config_reference)
     return p
 
 
 def main(argv=None) -> int:
+    """Every failure is one line saying what to do; no traceback reaches staff."""
+    from gate.schema import ConfigError
+
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
+    except BrokenPipeError:  # `gatectl events | head`: the reader has what it wanted
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except ControlError as e:
+        print(f"gatectl: {e}", file=sys.stderr)
+        return 2
+    except ConfigError as e:
+        print(f"gatectl: configuration error: {e}", file=sys.stderr)
+        return 2
+    except PermissionError as e:
+        print(f"gatectl: permission denied: {e.filename or e}; run as the lane's user or a member of its "
+              "control group", file=sys.stderr)
+        return 2
+    except (OSError, sqlite3.Error, ValueError) as e:
         print(f"gatectl: {e}", file=sys.stderr)
         return 2
 

@@ -22,7 +22,9 @@ def setup_logging(level: str) -> None:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="gated", description=__doc__)
     p.add_argument("--config", required=True, help="the lane's TOML config file")
-    p.add_argument("--check", action="store_true", help="validate the config and exit")
+    p.add_argument("--check", action="store_true",
+                   help="validate the config, then check what can be checked without starting the lane "
+                        "(camera source, model files, serial ports, key files, state dir) and exit")
     args = p.parse_args(argv)
     from gate.config import load_config
 
@@ -32,8 +34,14 @@ def main(argv=None) -> int:
         print(f"gated: configuration error: {e}", file=sys.stderr)
         return 2
     if args.check:
-        print(f"{args.config}: OK (gate {cfg.gate.id}, lane {cfg.lane.lane_id}, device {type(cfg.device).TYPE})")
-        return 0
+        from gate.checks import format_table, passed
+        from gate.preflight import preflight
+
+        checks = preflight(cfg)
+        print(f"{args.config}: config valid (gate {cfg.gate.id}, lane {cfg.lane.lane_id}, "
+              f"device {type(cfg.device).TYPE})")
+        print(format_table(checks))
+        return 0 if passed(checks) else 1
     setup_logging(cfg.gate.log_level)
     from gate.daemon import LaneDaemon, StartupError
     from gate.process_hardening import disable_core_dumps
@@ -58,6 +66,14 @@ def main(argv=None) -> int:
         return daemon.run()
     except StartupError as e:
         logging.getLogger("gated").error("cannot start lane: %s", e)
+        return 3
+    except PermissionError as e:
+        logging.getLogger("gated").error("cannot start lane: permission denied on %s; the state dir and key files "
+                                         "must belong to the lane's user (check with gated --check)",
+                                         e.filename or e)
+        return 3
+    except (OSError, ValueError) as e:  # a missing key file, a serial port that is not there, a full disk
+        logging.getLogger("gated").error("cannot start lane: %s (check with gated --config FILE --check)", e)
         return 3
     finally:
         daemon.close()

@@ -43,9 +43,29 @@ def to_bgr8(img: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(img)
 
 
+def header_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from the file header alone (Pillow reads it without decoding pixels);
+    None when Pillow does not know the format (OpenCV then decides, and the size is checked
+    after decoding)."""
+    import io
+
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return im.size
+    except Image.DecompressionBombError:  # Pillow's own limit (~179 MP) is above ours: too large either way
+        return (MAX_PIXELS + 1, 1)
+    except (UnidentifiedImageError, OSError, ValueError):
+        return None
+
+
 def decode_image(data: bytes, name: str = "image") -> np.ndarray:
     if not data:
         raise ImageError(f"{name}: file is empty")
+    size = header_size(data)
+    if size is not None and size[0] * size[1] > MAX_PIXELS:  # before decoding: a 20000×20000 bomb costs nothing
+        raise ImageError(f"{name}: {size[0]}×{size[1]} is larger than the {MAX_PIXELS} pixel limit")
     buf = np.frombuffer(data, dtype=np.uint8)
     # ANYDEPTH|ANYCOLOR keeps 16-bit and grey images as they are (to_bgr8 converts them) but,
     # unlike IMREAD_UNCHANGED, applies the EXIF orientation: phone photos are stored sideways
