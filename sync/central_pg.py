@@ -157,6 +157,7 @@ class PostgresDatabase:
         self._conn: psycopg.Connection | None = None
         self._listen: psycopg.Connection | None = None
         self._maintenance_held = False
+        self._depth = 0
         if check_schema:
             version = self.schema_version()
             if version is None:
@@ -240,12 +241,19 @@ class PostgresDatabase:
 
     @contextmanager
     def _transaction(self, begin: str, lock_sql: str | None = None, lock_args: Sequence[Any] = ()) -> Iterator[None]:
+        if self._depth:  # inside group_transaction(): take this transaction's lock, commit with the group
+            if lock_sql:
+                self.execute(lock_sql, lock_args)
+            yield
+            return
         self.execute(begin)
+        self._depth += 1
         try:
             if lock_sql:
                 self.execute(lock_sql, lock_args)
             yield
         except BaseException:
+            self._depth -= 1
             conn = self._conn
             if conn is not None and not conn.closed:
                 try:
@@ -253,7 +261,13 @@ class PostgresDatabase:
                 except psycopg.Error:
                     self._lost()
             raise
+        self._depth -= 1
         self.execute("COMMIT")
+
+    def group_transaction(self):
+        """One transaction (one commit, one WAL flush) around several requests' own
+        transactions; their advisory locks are held to its end."""
+        return self._transaction("BEGIN")
 
     def write_transaction(self):
         return self._transaction("BEGIN", "SELECT pg_advisory_xact_lock(?)", (_CHANGE_LOCK,))
