@@ -344,12 +344,14 @@ class LaneDaemon:
 
     @property
     def flights(self) -> frozenset[str]:
-        """The flight: scopes this lane follows (a boarding gate), from its sync subscription."""
+        """The flight: scopes this lane follows (a boarding gate): configured, and the ones the
+        central assigns to it now (a gate change needs no restart)."""
         if self.cfg.sync is None:
             return frozenset()
         from sync.scopes import scope_label
 
-        return frozenset(label for label in map(scope_label, self.cfg.sync.scopes) if label.startswith("flight:"))
+        scopes = self.agent.scopes() if self.agent is not None else self.cfg.sync.scopes
+        return frozenset(label for label in map(scope_label, scopes) if label.startswith("flight:"))
 
     @property
     def _passback_keep(self) -> timedelta:

@@ -67,7 +67,8 @@ class GateAgent:
         self._follower = WatchlistFollower(self.config, security, self._sink, self._ctx)
         self._uploader = AuditUploader(self.config, security, self._source, self._ctx, self._on_audit_alarm)
         self._health = HealthReporter(self.config, security, self._ctx, self._provider, self._sink, self._source,
-                                      self._follower.note_central_heads)
+                                      self._follower.note_central_heads, scopes=self._follower.scopes,
+                                      on_assigned=self._follower.set_assigned)
         for name, part in (("watchlist", self._follower), ("audit", self._uploader), ("health", self._health)):
             t = threading.Thread(target=self._guard, args=(name, part), name=f"sync-{name}", daemon=True)
             self._threads.append(t)
@@ -93,6 +94,10 @@ class GateAgent:
         if self._follower is None or self._uploader is None or self._health is None:
             raise RuntimeError("the sync agent has not been started")
         return AgentStatus(self._follower.status(), self._uploader.status(), self._health.reports_acked)
+
+    def scopes(self) -> tuple[str, ...]:
+        """What the gate follows now: its configured scopes and the flights assigned to it."""
+        return self._follower.scopes() if self._follower is not None else tuple(self.config.scopes)
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()

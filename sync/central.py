@@ -23,7 +23,7 @@ from sync.audit_store import AuditStore
 from sync.central_db import CentralDatabase, open_central_db
 from sync.hashmap import Hashmap
 from sync.kvmsg import PREV_PROPERTY, TTL_PROPERTY, KVMsg, encode_properties, new_uuid
-from sync.scopes import ScopeError, check_id, checkpoint_scope, parse_scope, split_key
+from sync.scopes import ScopeError, check_id, checkpoint_scope, flight_scope_date, parse_scope, scope_label, split_key
 from sync.service_messages import HealthReport
 from sync.subject_record import LIST_TYPES, SubjectRecord, decode_record, encode_record, normalise_templates
 
@@ -91,13 +91,16 @@ class Principal:
     ident: str
     public_key: str  # Z85
     scopes: tuple[str, ...] = ()
+    # A boarding gate's flights as the central assigned them (Central.assign_flights): served on
+    # top of `scopes` and told to the gate in each health reply, so a gate change needs no restart.
+    assigned: tuple[str, ...] = ()
 
     @property
     def name(self) -> str:
         return f"{self.kind}:{self.ident}"
 
     def may_snapshot(self, subtree: str) -> bool:
-        return self.kind == "admin" or (self.kind == "gate" and subtree in self.scopes)
+        return self.kind == "admin" or (self.kind == "gate" and (subtree in self.scopes or subtree in self.assigned))
 
 
 @dataclass(frozen=True)
@@ -494,12 +497,57 @@ class Central:
     def remove_principal(self, kind: str, ident: str) -> bool:
         with self.db.write_transaction():
             cur = self.conn.execute("DELETE FROM principals WHERE name = ?", (f"{kind}:{ident}",))
+            if kind == "gate":
+                self.conn.execute("DELETE FROM gate_assignments WHERE gate_id = ?", (ident,))
         return cur.rowcount > 0
+
+    # ----- boarding gates follow the flights assigned to them ----------------------------
+
+    def assign_flights(self, gate_id: str, flights: Sequence[str]) -> tuple[str, ...]:
+        """Make `flights` (flight:VN123-2026-12-02; none: the gate boards nothing now) the
+        flights a boarding gate follows, replacing what it followed before. The gate learns it
+        from its next health reply and snapshots the new flight, dropping the old one's
+        templates, without a restart. Refused: an unregistered gate, a security or metro lane
+        (its registered scopes are a checkpoint or a line: it never boards a flight), anything
+        but a dated flight, and a flight whose day has passed."""
+        p = self.principal(f"gate:{gate_id}")
+        if p is None or p.kind != "gate":
+            raise EnrollmentError(f"gate {gate_id!r} is not registered at this central")
+        lanes = [scope_label(s) for s in p.scopes if not s.startswith("/flight/")]
+        if lanes:
+            raise EnrollmentError(f"gate {gate_id} is registered for {', '.join(lanes)}: a security or metro lane "
+                                  "is not assigned flights")
+        today = dt.datetime.fromtimestamp(self._clock(), dt.timezone.utc).date()
+        scopes = []
+        for f in flights:
+            try:
+                subtree = parse_scope(f if f.startswith(("flight:", "/")) else f"flight:{f}")
+                day = flight_scope_date(subtree)
+            except ScopeError as exc:
+                raise EnrollmentError(str(exc)) from exc
+            if day < today - dt.timedelta(days=1):
+                raise EnrollmentError(f"flight {scope_label(subtree)} departed on {day}; its passengers are purged")
+            scopes.append(subtree)
+        with self.db.write_transaction():
+            self.conn.execute("DELETE FROM gate_assignments WHERE gate_id = ?", (gate_id,))
+            for subtree in sorted(set(scopes)):
+                self.conn.execute("INSERT INTO gate_assignments(gate_id, scope, assigned_at) VALUES (?,?,?)",
+                                  (gate_id, subtree, self._clock()))
+        log.info("gate %s now boards %s", gate_id, ", ".join(scope_label(s) for s in sorted(set(scopes))) or "nothing")
+        return tuple(sorted(set(scopes)))
+
+    def assigned_flights(self, gate_id: str) -> tuple[str, ...]:
+        return tuple(r[0] for r in self.conn.execute(
+            "SELECT scope FROM gate_assignments WHERE gate_id = ? ORDER BY scope", (gate_id,)).fetchall())
+
+    def _load_principal(self, row) -> Principal:
+        assigned = self.assigned_flights(row[1]) if row[0] == "gate" else ()
+        return Principal(row[0], row[1], row[2], tuple(json.loads(row[3])), assigned)
 
     def _principal(self, where: str, arg: str) -> Principal | None:
         row = self.conn.execute(f"SELECT kind, ident, public_key, scopes FROM principals WHERE {where} = ?",
                                 (arg,)).fetchone()
-        return None if row is None else Principal(row[0], row[1], row[2], tuple(json.loads(row[3])))
+        return None if row is None else self._load_principal(row)
 
     def principal_for_key(self, public_key: bytes | str) -> Principal | None:
         text = public_key.decode("ascii") if isinstance(public_key, bytes) else public_key
@@ -509,8 +557,8 @@ class Central:
         return self._principal("name", name)
 
     def principals(self) -> list[Principal]:
-        return [Principal(r[0], r[1], r[2], tuple(json.loads(r[3]))) for r in
-                self.conn.execute("SELECT kind, ident, public_key, scopes FROM principals ORDER BY name")]
+        rows = self.conn.execute("SELECT kind, ident, public_key, scopes FROM principals ORDER BY name").fetchall()
+        return [self._load_principal(r) for r in rows]
 
     # ----- health ------------------------------------------------------------------------
 

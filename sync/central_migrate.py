@@ -35,6 +35,7 @@ TABLES: dict[str, tuple[str, ...]] = {
     "audit_epochs": ("gate_id", "epoch", "parent", "base_seq", "base_hash", "public_key", "created", "nonce",
                      "vouched", "registered_at"),
     "audit_alarms": ("gate_id", "epoch", "kind", "seq", "detail", "detected_at", "resolved_by"),
+    "gate_assignments": ("gate_id", "scope", "assigned_at"),
     "erasures": ("subject_sha256", "operator", "reason", "erased_at", "templates", "log_entries"),
 }
 BATCH = 5000

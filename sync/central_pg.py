@@ -100,6 +100,8 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
         "PRIMARY KEY (subject_sha256, erased_at))",
     ]),
     (4, ["ALTER TABLE subjects ADD COLUMN IF NOT EXISTS display_name text"]),
+    (5, ['CREATE TABLE gate_assignments (gate_id text NOT NULL, scope text COLLATE "C" NOT NULL, '
+         "assigned_at double precision NOT NULL, PRIMARY KEY (gate_id, scope))"]),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 

@@ -564,8 +564,9 @@ class CentralServer:
                                                          request.audit_head_hash, time.time())
                 if alarm:
                     log.error("gate %s audit chain %s: %s", request.gate_id, request.audit_epoch or "(first)", alarm)
-            heads = central.hashmap.scope_heads(s for s in request.scopes if s in principal.scopes)
-            return Reply(request_id=request.request_id, ok=True, scope_heads=heads)
+            heads = central.hashmap.scope_heads(s for s in request.scopes if principal.may_snapshot(s))
+            return Reply(request_id=request.request_id, ok=True, scope_heads=heads,
+                         assigned_scopes=principal.assigned)
         except (UnknownEpoch, EpochRefused) as exc:
             if strict:
                 raise

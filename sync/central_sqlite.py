@@ -18,7 +18,7 @@ import sqlite_utils
 
 from sync.central_db import StorageError
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 SIDE_FILES = ("-wal",)
 
 
@@ -92,6 +92,10 @@ def _create_schema(db: sqlite_utils.Database) -> None:
     # Version 4: the subject's name as the person writes it, for staff; never published to gates.
     if "display_name" not in db["subjects"].columns_dict:
         db["subjects"].add_column("display_name", str)
+    # Version 5: the flights the central assigned to a boarding gate (Central.assign_flights),
+    # served to it on top of its registered scopes and told to it in each health reply.
+    db["gate_assignments"].create({"gate_id": str, "scope": str, "assigned_at": float},
+                                  pk=("gate_id", "scope"), not_null=["assigned_at"], if_not_exists=True)
     db.execute("INSERT OR IGNORE INTO meta(name, value) VALUES ('schema', ?), ('seq', 0)", [SCHEMA_VERSION])
     db.execute("UPDATE meta SET value = ? WHERE name = 'schema' AND value < ?", [SCHEMA_VERSION, SCHEMA_VERSION])
 

@@ -123,6 +123,9 @@ class AgentConfig:
         "help": "how long a scope may lag the central's head before a re-snapshot", "min": 0.0})
     max_buffered_updates: int = field(default=200_000, metadata={
         "help": "updates held while a snapshot is applied; more means a fresh snapshot", "min": 1})
+    boarding_gate: bool = field(default=False, metadata={
+        "help": "a boarding gate: `scopes` may be empty, it follows the flights `gate-central assign` gives it "
+                "(every gate follows assigned flights on top of `scopes`)"})
     central: tuple[str, ...] = field(default=(), metadata={
         "help": "several central nodes, preferred first, e.g. [\"tcp://a:5556\", \"tcp://b:5556\"]; "
                 "empty = central_host:base_port only", "parse": _endpoints})
@@ -141,8 +144,9 @@ class AgentConfig:
             self.endpoints()
         except EndpointError as exc:
             raise ConfigError(f"[sync] central: {exc}") from exc
-        if not self.scopes:
-            raise ConfigError("sync.scopes: a gate follows at least one lane or flight")
+        if not self.scopes and not self.boarding_gate:
+            raise ConfigError("sync.scopes: a gate follows at least one lane or flight (a boarding gate whose "
+                              "flights the central assigns sets boarding_gate = true)")
         if not self.accepted_models:
             raise ConfigError("sync.accepted_models: name the model id(s) this gate's matcher runs")
 

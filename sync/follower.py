@@ -6,6 +6,12 @@ comes back after a silence, and when it finds it missed an update. A missed upda
 in three ways: an update's `prev` (the sequence of the previous change in that scope) is
 newer than what we applied; an update arrives out of order; or the central's health reply
 says a scope moved on while we heard nothing.
+
+What it follows is the configured scopes plus the flights the central assigned to this gate
+(told in each health reply, `set_assigned`). When that set changes the follower subscribes to
+the new subtrees, drops the old ones and takes a full snapshot of the new set (a catch-up
+cannot serve a scope the gate never held): the swap removes a dropped flight's templates and
+the gate never restarts.
 """
 from __future__ import annotations
 
@@ -54,6 +60,8 @@ class FollowerStatus:
     last_heard: float | None = None  # wall-clock time of the last message from the central
     resumes: int = 0  # times the cache was brought up to date by a catch-up instead of a snapshot
     central: str = ""  # the central endpoint the updates come from now
+    scopes: tuple[str, ...] = ()  # the subtrees followed now: configured, then assigned
+    scope_changes: int = 0  # times the assigned flights changed (each one a fresh snapshot)
 
 
 class _Resnapshot(Exception):
@@ -80,7 +88,9 @@ class WatchlistFollower:
         self._sink = sink
         self._ctx = ctx
         self._lock = threading.Lock()
-        self._status = FollowerStatus(applied_seq=sink.stored_seq())
+        self._scopes: tuple[str, ...] = tuple(config.scopes)
+        self._wanted: tuple[str, ...] | None = None  # a new scope set from a health reply, not yet applied
+        self._status = FollowerStatus(applied_seq=sink.stored_seq(), scopes=self._scopes)
         self._heads: dict[str, tuple[int, float]] = {}
         self._known: dict[str, int] = {}  # scope -> last sequence applied (valid while LIVE)
         self._last_heard_mono: float | None = None
@@ -99,12 +109,47 @@ class WatchlistFollower:
         with self._lock:
             return self._status
 
+    def scopes(self) -> tuple[str, ...]:
+        """What the gate follows now (what it reports in health and asks heads for)."""
+        with self._lock:
+            return self._wanted if self._wanted is not None else self._scopes
+
+    def set_assigned(self, assigned: tuple[str, ...]) -> None:
+        """The flights the central assigns to this gate now (a health reply); a change is
+        applied by the follower's own thread, at its next loop."""
+        wanted = tuple(self._cfg.scopes) + tuple(s for s in sorted(set(assigned)) if s not in self._cfg.scopes)
+        with self._lock:
+            if wanted != (self._wanted if self._wanted is not None else self._scopes):
+                self._wanted = wanted
+
+    def _take_scope_change(self, sub: zmq.Socket) -> bool:
+        """Apply a pending scope set on the live socket (SUBSCRIBE the added subtrees,
+        UNSUBSCRIBE the removed ones); True when the cache needs a fresh snapshot."""
+        with self._lock:
+            wanted, self._wanted = self._wanted, None
+        if wanted is None or wanted == self._scopes:
+            return False
+        added, removed = set(wanted) - set(self._scopes), set(self._scopes) - set(wanted)
+        for scope in sorted(added):
+            sub.setsockopt(zmq.SUBSCRIBE, scope.encode())
+        for scope in sorted(removed):
+            sub.setsockopt(zmq.UNSUBSCRIBE, scope.encode())
+        log.info("gate %s: the central assigned new flights: following %s (added %s, dropped %s); taking a "
+                 "snapshot", self._cfg.gate_id, ", ".join(wanted) or "nothing", ", ".join(sorted(added)) or "-",
+                 ", ".join(sorted(removed)) or "-")
+        self._scopes = wanted
+        self._known = {}  # a catch-up cannot serve a scope this gate never held
+        with self._lock:
+            self._heads.clear()
+        self._set(scopes=wanted, scope_changes=self.status().scope_changes + 1)
+        return True
+
     def note_central_heads(self, heads: dict[str, int]) -> None:
         """The central's latest sequence per scope, from a health reply."""
         now = time.monotonic()
         with self._lock:
             for scope, head in heads.items():
-                if scope in self._cfg.scopes and self._heads.get(scope, (-1, 0.0))[0] != head:
+                if scope in self._scopes and self._heads.get(scope, (-1, 0.0))[0] != head:
                     self._heads[scope] = (head, now)
 
     # ----- thread body -----------------------------------------------------------------
@@ -123,7 +168,7 @@ class WatchlistFollower:
         sub = connect_socket(self._ctx, zmq.SUB, self._security, where.host,
                              where.base_port + PUBLISHER_OFFSET, MAX_KV_FRAME)
         sub.rcvhwm = 100_000
-        for scope in cfg.scopes:
+        for scope in self._scopes:
             sub.setsockopt(zmq.SUBSCRIBE, scope.encode())
         sub.setsockopt(zmq.SUBSCRIBE, HUGZ.encode())
         return sub
@@ -131,13 +176,15 @@ class WatchlistFollower:
     def run(self, stop: threading.Event) -> None:
         cfg = self._cfg
         log.info("gate %s: watchlist cache at sequence %d; taking a fresh snapshot of %s", cfg.gate_id,
-                 self._sink.stored_seq(), ", ".join(cfg.scopes))
+                 self._sink.stored_seq(), ", ".join(self._scopes) or "nothing yet (flights come from the central)")
         sub = self._open_sub()
         watch = HandshakeWatch(sub, "watchlist updates", log)
         buffered: list[KVMsg] = []
         backoff = 0.2
         try:
             while not stop.is_set():
+                if self._take_scope_change(sub):
+                    self._set(state=WAITING)
                 state = self.status().state
                 if state == LIVE:
                     try:
@@ -189,7 +236,7 @@ class WatchlistFollower:
     def _can_catch_up(self) -> bool:
         """The cache is exactly the central's state at `_known` for every scope (the gate was
         live and applied everything up to there), so the changes since are all it needs."""
-        return bool(self._known) and set(self._known) == set(self._cfg.scopes)
+        return bool(self._known) and set(self._known) == set(self._scopes)
 
     def _catch_up(self, sub: zmq.Socket, buffered: list[KVMsg], stop: threading.Event) -> bool:
         """Ask for each scope's changes after what this gate holds and apply them with the live
@@ -203,7 +250,7 @@ class WatchlistFollower:
         dealer.rcvhwm = 100_000
         changes: list[KVMsg] = []
         try:
-            for scope in cfg.scopes:
+            for scope in self._scopes:
                 dealer.send_multipart(icanhaz_frames(scope, self._known[scope]))
                 deadline = time.monotonic() + cfg.snapshot_idle_timeout_s
                 while True:
@@ -339,7 +386,7 @@ class WatchlistFollower:
         snap_seq: dict[str, int] = {}
         foreign: collections.Counter[str] = collections.Counter()
         try:
-            for scope in cfg.scopes:
+            for scope in self._scopes:
                 dealer.send_multipart(icanhaz_frames(scope))
                 seq = self._receive_subtree(dealer, sub, scope, entries, foreign, buffered, stop)
                 if seq is None:
@@ -350,7 +397,8 @@ class WatchlistFollower:
         for model_id, n in foreign.items():
             log.warning("snapshot: ignored %d subject(s) enrolled with model %r; this gate runs %s",
                         n, model_id, ", ".join(sorted(cfg.accepted_models)))
-        seq = max(snap_seq.values())
+        # following nothing (a boarding gate between flights): an empty watchlist at the heartbeat's sequence
+        seq = max(snap_seq.values(), default=self.status().central_seq)
         try:
             self._sink.replace_all(list(entries.items()), seq)
         except Exception:
@@ -361,7 +409,7 @@ class WatchlistFollower:
             self._heads.clear()
         self._set(state=LIVE, applied_seq=seq, snapshots=self.status().snapshots + 1, central=str(where))
         log.info("snapshot applied: %d key(s) from %s at sequence %d in %.2fs", len(entries),
-                 ", ".join(cfg.scopes), seq, time.monotonic() - started)
+                 ", ".join(self._scopes) or "nothing", seq, time.monotonic() - started)
         pending, buffered[:] = list(buffered), []
         try:
             for msg in pending:
@@ -438,6 +486,8 @@ class WatchlistFollower:
     def _follow(self, sub: zmq.Socket, watch: HandshakeWatch, stop: threading.Event) -> None:
         cfg = self._cfg
         while not stop.is_set():
+            if self._take_scope_change(sub):
+                raise _Resnapshot()
             watch.poll()
             if sub.poll(_POLL_MS):
                 updates: list[KVMsg] = []

@@ -1,5 +1,6 @@
-"""Gate side of health: a report at a steady interval, and the central's per-scope heads in
-return (handed to the watchlist follower, which uses them to notice a missed last update)."""
+"""Gate side of health: a report at a steady interval, and in return the central's per-scope
+heads (handed to the watchlist follower, which uses them to notice a missed last update) and
+the flights the central assigned to this gate (the follower starts following them)."""
 from __future__ import annotations
 
 import logging
@@ -22,13 +23,17 @@ _PROVIDER_KEYS = ("status", "software_version", "model_versions", "last_decision
 
 class HealthReporter:
     def __init__(self, config: AgentConfig, security: Security, ctx: zmq.Context, provider: HealthProvider,
-                 sink: WatchlistSink, source: AuditSource, on_heads: Callable[[dict[str, int]], None]):
+                 sink: WatchlistSink, source: AuditSource, on_heads: Callable[[dict[str, int]], None],
+                 scopes: Callable[[], tuple[str, ...]] | None = None,
+                 on_assigned: Callable[[tuple[str, ...]], None] | None = None):
         self._cfg = config
         self._client = LazyPirateClient(config, security, ctx, "health report")
         self._provider = provider
         self._sink = sink
         self._source = source
         self._on_heads = on_heads
+        self._scopes = scopes or (lambda: tuple(config.scopes))
+        self._on_assigned = on_assigned
         self._provider_failed = False
         self._refused_logged: list[str] = []
         self.reports_acked = 0
@@ -52,7 +57,7 @@ class HealthReporter:
             software_version=str(own.get("software_version", "")),
             model_versions={str(k): str(v) for k, v in dict(own.get("model_versions") or {}).items()},
             watchlist_seq=self._sink.stored_seq(), queue_depth=self._source.unsent_count(),
-            last_decision_at=last_decision, scopes=self._cfg.scopes, extra=extra, **self._audit_head())
+            last_decision_at=last_decision, scopes=tuple(self._scopes()), extra=extra, **self._audit_head())
 
     def _audit_head(self) -> dict:
         """The log's epoch, last seq and its hash, so the central can tell a log that went back."""
@@ -64,10 +69,10 @@ class HealthReporter:
             log.exception("could not read the audit log's head for the health report")
             return {}
 
-    def _check_scopes(self, heads: dict[str, int]) -> None:
-        """The central answers heads only for scopes this gate is registered for; a scope
-        missing from the answer is one the central will never serve it."""
-        refused = sorted(set(self._cfg.scopes) - set(heads))
+    def _check_scopes(self, asked: tuple[str, ...], heads: dict[str, int]) -> None:
+        """The central answers heads only for scopes this gate is registered or assigned for; a
+        scope missing from the answer is one the central will not serve it."""
+        refused = sorted(set(asked) - set(heads))
         if refused and refused != self._refused_logged:
             log.error("the central does not serve %s to gate %s (not among its registered scopes); "
                       "the watchlist cannot be refreshed until that is fixed", ", ".join(refused), self._cfg.gate_id)
@@ -85,8 +90,10 @@ class HealthReporter:
                 if reply is not None:
                     if reply.ok:
                         self.reports_acked += 1
+                        if self._on_assigned is not None:
+                            self._on_assigned(reply.assigned_scopes)
                         self._on_heads(reply.scope_heads)
-                        self._check_scopes(reply.scope_heads)
+                        self._check_scopes(report.scopes, reply.scope_heads)
                     else:
                         log.error("central refused our health report: %s", reply.error)
                 # after a timeout, try again soon (on the next node once the retries are used up)

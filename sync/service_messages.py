@@ -143,7 +143,9 @@ class Reply:
     asked epoch (its base when it holds none), `epoch_known` False for an epoch never registered.
     Enrolment: `change_seq` is the sequence of the last change it wrote (a gate holding that
     sequence has it).
-    Health: `scope_heads` maps each scope the gate follows to the sequence of its latest change."""
+    Health: `scope_heads` maps each scope the gate follows to the sequence of its latest change;
+    `assigned_scopes` are the flights the central assigned to the gate (subtrees), which it
+    follows on top of its configured scopes."""
 
     request_id: int
     ok: bool
@@ -155,6 +157,10 @@ class Reply:
     head_hash: str = ""
     epoch_known: bool = True
     change_seq: int = 0
+    assigned_scopes: tuple[str, ...] = ()
+
+
+MAX_ASSIGNED_SCOPES = 16  # a boarding gate boards one flight, two while one closes and the next opens
 
 
 def _pack(obj: dict) -> bytes:
@@ -401,7 +407,7 @@ def encode_reply(reply: Reply) -> bytes:
     return _pack({"rid": reply.request_id, "ok": reply.ok, "error": reply.error,
                   "durable": reply.durable_seq, "heads": reply.scope_heads, "conflicts": list(reply.conflicts),
                   "head_seq": reply.head_seq, "head": reply.head_hash, "known": reply.epoch_known,
-                  "seq": reply.change_seq})
+                  "seq": reply.change_seq, "assigned": list(reply.assigned_scopes)})
 
 
 def decode_reply(frame: bytes) -> Reply:
@@ -421,7 +427,18 @@ def decode_reply(frame: bytes) -> Reply:
     known = obj.get("known", True)
     if not isinstance(known, bool):
         raise MalformedRequest("reply known must be true or false")
-    return Reply(request_id=_int(obj, "rid"), ok=obj["ok"], error=obj["error"],
+    assigned = obj.get("assigned", [])
+    if not isinstance(assigned, list) or len(assigned) > MAX_ASSIGNED_SCOPES or not all(
+            isinstance(a, str) and a.startswith("/flight/") and _is_subtree(a) for a in assigned):
+        raise MalformedRequest(f"reply assigned must list at most {MAX_ASSIGNED_SCOPES} flight subtrees")
+    return Reply(request_id=_int(obj, "rid"), ok=obj["ok"], error=obj["error"], assigned_scopes=tuple(assigned),
                  durable_seq=_int(obj, "durable"), scope_heads=dict(heads), conflicts=tuple(sorted(conflicts)),
                  head_seq=_int(obj, "head_seq") if "head_seq" in obj else 0, head_hash=head, epoch_known=known,
                  change_seq=_int(obj, "seq") if "seq" in obj else 0)
+
+
+def _is_subtree(text: str) -> bool:
+    try:
+        return parse_scope(text) == text
+    except ScopeError:
+        return False

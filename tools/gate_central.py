@@ -5,6 +5,7 @@
     gate-central config-reference                       the [central] keys (markdown)
     gate-central --config F gate add ID --public-key FILE --scope lane:L1 [--scope flight:BA1]
     gate-central --config F gate remove ID | gate list
+    gate-central --config F assign --gate G12 --flight VN123-2026-12-02 [--flight ...] | --none
     gate-central --config F admin add NAME --public-key FILE
     gate-central --config F station add ID --public-key FILE --airport SGN | station remove ID
     gate-central --config F show SUBJECT                 one subject, with its display name (staff only)
@@ -71,7 +72,19 @@ def cmd_gate_remove(args) -> int:
 
 def cmd_gate_list(args) -> int:
     for p in _central(args).principals():
-        print(f"{p.name}\t{p.public_key}\t{' '.join(p.scopes)}")
+        boards = f"\tassigned {' '.join(p.assigned)}" if p.assigned else ""
+        print(f"{p.name}\t{p.public_key}\t{' '.join(p.scopes)}{boards}")
+    return 0
+
+
+def cmd_assign(args) -> int:
+    if bool(args.flight) == args.none:
+        raise ValueError("assign needs --flight CARRIERNUMBER-YYYY-MM-DD (repeatable) or --none")
+    scopes = _central(args).assign_flights(args.gate, [] if args.none else args.flight)
+    from sync.scopes import scope_label
+
+    print(f"gate {args.gate} boards {', '.join(scope_label(s) for s in scopes) or 'no flight'} "
+          "(it follows the change from its next health report)")
     return 0
 
 
@@ -216,6 +229,12 @@ def build_parser() -> argparse.ArgumentParser:
     rm.add_argument("gate_id")
     rm.set_defaults(func=cmd_gate_remove)
     gate.add_parser("list", help="registered gates and admin tools").set_defaults(func=cmd_gate_list)
+
+    asg = sub.add_parser("assign", help="the flight(s) a boarding gate boards now, replacing the previous ones")
+    asg.add_argument("--gate", required=True, help="the boarding gate's id, e.g. G12")
+    asg.add_argument("--flight", action="append", default=[], help="VN123-2026-12-02 or flight:VN123-2026-12-02")
+    asg.add_argument("--none", action="store_true", help="the gate boards no flight now")
+    asg.set_defaults(func=cmd_assign)
 
     admin = sub.add_parser("admin", help="admin tools allowed to send KVSET").add_subparsers(
         dest="admin_cmd", required=True, parser_class=with_config)
