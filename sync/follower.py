@@ -163,7 +163,6 @@ class WatchlistFollower:
             self._status = replace(self._status, **{name: getattr(self._status, name) + by})
 
     def _open_sub(self, where: Endpoint | None = None) -> zmq.Socket:
-        cfg = self._cfg
         where = where or self.choice.current
         sub = connect_socket(self._ctx, zmq.SUB, self._security, where.host,
                              where.base_port + PUBLISHER_OFFSET, MAX_KV_FRAME)
