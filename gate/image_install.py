@@ -27,8 +27,16 @@ from pathlib import Path
 from typing import Callable
 
 from gate.checks import Check, Status, passed
-from gate.image import (CONFIG_NAME, INSTALL_RECORD_NAME, BundleManifest, ImageError, extract_bundle, read_manifest,
-                        software_version, verify_tree)
+from gate.image import (
+    CONFIG_NAME,
+    INSTALL_RECORD_NAME,
+    BundleManifest,
+    ImageError,
+    extract_bundle,
+    read_manifest,
+    software_version,
+    verify_tree,
+)
 from gate.image_policy import Downgrade, ImageState, check_bundle, initial_state, load_state, save_state
 
 log = logging.getLogger(__name__)

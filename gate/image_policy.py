@@ -21,7 +21,7 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from gate.image import ImageError, BundleManifest
+from gate.image import BundleManifest, ImageError
 
 STATE_NAME = "IMAGE_STATE.json"
 

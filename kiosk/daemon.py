@@ -16,21 +16,21 @@ import queue
 import threading
 import time
 from concurrent.futures import Future
+from pathlib import Path
 from typing import Any
+
+import zmq
 
 from devices.barcode import BarcodeScanner
 from devices.base import TokenRead
 from gate.audit import AuditLog
 from gate.control import ControlServer, Peer
-from gate.staff import operator_label
 from kiosk.capture import live_frame, reference_of
 from kiosk.config import KioskConfig
 from kiosk.icao9303 import load_csca_list
 from kiosk.identity import IdentityError, load_provider_key
 from kiosk.inbox import Trust, next_handover
 from kiosk.session import Audit, Guide, Publish, Refer, Session, State
-import zmq
-
 from sync.scopes import checkpoint_scope, parse_scope
 from sync.service_messages import EnrolRequest
 from sync.station_client import CentralUnreachable, StationClient
@@ -51,19 +51,21 @@ class StationDaemon:
         self._commands: queue.Queue[tuple[dict, Peer, Future]] = queue.Queue()
         self.guidance = ""
         self.completed: list[dict[str, Any]] = []  # outcome, subject, timings of finished sessions
-        self.session: Session | None = None
         self._session_t0 = 0.0
         self._first_face_t: float | None = None
         self._last_frame = -1
-        self._scanner: BarcodeScanner | None = None
-        self._grabber: FrameGrabber | None = None
-        self._control: ControlServer | None = None
-        self._client: StationClient | None = None
-        self.audit: AuditLog | None = None
-        self._uploader: AuditUploader | None = None
+        self._scanner: BarcodeScanner | None = None  # optional: the agent may type passes instead
         self._upload_stop = threading.Event()
-        self._upload_thread: threading.Thread | None = None
-        self._zmq: zmq.Context | None = None
+        self._started: list[Any] = []  # what start() opened, closed in reverse order
+        # Made by start(), used only after it:
+        self.session: Session
+        self.audit: AuditLog
+        self._grabber: FrameGrabber
+        self._control: ControlServer
+        self._client: StationClient
+        self._uploader: AuditUploader
+        self._upload_thread: threading.Thread
+        self._zmq: zmq.Context
 
     # ----- lifecycle ---------------------------------------------------------------------------
 
@@ -84,7 +86,7 @@ class StationDaemon:
                 raise StartupError("models.pad is empty but models.pad_required = true: provision the PAD models "
                                    "(gate-models add --format minifasnet) or accept the risk with pad_required = false")
             cscas = tuple(load_csca_list(cfg.identity.csca)) if cfg.identity.csca else ()
-            self.trust = Trust(cscas, {name: load_provider_key(p) for name, p in cfg.identity.providers.items()})
+            self.trust = Trust(cscas, {name: load_provider_key(Path(p)) for name, p in cfg.identity.providers.items()})
         except (IdentityError, ValueError, OSError) as exc:
             raise StartupError(str(exc)) from None
         if not self.trust.cscas and not self.trust.providers:
@@ -93,22 +95,29 @@ class StationDaemon:
         cfg.station.state_dir.mkdir(parents=True, exist_ok=True)
         cfg.station.inbox.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.audit = AuditLog(cfg.station.state_dir)
+        self._started.append(self.audit.close)
         self._zmq = zmq.Context()
+        self._started.append(self._zmq.term)
         link = cfg.link()
         self._client = StationClient(link, self._zmq)
+        self._started.append(self._client.close)
         upload_cfg = link.agent_config(parse_scope(checkpoint_scope(cfg.station.airport)), self.pipeline.model_id,
                                        audit_idle_poll_s=2.0)
         self._uploader = AuditUploader(upload_cfg, link.security(), self.audit, self._zmq)
         self._upload_thread = threading.Thread(target=self._uploader.run, args=(self._upload_stop,),
                                                name="audit-upload", daemon=True)
         self._upload_thread.start()
+        self._started.append(self._stop_uploader)
         if cfg.scanner is not None:
             self._scanner = BarcodeScanner(cfg.scanner).open()
+            self._started.append(self._scanner.close)
         c = cfg.camera
         self._grabber = FrameGrabber(open_source(c.source, fps=c.fps, loop=c.loop, width=c.width, height=c.height),
                                      backoff_max_s=c.reconnect_max_s).start()
+        self._started.append(self._grabber.stop)
         self._control = ControlServer(cfg.station.control_socket, self._on_command, group=cfg.station.control_group)
         self._control.start()
+        self._started.append(self._control.stop)
         self._new_session()
         log.info("station %s at %s ready: model %s, PAD %s, 1:1 threshold %.3f, %d CSCA(s), provider(s) %s",
                  cfg.station.id, cfg.station.airport, self.pipeline.model_id, "on" if self.pad else "OFF",
@@ -116,23 +125,20 @@ class StationDaemon:
         return self
 
     def close(self) -> None:
-        if self.session is not None:
+        """Close what start() opened (all of it, or as far as it got), newest first."""
+        if "session" in self.__dict__ and "audit" in self.__dict__:
             self._apply(self.session.on_abandon("station stopped"))
-        for part in (self._control, self._grabber):
-            if part is not None:
-                part.stop()
-        if self._scanner is not None:
-            self._scanner.close()
-        if self._client is not None:
-            self._client.close()
-        if self._upload_thread is not None:
-            self._uploader.wake()
-            self._upload_stop.set()
-            self._upload_thread.join(10)
-        if self._zmq is not None:
-            self._zmq.term()
-        if self.audit is not None:
-            self.audit.close()
+        for stop in reversed(self._started):
+            try:
+                stop()
+            except Exception:
+                log.exception("closing a station part failed")
+        self._started = []
+
+    def _stop_uploader(self) -> None:
+        self._uploader.wake()
+        self._upload_stop.set()
+        self._upload_thread.join(10)
 
     def run(self, stop: threading.Event) -> None:
         """Serve until `stop`. A failing step (an audit write refused by a full disk, a vision
@@ -276,7 +282,8 @@ class StationDaemon:
             if not operator.strip() or not reason.strip():
                 return {"ok": False, "error": f"{cmd} needs --operator ID and --reason TEXT (both are audited)"}
             try:
-                actions = s.on_agent(cmd == "approve", operator_label(operator, peer), reason)
+                # the kernel-reported account beside the typed id, as gatectl records it
+                actions = s.on_agent(cmd == "approve", f"{operator.strip()} (uid {peer.uid})", reason)
             except ValueError as exc:
                 return {"ok": False, "error": str(exc)}
             self._apply(actions)

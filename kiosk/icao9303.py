@@ -19,7 +19,7 @@ import datetime as dt
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 import numpy as np
 from asn1crypto import algos, cms, core
@@ -36,8 +36,9 @@ LDS_SECURITY_OBJECT_OID = "2.23.136.1.1.1"
 MAX_IMAGE_BYTES = 512 * 1024
 MAX_IMAGE_SIDE = 2000
 MAX_DG_BYTES = 1 << 20
-_HASHES = {"sha1": hashes.SHA1, "sha224": hashes.SHA224, "sha256": hashes.SHA256, "sha384": hashes.SHA384,
-           "sha512": hashes.SHA512}
+_HASHES: dict[str, Callable[[], hashes.HashAlgorithm]] = {
+    "sha1": hashes.SHA1, "sha224": hashes.SHA224, "sha256": hashes.SHA256, "sha384": hashes.SHA384,
+    "sha512": hashes.SHA512}
 
 
 class DocumentError(ValueError):

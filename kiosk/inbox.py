@@ -20,8 +20,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from kiosk.identity import (MAX_PHOTO_BYTES, ChipDocumentSource, IdentityError, IdentityReference,
-                            ProviderFileSource)
+from kiosk.identity import MAX_PHOTO_BYTES, ChipDocumentSource, IdentityError, IdentityReference, ProviderFileSource
 
 READY = "READY"
 

@@ -22,6 +22,7 @@ import datetime as dt
 import enum
 import unicodedata
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -168,7 +169,7 @@ class Session:
         self.model_id = model_id
         self.state = State.AWAIT_PASS
         self.started = started
-        self.capture_started: float | None = None
+        self.capture_started = 0.0
         self.boarding_pass: BoardingPass | None = None
         self.leg: BcbpLeg | None = None
         self.flight_date: dt.date | None = None
@@ -184,8 +185,14 @@ class Session:
 
     # ----- helpers ---------------------------------------------------------------------------
 
+    def _journey(self) -> tuple[Reference, BcbpLeg, dt.date, dt.datetime]:
+        """The pass and reference a decision needs; only called once both are in."""
+        if self.reference is None or self.leg is None or self.flight_date is None or self.valid_until is None:
+            raise RuntimeError(f"session in {self.state.value} has no pass or reference yet")
+        return self.reference, self.leg, self.flight_date, self.valid_until
+
     def _record(self, event: str, **extra) -> Audit:
-        body = {"event": event, "state": self.state.value, "model": self.model_id}
+        body: dict[str, Any] = {"event": event, "state": self.state.value, "model": self.model_id}
         if self.leg is not None:
             body["flight"] = self.leg.flight
             body["flight_date"] = self.flight_date.isoformat() if self.flight_date else None
@@ -218,17 +225,17 @@ class Session:
                 Guide("Please see the agent at the counter")]
 
     def _publish(self, approved_by: str | None = None, reason: str | None = None) -> list[Action]:
+        ref, leg, day, until = self._journey()
         ranked = sorted(self.good, key=_frame_rank, reverse=True)[:self.rules.enrol_frames]
-        vectors = [f.template for f in ranked]
-        if self.reference.template is not None:
-            vectors.append(self.reference.template)
+        vectors = [f.template for f in ranked if f.template is not None]
+        if ref.template is not None:
+            vectors.append(ref.template)
         self.state = State.PUBLISHING
-        scopes = (flight_scope(self.leg.carrier, self.leg.flight_number, self.flight_date),
-                  checkpoint_scope(self.rules.airport))
+        scopes = (flight_scope(leg.carrier, leg.flight_number, day), checkpoint_scope(self.rules.airport))
         extra = {"approved_by": approved_by, "approval_reason": reason} if approved_by else {}
         return [self._record("kiosk_enrol_sent", n_templates=len(vectors), scopes=list(scopes), **extra),
-                Publish(subject_id=self.reference.subject_id, display_name=self.reference.display_name,
-                        scopes=scopes, departure_airport=self.leg.from_airport, valid_until=self.valid_until,
+                Publish(subject_id=ref.subject_id, display_name=ref.display_name, scopes=scopes,
+                        departure_airport=leg.from_airport, valid_until=until,
                         templates=np.stack(vectors).astype(np.float32))]
 
     # ----- events ----------------------------------------------------------------------------
@@ -295,12 +302,12 @@ class Session:
         return actions
 
     def _decide(self) -> list[Action]:
-        rules, ref = self.rules, self.reference
-        pads = [f.pad_live for f in self.good]
-        if all(p is not None for p in pads):
+        rules, (ref, _, _, _) = self.rules, self._journey()
+        pads = [f.pad_live for f in self.good if f.pad_live is not None]
+        if len(pads) == len(self.good):
             self.pad_mean = float(np.mean(pads))
         if ref.template is not None:
-            self.scores = [float(np.dot(f.template, ref.template)) for f in self.good]
+            self.scores = [float(np.dot(f.template, ref.template)) for f in self.good if f.template is not None]
         if rules.pad_required and self.pad_mean is None:
             return self._refer("pad_unavailable")
         if self.pad_mean is not None and self.pad_mean < rules.pad_threshold:
@@ -348,7 +355,8 @@ class Session:
         if ok:
             self.state = State.ENROLLED
             self.outcome = "enrolled"
+            until = self._journey()[3]
             return [self._record("kiosk_attempt", outcome="enrolled", change_seq=change_seq,
-                                 valid_until=self.valid_until.isoformat(), referral=self.referral or None),
+                                 valid_until=until.isoformat(), referral=self.referral or None),
                     Guide("You are enrolled: go to security")]
         return self._close("publish_failed", reason=detail) + [Guide("Enrolment failed; please see the agent")]

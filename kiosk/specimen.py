@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509.oid import NameOID
 
-from kiosk.icao9303 import LDS_SECURITY_OBJECT_OID, LDSSecurityObject, _check_digit
+from kiosk.icao9303 import _HASHES, LDS_SECURITY_OBJECT_OID, LDSSecurityObject, _check_digit
 
 
 def tlv(tag: int, value: bytes) -> bytes:
@@ -32,9 +32,12 @@ def tlv(tag: int, value: bytes) -> bytes:
     return tag_bytes + length + value
 
 
+PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
+
+
 @dataclass(frozen=True)
 class Issuer:
-    key: object
+    key: PrivateKey
     cert: x509.Certificate
 
     def pem(self) -> bytes:
@@ -46,7 +49,7 @@ def _name(common: str, country: str = "VN") -> x509.Name:
                       x509.NameAttribute(NameOID.COMMON_NAME, common)])
 
 
-def _key(kind: str):
+def _key(kind: str) -> PrivateKey:
     return ec.generate_private_key(ec.SECP256R1()) if kind == "ec" else rsa.generate_private_key(65537, 2048)
 
 
@@ -108,19 +111,22 @@ def build_sod(data_groups: dict[int, bytes], signer: Issuer, hash_name: str = "s
         cms.CMSAttribute({"type": "content_type", "values": [LDS_SECURITY_OBJECT_OID]}),
         cms.CMSAttribute({"type": "message_digest", "values": [hashlib.new(hash_name, econtent).digest()]}),
     ])
-    h = {"sha256": hashes.SHA256, "sha384": hashes.SHA384, "sha512": hashes.SHA512, "sha1": hashes.SHA1}[hash_name]()
+    h = _HASHES[hash_name]()
     to_sign = attrs.dump()
-    if scheme == "pss":
-        sig = signer.key.sign(to_sign, padding.PSS(padding.MGF1(h), h.digest_size), h)
+    key = signer.key
+    if isinstance(key, ec.EllipticCurvePrivateKey) != (scheme == "ecdsa"):
+        raise ValueError(f"scheme {scheme!r} does not fit a {type(key).__name__}")
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        sig = key.sign(to_sign, ec.ECDSA(h))
+        sig_alg: dict = {"algorithm": f"{hash_name}_ecdsa"}
+    elif scheme == "pss":
+        sig = key.sign(to_sign, padding.PSS(padding.MGF1(h), h.digest_size), h)
         sig_alg = {"algorithm": "rsassa_pss", "parameters": {
             "hash_algorithm": {"algorithm": hash_name},
             "mask_gen_algorithm": {"algorithm": "mgf1", "parameters": {"algorithm": hash_name}},
             "salt_length": h.digest_size, "trailer_field": "trailer_field_bc"}}
-    elif scheme == "ecdsa":
-        sig = signer.key.sign(to_sign, ec.ECDSA(h))
-        sig_alg = {"algorithm": f"{hash_name}_ecdsa"}
     else:
-        sig = signer.key.sign(to_sign, padding.PKCS1v15(), h)
+        sig = key.sign(to_sign, padding.PKCS1v15(), h)
         sig_alg = {"algorithm": f"{hash_name}_rsa"}
     cert = asn1_x509.Certificate.load(signer.cert.public_bytes(serialization.Encoding.DER))
     signer_info = cms.SignerInfo({

@@ -186,7 +186,7 @@ class Central:
         prepared = [self._prepare(e, now) for e in enrollments]
         results = []
         with self.db.write_transaction():
-            for (rec, scopes), e in zip(prepared, enrollments):
+            for (rec, scopes), e in zip(prepared, enrollments, strict=True):
                 results.append(self._write_subject(rec, scopes, new_uuid(), now, e.display_name))
         if results:
             self._changed()

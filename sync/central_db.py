@@ -84,6 +84,12 @@ class CentralDatabase(Protocol):
 
     def read_snapshot(self) -> AbstractContextManager[None]: ...
 
+    def group_transaction(self) -> AbstractContextManager[None]:
+        """Several requests' transactions committed as one (group commit): the ones opened
+        inside take their locks and commit with it. Used by the service thread for a burst of
+        audit batches, so a burst costs one disk flush instead of one per batch."""
+        ...
+
     def notify_change(self, seq: int) -> None:
         """Inside a write transaction: tell other nodes' publishers at commit (PostgreSQL
         NOTIFY); nothing on SQLite, whose one process wakes its publisher in memory."""

@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+import msgpack
 import zmq
 import zmq.utils.z85
 from zmq.auth.thread import ThreadAuthenticator
@@ -41,6 +42,16 @@ from sync.transport import (
 log = logging.getLogger(__name__)
 
 _POLL_MS = 200
+_GROUP_MAX = 64  # requests answered in one group transaction
+
+
+def _request_kind(payload: bytes) -> str | None:
+    """The request's type tag without validating the rest (decode_request does that)."""
+    try:
+        obj = msgpack.unpackb(payload, raw=False, strict_map_key=True, max_buffer_size=len(payload))
+    except Exception:
+        return None
+    return obj.get("t") if isinstance(obj, dict) else None
 _DEV_PRINCIPAL = Principal("admin", "dev-plain-loopback", "-" * 40)
 
 
@@ -54,6 +65,7 @@ class _AllowlistAuthenticator(ThreadAuthenticator):
         self._config = config
         self._central: Central | None = None
         self._peer = "?"
+        self._admitted: tuple[bytes, str] | None = None  # (z85 key, principal name) of the last handshake
 
     def _db(self) -> Central:
         if self._central is None:  # created in the authenticator's own thread
@@ -68,15 +80,26 @@ class _AllowlistAuthenticator(ThreadAuthenticator):
     def callback(self, domain: str, key: bytes) -> bool:
         try:
             principal = self._db().principal_for_key(key)
+        except StorageError as exc:  # a failover: the gate's socket retries the handshake by itself
+            log.error("could not look up a CURVE key, database unavailable (%s); refusing the connection from %s "
+                      "for now", str(exc).splitlines()[0] if str(exc) else type(exc).__name__, self._peer)
+            return False
         except Exception:
             log.exception("could not look up a CURVE key; refusing the connection from %s", self._peer)
             return False
         if principal is None:
             log.warning("refused connection from %s: CURVE key %s is not registered", self._peer, key.decode("ascii"))
             return False
+        self._admitted = (key, principal.name)
         return True
 
     def curve_user_id(self, client_public_key: bytes) -> str:
+        # pyzmq calls this right after an admitting callback() for the same key: name the
+        # connection from that lookup. A second query could fail (a database failover between
+        # the two) and name a registered gate "unknown" for the life of its connection.
+        key = zmq.utils.z85.encode(client_public_key)
+        if self._admitted is not None and self._admitted[0] == key:
+            return self._admitted[1]
         try:
             principal = self._db().principal_for_key(zmq.utils.z85.encode(client_public_key))
         except Exception:
@@ -104,13 +127,42 @@ class _Publisher:
         self._sock = sock
         self._wake = wake
         self.published = central.hashmap.current_seq()
+        self.database_lost = False  # set after a storage error: check the sequence did not go back
         now = time.monotonic()
         self._next_hugz, self._next_expiry, self._next_prune = now, now, now + 60.0
 
     def seconds_to_heartbeat(self) -> float:
         return min(self._cfg.log_poll_s, max(0.0, self._next_hugz - time.monotonic()))
 
+    def heartbeat(self) -> None:
+        """HUGZ when due. Also sent while the database is unreachable (`step` failing during a
+        failover): the sequence it carries is still what this node has published, and a gate
+        that heard nothing would drop its live state and snapshot again, every gate at once,
+        onto a freshly promoted primary."""
+        now = time.monotonic()
+        if now >= self._next_hugz:
+            self._sock.send_multipart(hugz(self.published).frames())
+            self._next_hugz = now + self._cfg.heartbeat_s
+
+    def _resume_sequence(self) -> None:
+        """After losing the database: if it is now behind what this node published, a failover
+        lost commits (PostgreSQL shows a commit on the primary once its wait for the synchronous
+        standby is cut short, so a publisher can read a change the standby never got). The next
+        change would reuse a published number and every gate that saw it would discard the new
+        change as a repeat; so move the sequence past what was published first."""
+        held = self._central.hashmap.current_seq()
+        if held < self.published:
+            log.error("the database is at sequence %d but this node published up to %d: changes were lost in a "
+                      "failover; moving the sequence past them (gates keep the lost ones until their next snapshot)",
+                      held, self.published)
+            with self._central.db.write_transaction():
+                self._central.db.execute("UPDATE meta SET value = ? WHERE name = 'seq' AND value < ?",
+                                         (self.published, self.published))
+        self.database_lost = False
+
     def step(self) -> None:
+        if self.database_lost:
+            self._resume_sequence()
         while True:
             changes = self._central.hashmap.changes_after(self.published, 1000)
             for msg in changes:
@@ -118,10 +170,8 @@ class _Publisher:
                 self.published = msg.seq
             if len(changes) < 1000:
                 break
+        self.heartbeat()
         now = time.monotonic()
-        if now >= self._next_hugz:
-            self._sock.send_multipart(hugz(self.published).frames())
-            self._next_hugz = now + self._cfg.heartbeat_s
         # Expiry and retention run on one node at a time (the maintenance lock), so two nodes
         # never withdraw the same subject twice; the others take over when that node dies.
         if now >= self._next_expiry:
@@ -338,6 +388,8 @@ class CentralServer:
         central = self._open_until_available("publisher")
         if central is None:
             return
+        if hasattr(central.db, "connect_wait_s"):  # PostgreSQL: never wait past a heartbeat for a connection
+            central.db.connect_wait_s = min(central.db.connect_wait_s, self.config.heartbeat_s / 2)
         publisher = _Publisher(self.config, central, sock, self._wake)
         # On PostgreSQL the publisher learns of other nodes' (and other processes') changes by
         # LISTEN/NOTIFY and polls by sequence as well, so a missed notification never loses an
@@ -354,7 +406,9 @@ class CentralServer:
                 publisher.step()
             except StorageError as exc:
                 log.error("publisher: database error (%s); retrying", exc)
-                self._stop.wait(0.5)
+                publisher.database_lost = True
+                publisher.heartbeat()
+                self._stop.wait(min(0.5, self.config.heartbeat_s))
         central.close()
 
     def _open_until_available(self, who: str) -> Central | None:
@@ -388,22 +442,24 @@ class CentralServer:
                 except StorageError:
                     log.exception("collector: database error; the KVSET was not applied")
             if service in ready:
-                frames = service.recv_multipart(copy=False)
-                if len(frames) != 3 or frames[1].bytes != b"":
-                    log.warning("service: dropped a message that is not a REQ envelope (%d frames)", len(frames))
-                else:
+                burst = []
+                while len(burst) < _GROUP_MAX:  # what has arrived meanwhile: one commit for all of it
                     try:
-                        reply = self._answer(central, frames[0], frames[2].bytes)
-                    except StorageError:
-                        log.exception("service: database error")
-                        reply = Reply(request_id=0, ok=False, error="central storage error")
+                        frames = service.recv_multipart(zmq.NOBLOCK, copy=False)
+                    except zmq.Again:
+                        break
+                    if len(frames) != 3 or frames[1].bytes != b"":
+                        log.warning("service: dropped a message that is not a REQ envelope (%d frames)", len(frames))
+                        continue
+                    burst.append(frames)
+                for frames, reply in zip(burst, self._answer_burst(central, burst), strict=True):
                     service.send_multipart([frames[0].bytes, b"", encode_reply(reply)])
             if time.monotonic() >= next_silence_check:
                 next_silence_check = time.monotonic() + 1.0
                 try:
                     silent = central.flag_silent_gates(self.config.gate_silent_after_s)
-                except StorageError:
-                    log.exception("could not check for silent gates")
+                except StorageError as exc:
+                    log.warning("could not check for silent gates: %s", str(exc).splitlines()[0] if str(exc) else exc)
                     silent = []
                 for gate_id in silent:
                     log.warning("gate %s is silent: no health report for %.0fs", gate_id,
@@ -430,19 +486,56 @@ class CentralServer:
         if keys:
             log.info("collector: %s set %s (%s)", principal.name, msg.key, "delete" if msg.is_delete else "upsert")
 
-    def _answer(self, central: Central, envelope: zmq.Frame, payload: bytes) -> Reply:
-        principal = self._principal(central, envelope)
+    def _answer_burst(self, central: Central, burst: list) -> list[Reply]:
+        """Answer a burst of requests. Audit batches and health reports that arrived together are
+        stored in one group transaction, so 200 gates uploading cost one disk flush per burst,
+        not one per batch (PostgreSQL with synchronous_commit: a flush is a round trip to the
+        synchronous standby). Replies go out only after the group committed; if anything in the
+        group fails, it is rolled back whole and every request is answered on its own, so no
+        reply ever says "held" for a record that was rolled back."""
+        groupable = len(burst) > 1 and all(_request_kind(f[2].bytes) in ("audit", "health") for f in burst)
+        if groupable:
+            try:
+                with central.db.group_transaction():
+                    return [self._answer(central, f[0], f[2].bytes, strict=True) for f in burst]
+            except Exception as exc:
+                log.info("service: a group of %d requests was rolled back (%s); answering each on its own",
+                         len(burst), exc)
+        replies = []
+        for f in burst:
+            try:
+                replies.append(self._answer(central, f[0], f[2].bytes))
+            except StorageError:
+                log.exception("service: database error")
+                replies.append(Reply(request_id=0, ok=False, error="central storage error"))
+        return replies
+
+    def _answer(self, central: Central, envelope: zmq.Frame, payload: bytes, strict: bool = False) -> Reply:
+        """One request's reply. `strict` (inside a group transaction): any error raises, so the
+        group is rolled back instead of committing around a failed part.
+
+        Decoded before any database work, so a request that meets a failover is answered with
+        its own request id and an error: its gate retries at once (a reply to id 0 would be
+        dropped as a stray and cost the gate a timeout and a new socket)."""
         try:
             request = decode_request(payload)
         except MalformedRequest as exc:
-            log.warning("service: malformed request from %s: %s", principal.name if principal else "?", exc)
+            log.warning("service: malformed request from %s: %s", self._peer_name(envelope), exc)
             return Reply(request_id=0, ok=False, error=f"malformed request: {exc}")
-        if isinstance(request, EnrolRequest):
-            if self.config.dev_plain_loopback:
+        sender = request.station_id if isinstance(request, EnrolRequest) else request.gate_id
+        try:
+            principal = self._principal(central, envelope)
+            if self.config.dev_plain_loopback and isinstance(request, EnrolRequest):
                 principal = central.principal(f"station:{request.station_id}")
+            elif self.config.dev_plain_loopback:
+                principal = (central.principal(f"gate:{request.gate_id}")
+                             or central.principal(f"station:{request.gate_id}"))
+        except StorageError as exc:
+            if strict:
+                raise
+            return self._storage_failed(request.request_id, sender, exc)
+        if isinstance(request, EnrolRequest):
             return answer_enrolment(central, principal, request)
-        if self.config.dev_plain_loopback:
-            principal = central.principal(f"gate:{request.gate_id}") or central.principal(f"station:{request.gate_id}")
         # An enrolment station uploads its own audit log too (with its chain head and epochs);
         # health reports are for gates.
         kinds = ("gate", "station") if isinstance(request, (AuditBatch, HeadRequest, EpochRegistration)) else ("gate",)
@@ -474,11 +567,36 @@ class CentralServer:
             heads = central.hashmap.scope_heads(s for s in request.scopes if s in principal.scopes)
             return Reply(request_id=request.request_id, ok=True, scope_heads=heads)
         except (UnknownEpoch, EpochRefused) as exc:
+            if strict:
+                raise
             log.warning("service: audit chain request from %s refused: %s", request.gate_id, exc)
             return Reply(request_id=request.request_id, ok=False, error=str(exc), epoch_known=False)
-        except Exception as exc:  # storage trouble must cost a retry, never the service thread
+        except StorageError as exc:
+            if strict:
+                raise
+            return self._storage_failed(request.request_id, request.gate_id, exc)
+        except Exception as exc:  # any other trouble must cost a retry, never the service thread
+            if strict:
+                raise
             log.exception("service: could not handle a request from %s", request.gate_id)
             return Reply(request_id=request.request_id, ok=False, error=f"central error: {type(exc).__name__}")
+
+
+    @staticmethod
+    def _storage_failed(request_id: int, sender: str, exc: StorageError) -> Reply:
+        """Never an ack: the batch may or may not have committed (a COMMIT cut off by the
+        primary's death), so the gate sends it again and the idempotent store sorts it out.
+        One line per request, not a traceback: during a failover there are hundreds."""
+        log.error("service: request from %s not served, database unavailable (%s); it will retry",
+                  sender, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        return Reply(request_id=request_id, ok=False, error=f"central storage unavailable: {type(exc).__name__}")
+
+    @staticmethod
+    def _peer_name(frame: zmq.Frame) -> str:
+        try:
+            return frame.get("User-Id") or "?"
+        except zmq.ZMQError:
+            return "?"
 
 
 def run_central(config: CentralConfig) -> int:

@@ -104,6 +104,7 @@ class SqliteDatabase:
     def __init__(self, path: Path):
         path = Path(path)
         self.path = path
+        self._depth = 0
         self.description = f"sqlite:{path}"
         path.parent.mkdir(parents=True, exist_ok=True)
         # Templates are biometric data: the file (and the -wal/-shm files SQLite derives from
@@ -149,14 +150,24 @@ class SqliteDatabase:
 
     @contextmanager
     def _transaction(self, begin: str) -> Iterator[None]:
+        if self._depth:  # inside group_transaction(): its one commit covers this too
+            yield
+            return
         self.execute(begin)
+        self._depth += 1
         try:
             yield
         except BaseException:
             if self.conn.in_transaction:
                 self.conn.execute("ROLLBACK")
             raise
+        finally:
+            self._depth -= 1
         self.execute("COMMIT")
+
+    def group_transaction(self):
+        """One transaction (one fsync) around several requests' own transactions."""
+        return self._transaction("BEGIN IMMEDIATE")
 
     def write_transaction(self):
         """BEGIN IMMEDIATE takes the write lock up front, so sequence numbers are handed out in

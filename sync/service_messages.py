@@ -102,8 +102,9 @@ class EnrolRequest:
     `scopes` are "flight:VN123-2026-12-02" / "checkpoint:SGN"; `from` is the departure airport
     of the boarding-pass leg; vf/vu are Unix seconds UTC (vu required: a station's enrolment
     always ends); `tpl` is n*dim float32 little-endian, n 1..16, rows L2-normalised (as the
-    embedder makes them; checked, not rescaled, so a request re-encodes to the same bytes). The list type is carried so a
-    deny request is refused by policy, visibly, rather than being unrepresentable.
+    embedder makes them; checked, not rescaled, so a request re-encodes to the same bytes).
+    The list type is carried so a deny request is refused by policy, visibly, rather than
+    being unrepresentable.
     """
 
     station_id: str

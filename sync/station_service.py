@@ -8,7 +8,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 
-from sync.central import Central, EnrollmentError, Enrollment, Principal
+from sync.central import Central, Enrollment, EnrollmentError, Principal
 from sync.scopes import scope_label
 from sync.service_messages import EnrolRequest, Reply
 from sync.station_policy import ExistingSubject, StationRefusal, check_enrolment

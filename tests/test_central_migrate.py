@@ -121,3 +121,36 @@ def test_audit_retention_drops_whole_months(pg_database):
     # what is left still verifies from its first record on
     assert verify_chain(left, prev_hash=left[0].prev_hash, prev_seq=left[0].seq - 1).ok
     c.close()
+
+
+def test_audit_pull_streams_with_flat_memory(pg_database, tmp_path):
+    """gate-ops audit pull reads through a server-side cursor: ten times the records must not
+    cost ten times the memory (tracemalloc peak of the export itself)."""
+    import tracemalloc
+
+    c = Central(pg_database)
+    since = dt.datetime(2026, 1, 1, tzinfo=UTC)
+
+    def rows_for(n: int, gate: str) -> list[AuditRow]:
+        rows, prev = [], GENESIS_HASH
+        for seq in range(1, n + 1):
+            ts = (since + dt.timedelta(seconds=seq)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+            body = {"event": "decision", "outcome": "allow", "pad": "x" * 200}
+            digest = record_hash(seq, ts, prev, body)
+            rows.append(AuditRow(seq, ts, prev, digest, body))
+            prev = digest
+        return rows
+
+    peaks = {}
+    for n, gate in ((2_000, "SMALL"), (20_000, "BIG")):
+        rows = rows_for(n, gate)
+        for lo in range(0, n, 1000):
+            c.audit.store_batch(gate, rows[lo:lo + 1000], 1.0)
+        del rows
+        tracemalloc.start()
+        report = pull_audit(c, gate, since, None, "jsonl", tmp_path / f"{gate}.jsonl")
+        peaks[gate] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert report.check.ok and report.records == n
+    assert peaks["BIG"] < 3 * peaks["SMALL"], peaks
+    c.close()

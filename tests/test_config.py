@@ -70,6 +70,19 @@ def test_every_shipped_config_is_checked():
     assert checked == set((REPO / "config").glob("*.toml"))
 
 
+def test_shipped_central_node_configs_are_valid_and_differ_only_in_the_node():
+    from sync.central_db import is_postgres
+    from sync.config import load_central_config
+
+    nodes = [load_central_config(p) for p in sorted((REPO / "config").glob("central-*.toml"))]
+    assert len(nodes) >= 2
+    assert len({n.node_name for n in nodes}) == len(nodes)
+    for n in nodes:
+        assert is_postgres(n.database) and "target_session_attrs=read-write" in n.database
+        assert n.database.count(",") >= 1  # a multi-host string: every Patroni member listed
+    assert len({(n.base_port, n.secret_key_file, n.audit_retention_days) for n in nodes}) == 1
+
+
 def test_minimal_config_gets_safe_defaults(tmp_path):
     cfg = parse_config(MINIMAL, tmp_path)
     assert type(cfg.device).TYPE == "sim" and cfg.models.pad_required is True

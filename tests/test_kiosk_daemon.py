@@ -162,7 +162,7 @@ def test_station_enrols_and_refers_end_to_end(station, capsys):
 
         # 4. the audit log refuses writes (disk full): the station answers, enrols nobody, recovers
         daemon.audit.set_size_limit(1)  # the database cannot grow by one more page
-        for i in range(300):  # refused passes fill the last page's free space first
+        for _ in range(300):  # refused passes fill the last page's free space first
             reply = call(sock, "scan", code=_pass("PHAM/VAN D").replace(" 0123 ", " 01X3 "))
             if "was not written" in reply["error"]:
                 break

@@ -13,8 +13,19 @@ import pytest
 
 from kiosk.capture import live_frame, reference_of
 from kiosk.identity import ChipDocumentSource
-from kiosk.session import (GUIDANCE, Audit, Guide, LiveFrame, Publish, Refer, Session, State, StationRules,
-                           guidance, names_agree)
+from kiosk.session import (
+    GUIDANCE,
+    Audit,
+    Guide,
+    LiveFrame,
+    Publish,
+    Refer,
+    Session,
+    State,
+    StationRules,
+    guidance,
+    names_agree,
+)
 from kiosk.specimen import build_dg1, build_dg2, build_sod, make_csca, make_document_signer, td1_mrz
 from models.provision import provision
 from tests.paths import LFW_IMAGES, PAD_SAMPLES, SHARED_MODELS, require

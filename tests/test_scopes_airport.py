@@ -4,8 +4,15 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from sync.scopes import (ScopeError, checkpoint_scope, departure_validity_end, flight_scope, flight_scope_date,
-                         parse_scope, split_key)
+from sync.scopes import (
+    ScopeError,
+    checkpoint_scope,
+    departure_validity_end,
+    flight_scope,
+    flight_scope_date,
+    parse_scope,
+    split_key,
+)
 
 SAIGON = ZoneInfo("Asia/Ho_Chi_Minh")
 

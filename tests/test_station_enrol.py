@@ -13,17 +13,25 @@ import numpy as np
 import pytest
 import zmq
 
+from sync.audit_chain import GENESIS_HASH, AuditRow, record_hash
 from sync.central import Central, EnrollmentError
 from sync.central_server import CentralServer
 from sync.keys import generate_keypair_files, load_keypair, load_public_key
 from sync.kvmsg import KVMsg, new_uuid
-from sync.service_messages import (EnrolRequest, MalformedRequest, decode_request, decode_reply, encode_audit_batch,
-                                   encode_enrol)
+from sync.service_messages import (
+    AuditBatch,
+    EnrolRequest,
+    HealthReport,
+    MalformedRequest,
+    decode_reply,
+    decode_request,
+    encode_audit_batch,
+    encode_enrol,
+    encode_health,
+)
 from sync.station_client import CentralUnreachable, StationClient, StationLink
 from sync.station_policy import ExistingSubject, StationRefusal, check_enrolment
 from sync.transport import Security, connect_socket
-from sync.audit_chain import GENESIS_HASH, AuditRow, record_hash
-from sync.service_messages import AuditBatch, HealthReport, encode_health
 from tests.sync_helpers import MODEL, Deployment, unit, wait_until
 
 NOW = dt.datetime.now(dt.timezone.utc)
@@ -125,9 +133,10 @@ def test_a_station_cannot_revoke_snapshot_or_upload(site, caplog):
         row = AuditRow(1, "2026-12-02T00:00:00Z", GENESIS_HASH, record_hash(1, "2026-12-02T00:00:00Z", GENESIS_HASH,
                                                                              {"e": 1}), {"e": 1})
         health = HealthReport("K1", 6, "ok", "t", {}, 0, 0, None)
-        for payload, ok, error in ((encode_audit_batch(AuditBatch("G1", 5, (row,))), False, "not authorised for gate G1"),
-                                   (encode_health(health), False, "not authorised for gate K1"),
-                                   (encode_audit_batch(AuditBatch("K1", 7, (row,))), True, "")):
+        cases = ((encode_audit_batch(AuditBatch("G1", 5, (row,))), False, "not authorised for gate G1"),
+                 (encode_health(health), False, "not authorised for gate K1"),
+                 (encode_audit_batch(AuditBatch("K1", 7, (row,))), True, ""))
+        for payload, ok, error in cases:
             req = connect_socket(ctx, zmq.REQ, security, "127.0.0.1", dep.base_port + 3, 1 << 20)
             req.send(payload)
             assert req.poll(3000)

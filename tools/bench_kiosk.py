@@ -32,22 +32,6 @@ def _p95(values: list[float]) -> float:
     return float(np.percentile(values, 95)) if values else float("nan")
 
 
-class _NoAudit:
-    """The bench's lane uploads no audit; the agent's uploader sees an empty log."""
-
-    def read_unsent(self, limit):
-        return []
-
-    def mark_acked(self, upto_seq):
-        pass
-
-    def unsent_count(self):
-        return 0
-
-    def last_seq(self):
-        return 0
-
-
 def kiosk_bench(model_dir: Path, images: Path, travellers: int = 12, fps: float = 15.0, pad_from: Path | None = None,
                 frames_needed: int = 5, threshold: float = 0.93, lane_timeout_s: float = 10.0) -> dict:
     from kiosk.capture import live_frame, reference_of
@@ -56,13 +40,13 @@ def kiosk_bench(model_dir: Path, images: Path, travellers: int = 12, fps: float 
     from kiosk.specimen import build_dg1, build_dg2, build_sod, make_csca, make_document_signer, td1_mrz
     from models.registry import DEFAULT_DETECTOR, DEFAULT_EMBEDDER
     from sync.agent import GateAgent
+    from sync.bench import _free_base_port  # the sync benchmark's loopback port finder
     from sync.central import Central
     from sync.central_server import CentralServer
     from sync.config import AgentConfig, CentralConfig
     from sync.keys import generate_keypair_files, load_public_key
     from sync.service_messages import EnrolRequest
     from sync.station_client import StationClient, StationLink
-    from sync.bench import _free_base_port  # the sync benchmark's loopback port finder
     from tools.gate_bench import gate_side_factories
     from vision.image_io import load_image
     from vision.loading import load_pipeline
@@ -94,13 +78,14 @@ def kiosk_bench(model_dir: Path, images: Path, travellers: int = 12, fps: float 
     server = CentralServer(CentralConfig(database=str(db), base_port=base, bind_host="127.0.0.1",
                                          secret_key_file=central_keys.secret, log_poll_s=0.005, heartbeat_s=0.5))
     server.start()
-    sink_factory, probe, _ = gate_side_factories(dim=pipeline.embedder.dim, model_id=pipeline.model_id)
+    sink_factory, probe, audit_factory = gate_side_factories(dim=pipeline.embedder.dim, model_id=pipeline.model_id)
     sink = sink_factory(tmp / "lane")
+    lane_audit, _ = audit_factory(tmp / "lane-audit")  # the lane's own (empty) audit log
     agent = GateAgent(AgentConfig(gate_id="SEC-1", central_host="127.0.0.1", base_port=base,
                                   scopes=("/checkpoint/SGN/",), accepted_models=frozenset({pipeline.model_id}),
                                   secret_key_file=gate_keys.secret, central_public_key_file=central_keys.public,
                                   health_interval_s=1.0),
-                      sink, _NoAudit(), lambda: {"status": "ok", "software_version": "bench", "model_versions": {},
+                      sink, lane_audit, lambda: {"status": "ok", "software_version": "bench", "model_versions": {},
                                                  "last_decision_at": None})
     agent.start()
     client = StationClient(StationLink("K1", "127.0.0.1", base, station_keys.secret, central_keys.public))

@@ -21,8 +21,8 @@ import sys
 import threading
 from pathlib import Path
 
+from configschema import ConfigError
 from gate.control import ControlError, call
-from gate.schema import ConfigError
 
 
 def _config(args):

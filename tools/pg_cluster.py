@@ -147,11 +147,7 @@ class LocalCluster:
         if pid:
             os.kill(pid, signal.SIGKILL)
             deadline = time.monotonic() + 10
-            while time.monotonic() < deadline:
-                try:
-                    os.kill(pid, 0)
-                except ProcessLookupError:
-                    break
+            while time.monotonic() < deadline and _running(pid):
                 time.sleep(0.02)
         # children notice the postmaster is gone within a moment; wait until the port is free
         deadline = time.monotonic() + 10
@@ -168,7 +164,11 @@ class LocalCluster:
         self._cmd(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-w", "promote")
 
     def standby(self, root: Path, port: int | None = None, app_name: str = "standby") -> "LocalCluster":
-        """A hot standby streaming from this server (pg_basebackup -R), not yet started."""
+        """A hot standby streaming from this server (pg_basebackup -R), not yet started. It
+        inherits this server's settings (the base backup copies postgresql.auto.conf) except
+        `synchronous_standby_names`: once promoted it has no standby of its own, and would
+        otherwise make every commit wait forever (what Patroni's non-strict synchronous_mode
+        does too: a lone primary keeps accepting writes)."""
         s = LocalCluster(Path(root), port=port or free_port(), bindir=self.bindir)
         s._prepare_dirs()
         s._own(s.root)
@@ -178,8 +178,23 @@ class LocalCluster:
         os.chmod(s.data, 0o700)
         s.write_conf({"port": str(s.port), "unix_socket_directories": f"'{s.socket_dir}'",
                       "primary_conninfo": f"'host=127.0.0.1 port={self.port} user={SUPERUSER} "
-                                          f"application_name={app_name}'"})
+                                          f"application_name={app_name}'",
+                      "synchronous_standby_names": "''"})
         return s
+
+    def replication_state(self) -> list[tuple[str, str, str]]:
+        """(application_name, state, sync_state) of each standby streaming from this server."""
+        import psycopg
+
+        with psycopg.connect(self.dsn(), autocommit=True) as conn:
+            return [tuple(r) for r in conn.execute(
+                "SELECT application_name, state, sync_state FROM pg_stat_replication ORDER BY 1")]
+
+    def is_in_recovery(self) -> bool:
+        import psycopg
+
+        with psycopg.connect(self.dsn(), autocommit=True) as conn:
+            return bool(conn.execute("SELECT pg_is_in_recovery()").fetchone()[0])
 
     # ----- connection strings ------------------------------------------------------------
 
@@ -199,6 +214,20 @@ def _has_c_utf8() -> bool:
     return "c.utf8" in out or "c.utf-8" in out
 
 
+def _running(pid: int) -> bool:
+    """False once the process is gone or a zombie: a killed postmaster's parent is whoever
+    reaps orphans here, which can take a second (measured 1.3 s in a container)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+
+
 def _port_open(port: int) -> bool:
     with socket.socket() as s:
         s.settimeout(0.2)
@@ -209,6 +238,71 @@ def temp_cluster(prefix: str = "edgegate-pg-", fast: bool = True, **settings: st
     """A started cluster in a new temporary directory (caller calls .remove())."""
     root = Path(tempfile.mkdtemp(prefix=prefix))
     return LocalCluster(root, settings=dict(settings)).init(fast=fast).start()
+
+
+@dataclass
+class ReplicatedPair:
+    """A primary and a synchronous hot standby on this machine: two data directories, two
+    ports, streaming replication. A commit is acknowledged only once the standby has flushed
+    it (`synchronous_standby_names` names the standby, `synchronous_commit = on`, fsync on),
+    so `kill -9` of the primary followed by `promote()` of the standby loses no acknowledged
+    transaction: the production layout of docs/operations.md, with `pg_ctl promote` standing
+    in for Patroni."""
+
+    primary: LocalCluster
+    standby: LocalCluster
+
+    def multi_host_dsn(self, dbname: str) -> str:
+        """The libpq multi-host string a central node is configured with: whichever server
+        accepts writes, tried in order."""
+        return (f"postgresql://{SUPERUSER}@127.0.0.1:{self.primary.port},127.0.0.1:{self.standby.port}/{dbname}"
+                "?target_session_attrs=read-write")
+
+    def wait_synchronous(self, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            state = self.primary.replication_state()
+            if any(s == "streaming" and sync == "sync" for _, s, sync in state):
+                return
+            if time.monotonic() > deadline:
+                raise ClusterError(f"the standby did not become a synchronous streaming standby: {state}")
+            time.sleep(0.1)
+
+    def fail_over(self) -> None:
+        """Power cut on the primary, then promote the standby (what Patroni does on losing
+        the leader key); returns once the new primary accepts writes."""
+        self.primary.kill9()
+        self.standby.promote()
+
+    def remove(self) -> None:
+        self.standby.remove()
+        self.primary.remove()
+        shutil.rmtree(self.primary.root.parent, ignore_errors=True)
+
+
+def replicated_pair(prefix: str = "edgegate-pg-pair-", fast: bool = False,
+                    standby_name: str = "standby") -> ReplicatedPair:
+    """A started primary + synchronous standby in a new temporary directory (caller calls
+    .remove()). Durable by default (fsync on): failover tests measure exactly that."""
+    root = Path(tempfile.mkdtemp(prefix=prefix))
+    os.chmod(root, 0o755)  # the server's account must reach both data directories
+    primary = LocalCluster(root / "primary", settings={
+        "synchronous_standby_names": f"'{standby_name}'", "synchronous_commit": "on",
+        "wal_sender_timeout": "'5s'", "wal_receiver_status_interval": "'1s'"}).init(fast=fast)
+    primary.start()
+    try:
+        standby = primary.standby(root / "standby", app_name=standby_name).start()
+    except BaseException:
+        primary.remove()
+        shutil.rmtree(root, ignore_errors=True)
+        raise
+    pair = ReplicatedPair(primary, standby)
+    try:
+        pair.wait_synchronous()
+    except BaseException:
+        pair.remove()
+        raise
+    return pair
 
 
 def create_database(admin_dsn: str, name: str) -> str:
