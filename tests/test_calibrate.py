@@ -15,11 +15,11 @@ def test_upper_bound_shrinks_with_more_impostors():
     # the same empirical FAR (0.1 %) on more impostor comparisons gives a tighter bound
     bounds = [cal.cp_upper(n // 1000, n) for n in (3_000, 30_000, 300_000, 3_000_000)]
     assert all(b > 1e-3 for b in bounds)
-    assert all(a > b for a, b in zip(bounds, bounds[1:]))
+    assert all(a > b for a, b in zip(bounds, bounds[1:], strict=False))
     # zero false accepts: the bound falls as ~3/n (the rule of three)
     zero = [cal.cp_upper(0, n) for n in (300, 3_000, 30_000)]
-    assert all(a > b for a, b in zip(zero, zero[1:]))
-    for n, b in zip((300, 3_000, 30_000), zero):
+    assert all(a > b for a, b in zip(zero, zero[1:], strict=False))
+    for n, b in zip((300, 3_000, 30_000), zero, strict=True):
         assert 2.9 / n < b < 3.0 / n
 
 
