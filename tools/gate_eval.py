@@ -79,6 +79,73 @@ def cmd_ident(args) -> int:
     return 0 if r["exact_decision_changes"] == 0 else 1
 
 
+def _model_info(args) -> dict:
+    """Names and file hashes of the models a record was measured with (the gate checks the name)."""
+    from vision.loading import resolve_manifest
+
+    out: dict = {"flip": args.flip, "min_face": args.min_face}
+    for role in ("detector", "embedder"):
+        m = resolve_manifest(Path(args.models), getattr(args, role))
+        out[role] = m.name
+        out[f"{role}_sha256"] = {r: f.sha256 for r, f in m.files.items()}
+    return out
+
+
+def cmd_calibrate(args) -> int:
+    """Embed a site's labelled data and write a calibration record (vision/calibrate.py)."""
+    from models.manifest import ModelError
+    from vision import calibrate as cal
+    from vision.evaluate import embed_images, read_pairs
+
+    try:
+        if not args.description.strip():
+            raise cal.CalibrationError("--description must say what the data is (e.g. \"LFW dev folds: news "
+                                       "photos, not this site's camera\")")
+        models = _model_info(args)
+        pipe = _pipeline(args)
+        progress = _progress("embedding", args.quiet or args.json)
+        ident = None
+        if args.pairs:
+            pairs = read_pairs(Path(args.pairs), Path(args.images))
+            templates = embed_images(pipe, sorted({p.a for p in pairs} | {p.b for p in pairs}), progress)
+            genuine, impostor = cal.pair_scores(pairs, templates)
+            data = {"kind": "pairs", "source": str(args.pairs), "images": len(templates)}
+        else:
+            sample = cal.sample_identities(Path(args.images), max_images=args.max_images,
+                                           per_identity=args.per_identity, seed=args.seed)
+            by_path = embed_images(pipe, sample.images, progress)
+            templates_list = [by_path.get(p) for p in sample.images]
+            genuine, impostor = cal.identity_scores(templates_list, sample.labels)
+            ident = cal.ident_scores(templates_list, sample.labels)
+            data = {"kind": "identities", "source": str(args.images), "images": len(sample.images),
+                    "identities": len(set(sample.labels)), "folder_identities": sample.identities,
+                    "folder_images": sample.folder_images, "per_identity": args.per_identity,
+                    "max_images": args.max_images, "seed": args.seed,
+                    "pairs": "all pairs of the sample: same person = genuine, different people = impostor"}
+            templates = by_path
+        data["no_face"] = sum(v is None for v in templates.values())
+        record = cal.calibrate(genuine, impostor, args.far, description=args.description, data=data,
+                               models=models, ident=ident, fpir_targets=args.fpir if ident else ())
+    except (cal.CalibrationError, ModelError, ValueError) as e:
+        print(f"gate-eval: {e}", file=sys.stderr)
+        return 2
+    if args.out:
+        cal.write_record(record, Path(args.out))
+    if args.json:
+        json.dump(record.to_json(), sys.stdout, indent=2, ensure_ascii=False)
+        print()
+    else:
+        d = record.data
+        print(f"{d['genuine_comparisons']} genuine and {d['impostor_comparisons']} impostor comparisons, "
+              f"{d['no_face']} images without a face; models {models['detector']} + {models['embedder']}")
+        print(f"bound: one-sided {record.confidence:.0%} {record.method}")
+        for p in record.points:
+            print("  " + p.describe())
+        if args.out:
+            print(f"record written to {args.out}")
+    return 0 if any(p.supported for p in record.points) else 1
+
+
 def save_templates(path: Path, templates: dict) -> int:
     """The templates as `vectors` + `labels` (the person folder) in an .npz, the input of
     `gate-bench search --templates`. Templates only, no images; written 0600 like any biometric
@@ -168,6 +235,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--save-templates", metavar="NPZ",
                    help="also write the templates (vectors, person labels) for gate-bench search --templates")
     s.set_defaults(func=cmd_ident)
+    s = sub.add_parser("calibrate", help="thresholds at target FAR/FPIR with their evidence, written as a "
+                                         "calibration record a lane or kiosk config can point at")
+    common(s)
+    s.add_argument("--pairs", help="an LFW-style pairs file (else all pairs of a sample of the --images folder)")
+    s.add_argument("--description", required=True,
+                   help="what the data is, in words (e.g. \"LFW dev folds: news photos, not this site's camera\")")
+    s.add_argument("--far", type=float, action="append", help="1:1 target FAR (repeatable; default 1e-2, 1e-3, 1e-4)")
+    s.add_argument("--fpir", type=float, action="append",
+                   help="1:N target FPIR (repeatable; identities folder only; default 0.003, 0.01)")
+    s.add_argument("--max-images", type=int, default=1200, help="images sampled from the identities folder")
+    s.add_argument("--per-identity", type=int, default=4, help="at most this many images per person")
+    s.add_argument("--seed", type=int, default=0, help="seed of the sample's person order")
+    s.add_argument("--out", help="write the record (JSON) here")
+    s.set_defaults(func=cmd_calibrate)
     s = sub.add_parser("pad", help="presentation-attack detection: APCER/BPCER (ISO/IEC 30107-3) on live/ and "
                                    "spoof/ captures")
     s.add_argument("--images", required=True, help="folder with live/ and spoof/ subfolders (spoof/<species>/ allowed)")
@@ -188,6 +269,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
+    if args.cmd == "calibrate":
+        args.far = args.far or [1e-2, 1e-3, 1e-4]
+        args.fpir = args.fpir or [0.003, 0.01]
     return args.func(args)
 
 
