@@ -80,6 +80,7 @@ def test_calibrate_cli_on_real_photos(tmp_path, capsys):
     rec = cal.load_record(out)
     assert rec.embedder == "dlib-resnet-v1" and rec.detector == "mtcnn-v1"
     assert rec.data["kind"] == "identities" and rec.data["images"] == 40
+    assert not rec.data["source"].startswith("/") and rec.data["source"].endswith("lfw-dev/images")
     n = rec.data["impostor_comparisons"]
     assert 700 < n <= 40 * 39 // 2
     p = rec.point("1:1", 1e-2)

@@ -91,6 +91,20 @@ def _model_info(args) -> dict:
     return out
 
 
+def describe_source(path: Path) -> str:
+    """Where the data came from, for a record that travels to other machines: the path relative
+    to the working directory when it lies within one folder above it (e.g. "../shared/faces/...",
+    run from the repository root), else its last three parts. Never an absolute path, which
+    names one machine's layout (and often a person's home folder)."""
+    import os
+
+    p = Path(os.path.abspath(path))
+    rel = Path(os.path.relpath(p, Path.cwd()))
+    if rel.parts[:2] != ("..", "..") and not rel.is_absolute():
+        return rel.as_posix()
+    return ".../" + "/".join(p.parts[-3:])
+
+
 def cmd_calibrate(args) -> int:
     """Embed a site's labelled data and write a calibration record (vision/calibrate.py)."""
     from models.manifest import ModelError
@@ -109,7 +123,7 @@ def cmd_calibrate(args) -> int:
             pairs = read_pairs(Path(args.pairs), Path(args.images))
             templates = embed_images(pipe, sorted({p.a for p in pairs} | {p.b for p in pairs}), progress)
             genuine, impostor = cal.pair_scores(pairs, templates)
-            data = {"kind": "pairs", "source": str(args.pairs), "images": len(templates)}
+            data = {"kind": "pairs", "source": describe_source(Path(args.pairs)), "images": len(templates)}
         else:
             sample = cal.sample_identities(Path(args.images), max_images=args.max_images,
                                            per_identity=args.per_identity, seed=args.seed)
@@ -117,7 +131,7 @@ def cmd_calibrate(args) -> int:
             templates_list = [by_path.get(p) for p in sample.images]
             genuine, impostor = cal.identity_scores(templates_list, sample.labels)
             ident = cal.ident_scores(templates_list, sample.labels)
-            data = {"kind": "identities", "source": str(args.images), "images": len(sample.images),
+            data = {"kind": "identities", "source": describe_source(Path(args.images)), "images": len(sample.images),
                     "identities": len(set(sample.labels)), "folder_identities": sample.identities,
                     "folder_images": sample.folder_images, "per_identity": args.per_identity,
                     "max_images": args.max_images, "seed": args.seed,

@@ -10,6 +10,19 @@ offsets, all in units of s from the anchor centre. Anchors sit at (x * s, y * s)
 stride's grid, several per position (two for the 9-output models). Outputs are matched to
 strides by their row count rather than by position, so an export that lists them in
 another order still decodes correctly.
+
+Close range (issue 19): SCRFD's anchors and receptive fields stop at faces of about 400 px in
+its input, so a face that fills most of a gate or kiosk frame is simply not found. Measured on
+LFW photos cropped and upscaled into frames (40 photos per point, SCRFD-500M, 640-px working
+side): a face 384 px tall in the network input was found 40/40 times, 448 px 27/40, 512 px 0/40;
+a 640x480 frame whose face fills 90 % of its height (432 px) 35/40. So a frame whose shorter side
+exceeds FINE_MAX_FACE in the working input gets a second, coarse pass in which the frame's
+shorter side is COARSE_SHORT_SIDE (256) px: a face filling the whole frame is then 256 px, and the
+smallest face that pass is needed for (FINE_MAX_FACE at the fine scale) is still ~200 px, well
+inside the anchors. The coarse pass costs ~30 % of the fine one on a 640x480 frame (its input is
+352x256 against 640x480); it contributes only faces too large for the fine pass to be trusted
+with (at least half of FINE_MAX_FACE at the fine scale), so small faces keep the landmarks of the
+finer input. `gate-bench detect` reports recall per face-size band with this in place (README).
 """
 from __future__ import annotations
 
@@ -26,6 +39,8 @@ from vision.types import Face
 
 STRIDES = (8, 16, 32)
 ALIGN = 32  # input sides must be multiples of the coarsest stride
+FINE_MAX_FACE = 384  # px in the network input: the largest face SCRFD-500M finds reliably (module docstring)
+COARSE_SHORT_SIDE = 256  # the coarse pass's shorter side: a frame-filling face stays below FINE_MAX_FACE
 
 
 class ScrfdDetector(DetectorBase):
@@ -38,14 +53,18 @@ class ScrfdDetector(DetectorBase):
         portraits enlarged to 640, SCRFD-500M missed 8 of 5,700 faces; unscaled, none).
     score_threshold / nms_threshold: insightface's defaults.
     min_face: faces whose box is narrower than this (frame pixels) are dropped.
+    close_range: run the coarse second pass for faces that fill the frame (module docstring);
+        off only to measure what it adds.
     threads: ONNX Runtime intra-op threads.
     """
 
     FORMAT = "scrfd"
 
     def __init__(self, manifest: ModelManifest, *, det_side: int = 640, score_threshold: float = 0.5,
-                 nms_threshold: float = 0.4, min_face: float = DEFAULT_MIN_FACE, threads: int = 1):
+                 nms_threshold: float = 0.4, min_face: float = DEFAULT_MIN_FACE, threads: int = 1,
+                 close_range: bool = True):
         super().__init__(manifest, min_face)
+        self.close_range = bool(close_range)
         if det_side < ALIGN or det_side % ALIGN:
             raise ValueError(f"det_side must be a positive multiple of {ALIGN}, got {det_side}")
         self.det_side = int(det_side)
@@ -66,14 +85,27 @@ class ScrfdDetector(DetectorBase):
         h, w = image.shape[:2]
         if min(h, w) < self.min_face:
             return []
-        padded, scale = letterbox(image, self.det_side, multiple=ALIGN)
+        boxes, scores, landmarks, scale = self._pass(image, self.det_side)
+        if self.close_range and min(h, w) * scale > FINE_MAX_FACE:
+            coarse_side = max(ALIGN, round(max(h, w) * COARSE_SHORT_SIDE / min(h, w)))
+            b2, s2, l2, _ = self._pass(image, coarse_side)
+            large = (b2[:, 2] - b2[:, 0]) * scale >= FINE_MAX_FACE / 2
+            boxes = np.concatenate([boxes, b2[large]])
+            scores = np.concatenate([scores, s2[large]])
+            landmarks = np.concatenate([landmarks, l2[large]])
+        keep = nms(boxes, scores, self.nms_threshold)
+        boxes, scores, landmarks = boxes[keep], scores[keep], landmarks[keep]
+        big = (boxes[:, 2] - boxes[:, 0]) >= self.min_face
+        return to_faces(boxes[big], scores[big], landmarks[big], 1.0)
+
+    def _pass(self, image: np.ndarray, side: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+        """One network run on `image` shrunk to `side` (longer side) and padded: boxes, scores and
+        landmarks in frame pixels (landmarks as pixel centres), and the scale used."""
+        padded, scale = letterbox(image, side, multiple=ALIGN)
         ph, pw = padded.shape[:2]
         blob = cv2.dnn.blobFromImage(padded, 1 / 128, mean=(127.5, 127.5, 127.5), swapRB=True)
         boxes, scores, landmarks = self._decode(self._session.run(None, {self._input: blob}), ph, pw)
-        keep = nms(boxes, scores, self.nms_threshold)
-        boxes, scores, landmarks = boxes[keep], scores[keep], landmarks[keep]
-        big = (boxes[:, 2] - boxes[:, 0]) >= self.min_face * scale
-        return to_faces(boxes[big], scores[big], landmarks[big], scale)
+        return boxes / np.float32(scale), scores, (landmarks + 0.5) / np.float32(scale) - 0.5, scale
 
     def _decode(self, outputs: list[np.ndarray], height: int, width: int):
         """Boxes, scores and landmarks (input pixels) of all anchors above the score threshold."""
