@@ -16,7 +16,16 @@ line catches one thing.
 Field metadata keys: help (str), choices (tuple), min / max (numbers), secret (bool),
 parse (callable applied to the checked value at load time; a ValueError it raises names the
 key), default_doc (str shown as the default in the reference when the real default depends
-on the machine or on another key).
+on the machine or on another key), or_table (a dataclass: the value may instead be given as a
+TOML table of that class, which the `resolve` callback handed to `load_dataclass` turns into the
+plain value, e.g. a threshold given as a calibration record and its target rate instead of a
+bare number; the resolved value is then checked like a written one).
+
+Why resolution sits here rather than in each room: a value that refers to another file (a
+record beside the config) needs the config file's folder and must be resolved before the
+dataclass is built, since the dataclass's own checks (deny_threshold <= threshold_1n) compare
+plain values. The callback carries what the room knows (the folder, the record format); this
+module only knows that a table stood where a number may.
 """
 from __future__ import annotations
 
@@ -26,7 +35,10 @@ import tomllib
 import types
 import typing
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Callable, Union
+
+# resolve(table, key, metadata) -> value: turns an `or_table` table into the plain value
+Resolver = Callable[[Any, str, dict], Any]
 
 
 class ConfigError(ValueError):
@@ -50,7 +62,7 @@ def _type_name(tp) -> str:
     return names.get(tp, getattr(tp, "__name__", str(tp)))
 
 
-def _coerce(value: Any, tp, key: str, meta: dict) -> Any:
+def _coerce(value: Any, tp, key: str, meta: dict, resolve: Resolver | None = None) -> Any:
     origin = typing.get_origin(tp)
     if origin in (Union, types.UnionType):
         args = typing.get_args(tp)
@@ -61,14 +73,14 @@ def _coerce(value: Any, tp, key: str, meta: dict) -> Any:
             if a is type(None):
                 continue
             try:
-                return _coerce(value, a, key, meta)
+                return _coerce(value, a, key, meta, resolve)
             except ConfigError as e:
                 errors.append(e)
         raise ConfigError(f"{key} = {value!r} is not a valid {_type_name(tp)}")
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"[{key}] must be a table (a [section]), got {value!r}")
-        return load_dataclass(tp, value, key)
+        return load_dataclass(tp, value, key, resolve=resolve)
     if origin in (list, tuple, set, frozenset):
         if not isinstance(value, list):
             raise ConfigError(f"{key} = {value!r} must be a list, e.g. [1, 2]")
@@ -129,9 +141,19 @@ def _parsed(value: Any, key: str, meta: dict) -> Any:
         raise ConfigError(f"{key} = {value!r}: {e}") from None
 
 
-def load_dataclass(cls, data: dict, where: str = ""):
+def _referred(value: Any, key: str, meta: dict, resolve: Resolver | None) -> Any:
+    """A value given as the `or_table` table of its field, resolved to the plain value."""
+    table = load_dataclass(meta["or_table"], value, key, resolve=resolve)
+    if resolve is None:
+        raise ConfigError(f"{key}: a table is only accepted where the config file is read (give a plain value)")
+    return resolve(table, key, meta)
+
+
+def load_dataclass(cls, data: dict, where: str = "", *, resolve: Resolver | None = None):
     """Build `cls` from a TOML table: unknown keys, missing required keys, wrong types and
-    out-of-range values are all errors naming the full dotted key."""
+    out-of-range values are all errors naming the full dotted key. A field whose metadata has
+    `or_table` may hold that table instead; `resolve` turns it into the plain value (module
+    docstring). Nested dataclasses get the same `resolve`."""
     if not isinstance(data, dict):
         raise ConfigError(f"[{where}] must be a table")
     hints = typing.get_type_hints(cls)
@@ -146,7 +168,10 @@ def load_dataclass(cls, data: dict, where: str = ""):
     for name, f in fields.items():
         key = f"{prefix}{name}"
         if name in data:
-            kwargs[name] = _coerce(data[name], hints[name], key, dict(f.metadata))
+            value, meta = data[name], dict(f.metadata)
+            if "or_table" in meta and isinstance(value, dict):
+                value = _referred(value, key, meta, resolve)
+            kwargs[name] = _coerce(value, hints[name], key, meta, resolve)
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise ConfigError(f"missing required key {key} ({_type_name(hints[name])}: {f.metadata.get('help', '')})")
     obj = cls(**kwargs)
@@ -189,7 +214,11 @@ def describe(cls, where: str = "") -> list[dict]:
             default = "true" if default else "false"
         allowed = ", ".join(map(str, m["choices"])) if "choices" in m else (
             f"{m.get('min', '')}…{m.get('max', '')}" if "min" in m or "max" in m else "")
-        rows.append({"key": key, "type": _type_name(tp), "default": default, "allowed": allowed,
+        type_name = _type_name(tp)
+        if "or_table" in m:
+            keys = [g.name for g in dataclasses.fields(m["or_table"]) if g.init]
+            type_name += f" or table {{{', '.join(keys)}}}"
+        rows.append({"key": key, "type": type_name, "default": default, "allowed": allowed,
                      "help": m.get("help", ""), "default_is_text": "default_doc" in m})
     return rows
 

@@ -4,6 +4,12 @@ One typed dataclass per section. `load_config` refuses unknown keys, wrong types
 out-of-range values with a message naming the key, and resolves relative paths against the
 config file's folder so a gate image's config directory can move as a whole. The README's
 configuration reference is generated from these classes (`gatectl config-reference`).
+
+A score threshold may be given as the calibration record it came from (`{ record = "FILE.json",
+far = 0.001 }`, vision.calibrate.RecordRef): the record is read at load time, its threshold goes
+into the policy, and `GateConfig.calibration` keeps which record and operating point each such
+threshold came from. A record measured with other models than [models] names is refused here,
+so `gated --check` and the start-up both say so in one line.
 """
 from __future__ import annotations
 
@@ -19,6 +25,7 @@ from devices.config import DriverConfig, SimConfig
 from gate.lane import LaneConfig
 from models.registry import DEFAULT_DETECTOR, DEFAULT_EMBEDDER
 from sync.config import AgentConfig, agent_config_from_mapping
+from vision.calibrate import CalibratedThreshold, RecordResolver, check_models, model_name
 from vision.quality import QualityThresholds
 
 
@@ -124,6 +131,8 @@ class GateConfig:
     sync: AgentConfig | None = None  # None for a standalone gate
     scanner: ScannerConfig | None = None  # a serial boarding-pass / ID barcode scanner (1:1 mode)
     path: Path | None = None
+    # config key -> the calibration record a threshold was taken from (empty: bare numbers only)
+    calibration: dict[str, CalibratedThreshold] = field(default_factory=dict)
 
     @property
     def control_socket(self) -> Path:
@@ -147,10 +156,11 @@ def parse_config(data: dict, base_dir: Path = Path("."), path: Path | None = Non
             raise ConfigError(f"unknown section [{k}]" + (f" — did you mean [{close[0]}]?" if close else
                                                           f" (sections: {', '.join(sorted(known))})"))
     sections = {}
+    records = RecordResolver(base_dir)
     for name, cls in _SECTIONS.items():
         if name in data:
             try:
-                sections[name] = load_dataclass(cls, data[name], name)
+                sections[name] = load_dataclass(cls, data[name], name, resolve=records)
             except (ValueError, TypeError) as e:  # a dataclass's own __post_init__ check
                 raise ConfigError(str(e) if isinstance(e, ConfigError) else f"[{name}] {e}") from None
         elif name in ("gate", "camera", "models", "lane"):
@@ -176,7 +186,10 @@ def parse_config(data: dict, base_dir: Path = Path("."), path: Path | None = Non
         s.setdefault("gate_id", sections["gate"].id)
         sync_cfg = agent_config_from_mapping(s, base_dir)
     scanner = load_dataclass(ScannerConfig, data["scanner"], "scanner") if "scanner" in data else None
-    return GateConfig(**sections, sync=sync_cfg, scanner=scanner, path=path)
+    m = sections["models"]
+    check_models(records.used, detector=model_name(m.dir, m.detector), embedder=model_name(m.dir, m.embedder),
+                 flip=m.flip)
+    return GateConfig(**sections, sync=sync_cfg, scanner=scanner, path=path, calibration=dict(records.used))
 
 
 def load_config(path: Path) -> GateConfig:

@@ -151,6 +151,7 @@ class LaneDaemon:
                                                detector_opts={"min_face": cfg.models.min_face_px})
             except ModelError as e:
                 raise StartupError(f"models: {e}") from None
+        self._check_calibration()
         self.pad = self._load_pad()
         from gate.template_crypto import TemplateCipher
         from vision.match import Matcher
@@ -477,6 +478,21 @@ class LaneDaemon:
         return diff < self.MOTION_THRESHOLD
 
     # ------------------------------------------------------------------ status
+    def _check_calibration(self) -> None:
+        """The models actually loaded (manifest names) against the records the thresholds came
+        from: the config check compares the names the config gives, this the ids that will produce
+        the scores, so a manifest path or a renamed model cannot slip past."""
+        from configschema import ConfigError
+        from vision.calibrate import check_models
+
+        try:
+            check_models(self.cfg.calibration, detector=self._pipeline.detector.name,
+                         embedder=self._pipeline.model_id, flip=self.cfg.models.flip)
+        except ConfigError as e:
+            raise StartupError(str(e)) from None
+        for c in self.cfg.calibration.values():
+            log.info("threshold %s", c.line())
+
     def _audit_chain_alarm(self, kind: str, details: dict[str, Any]) -> None:
         """From the uploader thread: the central holds audit records that differ from this log,
         or more than it. Recorded in the log itself (and so uploaded), and kept in the status."""
@@ -512,6 +528,8 @@ class LaneDaemon:
             "device_online": bool(getattr(self._driver, "online", False)),
             "recent_alerts": self.metrics.alerts[-5:], "software_version": SOFTWARE_VERSION,
             "central": self._central_status(),
+            "calibration": {k: c.to_status() for k, c in self.cfg.calibration.items()},
+            **{k: getattr(self.cfg.lane.policy, k) for k in ("threshold_1n", "threshold_1to1", "deny_threshold")},
         }
 
     def _central_status(self) -> dict[str, Any] | None:

@@ -40,6 +40,7 @@ from gate.field_ranges import check_ranges
 from gate.observation import Candidate, ListType
 from gate.schema import ConfigError
 from gate.track import Sample, Track
+from vision.calibrate import RecordRef
 from vision.pad.fusion import PadPolicy, PadState, PadVerdict, fuse_frames
 
 ABSENT_SCORE = -1.0  # the cosine minimum: the most pessimistic value of an unlisted score
@@ -81,8 +82,11 @@ class MatchMode(StrEnum):
     ONE_TO_ONE = "1:1"
 
 
-def _threshold(help_text: str) -> Any:
-    return field(metadata={"help": help_text, "min": -1.0, "max": 1.0})
+def _threshold(help_text: str, mode: str) -> Any:
+    """A score threshold: a number, or `{ record = "FILE.json", far|fpir = RATE }` taking it from a
+    calibration record (vision.calibrate), whose operating point the status then shows."""
+    return field(metadata={"help": help_text, "min": -1.0, "max": 1.0, "or_table": RecordRef,
+                           "calibration_mode": mode})
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -94,16 +98,19 @@ class DecisionPolicy:
     here would be a number nobody measured deciding who walks through.
     """
 
-    threshold_1n: float = _threshold("fused cosine score at or above which a 1:N match is accepted "
-                                     "(from gate-eval at the site's target FAR)")
+    threshold_1n: float = _threshold("fused cosine score at or above which a 1:N match is accepted; a number "
+                                     "or a calibration record at the site's target FPIR: "
+                                     "{ record = \"FILE.json\", fpir = 0.003 }", "1:N")
     min_margin: float = field(metadata={
         "help": "fused score lead the best identity needs over any other identity in 1:N mode; "
                 "a smaller lead is referred to staff (look-alikes, twins, duplicate enrolments)",
         "min": 0.0, "max": 2.0})
     threshold_1to1: float = _threshold("fused verify score at or above which the token holder is accepted "
-                                       "(1:1 mode; from gate-eval at the site's target FAR)")
+                                       "(1:1 mode); a number or a calibration record at the site's target FAR: "
+                                       "{ record = \"FILE.json\", far = 0.001 }", "1:1")
     deny_threshold: float = _threshold("fused score at or above which a deny-list subject counts as present; "
-                                       "at most threshold_1n (missing a deny-list subject is the costlier error)")
+                                       "at most threshold_1n (missing a deny-list subject is the costlier error); "
+                                       "a number or a record at a higher FPIR than threshold_1n's", "1:N")
     fuse_k: int = field(default=3, metadata={
         "help": "number of quality-passing frames fused into one decision", "min": 1})
     min_observations_to_deny: int = field(default=5, metadata={

@@ -5,6 +5,12 @@ lane uses), [verify] (the 1:1 operating point and capture rules), [identity] (tr
 identity providers), [central] (where to enrol, with the station's own CURVE key) and
 optionally [scanner] (the serial boarding-pass scanner). Unknown keys, wrong types and
 out-of-range values are refused naming the key (configschema does the checking).
+
+`verify.threshold_1to1` may be given as the calibration record it came from (`{ record =
+"FILE.json", far = 0.0001 }`, vision.calibrate.RecordRef), like a lane's thresholds: the
+station's check of a live face against the ID photo has its own operating point (FMR 1e-4, a
+stricter one than a lane's 1:1, since an enrolment is what every later lane trusts), and a record
+measured with other models than [models] is refused at load.
 """
 from __future__ import annotations
 
@@ -21,6 +27,7 @@ from kiosk.session import StationRules
 from models.registry import DEFAULT_DETECTOR, DEFAULT_EMBEDDER
 from sync.scopes import ScopeError, check_id, checkpoint_scope
 from sync.station_client import StationLink
+from vision.calibrate import CalibratedThreshold, RecordRef, RecordResolver, check_models, model_name
 
 
 @dataclass(frozen=True)
@@ -79,12 +86,13 @@ class ModelsSection:
 
 @dataclass(frozen=True)
 class VerifySection:
-    # Must come from `gate-eval` at FMR 1e-4 on calibration data for the deployed models and
-    # camera (the 1:1 reference check). 0.93 is a placeholder from the LFW dev folds, whose
-    # 1,500 impostor pairs cannot resolve 1e-4; re-measure before go-live.
+    # Must come from `gate-eval verify` at FMR 1e-4 on calibration data for the deployed models
+    # and camera (the 1:1 reference check); the shipped example refers to the record computed
+    # from the LFW dev split, labelled as such.
     threshold_1to1: float = field(metadata={
-        "help": "1:1 live-vs-reference cosine threshold; from gate-eval at FMR 1e-4 on calibration data",
-        "min": 0.0, "max": 1.0})
+        "help": "1:1 live-vs-reference cosine threshold: a number, or the calibration record it came from at "
+                "FMR 1e-4: { record = \"FILE.json\", far = 0.0001 } (gate-eval verify --out)",
+        "min": 0.0, "max": 1.0, "or_table": RecordRef, "calibration_mode": "1:1"})
     ambiguous_margin: float = field(default=0.03, metadata={
         "help": "a median score this close below the threshold is referred as ambiguous, not failed", "min": 0.0})
     frames_needed: int = field(default=5, metadata={"help": "quality-passing frames before deciding", "min": 1,
@@ -129,6 +137,8 @@ class KioskConfig:
     central: CentralSection
     scanner: ScannerConfig | None = None
     path: Path | None = None
+    # config key -> the calibration record a threshold was taken from (empty: a bare number)
+    calibration: dict[str, CalibratedThreshold] = dataclasses.field(default_factory=dict)
 
     def rules(self) -> StationRules:
         v = self.verify
@@ -170,17 +180,21 @@ def parse_config(data: dict, base_dir: Path, path: Path | None = None) -> KioskC
         raise ConfigError(f"unknown section(s) {', '.join(sorted(unknown))} "
                           f"(sections: {', '.join(_SECTIONS)}, scanner)")
     sections = {}
+    records = RecordResolver(base_dir)
     for name, cls in _SECTIONS.items():
         if name not in data and name != "identity":
             raise ConfigError(f"missing section [{name}]")
         try:
-            sections[name] = _resolve(load_dataclass(cls, data.get(name, {}), name), base_dir)
+            sections[name] = _resolve(load_dataclass(cls, data.get(name, {}), name, resolve=records), base_dir)
         except (ValueError, TypeError) as exc:
             raise ConfigError(str(exc) if isinstance(exc, ConfigError) else f"[{name}] {exc}") from None
     if not all(isinstance(k, str) and isinstance(v, Path) for k, v in sections["identity"].providers.items()):
         raise ConfigError("identity.providers must map provider names to public key files")
     scanner = load_dataclass(ScannerConfig, data["scanner"], "scanner") if "scanner" in data else None
-    return KioskConfig(**sections, scanner=scanner, path=path)
+    m = sections["models"]
+    check_models(records.used, detector=model_name(m.dir, m.detector), embedder=model_name(m.dir, m.embedder),
+                 flip=m.flip)
+    return KioskConfig(**sections, scanner=scanner, path=path, calibration=dict(records.used))
 
 
 def load_config(path: Path) -> KioskConfig:

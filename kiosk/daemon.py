@@ -70,6 +70,7 @@ class StationDaemon:
     # ----- lifecycle ---------------------------------------------------------------------------
 
     def start(self) -> "StationDaemon":
+        from vision.calibrate import check_models
         from vision.loading import load_pipeline, resolve_manifest
 
         cfg = self.cfg
@@ -77,6 +78,9 @@ class StationDaemon:
         try:
             self.pipeline = load_pipeline(m.dir, m.detector, m.embedder, flip=m.flip, threads=m.threads,
                                           detector_opts={"min_face": m.min_face_px})
+            # the ids that will produce the scores against the record the threshold came from
+            check_models(cfg.calibration, detector=self.pipeline.detector.name, embedder=self.pipeline.model_id,
+                         flip=m.flip)
             self.pad = None
             if m.pad:
                 from vision.pad import load_pad
@@ -271,7 +275,9 @@ class StationDaemon:
                     "state": s.state.value, "guidance": self.guidance, "referral": s.referral or None,
                     "subject_id": s.reference.subject_id if s.reference else None,
                     "flight": s.leg.flight if s.leg else None, "completed": len(self.completed),
-                    "audit_unsent": self.audit.unsent_count(), "central_reachable": self._uploader.status().reachable}
+                    "audit_unsent": self.audit.unsent_count(), "central_reachable": self._uploader.status().reachable,
+                    "threshold_1to1": self.rules.threshold_1to1,
+                    "calibration": {k: c.to_status() for k, c in self.cfg.calibration.items()}}
         if cmd == "scan":  # the agent types or pastes the pass when the scanner cannot read it
             actions = s.on_pass(str(req.get("code", "")), dt.datetime.now(dt.timezone.utc))
             self._apply(actions)

@@ -102,3 +102,88 @@ def test_malformed_record_is_one_line(tmp_path):
         cal.load_record(bad)
     with pytest.raises(cal.CalibrationError, match="cannot read"):
         cal.load_record(tmp_path / "missing.json")
+
+
+# ---------------------------------------------------------------- gate-eval verify: the 1:1 reference check
+
+def test_reference_scores_pair_each_probe_with_every_reference():
+    """Person a: reference + 2 probes, b: reference + 1 probe, c: reference only (an ID photo with
+    no live capture): every probe meets its own reference once and every other person's once."""
+    rng = np.random.default_rng(3)
+    vecs = [v / np.linalg.norm(v) for v in rng.normal(size=(6, 8)).astype(np.float32)]
+    labels = ["a", "a", "a", "b", "b", "c"]
+    gen, imp, refs = cal.reference_scores(list(vecs), labels)
+    assert refs == 3 and len(gen) == 3 and len(imp) == 3 * 2
+    assert gen[0] == pytest.approx(float(vecs[1] @ vecs[0]), abs=1e-6)
+    assert sorted(imp[:2]) == pytest.approx(sorted([float(vecs[1] @ vecs[3]), float(vecs[1] @ vecs[5])]), abs=1e-6)
+    gen, imp, _ = cal.reference_scores([vecs[0], None, vecs[2], vecs[3], vecs[4], vecs[5]], labels)
+    assert gen[0] == -1.0 and len(imp) == 2 * 2  # a probe without a face: a miss, no impostor comparisons
+
+
+@pytest.fixture(scope="module")
+def lfw_reference_sample(default_pipeline):
+    """Up to 3 photos each of 120 LFW images' people, embedded once by the default pipeline."""
+    require(LFW_IMAGES)
+    sample = cal.sample_identities(LFW_IMAGES, max_images=120, per_identity=3, seed=1)
+    from vision.evaluate import embed_images
+
+    templates = embed_images(default_pipeline, sample.images)
+    return [templates.get(p) for p in sample.images], sample.labels
+
+
+def test_fmr_bound_tightens_with_more_impostors_on_real_photos(lfw_reference_sample):
+    """The same check on half the people and on all of them: with more impostor comparisons the
+    95 % upper bound on the FMR actually achieved closes in on the target."""
+    templates, labels = lfw_reference_sample
+    people = list(dict.fromkeys(labels))
+    half = set(people[: len(people) // 2])
+    idx = [i for i, lab in enumerate(labels) if lab in half]
+    small = cal.reference_scores([templates[i] for i in idx], [labels[i] for i in idx])
+    full = cal.reference_scores(templates, labels)
+    assert len(full[1]) > 3 * len(small[1]) >= 3 * 300
+    p_small = cal.operating_point(small[0], small[1], 1e-2)
+    p_full = cal.operating_point(full[0], full[1], 1e-2)
+    assert p_small.supported and p_full.supported
+    assert p_full.rate_upper - 1e-2 < p_small.rate_upper - 1e-2
+    assert p_full.rate <= 1e-2 and p_small.rate <= 1e-2
+
+
+def test_verify_cli_states_fnmr_with_interval_and_refuses_unsupported_fmr(tmp_path, capsys):
+    """40 real photos: FNMR at FMR 1e-2 comes with its interval and impostor count; 1e-3 and 1e-4
+    need 3,000 and 30,000 impostor comparisons and are refused (exit 1), and the record written
+    says so to a kiosk config that asks for them."""
+    from configschema import ConfigError
+    from tools.gate_eval import main
+
+    require(LFW_IMAGES)
+    out = tmp_path / "verify.json"
+    rc = main(["verify", "--images", str(LFW_IMAGES), "--max-images", "40", "--min-face", "40", "--quiet",
+               "--fmr", "1e-2", "--fmr", "1e-3", "--fmr", "1e-4", "--json", "--out", str(out),
+               "--description", "LFW dev sample: news photos, not this site's camera"])
+    r = json.loads(capsys.readouterr().out)
+    assert rc == 1
+    assert r["check"] == "1:1 reference" and r["data"]["kind"] == "references"
+    n = r["impostor_comparisons"]
+    assert 0 < n < 3_000
+    stated, *refused = r["points"]
+    assert stated["supported"] and stated["impostor_comparisons"] == n
+    lo, hi = stated["miss_interval"]
+    assert lo <= stated["miss_rate"] <= hi and hi - lo > 0
+    assert [p["supported"] for p in refused] == [False, False]
+    assert "3000" in refused[0]["refused"] and "30000" in refused[1]["refused"]
+    rec = cal.load_record(out)
+    resolver = cal.RecordResolver(tmp_path)
+    assert resolver(cal.RecordRef(record=out, far=1e-2), "verify.threshold_1to1", {}) == stated["threshold"]
+    with pytest.raises(ConfigError, match="verify.threshold_1to1: .*refused.*30000"):
+        resolver(cal.RecordRef(record=out, far=1e-4), "verify.threshold_1to1", {})
+    assert rec.data["references"] > 0
+
+
+def test_verify_cli_text_names_the_impostor_count(capsys):
+    from tools.gate_eval import main
+
+    require(LFW_IMAGES)
+    assert main(["verify", "--images", str(LFW_IMAGES), "--max-images", "40", "--min-face", "40", "--quiet",
+                 "--fmr", "1e-2"]) == 0
+    out = capsys.readouterr().out
+    assert "FMR 0.01: FNMR" in out and "impostor comparisons (FMR upper bound" in out

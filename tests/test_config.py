@@ -182,3 +182,129 @@ def test_every_key_is_documented_in_the_generated_reference():
                 "device.(osdp).scbk_file", "device.(relay).port", "models.pad_required", "quality.min_inter_eye_px",
                 "sync.central_host", "sync.scopes"):
         assert f"`{key}`" in md, key
+
+
+# ----- thresholds given as the calibration record they came from -------------------------------
+
+def _record(path: Path, *, embedder: str = "dlib-resnet-v1", detector: str = "mtcnn-v1", flip: bool = True) -> Path:
+    """A calibration record from synthetic scores (the record format and the resolution are what
+    is tested here; records from real photos: tests/test_calibrate.py)."""
+    import numpy as np
+
+    from vision import calibrate as cal
+
+    rng = np.random.default_rng(0)
+    gen, imp = rng.normal(0.95, 0.02, 500), rng.normal(0.80, 0.04, 40_000)
+    ident = (np.ones(400, bool), rng.normal(0.95, 0.02, 400), rng.normal(0.85, 0.03, 2_000), 300)
+    rec = cal.calibrate(gen, imp, [1e-3, 1e-4], description="synthetic scores for a test", data={},
+                        models={"detector": detector, "embedder": embedder, "flip": flip}, ident=ident,
+                        fpir_targets=[0.003, 0.01])
+    cal.write_record(rec, path)
+    return path
+
+
+def _policy_from_record(**refs) -> dict:
+    d = _with("lane.policy.threshold_1to1", 0.92)
+    d["lane"]["policy"].update(refs)
+    return d
+
+
+def test_a_threshold_can_refer_to_its_calibration_record(tmp_path):
+    from vision import calibrate as cal
+
+    _record(tmp_path / "cal.json")
+    cfg = parse_config(_policy_from_record(
+        threshold_1to1={"record": "cal.json", "far": 0.001},  # relative to the config's folder
+        threshold_1n={"record": "cal.json", "fpir": 0.003},
+        deny_threshold={"record": "cal.json", "fpir": 0.01}), tmp_path)
+    rec = cal.load_record(tmp_path / "cal.json")
+    assert cfg.lane.policy.threshold_1to1 == rec.point("1:1", 1e-3).threshold
+    assert cfg.lane.policy.threshold_1n == rec.point("1:N", 0.003).threshold
+    assert cfg.lane.policy.deny_threshold == rec.point("1:N", 0.01).threshold < cfg.lane.policy.threshold_1n
+    assert set(cfg.calibration) == {"lane.policy.threshold_1to1", "lane.policy.threshold_1n",
+                                    "lane.policy.deny_threshold"}
+    line = cfg.calibration["lane.policy.threshold_1to1"].line()
+    assert "1:1 FAR 0.001" in line and "synthetic scores for a test" in line and "dlib-resnet-v1" in line
+    assert "/40000" in line and "upper bound" in line
+    # a bare number is still a bare number, with no record claimed
+    assert "lane.policy.min_margin" not in cfg.calibration
+
+
+@pytest.mark.parametrize("ref, expect", [
+    ({"record": "cal.json", "far": 0.00001}, "threshold_1to1: calibration record .* has no 1:1 operating point "
+                                             "at FAR 1e-05 \\(supported: 0.001, 0.0001\\)"),
+    ({"record": "cal.json", "fpir": 0.003}, "threshold_1to1 is a 1:1 threshold: .* needs far"),
+    ({"record": "cal.json", "far": 0.001, "fpir": 0.01}, "exactly one target"),
+    ({"record": "cal.json"}, "exactly one target"),
+    ({"record": "absent.json", "far": 0.001}, "cannot read calibration record .*absent.json"),
+    ({"record": "cal.json", "far": 0.001, "fra": 1}, "unknown key lane.policy.threshold_1to1.fra"),
+])
+def test_record_references_are_checked_naming_the_key(tmp_path, ref, expect):
+    _record(tmp_path / "cal.json")
+    with pytest.raises(ConfigError, match=expect):
+        parse_config(_policy_from_record(threshold_1to1=ref), tmp_path)
+
+
+def test_a_record_of_another_model_is_refused_naming_both_ids(tmp_path, capsys):
+    """The record was measured with MobileFaceNet; the lane runs the default dlib embedder: its
+    FAR does not carry over, so gated refuses to start (and --check says the same) in one line."""
+    _record(tmp_path / "mfn.json", embedder="mobilefacenet")
+    toml = tmp_path / "lane.toml"
+    toml.write_text('[gate]\nid = "G1"\n[camera]\nsource = "0"\n[models]\ndir = "models"\n'
+                    '[lane]\nlane_id = "L1"\n[lane.policy]\nthreshold_1n = 0.93\nmin_margin = 0.03\n'
+                    'threshold_1to1 = { record = "mfn.json", far = 0.001 }\ndeny_threshold = 0.92\n')
+    for argv in (["--config", str(toml)], ["--config", str(toml), "--check"]):
+        assert gated_main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1, err
+        assert "'mobilefacenet'" in err and "'dlib-resnet-v1'" in err and "lane.policy.threshold_1to1" in err
+    _record(tmp_path / "mfn.json", flip=False)  # the same models, templates without flip: another scale
+    with pytest.raises(ConfigError, match="flip = false, this config has models.flip = true"):
+        load_config(toml)
+    _record(tmp_path / "mfn.json", detector="scrfd-500m")
+    with pytest.raises(ConfigError, match="detector 'scrfd-500m', this config runs 'mtcnn-v1'"):
+        load_config(toml)
+
+
+def test_gated_check_shows_the_record_behind_each_threshold(tmp_path, capsys):
+    _record(tmp_path / "cal.json")
+    toml = tmp_path / "lane.toml"
+    toml.write_text(f'[gate]\nid = "G1"\nstate_dir = "{tmp_path / "state"}"\n[camera]\nsource = "0"\n'
+                    '[models]\ndir = "models"\n[lane]\nlane_id = "L1"\n[lane.policy]\n'
+                    'threshold_1n = { record = "cal.json", fpir = 0.003 }\nmin_margin = 0.03\n'
+                    'threshold_1to1 = { record = "cal.json", far = 0.001 }\ndeny_threshold = 0.8\n')
+    gated_main(["--config", str(toml), "--check"])  # fails on the missing camera and models: not the point
+    out = capsys.readouterr().out
+    assert "threshold: lane.policy.threshold_1to1 = " in out and "1:1 FAR 0.001" in out
+    assert "threshold: lane.policy.threshold_1n = " in out and "1:N FPIR 0.003" in out
+    assert "synthetic scores for a test" in out and "models mtcnn-v1 + dlib-resnet-v1" in out
+    assert "lane.policy.deny_threshold = 0.8 (a bare number: no calibration record" in out
+
+
+def test_the_lane_refuses_at_start_up_when_the_loaded_model_is_not_the_records(tmp_path, mtcnn_manifest,
+                                                                             dlib_resnet_manifest):
+    """The start-up check compares the ids of the models actually loaded (not just the names the
+    config gives) against the record's: real models, a record claiming another embedder."""
+    import dataclasses
+
+    from gate.daemon import LaneDaemon, StartupError
+
+    models_dir = Path(dlib_resnet_manifest.path).parent
+    if Path(mtcnn_manifest.path).parent != models_dir:
+        pytest.skip("default models built in two folders")
+    _record(tmp_path / "cal.json")
+    d = _policy_from_record(threshold_1to1={"record": "cal.json", "far": 0.001})
+    d["models"] = {"dir": str(models_dir), "pad_required": False}
+    d["gate"]["state_dir"] = str(tmp_path / "state")
+    cfg = parse_config(d, tmp_path)
+    other = _record(tmp_path / "other.json", embedder="arcface-r100")
+    from vision import calibrate as cal
+
+    c = cfg.calibration["lane.policy.threshold_1to1"]
+    cfg = dataclasses.replace(cfg, calibration={c.key: dataclasses.replace(c, record=cal.load_record(other))})
+    daemon = LaneDaemon(cfg)
+    try:
+        with pytest.raises(StartupError, match="embedder 'arcface-r100', this config runs 'dlib-resnet-v1'"):
+            daemon.open()
+    finally:
+        daemon.close()

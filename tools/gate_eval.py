@@ -160,6 +160,70 @@ def cmd_calibrate(args) -> int:
     return 0 if any(p.supported for p in record.points) else 1
 
 
+def cmd_verify(args) -> int:
+    """FNMR at stated FMRs for the 1:1 reference check (the kiosk's live face against an ID photo),
+    each with its confidence interval and the impostor comparisons behind it; an FMR the data
+    cannot support is refused, not estimated (vision/calibrate.py: rule of three)."""
+    from models.manifest import ModelError
+    from vision import calibrate as cal
+    from vision.evaluate import embed_images, read_pairs
+
+    try:
+        if args.out and not (args.description or "").strip():
+            raise cal.CalibrationError("--out needs --description saying what the data is (e.g. \"LFW dev folds: "
+                                       "news photos, not this site's camera\")")
+        models = _model_info(args)
+        pipe = _pipeline(args)
+        progress = _progress("embedding", args.quiet or args.json)
+        if args.pairs:
+            pairs = read_pairs(Path(args.pairs), Path(args.images))
+            templates = embed_images(pipe, sorted({p.a for p in pairs} | {p.b for p in pairs}), progress)
+            genuine, impostor = cal.pair_scores(pairs, templates)
+            data = {"kind": "pairs", "source": describe_source(Path(args.pairs)), "images": len(templates)}
+        else:
+            sample = cal.sample_identities(Path(args.images), max_images=args.max_images,
+                                           per_identity=args.per_identity, seed=args.seed)
+            templates = embed_images(pipe, sample.images, progress)
+            genuine, impostor, refs = cal.reference_scores([templates.get(p) for p in sample.images], sample.labels)
+            data = {"kind": "references", "source": describe_source(Path(args.images)), "images": len(sample.images),
+                    "identities": len(set(sample.labels)), "references": refs, "per_identity": args.per_identity,
+                    "max_images": args.max_images, "seed": args.seed,
+                    "pairs": "each person's first image is the reference (the ID photo), their other images probes; "
+                             "genuine = probe vs own reference, impostor = probe vs every other person's reference"}
+        data["no_face"] = sum(v is None for v in templates.values())
+        record = cal.calibrate(genuine, impostor, args.fmr, description=args.description or "gate-eval verify",
+                               data=data, models=models)
+    except (cal.CalibrationError, ModelError, ValueError) as e:
+        print(f"gate-eval: {e}", file=sys.stderr)
+        return 2
+    if args.out:
+        cal.write_record(record, Path(args.out))
+    d = record.data
+    if args.json:
+        json.dump({"check": "1:1 reference", "genuine_comparisons": d["genuine_comparisons"],
+                   "impostor_comparisons": d["impostor_comparisons"], "no_face": d["no_face"], "data": d,
+                   "models": models, "confidence": record.confidence, "method": record.method,
+                   "points": [p.to_json() for p in record.points]}, sys.stdout, indent=2, ensure_ascii=False)
+        print()
+    else:
+        print(f"1:1 reference check: {d['genuine_comparisons']} genuine and {d['impostor_comparisons']} impostor "
+              f"comparisons, {d['no_face']} images without a face; models {models['detector']} + "
+              f"{models['embedder']}, flip {str(models['flip']).lower()}")
+        for p in record.points:
+            if not p.supported:
+                print(f"  FMR {p.target:g}: refused: {p.refused}")
+                continue
+            lo, hi = p.miss_interval or (0.0, 1.0)
+            print(f"  FMR {p.target:g}: FNMR {p.miss_rate:.2%} [{lo:.2%}, {hi:.2%}] ({record.confidence:.0%} CI, "
+                  f"{p.genuine_comparisons} genuine) at threshold {p.threshold:.4f}; {p.false_accepts} false matches "
+                  f"in {p.impostor_comparisons} impostor comparisons (FMR upper bound {p.rate_upper:.2e})")
+        print(f"intervals: {record.method}; impostor comparisons share images, so the bounds are optimistic "
+              f"(docs/accuracy.md)")
+        if args.out:
+            print(f"record written to {args.out}")
+    return 0 if all(p.supported for p in record.points) else 1
+
+
 def save_templates(path: Path, templates: dict) -> int:
     """The templates as `vectors` + `labels` (the person folder) in an .npz, the input of
     `gate-bench search --templates`. Templates only, no images; written 0600 like any biometric
@@ -263,6 +327,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0, help="seed of the sample's person order")
     s.add_argument("--out", help="write the record (JSON) here")
     s.set_defaults(func=cmd_calibrate)
+    s = sub.add_parser("verify", help="the 1:1 reference check (live face vs ID photo): FNMR at FMR 1e-3 and 1e-4 "
+                                      "with confidence intervals and the impostor comparisons behind each; "
+                                      "unsupported FMRs refused")
+    common(s)
+    s.add_argument("--pairs", help="an LFW-style pairs file (else references formed from the --images folder: each "
+                                   "person's first photo is the reference)")
+    s.add_argument("--fmr", type=float, action="append", help="target FMR (repeatable; default 1e-3 and 1e-4)")
+    s.add_argument("--max-images", type=int, default=1200, help="images sampled from the identities folder")
+    s.add_argument("--per-identity", type=int, default=4, help="at most this many images per person")
+    s.add_argument("--seed", type=int, default=0, help="seed of the sample's person order")
+    s.add_argument("--description", help="what the data is, in words (required with --out)")
+    s.add_argument("--out", help="also write a calibration record a kiosk config can refer to")
+    s.set_defaults(func=cmd_verify)
     s = sub.add_parser("pad", help="presentation-attack detection: APCER/BPCER (ISO/IEC 30107-3) on live/ and "
                                    "spoof/ captures")
     s.add_argument("--images", required=True, help="folder with live/ and spoof/ subfolders (spoof/<species>/ allowed)")
@@ -283,6 +360,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
+    if args.cmd == "verify":
+        args.fmr = args.fmr or [1e-3, 1e-4]
     if args.cmd == "calibrate":
         args.far = args.far or [1e-2, 1e-3, 1e-4]
         args.fpir = args.fpir or [0.003, 0.01]

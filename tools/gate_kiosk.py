@@ -65,9 +65,15 @@ def daemon_check(daemon) -> None:
     cscas = load_csca_list(cfg.identity.csca) if cfg.identity.csca else []
     providers = [load_provider_key(p) for p in cfg.identity.providers.values()]
     print(f"station {cfg.station.id} at {cfg.station.airport}: config ok; model {pipeline.model_id}; "
-          f"PAD {', '.join(m.pad) or 'none'}; 1:1 threshold {cfg.verify.threshold_1to1}; "
+          f"PAD {', '.join(m.pad) or 'none'}; 1:1 threshold {cfg.verify.threshold_1to1:.4f}; "
           f"{len(cscas)} CSCA certificate(s); {len(providers)} identity provider key(s); "
           f"central {cfg.central.host}:{cfg.central.base_port + 3}")
+    from vision.calibrate import check_models
+
+    check_models(cfg.calibration, detector=pipeline.detector.name, embedder=pipeline.model_id, flip=m.flip)
+    c = cfg.calibration.get("verify.threshold_1to1")
+    print(f"threshold: {c.line()}" if c else f"threshold: verify.threshold_1to1 = {cfg.verify.threshold_1to1} "
+          f"(a bare number: no calibration record says at which FMR or on which data; see gate-eval verify)")
 
 
 def cmd_status(args) -> int:

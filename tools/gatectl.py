@@ -41,6 +41,22 @@ def _print_status(r: dict) -> None:
             elif k == "central":
                 v = _central_text(v)
             print(f"{k:20s} {v}")
+    for key, c in (r.get("calibration") or {}).items():
+        print(f"{'threshold':20s} {calibration_text(key, c)}")
+    for key in ("threshold_1n", "threshold_1to1", "deny_threshold"):
+        if f"lane.policy.{key}" not in (r.get("calibration") or {}) and key in r:
+            print(f"{'threshold':20s} lane.policy.{key} = {r[key]} (a bare number: no calibration record)")
+
+
+def calibration_text(key: str, c: dict) -> str:
+    """A threshold's record as the status reports it: target, bound, data, models."""
+    rate = "FAR" if c["mode"] == "1:1" else "FPIR"
+    miss = "FNMR" if c["mode"] == "1:1" else "FNIR"
+    lo, hi = c.get("miss_interval_95") or (0.0, 1.0)
+    return (f"{key} = {c['threshold']:.4f} at {c['mode']} {rate} {c['target']:g} (95 % upper bound "
+            f"{c['rate_upper_95']:.2e} over {c['impostor_comparisons']} impostor comparisons; {miss} "
+            f"{c['miss_rate']:.1%} [{lo:.1%}, {hi:.1%}]) on \"{c['data']}\"; models {c['detector']} + "
+            f"{c['embedder']}; record {c['record']}")
 
 
 def _central_text(c: dict | None) -> str:

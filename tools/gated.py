@@ -41,6 +41,12 @@ def main(argv=None) -> int:
         print(f"{args.config}: config valid (gate {cfg.gate.id}, lane {cfg.lane.lane_id}, "
               f"device {type(cfg.device).TYPE})")
         print(format_table(checks))
+        policy = cfg.lane.policy
+        for key in ("threshold_1n", "threshold_1to1", "deny_threshold"):
+            c = cfg.calibration.get(f"lane.policy.{key}")
+            print(f"threshold: {c.line()}" if c else
+                  f"threshold: lane.policy.{key} = {getattr(policy, key)} (a bare number: no calibration record "
+                  f"says at which rate or on which data; see gate-eval calibrate)")
         return 0 if passed(checks) else 1
     setup_logging(cfg.gate.log_level)
     from gate.daemon import LaneDaemon, StartupError

@@ -20,6 +20,13 @@ optimistic by an unknown amount (docs/accuracy.md says so). Genuine comparisons 
 no detectable face count as false non-matches (a gate that finds no face cannot open); impostor
 comparisons need a face in both images to say anything about a false accept.
 
+A config refers to a record instead of writing a bare number (`threshold_1to1 = { record =
+"calibration-lfw-dev-default.json", far = 0.001 }`): `RecordRef` is that table, `RecordResolver`
+the configschema callback that reads the record, takes the operating point's threshold and keeps
+what it used (`CalibratedThreshold`) for `gated --check`, `gatectl status` and the start-up
+check that the lane runs the models the record was measured with (`check_models`): a threshold
+carries its FAR only for the embedder (and detector, and flip setting) that produced its scores.
+
 vision/ may not import gate or sync: the gate and the kiosk read records through this module.
 """
 from __future__ import annotations
@@ -27,12 +34,13 @@ from __future__ import annotations
 import json
 import math
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
 import numpy as np
 
+from configschema import ConfigError, resolve_path
 from vision.evaluate import Pair, threshold_at_far
 
 FORMAT = "edgegate-calibration/1"
@@ -220,6 +228,35 @@ def identity_scores(templates: list[np.ndarray | None], labels: list[str]) -> tu
     impostor = s[~same & both]
     return genuine, impostor
 
+def reference_scores(templates: list[np.ndarray | None], labels: list[str]) -> tuple[np.ndarray, np.ndarray, int]:
+    """The 1:1 reference check as the kiosk makes it (a live face against the photo on an ID
+    document), formed from an identities sample: each person's first image is their reference,
+    their other images are probes. Genuine = a probe against its own person's reference (a missing
+    face on either side is a miss, -1); impostor = a probe against every other person's reference
+    (both faces needed). Returns (genuine, impostor, references)."""
+    first: dict[str, int] = {}
+    for i, lab in enumerate(labels):
+        first.setdefault(lab, i)
+    ref_ids = [lab for lab, i in first.items() if templates[i] is not None]
+    if not ref_ids:
+        return np.zeros(0), np.zeros(0), 0
+    refs = np.stack([templates[first[lab]] for lab in ref_ids]).astype(np.float32)  # type: ignore[misc]
+    col = {lab: j for j, lab in enumerate(ref_ids)}
+    genuine: list[float] = []
+    impostor: list[np.ndarray] = []
+    for i, (t, lab) in enumerate(zip(templates, labels, strict=True)):
+        if first[lab] == i:
+            continue
+        if t is None or lab not in col:
+            genuine.append(-1.0)
+            continue
+        s = refs @ t.astype(np.float32)
+        genuine.append(float(s[col[lab]]))
+        impostor.append(np.delete(s, col[lab]).astype(np.float64))
+    imp = np.concatenate(impostor) if impostor else np.zeros(0)
+    return np.array(genuine), imp, len(ref_ids)
+
+
 def pair_scores(pairs: list[Pair], templates: dict[Path, np.ndarray | None]) -> tuple[np.ndarray, np.ndarray]:
     """(genuine, impostor) scores of an LFW-style pairs file, with the same rules for missing faces."""
     gen, imp = [], []
@@ -357,3 +394,117 @@ def calibrate(genuine: np.ndarray, impostor: np.ndarray, far_targets: Iterable[f
         points += [ident_operating_point(ok, gen, imp, t) for t in fpir_targets]
         data.update(ident_gallery=gallery, ident_genuine_probes=int(len(gen)), ident_impostor_probes=int(len(imp)))
     return CalibrationRecord(description, data, models, points, CONFIDENCE, bound_method())
+
+
+# ---------------------------------------------------------------- thresholds that know where they came from
+
+@dataclass(frozen=True)
+class RecordRef:
+    """A threshold given as the calibration record it came from and the target rate of its
+    operating point (the config's `{ record = "...", far = 0.001 }`)."""
+
+    record: Path = field(metadata={"help": "calibration record (gate-eval calibrate --out), relative to the "
+                                           "config file's folder"})
+    far: float | None = field(default=None, metadata={"help": "1:1 target false-accept rate", "min": 0.0,
+                                                         "max": 1.0})
+    fpir: float | None = field(default=None, metadata={"help": "1:N target false-positive identification rate",
+                                                          "min": 0.0, "max": 1.0})
+
+    def check(self) -> None:
+        if (self.far is None) == (self.fpir is None):
+            raise ConfigError("give exactly one target: far = ... (a 1:1 threshold) or fpir = ... (1:N)")
+
+
+@dataclass(frozen=True)
+class CalibratedThreshold:
+    """A threshold a config took from a record: which key, which record, which operating point."""
+
+    key: str  # the config key, e.g. "lane.policy.threshold_1to1"
+    record: CalibrationRecord
+    point: OperatingPoint
+
+    @property
+    def threshold(self) -> float:
+        return float(self.point.threshold)  # type: ignore[arg-type]
+
+    def line(self) -> str:
+        """One line for `gated --check` and the status: key, threshold, target, bound, data, models."""
+        p, rec = self.point, self.record
+        name = "FAR" if p.mode == "1:1" else "FPIR"
+        lo, hi = p.miss_interval or (0.0, 1.0)
+        miss = "FNMR" if p.mode == "1:1" else "FNIR"
+        return (f"{self.key} = {self.threshold:.4f} from {rec.path}: {p.mode} {name} {p.target:g} "
+                f"(measured {p.false_accepts}/{p.impostor_comparisons}, 95 % upper bound {p.rate_upper:.2e}; "
+                f"{miss} {p.miss_rate:.1%} [{lo:.1%}, {hi:.1%}]) on \"{rec.description}\"; "
+                f"models {rec.detector} + {rec.embedder}, flip {str(rec.models.get('flip')).lower()}")
+
+    def to_status(self) -> dict:
+        p, rec = self.point, self.record
+        return {"threshold": round(self.threshold, 6), "record": str(rec.path), "mode": p.mode, "target": p.target,
+                "impostor_comparisons": p.impostor_comparisons, "false_accepts": p.false_accepts,
+                "rate_upper_95": p.rate_upper, "miss_rate": p.miss_rate,
+                "miss_interval_95": list(p.miss_interval) if p.miss_interval else None,
+                "data": rec.description, "detector": rec.detector, "embedder": rec.embedder,
+                "flip": rec.models.get("flip")}
+
+
+class RecordResolver:
+    """The configschema `resolve` callback for thresholds given as a `RecordRef`: reads the record
+    (relative to `base_dir`, the config file's folder), returns the operating point's threshold
+    and remembers it in `used`. A field's metadata `calibration_mode` ("1:1" or "1:N") says which
+    kind of rate its threshold is stated at, so a 1:N threshold cannot be taken from a 1:1 FAR."""
+
+    def __init__(self, base_dir: Path):
+        self.base_dir = Path(base_dir)
+        self.used: dict[str, CalibratedThreshold] = {}
+        self._records: dict[Path, CalibrationRecord] = {}
+
+    def __call__(self, ref: RecordRef, key: str, meta: dict) -> float:
+        mode = meta.get("calibration_mode", "1:1")
+        if mode == "1:1" and ref.far is None:
+            raise ConfigError(f"{key} is a 1:1 threshold: its record reference needs far = ... (the 1:1 "
+                              "false-accept rate), not fpir")
+        if mode == "1:N" and ref.fpir is None:
+            raise ConfigError(f"{key} is a 1:N threshold: its record reference needs fpir = ... (the rate at "
+                              "which a person not enrolled is matched to someone), not far")
+        path = resolve_path(ref.record, self.base_dir)
+        try:
+            record = self._records.get(path) or load_record(path)
+            self._records[path] = record
+            point = record.point(mode, float(ref.far if mode == "1:1" else ref.fpir))  # type: ignore[arg-type]
+        except CalibrationError as e:
+            raise ConfigError(f"{key}: {e}") from None
+        self.used[key] = CalibratedThreshold(key, record, point)
+        return float(point.threshold)  # type: ignore[arg-type]
+
+
+def model_name(model_dir: Path, name_or_manifest: str) -> str:
+    """The model id a config's `models.detector` / `models.embedder` stands for: the name itself,
+    or the `name` inside a manifest file given by path."""
+    p = Path(name_or_manifest)
+    if p.suffix == ".json":
+        q = p if p.is_absolute() else Path(model_dir) / p
+        for candidate in (p, q):
+            try:
+                return str(json.loads(candidate.read_text(encoding="utf-8"))["name"])
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+    return name_or_manifest
+
+
+def check_models(used: dict[str, CalibratedThreshold], *, detector: str, embedder: str, flip: bool) -> None:
+    """Refuse thresholds measured with other models than the ones that will produce the scores:
+    one ConfigError line naming both ids (the embedder first, as it matters most)."""
+    for key, c in used.items():
+        rec = c.record
+        for what, theirs, ours, where in (("embedder", rec.embedder, embedder, "models.embedder"),
+                                          ("detector", rec.detector, detector, "models.detector")):
+            if theirs != ours:
+                raise ConfigError(f"{key}: calibration record {rec.path} was measured with {what} {theirs!r}, "
+                                  f"this config runs {ours!r} ({where}); its threshold does not carry over to "
+                                  f"another model: run gate-eval calibrate with {ours!r} and refer to that record")
+        rec_flip = rec.models.get("flip")
+        if rec_flip is not None and bool(rec_flip) != bool(flip):
+            raise ConfigError(f"{key}: calibration record {rec.path} was measured with flip = "
+                              f"{str(bool(rec_flip)).lower()}, this config has models.flip = {str(bool(flip)).lower()}"
+                              f" (flip-averaged templates score on another scale): calibrate with the same setting")
