@@ -266,5 +266,6 @@ def reference_markdown(rows: list[dict]) -> str:
             d = ""
         elif not r.get("default_is_text"):
             d = f"`{d}`"
-        lines.append(f"| `{r['key']}` | {r['type']} | {d} | {r['allowed']} | {r['help']} |")
+        help_text = str(r["help"]).replace("|", "\\|")  # a "|" in the text would end the table cell
+        lines.append(f"| `{r['key']}` | {r['type']} | {d} | {r['allowed']} | {help_text} |")
     return "\n".join(lines)

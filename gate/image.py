@@ -158,6 +158,24 @@ def _stage_models(cfg, models_src: Path, dest: Path) -> list[dict]:
     return described
 
 
+def _stage_calibration(cfg, config: Path, stage: Path) -> None:
+    """Copy the calibration records the config's thresholds refer to into the slot, at the same
+    place relative to the config (which the slot uses unchanged), so the installed lane reads the
+    record it was checked with. A record outside the config's folder cannot travel: refused."""
+    base = config.parent.resolve()
+    for c in cfg.calibration.values():
+        src = Path(c.record.path).resolve()
+        try:
+            rel = src.relative_to(base)
+        except ValueError:
+            raise ImageError(f"config {config}: {c.key} refers to calibration record {src}, outside the config's "
+                             "folder; put the record beside the config so the slot carries it") from None
+        if rel.as_posix() in _NOT_PAYLOAD or rel.as_posix() == CONFIG_NAME or rel.parts[0] == MODELS_DIR:
+            raise ImageError(f"config {config}: calibration record {rel} would overwrite a file of the slot")
+        (stage / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, stage / rel)
+
+
 def _check_config_for_bundle(config_path: Path, site: str, lane: str):
     from configschema import ConfigError
     from gate.config import load_config
@@ -216,6 +234,7 @@ def build_bundle(*, site: str, lane: str, config: Path, central_key: Path, out_d
         stage = Path(tmp)
         shutil.copyfile(config, stage / CONFIG_NAME)
         models = _stage_models(cfg, Path(models_dir) if models_dir else cfg.models.dir, stage / MODELS_DIR)
+        _stage_calibration(cfg, config, stage)
         (stage / CENTRAL_KEY_NAME).parent.mkdir()
         shutil.copyfile(central_key, stage / CENTRAL_KEY_NAME)
         (stage / UNITS_DIR).mkdir()

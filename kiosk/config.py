@@ -21,10 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from configschema import ConfigError, load_dataclass
+import configschema
+from configschema import ConfigError, describe, load_dataclass
 from devices.barcode import ScannerConfig
 from kiosk.session import StationRules
-from models.registry import DEFAULT_DETECTOR, DEFAULT_EMBEDDER
+from models.registry import DEFAULT_DETECTOR, DEFAULT_EMBEDDER, KNOWN_LIMITS
 from sync.scopes import ScopeError, check_id, checkpoint_scope
 from sync.station_client import StationLink
 from vision.calibrate import CalibratedThreshold, RecordRef, RecordResolver, check_models, model_name
@@ -148,7 +149,15 @@ class KioskConfig:
             ambiguous_margin=v.ambiguous_margin, frames_needed=v.frames_needed, enrol_frames=v.enrol_frames,
             target_inter_eye_px=v.target_inter_eye_px, pad_threshold=v.pad_threshold,
             pad_required=self.models.pad_required, capture_timeout_s=v.capture_timeout_s,
-            max_days_ahead=self.station.max_days_ahead)
+            max_days_ahead=self.station.max_days_ahead,
+            verify_limit=KNOWN_LIMITS.get(model_name(self.models.dir, self.models.embedder), ""),
+            operating_point=self._operating_point())
+
+    def _operating_point(self) -> str:
+        c = self.calibration.get("verify.threshold_1to1")
+        if c is None:
+            return "a bare number, no calibration record"
+        return f"FMR {c.point.target:g} on \"{c.record.description}\""
 
     def link(self) -> StationLink:
         c = self.central
@@ -209,3 +218,12 @@ def load_config(path: Path) -> KioskConfig:
         return parse_config(data, path.parent.resolve(), path)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
+
+
+def reference_markdown() -> str:
+    """The README's enrolment-station configuration reference, generated like the lane's."""
+    rows = []
+    for name, cls in _SECTIONS.items():
+        rows += describe(cls, name)
+    rows += describe(ScannerConfig, "scanner")
+    return configschema.reference_markdown(rows)

@@ -225,7 +225,8 @@ class StationDaemon:
                 self.guidance = a.message
                 log.info("guidance: %s", a.message)
             elif isinstance(a, Refer):
-                log.warning("session referred to the counter agent: %s", a.reason)
+                log.warning("session referred to the counter agent: %s%s", a.reason,
+                            f" ({a.detail})" if a.detail else "")
             elif isinstance(a, Publish):
                 self._apply(self._publish(a))
 
@@ -273,6 +274,7 @@ class StationDaemon:
         if cmd == "status":
             return {"ok": True, "station": self.cfg.station.id, "airport": self.cfg.station.airport,
                     "state": s.state.value, "guidance": self.guidance, "referral": s.referral or None,
+                    "referral_detail": s.referral_detail or None,
                     "subject_id": s.reference.subject_id if s.reference else None,
                     "flight": s.leg.flight if s.leg else None, "completed": len(self.completed),
                     "audit_unsent": self.audit.unsent_count(), "central_reachable": self._uploader.status().reachable,

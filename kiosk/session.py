@@ -54,6 +54,10 @@ class StationRules:
     pad_required: bool = True
     capture_timeout_s: float = 30.0
     max_days_ahead: int = 1  # passes for flights later than this are refused (too early to enrol)
+    # what the embedder is known to do badly (models.registry.KNOWN_LIMITS), told to the agent with
+    # every referral for a low 1:1 score: the default one is weak across large age gaps
+    verify_limit: str = ""
+    operating_point: str = ""  # where threshold_1to1 came from, e.g. "FMR 1e-4 record on LFW dev folds"
 
 
 @dataclass(frozen=True)
@@ -102,6 +106,7 @@ class Publish:
 @dataclass(frozen=True)
 class Refer:
     reason: str
+    detail: str = ""  # for the agent: the scores behind a 1:1 referral and what they may mean
 
 
 Action = Guide | Audit | Publish | Refer
@@ -180,6 +185,7 @@ class Session:
         self.scores: list[float] = []
         self.pad_mean: float | None = None
         self.referral: str = ""
+        self.referral_detail: str = ""
         self.outcome: str = ""
         self._last_guide = ""
 
@@ -218,11 +224,23 @@ class Session:
         self.outcome = outcome
         return [self._record("kiosk_attempt", outcome=outcome, **extra)]
 
-    def _refer(self, reason: str) -> list[Action]:
+    def _refer(self, reason: str, detail: str = "") -> list[Action]:
         self.state = State.REFERRED
         self.referral = reason
-        return [self._record("kiosk_referred", reason=reason), Refer(reason),
+        self.referral_detail = detail
+        body = {"reason": reason, **({"detail": detail} if detail else {})}
+        return [self._record("kiosk_referred", **body), Refer(reason, detail),
                 Guide("Please see the agent at the counter")]
+
+    def _verify_detail(self, median: float) -> str:
+        """Why a 1:1 referral happened, in the agent's words: the score, the threshold and its
+        operating point, and the embedder's known weakness (an old ID photo) when it has one."""
+        r = self.rules
+        parts = [f"median 1:1 score {median:.3f} over {len(self.scores)} frames, threshold {r.threshold_1to1:.3f}"
+                 + (f" ({r.operating_point})" if r.operating_point else "")]
+        if r.verify_limit:
+            parts.append(r.verify_limit)
+        return "; ".join(parts)
 
     def _publish(self, approved_by: str | None = None, reason: str | None = None) -> list[Action]:
         ref, leg, day, until = self._journey()
@@ -320,7 +338,7 @@ class Session:
         if median >= rules.threshold_1to1:
             return self._publish()
         return self._refer("verify_ambiguous" if median >= rules.threshold_1to1 - rules.ambiguous_margin
-                           else "verify_failed")
+                           else "verify_failed", self._verify_detail(median))
 
     def on_tick(self, t: float) -> list[Action]:
         if self.state is State.CAPTURING and t - self.capture_started > self.rules.capture_timeout_s:

@@ -15,6 +15,17 @@ DEFAULT_EMBEDDER = "dlib-resnet-v1"
 
 Progress = Callable[[str, int, int], None]
 
+# What a model is known to do badly, said where its decisions are made (the kiosk's referral to
+# the agent), not only in the README. The default embedder: an independent check on cross-age
+# pairs (a young photo against a recent one) accepted about a third of genuine pairs at FAR 1e-3
+# (issue 19); a 2017 network trained on adult celebrity photos.
+KNOWN_LIMITS: dict[str, str] = {
+    DEFAULT_EMBEDDER: "the default embedder (dlib-resnet-v1) is weak across large age gaps: a genuine traveller "
+                      "whose document photo is many years old often scores below the threshold (about a third "
+                      "of cross-age genuine pairs pass at FAR 1e-3); compare the photo with the traveller by "
+                      "eye, and provision a stronger embedder for this check (README, \"Accuracy\")",
+}
+
 
 def _build_mtcnn(out: Path, progress: Progress | None) -> ModelManifest:
     from models import mtcnn

@@ -354,3 +354,27 @@ def test_a_signed_bundle_for_another_gate_is_refused(kit, tmp_path):
     # a bundle listing this gate among several, with this gate's config, installs
     assert not install(build(kit, "g1-of-two", root=root, version=4, gate_ids=("G1", "G3")), root,
                        kit.signing.public, fast_selftest).rolled_back
+
+
+def test_a_threshold_s_calibration_record_travels_in_the_bundle(kit, tmp_path):
+    """A config whose 1:1 threshold refers to the shipped record: the record is bundled beside the
+    config, signed like every file, and the bundle verifies; a record outside the config's folder
+    cannot travel and is refused at build time."""
+    import shutil as sh
+
+    from tests.paths import REPO
+
+    cfg = write_lane_config(tmp_path / "cfg", state_dir=tmp_path / "data", camera=str(kit.frames))
+    sh.copyfile(REPO / "config" / "calibration-lfw-dev-default.json", tmp_path / "cfg" / "cal.json")
+    cfg.write_text(cfg.read_text().replace("threshold_1to1 = 0.92",
+                                           'threshold_1to1 = { record = "cal.json", far = 0.001 }'))
+    built = build_bundle(site="SGN", lane="L1", config=cfg, central_key=kit.central_key, out_dir=tmp_path / "o",
+                         signing_key=kit.signing.private, models_dir=kit.models)
+    assert "cal.json" in built.manifest.files
+    checks = verify_bundle(built.path, kit.signing.public)
+    assert passed(checks), failures(checks)
+    sh.copyfile(REPO / "config" / "calibration-lfw-dev-default.json", tmp_path / "outside.json")
+    cfg.write_text(cfg.read_text().replace('record = "cal.json"', 'record = "../outside.json"'))
+    with pytest.raises(ImageError, match="outside the config's folder"):
+        build_bundle(site="SGN", lane="L1", config=cfg, central_key=kit.central_key, out_dir=tmp_path / "o2",
+                     signing_key=kit.signing.private, models_dir=kit.models)

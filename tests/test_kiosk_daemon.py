@@ -146,7 +146,11 @@ def test_station_enrols_and_refers_end_to_end(station, capsys):
         assert call(sock, "scan", code=_pass("TRAN/THI BINH", "0456"))["ok"]
         _hand_over(cfg.station.inbox, csca, gul[0], "079303999", "TRAN", "THI BINH", "Trần Thị Bình")
         assert wait_until(lambda: call(sock, "status")["state"] == "referred", timeout=60)
-        assert call(sock, "status")["referral"] == "verify_failed"
+        status = call(sock, "status")
+        assert status["referral"] == "verify_failed"
+        # the agent is told why: the score against the threshold, and the default embedder's known weakness
+        assert "threshold 0.930 (a bare number" in status["referral_detail"]
+        assert "weak across large age gaps" in status["referral_detail"]
         assert central.subject_standing("VNM-079303999") is None
         code = gate_kiosk.main(["--config", str(cfg_path), "approve", "--operator", "agent-07",
                                 "--reason", "card checked by eye"])
@@ -204,9 +208,15 @@ def test_check_and_config_errors(station, tmp_path, capsys):
 
 def test_the_example_config_parses():
     from tests.paths import REPO
+    from vision.calibrate import load_record
 
     cfg = load_config(REPO / "config" / "kiosk-checkin.toml")
-    assert cfg.station.id == "SGN-K07" and cfg.rules().threshold_1to1 == 0.93
+    record = load_record(REPO / "config" / "calibration-lfw-dev-reference.json")
+    # the station's own operating point: the FMR 1e-4 record, not a typed-in number
+    assert cfg.station.id == "SGN-K07" and cfg.rules().threshold_1to1 == record.point("1:1", 1e-4).threshold
+    c = cfg.calibration["verify.threshold_1to1"]
+    assert c.point.target == 1e-4 and "not this site's camera" in c.record.description
+    assert "weak across large age gaps" in cfg.rules().verify_limit and "FMR 0.0001" in cfg.rules().operating_point
     assert cfg.identity.providers["vneid"] == Path("/etc/edgegate-kiosk/vneid.pub.pem")
     assert cfg.link().base_port == 5556 and cfg.scanner.port == "/dev/ttyACM0"
 

@@ -107,7 +107,9 @@ def test_a_different_person_is_referred_and_only_the_agent_can_enrol(default_pip
     s = start(default_pipeline, issuer, photos("Abdullah_Gul", 1)[0])
     actions = run_capture(s, default_pipeline, pad, photos("Adam_Sandler", 3))
     assert s.state is State.REFERRED and s.referral == "verify_failed"
-    assert Refer("verify_failed") in actions and max(s.scores) < RULES.threshold_1to1 - RULES.ambiguous_margin
+    (refer,) = [a for a in actions if isinstance(a, Refer)]
+    assert refer.reason == "verify_failed" and max(s.scores) < RULES.threshold_1to1 - RULES.ambiguous_margin
+    assert f"threshold {RULES.threshold_1to1:.3f}" in refer.detail and "over 3 frames" in refer.detail
     assert not any(isinstance(a, Publish) for a in actions)
     with pytest.raises(ValueError, match="operator id and a reason"):
         s.on_agent(True, "", "")
@@ -117,13 +119,22 @@ def test_a_different_person_is_referred_and_only_the_agent_can_enrol(default_pip
 
 
 def test_an_ambiguous_score_is_referred_and_the_agent_may_approve(default_pipeline, pad, issuer):
-    rules = StationRules(**{**RULES.__dict__, "threshold_1to1": 0.999, "ambiguous_margin": 0.1})
+    """A genuine traveller scoring just below the threshold (here forced by a strict threshold; in
+    the field, an ID photo taken many years ago): referred, and the agent is told the score, the
+    operating point and that the default embedder is weak across large age gaps."""
+    from models.registry import DEFAULT_EMBEDDER, KNOWN_LIMITS
+
+    rules = StationRules(**{**RULES.__dict__, "threshold_1to1": 0.999, "ambiguous_margin": 0.1,
+                            "verify_limit": KNOWN_LIMITS[DEFAULT_EMBEDDER], "operating_point": "FMR 1e-4 on a test"})
     s = Session(rules, default_pipeline.model_id, 0.0)
     s.on_pass(PASS, NOW)
     ref, *live = photos("Abdullah_Gul", 4)
     s.on_reference(chip_reference(default_pipeline, issuer, ref), 100.0)
-    run_capture(s, default_pipeline, pad, live)
+    referred = run_capture(s, default_pipeline, pad, live)
     assert s.state is State.REFERRED and s.referral == "verify_ambiguous"
+    assert "weak across large age gaps" in s.referral_detail and "(FMR 1e-4 on a test)" in s.referral_detail
+    (record,) = [a for a in referred if isinstance(a, Audit) and a.body["event"] == "kiosk_referred"]
+    assert record.body["detail"] == s.referral_detail
     actions = s.on_agent(True, "agent-07", "checked the card photo by eye; old photo")
     assert actions[0].body["event"] == "kiosk_agent_approved"
     (pub,) = [a for a in actions if isinstance(a, Publish)]

@@ -1,15 +1,18 @@
 """Regenerate the README's configuration references from the config schemas
 (`python -m tools.readme_config`), so the documented keys cannot drift from the code: the lane's
-(gate.config, with its [sync] table) and the central's (sync.config)."""
+(gate.config, with its [sync] table), the central's (sync.config) and the enrolment station's
+(kiosk.config)."""
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
 from gate.config import reference_markdown
+from kiosk.config import reference_markdown as station_reference_markdown
 from sync.config import central_reference_markdown
 
-SECTIONS = (("config-reference", reference_markdown), ("central-config-reference", central_reference_markdown))
+SECTIONS = (("config-reference", reference_markdown), ("central-config-reference", central_reference_markdown),
+            ("station-config-reference", station_reference_markdown))
 
 
 def render(readme: str) -> str:

@@ -1,0 +1,329 @@
+"""How each quality check trades refusals against match scores, measured on real photos.
+
+    python -m tools.quality_study --images ../shared/faces/lfw-dev/images --video ../shared/faces/video
+
+The quality gate (vision/quality.py) refuses a face before it is matched. A check that is too
+strict refuses travellers whose faces would have matched (the video check of issue 19 refused
+many close-up frames as too dark, too turned or blurred); one that is too loose lets through
+faces that score badly, and, worse, faces that score high against *other* people. So for every
+check and several cut-offs this measures, with the default models and the lane's 1:1 threshold
+from the shipped calibration record (FAR 1e-3):
+
+* LFW (every person's photos, up to 4 each, the calibration record's sample): each face's
+  quality figures and template, then for the faces a cut-off refuses (by that check alone) and
+  the faces it keeps: the share refused, the FNMR of their genuine pairs and the FAR of their
+  impostor pairs at the threshold. A refused group with a FNMR and FAR like the kept group's is
+  refused for nothing; one with a high FAR is what the check is for.
+* size, by distance: LFW photos shrunk so the eyes are 12 to 40 px apart (a traveller further
+  from the camera), pasted in a gate frame and matched against the person's other photo at full
+  size: genuine and impostor scores per inter-eye distance.
+* the video beside the LFW folder (a speaker talking to a camera, cuts between shots): every
+  frame's faces, their quality figures, and their scores against the speaker's still and a
+  second person's still; per check, the close-up frames it alone refuses and whether those
+  frames would have matched the speaker (and never the second person).
+
+Templates and figures only, never images, are cached (--cache, 0600) so the tables can be
+re-cut without embedding again. `--json` prints everything as one object.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from vision.quality import QualityThresholds, assess
+
+# (figure, check's field, direction: a face is refused when its figure is "below" / "above" the
+# cut-off, cut-offs to try). The defaults are among the cut-offs.
+CHECKS = (
+    ("brightness", "min_brightness", "below", (20.0, 30.0, 40.0, 50.0, 60.0)),
+    ("brightness", "max_brightness", "above", (200.0, 210.0, 220.0, 235.0)),
+    ("yaw_deg", "max_yaw_deg", "above", (15.0, 20.0, 25.0, 30.0, 35.0, 45.0)),
+    ("pitch_deg", "max_pitch_deg", "above", (15.0, 20.0, 25.0, 30.0, 40.0)),
+    ("sharpness", "min_sharpness", "below", (5.0, 10.0, 20.0, 40.0, 80.0)),
+    ("clipped", "max_clipped_fraction", "above", (0.05, 0.1, 0.25, 0.4)),
+    ("detector_score", "min_detector_score", "below", (0.8, 0.9, 0.95, 0.99)),
+)
+SIZES_IOD = (12, 16, 20, 24, 30, 36, 44)
+
+
+def _record_threshold(record: Path, target: float = 1e-3) -> float:
+    from vision.calibrate import load_record
+
+    return float(load_record(record).point("1:1", target).threshold)  # type: ignore[arg-type]
+
+
+def _load_pipeline(models: Path, min_face: int):
+    from vision.loading import load_pipeline
+
+    return load_pipeline(models, "mtcnn-v1", "dlib-resnet-v1", flip=True, threads=1,
+                         detector_opts={"min_face": min_face})
+
+
+def _face_figures(pipe, img: np.ndarray, central: bool = True) -> list[tuple[dict, np.ndarray]]:
+    """(quality figures, template) of the central face (LFW) or of every face (video)."""
+    from vision.align import align
+    from vision.evaluate import pick_central_face
+
+    faces = pipe.detector.detect(img)
+    if not faces:
+        return []
+    chosen = [faces[pick_central_face(faces, img.shape)]] if central else faces
+    out = []
+    for f in chosen:
+        q = assess(f, img, QualityThresholds())
+        chip = align(img, f, pipe.embedder.template)
+        out.append((dict(q.figures), pipe.embedder.embed(chip[None])[0]))
+    return out
+
+
+def embed_lfw(pipe, images: Path, max_images: int, per_identity: int) -> dict:
+    from vision.calibrate import sample_identities
+
+    sample = sample_identities(images, max_images=max_images, per_identity=per_identity, seed=0)
+    labels, figs, vecs = [], [], []
+    for path, lab in zip(sample.images, sample.labels, strict=True):
+        img = cv2.imread(str(path))
+        found = _face_figures(pipe, img) if img is not None else []
+        if found:
+            labels.append(lab)
+            figs.append(found[0][0])
+            vecs.append(found[0][1])
+    keys = sorted(figs[0])
+    return {"labels": np.array(labels), "figures": np.array([[f[k] for k in keys] for f in figs]),
+            "keys": np.array(keys), "vectors": np.stack(vecs).astype(np.float32)}
+
+
+def lfw_table(data: dict, threshold: float) -> list[dict]:
+    """Per check and cut-off: faces refused, and FNMR / FAR at `threshold` of pairs with a refused
+    face against pairs of kept faces."""
+    labels, vecs = data["labels"], data["vectors"]
+    keys = list(data["keys"])
+    sims = vecs @ vecs.T
+    iu, ju = np.triu_indices(len(labels), k=1)
+    same = labels[iu] == labels[ju]
+    s = sims[iu, ju]
+    rows = []
+    for figure, check, direction, cuts in CHECKS:
+        v = np.abs(data["figures"][:, keys.index(figure)]) if figure.endswith("_deg") else \
+            data["figures"][:, keys.index(figure)]
+        default = getattr(QualityThresholds(), check)
+        for cut in sorted(set(cuts) | {default}):
+            refused = v < cut if direction == "below" else v > cut
+            pair_refused = refused[iu] | refused[ju]
+            row = {"check": check, "cut": cut, "default": cut == default, "faces": int(len(v)),
+                   "refused": int(refused.sum()), "refused_share": float(refused.mean())}
+            for name, mask in (("refused", pair_refused), ("kept", ~pair_refused)):
+                g, i = s[same & mask], s[~same & mask]
+                row[f"{name}_genuine_pairs"] = int(len(g))
+                row[f"{name}_impostor_pairs"] = int(len(i))
+                row[f"{name}_fnmr"] = float((g < threshold).mean()) if len(g) else None
+                row[f"{name}_far"] = float((i >= threshold).mean()) if len(i) else None
+            rows.append(row)
+    return rows
+
+
+def size_sweep(pipe, images: Path, people: int, threshold: float) -> list[dict]:
+    """Genuine and impostor scores of a photo shrunk until the eyes are `iod` px apart (pasted on
+    a grey 640x480 frame, detected with min_face 20), against another photo of the same person at
+    full size and the full-size photos of everyone else in the sweep."""
+    from vision.evaluate import pick_central_face
+
+    dirs = [d for d in sorted(images.iterdir()) if d.is_dir() and len(list(d.glob("*.jpg"))) >= 2][:people]
+    refs, probes = [], []
+    for d in dirs:
+        a, b = sorted(d.glob("*.jpg"))[:2]
+        ra = _face_figures(pipe, cv2.imread(str(a)))
+        img_b = cv2.imread(str(b))
+        fb = pipe.detector.detect(img_b)
+        if not ra or not fb:
+            continue
+        refs.append(ra[0][1])
+        probes.append((img_b, fb[pick_central_face(fb, img_b.shape)]))
+    refs_m = np.stack(refs)
+    rows = []
+    for iod in SIZES_IOD:
+        gen, imp, found, refused = [], [], 0, 0
+        for k, (img, face) in enumerate(probes):
+            s = iod / max(face.inter_eye_px, 1.0)
+            photo = cv2.resize(img, None, fx=s, fy=s, interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR)
+            frame = np.full((480, 640, 3), 110, np.uint8)
+            h, w = min(photo.shape[0], 480 - 100), min(photo.shape[1], 640 - 200)
+            frame[100:100 + h, 200:200 + w] = photo[:h, :w]
+            got = _face_figures(pipe, frame)
+            if not got:
+                continue
+            found += 1
+            figs, t = got[0]
+            refused += figs["inter_eye_px"] < QualityThresholds().min_inter_eye_px
+            scores = refs_m @ t
+            gen.append(float(scores[k]))
+            imp += [float(x) for j, x in enumerate(scores) if j != k]
+        g, i = np.array(gen), np.array(imp)
+        rows.append({"inter_eye_px": iod, "probes": len(probes), "found": found,
+                     "refused_as_too_small": int(refused),
+                     "genuine_median": float(np.median(g)) if len(g) else None,
+                     "fnmr": float((g < threshold).mean()) if len(g) else None,
+                     "impostor_pairs": int(len(i)), "far": float((i >= threshold).mean()) if len(i) else None,
+                     "impostor_max": float(i.max()) if len(i) else None})
+    return rows
+
+
+def video_study(pipe, folder: Path, threshold: float) -> dict:
+    """Every face of every frame of the clip, scored against the speaker's still and a second
+    person's; "close-up" = the largest face of a frame whose inter-eye distance is at least 40 px
+    (the speaker's close-up shots; the wide shot's faces are ~52 px tall, iod ~17)."""
+    speaker = _face_figures(pipe, cv2.imread(str(folder / "lin-manuel-miranda.png")))[0][1]
+    other = _face_figures(pipe, cv2.imread(str(folder / "alex-lacamoire.png")))[0][1]
+    cap = cv2.VideoCapture(str(folder / "short_hamilton_clip.mp4"))
+    faces = []
+    n = 0
+    while True:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        n += 1
+        for rank, (figs, t) in enumerate(_face_figures(pipe, frame, central=False)):
+            faces.append({"frame": n - 1, "rank": rank, **figs, "speaker": float(speaker @ t),
+                          "other": float(other @ t)})
+    cap.release()
+    close = [f for f in faces if f["rank"] == 0 and f["inter_eye_px"] >= 40]
+    t = QualityThresholds()
+    rows = []
+    for figure, check, direction, cuts in CHECKS + (("inter_eye_px", "min_inter_eye_px", "below",
+                                                     (20.0, 25.0, 30.0, 40.0)),):
+        default = getattr(t, check)
+        for cut in sorted(set(cuts) | {default}):
+            def refused(f, cut=cut, figure=figure, direction=direction):
+                v = abs(f[figure]) if figure.endswith("_deg") else f[figure]
+                return v < cut if direction == "below" else v > cut
+            ref = [f for f in close if refused(f)]
+            rows.append({"check": check, "cut": cut, "default": cut == default, "close_up_faces": len(close),
+                         "refused": len(ref), "refused_matching_speaker": sum(f["speaker"] >= threshold for f in ref),
+                         "refused_max_other": max((f["other"] for f in ref), default=None)})
+    passing = [f for f in close if assess_figures(f, t)]
+    return {"frames": n, "faces": len(faces), "close_up_faces": len(close),
+            "close_up_passing_quality": len(passing),
+            "passing_matching_speaker": sum(f["speaker"] >= threshold for f in passing),
+            "max_other_any_face": max(f["other"] for f in faces) if faces else None,
+            "refusals_by_reason": _reasons(close, t), "rows": rows}
+
+
+def assess_figures(f: dict, t: QualityThresholds) -> bool:
+    """The quality gate's verdict from the figures it reported (vision.quality.assess's rules)."""
+    return not _fails(f, t)
+
+
+def _fails(f: dict, t: QualityThresholds) -> list[str]:
+    out = []
+    if f["detector_score"] < t.min_detector_score:
+        out.append("low_detector_score")
+    if f["inter_eye_px"] < t.min_inter_eye_px:
+        out.append("face_too_small")
+    if f["sharpness"] < t.min_sharpness:
+        out.append("blurred")
+    if abs(f["yaw_deg"]) > t.max_yaw_deg:
+        out.append("pose_yaw")
+    if abs(f["pitch_deg"]) > t.max_pitch_deg:
+        out.append("pose_pitch")
+    if f["brightness"] < t.min_brightness:
+        out.append("too_dark")
+    elif f["brightness"] > t.max_brightness:
+        out.append("too_bright")
+    if f["clipped"] > t.max_clipped_fraction:
+        out.append("exposure_clipped")
+    return out
+
+
+def _reasons(faces: list[dict], t: QualityThresholds) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for f in faces:
+        for r in _fails(f, t):
+            out[r] = out.get(r, 0) + 1
+    return dict(sorted(out.items()))
+
+
+def _pct(v) -> str:
+    return "–" if v is None else f"{100 * v:.1f} %"
+
+
+def format_tables(r: dict) -> str:
+    lines = [f"LFW: {r['lfw_faces']} faces; threshold {r['threshold']:.4f} (1:1 FAR 1e-3, shipped record)", "",
+             "| check | cut-off | faces refused | FNMR refused / kept | FAR refused / kept |",
+             "|---|---|---|---|---|"]
+    for row in r["lfw"]:
+        mark = " (default)" if row["default"] else ""
+        lines.append(f"| `{row['check']}` | {row['cut']:g}{mark} | {row['refused']} ({_pct(row['refused_share'])}) | "
+                     f"{_pct(row['refused_fnmr'])} / {_pct(row['kept_fnmr'])} | "
+                     f"{_pct(row['refused_far'])} / {_pct(row['kept_far'])} |")
+    lines += ["", "| inter-eye px | found | refused as too small | genuine median | FNMR | FAR | impostor max |",
+              "|---|---|---|---|---|---|---|"]
+    for row in r["size"]:
+        gm = "–" if row["genuine_median"] is None else f"{row['genuine_median']:.3f}"
+        im = "–" if row["impostor_max"] is None else f"{row['impostor_max']:.3f}"
+        lines.append(f"| {row['inter_eye_px']} | {row['found']}/{row['probes']} | {row['refused_as_too_small']} | "
+                     f"{gm} | {_pct(row['fnmr'])} | {_pct(row['far'])} | {im} |")
+    v = r.get("video")
+    if v:
+        lines += ["", f"video: {v['frames']} frames, {v['faces']} faces, {v['close_up_faces']} close-up faces, "
+                      f"{v['close_up_passing_quality']} pass quality, {v['passing_matching_speaker']} of those match "
+                      f"the speaker; highest score of the second person on any face {v['max_other_any_face']:.3f}; "
+                      f"close-up refusals by reason {v['refusals_by_reason']}", "",
+                  "| check | cut-off | close-up faces refused | of which would match the speaker "
+                  "| second person's max |",
+                  "|---|---|---|---|---|"]
+        for row in v["rows"]:
+            mark = " (default)" if row["default"] else ""
+            mo = "–" if row["refused_max_other"] is None else f"{row['refused_max_other']:.3f}"
+            lines.append(f"| `{row['check']}` | {row['cut']:g}{mark} | {row['refused']}/{row['close_up_faces']} | "
+                         f"{row['refused_matching_speaker']} | {mo} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="quality_study", description=__doc__.split("\n")[0])
+    p.add_argument("--images", type=Path, default=Path("../shared/faces/lfw-dev/images"))
+    p.add_argument("--video", type=Path, default=Path("../shared/faces/video"))
+    p.add_argument("--models", type=Path, default=Path(os.environ.get("EDGEGATE_MODEL_DIR", ".models")))
+    p.add_argument("--record", type=Path, default=Path(__file__).resolve().parents[1] / "config" /
+                   "calibration-lfw-dev-default.json")
+    p.add_argument("--max-images", type=int, default=6158)
+    p.add_argument("--per-identity", type=int, default=4)
+    p.add_argument("--size-people", type=int, default=200)
+    p.add_argument("--cache", type=Path, help="templates and figures of the LFW faces (.npz, 0600)")
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args(argv)
+    cv2.setNumThreads(1)
+    threshold = _record_threshold(args.record)
+    pipe = _load_pipeline(args.models, 40)
+    if args.cache and args.cache.exists():
+        with np.load(args.cache) as z:
+            data = {k: z[k] for k in z.files}
+    else:
+        data = embed_lfw(pipe, args.images, args.max_images, args.per_identity)
+        if args.cache:
+            fd = os.open(args.cache, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                np.savez(f, **data)
+    small = _load_pipeline(args.models, 20)
+    r = {"threshold": threshold, "lfw_faces": int(len(data["labels"])), "lfw": lfw_table(data, threshold),
+         "size": size_sweep(small, args.images, args.size_people, threshold),
+         "defaults": {f.name: getattr(QualityThresholds(), f.name) for f in fields(QualityThresholds)}}
+    if (args.video / "short_hamilton_clip.mp4").is_file():
+        r["video"] = video_study(pipe, args.video, threshold)
+    if args.json:
+        json.dump(r, sys.stdout, indent=2, default=float)
+        print()
+    else:
+        print(format_tables(r))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
