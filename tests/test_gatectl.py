@@ -356,3 +356,48 @@ def test_per_person_pins_are_checked_by_the_daemon_and_named_in_the_audit(tmp_pa
         daemon.stop_requested.set()
         t.join(10)
         daemon.close()
+
+
+def test_status_shows_the_calibration_record_behind_each_threshold(tmp_path, default_pipeline, capsys):
+    """A lane whose 1:1 threshold comes from the shipped record: `gatectl status` shows the
+    target, the bound, the data and the models; a bare-number threshold says it has none."""
+    from tests.paths import REPO
+    from vision.calibrate import load_record
+
+    record = REPO / "config" / "calibration-lfw-dev-default.json"
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    cv2.imwrite(str(frames / "empty.png"), np.full((480, 640, 3), 128, np.uint8))
+    policy = {**MINIMAL["lane"]["policy"], "threshold_1to1": {"record": str(record), "far": 0.001}}
+    d = dict(MINIMAL, gate={"id": "G1", "state_dir": str(tmp_path / "state")},
+             camera={"source": str(frames), "fps": 20.0, "loop": True},
+             models={"dir": str(tmp_path), "pad_required": False}, device={"type": "sim"},
+             lane={**MINIMAL["lane"], "policy": policy})
+    cfg = parse_config(d, tmp_path)
+    daemon = LaneDaemon(cfg, pipeline=default_pipeline)
+    daemon.open()
+    t = threading.Thread(target=daemon.run, daemon=True)
+    t.start()
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                if call(cfg.control_socket, "status").get("calibration"):
+                    break
+            except ControlError:
+                pass
+            time.sleep(0.05)
+        assert gatectl(["--socket", str(cfg.control_socket), "status"]) == 0
+        out = capsys.readouterr().out
+        expected = load_record(record).point("1:1", 1e-3)
+        assert f"lane.policy.threshold_1to1 = {expected.threshold:.4f} at 1:1 FAR 0.001" in out
+        assert f"over {expected.impostor_comparisons} impostor comparisons" in out
+        assert "not this site's camera" in out and "models mtcnn-v1 + dlib-resnet-v1" in out
+        assert "lane.policy.threshold_1n = 0.93 (a bare number: no calibration record)" in out
+        status = call(cfg.control_socket, "status")
+        assert status["threshold_1to1"] == expected.threshold
+        assert status["calibration"]["lane.policy.threshold_1to1"]["embedder"] == "dlib-resnet-v1"
+    finally:
+        daemon.stop_requested.set()
+        t.join(10)
+        daemon.close()
