@@ -52,14 +52,26 @@ def test_rule_of_three_refuses_unsupported_far():
         record.point("1:1", 1e-2)
 
 
-def test_threshold_is_smallest_with_far_at_most_target():
+def test_threshold_is_smallest_whose_far_bound_is_at_most_target():
+    """FAR <= target with 95 % confidence: the bound at the threshold is within the target, and
+    one more false accept (the next impostor below the threshold) would break it."""
     rng = np.random.default_rng(1)
     imp = rng.normal(0.8, 0.05, 10_000)
     p = cal.operating_point(rng.normal(0.95, 0.02, 100), imp, 1e-3)
-    assert p.false_accepts == (imp >= p.threshold).sum() <= 10
+    assert p.false_accepts == (imp >= p.threshold).sum() < 10  # fewer than the empirical rule's 10
+    assert p.rate_upper <= 1e-3 < cal.cp_upper(p.false_accepts + 1, len(imp))
     lower = np.sort(imp)[::-1][p.false_accepts]  # the next impostor below the threshold
-    assert (imp >= lower).sum() > 10
+    assert (imp >= lower).sum() == p.false_accepts + 1
     assert p.rate_upper > p.rate
+
+
+def test_allowed_false_accepts_meets_the_rule_of_three():
+    assert cal.allowed_false_accepts(2_900, 1e-3) == -1  # not even zero false accepts bound 1e-3
+    assert cal.allowed_false_accepts(3_000, 1e-3) == 0
+    assert cal.allowed_false_accepts(30_000, 1e-3) == 20  # Clopper-Pearson at 95 %: 20/30000 -> 9.7e-4
+    for n in (3_000, 50_000, 2_000_000):
+        k = cal.allowed_false_accepts(n, 1e-3)
+        assert cal.cp_upper(k, n) <= 1e-3 < cal.cp_upper(k + 1, n)
 
 
 def test_record_needs_a_description():
@@ -133,7 +145,8 @@ def lfw_reference_sample(default_pipeline):
 
 def test_fmr_bound_tightens_with_more_impostors_on_real_photos(lfw_reference_sample):
     """The same check on half the people and on all of them: with more impostor comparisons the
-    95 % upper bound on the FMR actually achieved closes in on the target."""
+    confidence interval on the FMR shrinks (its upper bound closes in on the measured rate), so
+    the threshold may let the measured rate come closer to the target."""
     templates, labels = lfw_reference_sample
     people = list(dict.fromkeys(labels))
     half = set(people[: len(people) // 2])
@@ -144,8 +157,8 @@ def test_fmr_bound_tightens_with_more_impostors_on_real_photos(lfw_reference_sam
     p_small = cal.operating_point(small[0], small[1], 1e-2)
     p_full = cal.operating_point(full[0], full[1], 1e-2)
     assert p_small.supported and p_full.supported
-    assert p_full.rate_upper - 1e-2 < p_small.rate_upper - 1e-2
-    assert p_full.rate <= 1e-2 and p_small.rate <= 1e-2
+    assert p_full.rate_upper - p_full.rate < p_small.rate_upper - p_small.rate
+    assert p_small.rate < p_full.rate < p_full.rate_upper <= 1e-2 and p_small.rate_upper <= 1e-2
 
 
 def test_verify_cli_states_fnmr_with_interval_and_refuses_unsupported_fmr(tmp_path, capsys):

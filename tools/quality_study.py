@@ -14,9 +14,12 @@ from the shipped calibration record (FAR 1e-3):
   the faces it keeps: the share refused, the FNMR of their genuine pairs and the FAR of their
   impostor pairs at the threshold. A refused group with a FNMR and FAR like the kept group's is
   refused for nothing; one with a high FAR is what the check is for.
-* size, by distance: LFW photos shrunk so the eyes are 12 to 40 px apart (a traveller further
-  from the camera), pasted in a gate frame and matched against the person's other photo at full
-  size: genuine and impostor scores per inter-eye distance.
+* sweeps, because LFW's news photos are nearly all bright, sharp and near: a probe photo of each
+  of 200 people shrunk (eyes 44 down to 12 px apart: further from the camera), darkened (every
+  pixel times 1 down to 0.12: a shorter exposure) or blurred (Gaussian, sigma up to 0.16 x the eye
+  distance: defocus, motion), matched against the person's other photo untouched and against
+  everyone else's: FNMR with its interval and FAR at the threshold per step, and the figure the
+  check reads, so a cut-off can be read off where scores start to fall.
 * the video beside the LFW folder (a speaker talking to a camera, cuts between shots): every
   frame's faces, their quality figures, and their scores against the speaker's still and a
   second person's still; per check, the close-up frames it alone refuses and whether those
@@ -44,13 +47,12 @@ from vision.quality import QualityThresholds, assess
 CHECKS = (
     ("brightness", "min_brightness", "below", (20.0, 30.0, 40.0, 50.0, 60.0)),
     ("brightness", "max_brightness", "above", (200.0, 210.0, 220.0, 235.0)),
-    ("yaw_deg", "max_yaw_deg", "above", (15.0, 20.0, 25.0, 30.0, 35.0, 45.0)),
-    ("pitch_deg", "max_pitch_deg", "above", (15.0, 20.0, 25.0, 30.0, 40.0)),
+    ("yaw_deg", "max_yaw_deg", "above", (15.0, 20.0, 25.0, 30.0, 35.0, 40.0, 45.0, 50.0, 60.0)),
+    ("pitch_deg", "max_pitch_deg", "above", (15.0, 20.0, 25.0, 30.0, 35.0, 40.0, 50.0)),
     ("sharpness", "min_sharpness", "below", (5.0, 10.0, 20.0, 40.0, 80.0)),
     ("clipped", "max_clipped_fraction", "above", (0.05, 0.1, 0.25, 0.4)),
     ("detector_score", "min_detector_score", "below", (0.8, 0.9, 0.95, 0.99)),
 )
-SIZES_IOD = (12, 16, 20, 24, 30, 36, 44)
 
 
 def _record_threshold(record: Path, target: float = 1e-3) -> float:
@@ -103,6 +105,8 @@ def embed_lfw(pipe, images: Path, max_images: int, per_identity: int) -> dict:
 def lfw_table(data: dict, threshold: float) -> list[dict]:
     """Per check and cut-off: faces refused, and FNMR / FAR at `threshold` of pairs with a refused
     face against pairs of kept faces."""
+    from vision.calibrate import cp_interval
+
     labels, vecs = data["labels"], data["vectors"]
     keys = list(data["keys"])
     sims = vecs @ vecs.T
@@ -124,15 +128,15 @@ def lfw_table(data: dict, threshold: float) -> list[dict]:
                 row[f"{name}_genuine_pairs"] = int(len(g))
                 row[f"{name}_impostor_pairs"] = int(len(i))
                 row[f"{name}_fnmr"] = float((g < threshold).mean()) if len(g) else None
+                row[f"{name}_fnmr_interval"] = list(cp_interval(int((g < threshold).sum()), len(g))) if len(g) else None
                 row[f"{name}_far"] = float((i >= threshold).mean()) if len(i) else None
             rows.append(row)
     return rows
 
 
-def size_sweep(pipe, images: Path, people: int, threshold: float) -> list[dict]:
-    """Genuine and impostor scores of a photo shrunk until the eyes are `iod` px apart (pasted on
-    a grey 640x480 frame, detected with min_face 20), against another photo of the same person at
-    full size and the full-size photos of everyone else in the sweep."""
+def _probes(pipe, images: Path, people: int) -> tuple[np.ndarray, list[tuple[np.ndarray, object]]]:
+    """For the first `people` persons with two photos: the first photo's template (the enrolment)
+    and the second photo with its face (the probe to be transformed)."""
     from vision.evaluate import pick_central_face
 
     dirs = [d for d in sorted(images.iterdir()) if d.is_dir() and len(list(d.glob("*.jpg"))) >= 2][:people]
@@ -146,71 +150,143 @@ def size_sweep(pipe, images: Path, people: int, threshold: float) -> list[dict]:
             continue
         refs.append(ra[0][1])
         probes.append((img_b, fb[pick_central_face(fb, img_b.shape)]))
-    refs_m = np.stack(refs)
+    return np.stack(refs), probes
+
+
+def _shrunk(img: np.ndarray, face, iod: float) -> np.ndarray:
+    """The photo shrunk until the eyes are `iod` px apart, pasted on a grey 640x480 frame."""
+    s = iod / max(face.inter_eye_px, 1.0)
+    photo = cv2.resize(img, None, fx=s, fy=s, interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR)
+    frame = np.full((480, 640, 3), 110, np.uint8)
+    h, w = min(photo.shape[0], 480 - 100), min(photo.shape[1], 640 - 200)
+    frame[100:100 + h, 200:200 + w] = photo[:h, :w]
+    return frame
+
+
+def _darker(img: np.ndarray, _face, gain: float) -> np.ndarray:
+    """An under-exposed frame: every pixel times `gain` (a shorter exposure, a darker scene)."""
+    return np.clip(img.astype(np.float32) * gain, 0, 255).astype(np.uint8)
+
+
+def _blurred(img: np.ndarray, face, sigma_iod: float) -> np.ndarray:
+    """Defocus or motion smear: a Gaussian blur whose sigma is `sigma_iod` x the eye distance."""
+    if sigma_iod <= 0:
+        return img
+    return cv2.GaussianBlur(img, (0, 0), sigma_iod * face.inter_eye_px)
+
+
+# name, transform, parameter values (the first is the photo as it is, or the largest size), the
+# figure the check reads, the check
+SWEEPS = (
+    ("size", _shrunk, (44, 36, 30, 24, 20, 16, 12), "inter_eye_px", "min_inter_eye_px"),
+    ("exposure", _darker, (1.0, 0.6, 0.45, 0.35, 0.25, 0.18, 0.12), "brightness", "min_brightness"),
+    ("blur", _blurred, (0.0, 0.02, 0.04, 0.06, 0.08, 0.12, 0.16), "sharpness", "min_sharpness"),
+)
+
+
+def sweep(pipe, refs: np.ndarray, probes: list, transform, values, figure: str, check: str,
+          threshold: float) -> list[dict]:
+    """Each probe photo transformed, detected, assessed and matched against its own person's
+    enrolment (genuine) and everyone else's (impostor), per parameter value."""
+    from vision.calibrate import cp_interval
+
     rows = []
-    for iod in SIZES_IOD:
-        gen, imp, found, refused = [], [], 0, 0
+    cut = getattr(QualityThresholds(), check)
+    for value in values:
+        gen, imp, figs_seen, refused, found = [], [], [], 0, 0
         for k, (img, face) in enumerate(probes):
-            s = iod / max(face.inter_eye_px, 1.0)
-            photo = cv2.resize(img, None, fx=s, fy=s, interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR)
-            frame = np.full((480, 640, 3), 110, np.uint8)
-            h, w = min(photo.shape[0], 480 - 100), min(photo.shape[1], 640 - 200)
-            frame[100:100 + h, 200:200 + w] = photo[:h, :w]
-            got = _face_figures(pipe, frame)
+            got = _face_figures(pipe, transform(img, face, value))
             if not got:
+                gen.append(-1.0)  # no face: the lane cannot match it either
                 continue
             found += 1
             figs, t = got[0]
-            refused += figs["inter_eye_px"] < QualityThresholds().min_inter_eye_px
-            scores = refs_m @ t
+            figs_seen.append(figs[figure])
+            refused += figs[figure] < cut
+            scores = refs @ t
             gen.append(float(scores[k]))
             imp += [float(x) for j, x in enumerate(scores) if j != k]
         g, i = np.array(gen), np.array(imp)
-        rows.append({"inter_eye_px": iod, "probes": len(probes), "found": found,
-                     "refused_as_too_small": int(refused),
-                     "genuine_median": float(np.median(g)) if len(g) else None,
-                     "fnmr": float((g < threshold).mean()) if len(g) else None,
-                     "impostor_pairs": int(len(i)), "far": float((i >= threshold).mean()) if len(i) else None,
+        misses = int((g < threshold).sum())
+        rows.append({"value": value, "figure": figure, "figure_median": float(np.median(figs_seen)) if figs_seen
+                     else None, "probes": len(probes), "found": found, "refused_by_default": int(refused),
+                     "genuine_median": float(np.median(g)), "fnmr": misses / len(g),
+                     "fnmr_interval": list(cp_interval(misses, len(g))), "impostor_pairs": int(len(i)),
+                     "far": float((i >= threshold).mean()) if len(i) else None,
                      "impostor_max": float(i.max()) if len(i) else None})
     return rows
 
 
+def _shots(path: Path, cut_level: float = 25.0) -> list[tuple[int, int]]:
+    """(first, last) frame of each shot: a cut is a mean absolute difference of the downscaled
+    grey frames above `cut_level` (the clip's 3 cuts score 28-31, motion within a shot <= 15)."""
+    cap = cv2.VideoCapture(str(path))
+    prev, cuts, n = None, [], 0
+    while True:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        g = cv2.resize(cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY), (64, 36)).astype(np.float32)
+        if prev is not None and float(np.abs(g - prev).mean()) > cut_level:
+            cuts.append(n)
+        prev, n = g, n + 1
+    cap.release()
+    bounds = [0, *cuts, n]
+    return [(a, b - 1) for a, b in zip(bounds, bounds[1:], strict=False)]
+
+
 def video_study(pipe, folder: Path, threshold: float) -> dict:
     """Every face of every frame of the clip, scored against the speaker's still and a second
-    person's; "close-up" = the largest face of a frame whose inter-eye distance is at least 40 px
-    (the speaker's close-up shots; the wide shot's faces are ~52 px tall, iod ~17)."""
+    person's. The clip is split into shots at its cuts; the speaker's close-up is the shot whose
+    largest faces score highest against the speaker's still (a label for the shot, not for a
+    frame: each frame's refusal is then judged by its own score)."""
     speaker = _face_figures(pipe, cv2.imread(str(folder / "lin-manuel-miranda.png")))[0][1]
     other = _face_figures(pipe, cv2.imread(str(folder / "alex-lacamoire.png")))[0][1]
-    cap = cv2.VideoCapture(str(folder / "short_hamilton_clip.mp4"))
+    clip = folder / "short_hamilton_clip.mp4"
+    cap = cv2.VideoCapture(str(clip))
     faces = []
     n = 0
     while True:
         ok, frame = cap.read()
         if not ok:
             break
-        n += 1
         for rank, (figs, t) in enumerate(_face_figures(pipe, frame, central=False)):
-            faces.append({"frame": n - 1, "rank": rank, **figs, "speaker": float(speaker @ t),
-                          "other": float(other @ t)})
+            faces.append({"frame": n, "rank": rank, **figs, "speaker": float(speaker @ t), "other": float(other @ t)})
+        n += 1
     cap.release()
-    close = [f for f in faces if f["rank"] == 0 and f["inter_eye_px"] >= 40]
+    shots = []
+    for a, b in _shots(clip):
+        prim = [f for f in faces if a <= f["frame"] <= b and f["rank"] == 0]
+        every = [f for f in faces if a <= f["frame"] <= b]
+        shots.append({"frames": [a, b], "frames_with_face": len(prim), "faces": len(every),
+                      "inter_eye_px_median": float(np.median([f["inter_eye_px"] for f in prim])) if prim else None,
+                      "speaker_median": float(np.median([f["speaker"] for f in prim])) if prim else None,
+                      "reasons": _reasons(prim, QualityThresholds())})
+    best = max((s for s in shots if s["frames_with_face"] >= 10), key=lambda s: s["speaker_median"])
+    a, b = best["frames"]
+    close = [f for f in faces if a <= f["frame"] <= b and f["rank"] == 0]
+    others = [f for f in faces if not (a <= f["frame"] <= b)]
     t = QualityThresholds()
     rows = []
     for figure, check, direction, cuts in CHECKS + (("inter_eye_px", "min_inter_eye_px", "below",
-                                                     (20.0, 25.0, 30.0, 40.0)),):
+                                                     (20.0, 25.0, 30.0, 35.0)),):
         default = getattr(t, check)
         for cut in sorted(set(cuts) | {default}):
             def refused(f, cut=cut, figure=figure, direction=direction):
                 v = abs(f[figure]) if figure.endswith("_deg") else f[figure]
                 return v < cut if direction == "below" else v > cut
             ref = [f for f in close if refused(f)]
+            kept_others = [f for f in others if not refused(f)]
             rows.append({"check": check, "cut": cut, "default": cut == default, "close_up_faces": len(close),
                          "refused": len(ref), "refused_matching_speaker": sum(f["speaker"] >= threshold for f in ref),
-                         "refused_max_other": max((f["other"] for f in ref), default=None)})
+                         "kept_other_shots_max_speaker": max((f["speaker"] for f in kept_others), default=None),
+                         "kept_any_max_other": max((f["other"] for f in faces if not refused(f)), default=None)})
     passing = [f for f in close if assess_figures(f, t)]
-    return {"frames": n, "faces": len(faces), "close_up_faces": len(close),
-            "close_up_passing_quality": len(passing),
+    return {"frames": n, "faces": len(faces), "shots": shots, "close_up_shot": best["frames"],
+            "close_up_faces": len(close), "close_up_passing_quality": len(passing),
             "passing_matching_speaker": sum(f["speaker"] >= threshold for f in passing),
+            "close_up_matching_speaker": sum(f["speaker"] >= threshold for f in close),
+            "max_speaker_other_shots": max((f["speaker"] for f in others), default=None),
             "max_other_any_face": max(f["other"] for f in faces) if faces else None,
             "refusals_by_reason": _reasons(close, t), "rows": rows}
 
@@ -253,36 +329,60 @@ def _pct(v) -> str:
     return "–" if v is None else f"{100 * v:.1f} %"
 
 
+def _ci(iv) -> str:
+    return "" if not iv else f" [{100 * iv[0]:.1f}, {100 * iv[1]:.1f}]"
+
+
 def format_tables(r: dict) -> str:
     lines = [f"LFW: {r['lfw_faces']} faces; threshold {r['threshold']:.4f} (1:1 FAR 1e-3, shipped record)", "",
-             "| check | cut-off | faces refused | FNMR refused / kept | FAR refused / kept |",
-             "|---|---|---|---|---|"]
+             "| check | cut-off | faces refused | FNMR of pairs with a refused face [95 % CI] / kept pairs "
+             "| FAR refused / kept |", "|---|---|---|---|---|"]
     for row in r["lfw"]:
+        if not row["refused"] and not row["default"]:
+            continue
         mark = " (default)" if row["default"] else ""
         lines.append(f"| `{row['check']}` | {row['cut']:g}{mark} | {row['refused']} ({_pct(row['refused_share'])}) | "
-                     f"{_pct(row['refused_fnmr'])} / {_pct(row['kept_fnmr'])} | "
-                     f"{_pct(row['refused_far'])} / {_pct(row['kept_far'])} |")
-    lines += ["", "| inter-eye px | found | refused as too small | genuine median | FNMR | FAR | impostor max |",
-              "|---|---|---|---|---|---|---|"]
-    for row in r["size"]:
-        gm = "–" if row["genuine_median"] is None else f"{row['genuine_median']:.3f}"
-        im = "–" if row["impostor_max"] is None else f"{row['impostor_max']:.3f}"
-        lines.append(f"| {row['inter_eye_px']} | {row['found']}/{row['probes']} | {row['refused_as_too_small']} | "
-                     f"{gm} | {_pct(row['fnmr'])} | {_pct(row['far'])} | {im} |")
+                     f"{_pct(row['refused_fnmr'])}{_ci(row.get('refused_fnmr_interval'))} / "
+                     f"{_pct(row['kept_fnmr'])} | {_pct(row['refused_far'])} / {_pct(row['kept_far'])} |")
+    for name, rows in r["sweeps"].items():
+        figure = rows[0]["figure"]
+        lines += ["", f"{name} sweep ({rows[0]['probes']} LFW people, probe transformed, enrolment untouched)", "",
+                  f"| {name} | {figure} (median) | found | refused by the default | genuine median | FNMR [95 % CI] "
+                  "| FAR | impostor max |", "|---|---|---|---|---|---|---|---|"]
+        for row in rows:
+            fm = "–" if row["figure_median"] is None else f"{row['figure_median']:.1f}"
+            im = "–" if row["impostor_max"] is None else f"{row['impostor_max']:.3f}"
+            lines.append(f"| {row['value']:g} | {fm} | {row['found']}/{row['probes']} | {row['refused_by_default']} | "
+                         f"{row['genuine_median']:.3f} | {_pct(row['fnmr'])}{_ci(row['fnmr_interval'])} | "
+                         f"{_pct(row['far'])} | {im} |")
     v = r.get("video")
     if v:
-        lines += ["", f"video: {v['frames']} frames, {v['faces']} faces, {v['close_up_faces']} close-up faces, "
-                      f"{v['close_up_passing_quality']} pass quality, {v['passing_matching_speaker']} of those match "
-                      f"the speaker; highest score of the second person on any face {v['max_other_any_face']:.3f}; "
-                      f"close-up refusals by reason {v['refusals_by_reason']}", "",
-                  "| check | cut-off | close-up faces refused | of which would match the speaker "
-                  "| second person's max |",
-                  "|---|---|---|---|---|"]
+        a, b = v["close_up_shot"]
+        lines += ["", f"video: {v['frames']} frames, {v['faces']} faces in {len(v['shots'])} shots; the speaker's "
+                      f"close-up is frames {a}-{b}: {v['close_up_faces']} faces, {v['close_up_passing_quality']} pass "
+                      f"quality, {v['passing_matching_speaker']} of those match the speaker "
+                      f"({v['close_up_matching_speaker']} of all close-up faces would); highest speaker score in "
+                      f"the other shots {v['max_speaker_other_shots']:.3f}, highest score of the second person's "
+                      f"still on any face {v['max_other_any_face']:.3f}; close-up refusals by reason "
+                      f"{v['refusals_by_reason']}", "",
+                  "| shot | frames with a face | faces | inter-eye px | speaker score (median) | refusals |",
+                  "|---|---|---|---|---|---|"]
+        for sh in v["shots"]:
+            iod = "–" if sh["inter_eye_px_median"] is None else f"{sh['inter_eye_px_median']:.0f}"
+            sp = "–" if sh["speaker_median"] is None else f"{sh['speaker_median']:.3f}"
+            lines.append(f"| {sh['frames'][0]}-{sh['frames'][1]} | {sh['frames_with_face']} | {sh['faces']} | {iod} | "
+                         f"{sp} | {sh['reasons']} |")
+        lines += ["", "| check | cut-off | close-up faces refused | of which would match the speaker | "
+                      "kept faces of other shots: max speaker score | kept faces: max second-person score |",
+                  "|---|---|---|---|---|---|"]
         for row in v["rows"]:
+            if not row["refused"] and not row["default"]:
+                continue
             mark = " (default)" if row["default"] else ""
-            mo = "–" if row["refused_max_other"] is None else f"{row['refused_max_other']:.3f}"
+            ms = "–" if row["kept_other_shots_max_speaker"] is None else f"{row['kept_other_shots_max_speaker']:.3f}"
+            mo = "–" if row["kept_any_max_other"] is None else f"{row['kept_any_max_other']:.3f}"
             lines.append(f"| `{row['check']}` | {row['cut']:g}{mark} | {row['refused']}/{row['close_up_faces']} | "
-                         f"{row['refused_matching_speaker']} | {mo} |")
+                         f"{row['refused_matching_speaker']} | {ms} | {mo} |")
     return "\n".join(lines)
 
 
@@ -295,7 +395,7 @@ def main(argv=None) -> int:
                    "calibration-lfw-dev-default.json")
     p.add_argument("--max-images", type=int, default=6158)
     p.add_argument("--per-identity", type=int, default=4)
-    p.add_argument("--size-people", type=int, default=200)
+    p.add_argument("--sweep-people", type=int, default=200, help="people in the size, exposure and blur sweeps")
     p.add_argument("--cache", type=Path, help="templates and figures of the LFW faces (.npz, 0600)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
@@ -311,9 +411,11 @@ def main(argv=None) -> int:
             fd = os.open(args.cache, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "wb") as f:
                 np.savez(f, **data)
-    small = _load_pipeline(args.models, 20)
+    small = _load_pipeline(args.models, 20)  # the size sweep's faces go down to 12 px between the eyes
+    refs, probes = _probes(small, args.images, args.sweep_people)
     r = {"threshold": threshold, "lfw_faces": int(len(data["labels"])), "lfw": lfw_table(data, threshold),
-         "size": size_sweep(small, args.images, args.size_people, threshold),
+         "sweeps": {name: sweep(small, refs, probes, transform, values, figure, check, threshold)
+                    for name, transform, values, figure, check in SWEEPS},
          "defaults": {f.name: getattr(QualityThresholds(), f.name) for f in fields(QualityThresholds)}}
     if (args.video / "short_hamilton_clip.mp4").is_file():
         r["video"] = video_study(pipe, args.video, threshold)
