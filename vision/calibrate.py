@@ -377,8 +377,8 @@ class CalibrationRecord:
                 "confidence": self.confidence, "method": self.method,
                 "rule": "a target rate r is stated only with at least ceil(3 / r) impostor comparisons "
                         "(rule of three: zero errors in n comparisons bound the rate by ~3/n at 95 %)",
-                "threshold_rule": "smallest threshold at which the one-sided 95 % Clopper-Pearson upper bound on the FAR "
-                                  "(score >= threshold counts as a false accept) is at most the target",
+                "threshold_rule": "smallest threshold at which the one-sided 95 % Clopper-Pearson upper bound on "
+                                  "the FAR (score >= threshold counts as a false accept) is at most the target",
                 "operating_points": [p.to_json() for p in self.points]}
 
 def write_record(record: CalibrationRecord, path: Path) -> None:
