@@ -203,6 +203,7 @@ def size_bands(detectors: dict, located: list[tuple[np.ndarray, np.ndarray]], si
     for size in sizes:
         for band, unit, lo, hi in BANDS:
             found = {k: 0 for k in detectors}
+            missed: dict[str, list[float]] = {k: [] for k in detectors}  # true face heights (px) of the misses
             other = {k: 0 for k in detectors}
             ms: dict[str, list[float]] = {k: [] for k in detectors}
             fills = []
@@ -218,6 +219,8 @@ def size_bands(detectors: dict, located: list[tuple[np.ndarray, np.ndarray]], si
                     ms[k].append((time.perf_counter() - t0) * 1e3)
                     hit = [fc for fc in faces if matches(fc, truth)]
                     found[k] += bool(hit)
+                    if not hit:
+                        missed[k].append(round(float(truth[3] - truth[1]), 1))
                     other[k] += len(faces) - len(hit)
             n = len(located)
             rows.append({"band": band, "size": f"{size[0]}x{size[1]}", "frames": n,
@@ -225,7 +228,7 @@ def size_bands(detectors: dict, located: list[tuple[np.ndarray, np.ndarray]], si
                                          if unit == "px" else f"{lo:.0%}-{hi:.0%} of the frame"),
                          "fill_median": float(np.median(fills)),
                          "recall": {k: found[k] / n if n else None for k in detectors},
-                         "found": found, "other_faces": other,
+                         "found": found, "missed_face_heights": missed, "other_faces": other,
                          "ms_median": {k: float(np.median(v)) for k, v in ms.items()}})
     return {"rows": rows, "detectors": list(detectors), "photos": len(located), "min_face": min_face,
             "sizes": [f"{w}x{h}" for w, h in sizes], "seed": seed}
