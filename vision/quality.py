@@ -27,21 +27,22 @@ class QualityThresholds:
     impostor pairs false-accept no more often than the kept faces'; the cut-off sits where the
     next band does clearly worse. What changed and why:
 
-    * max_yaw_deg 35 -> 45: LFW faces at 35-45 deg (113) missed 4.1 % [1.5, 8.6] of their genuine
-      pairs and false-accepted 0.097 % of impostors, against 5.1 % and 0.096 % for the kept faces;
-      beyond 45 deg misses rose to 6.8-22 % and false accepts to 0.14-0.19 %. In the video's
+    * max_yaw_deg 35 -> 45: LFW faces at 35-45 deg (107, paired with "core" faces: |yaw| <= 35,
+      |pitch| <= 30, sharpness >= 150) missed 4.3 % [1.6, 9.0] of their genuine pairs and
+      false-accepted 0.093 % of impostors, against 4.8 % and 0.095 % for core pairs; at 45-60 deg
+      misses 7.5 % and false accepts 0.144 %, beyond 60 deg 15.4 % and 0.170 %. In the video's
       close-up of the speaker, 35 refused 11 of 129 faces, 9 of which matched him; 45 refuses
       none, and the second person's still matches no face at any cut-off (max 0.927).
-    * max_pitch_deg 30 -> 40: LFW faces at 30-40 deg (99) missed 4.3 % [1.2, 10.6], false accepts
-      0.104 %; beyond 40 misses 11.1 % [4.2, 22.6]. On the lane benchmark's feed 12.9 % of frames
-      were refused at 30 ("head tilted"), 8.3 % at 40.
+    * max_pitch_deg 30 -> 40: faces at 30-40 deg (93) missed 3.5 % [0.7, 9.9], false accepts
+      0.100 %; beyond 40 deg misses 9.8 % [3.3, 21.4]. On the lane benchmark's feed 12.9 % of
+      frames were refused at 30 ("head tilted"), 8.3 % at 40.
     * min_sharpness 20 -> 100 (variance of the Laplacian of the 64x64 face crop): LFW faces below
-      100 (0.8 %) missed 35 % [20, 54] of their genuine pairs, those at 100-150 7.3 % [2.7, 15]; in
-      the blur sweep misses went from 3.5 % (sharp, ~390) to 8 % at ~93, 17.5 % at ~44 and 35 % at
-      ~27, all of which 20 let through. False accepts did not rise with blur: a blurred frame
-      costs a miss, so refusing it lets a sharper frame of the same person take its place. Every
-      close-up frame of the video (>= 273) and every frame of the lane benchmark's feed (>= 208)
-      passes.
+      100 (31) missed 36.4 % [17.2, 59.3] of their genuine pairs and false-accepted 0.179 %, twice
+      the core's rate; those at 100-150 (84) 4.9 % and 0.090 %. In the blur sweep misses went from
+      3.5 % (sharp, ~390) to 8 % at ~93, 17.5 % at ~44 and 35 % at ~27, all of which 20 let
+      through. Refusing a blurred frame lets a sharper frame of the same person take its place;
+      every close-up frame of the video (>= 273) and every frame of the lane benchmark's feed
+      (>= 208) passes.
     * unchanged, with the evidence: min_inter_eye_px 30 (misses 4.0-4.5 % at 36-44 px between the
       eyes, 8.5 % at 30, 10.5-13 % at 12-24; false accepts flat at 0.1 %: a small face costs a
       miss and the lane asks the traveller to step closer); min_brightness 40 (misses 3.5-5 % down
