@@ -129,7 +129,11 @@ def _epoch(value: dt.datetime | None, name: str) -> int | None:
 
 
 def _from_epoch(value: float | None) -> dt.datetime | None:
-    return None if value is None else dt.datetime.fromtimestamp(value, dt.timezone.utc)
+    return None if value is None else _utc(value)
+
+
+def _utc(value: float) -> dt.datetime:
+    return dt.datetime.fromtimestamp(value, dt.timezone.utc)
 
 
 def _check_model_id(model_id: str) -> str:
@@ -230,7 +234,10 @@ class Central:
             heads = self.hashmap.scope_heads(models_by_scope)
             seq = self.hashmap.current_seq()
             uuid = new_uuid()
-            subjects, templates, kv, kv_log = [], [], [], []
+            subjects: list[tuple] = []
+            templates: list[tuple] = []
+            kv: list[tuple] = []
+            kv_log: list[tuple] = []
             for rec, scopes in prepared:
                 subjects.append((rec.subject_id, rec.list_type, rec.model_id, rec.templates.shape[1],
                                  rec.templates.shape[0], rec.valid_from, rec.valid_until, "active", None, now, now))
@@ -295,8 +302,8 @@ class Central:
         row = self.conn.execute("SELECT dim FROM subjects WHERE model_id = ? AND status = 'active' AND subject_id != ? "
                                 "LIMIT 1", (rec.model_id, rec.subject_id)).fetchone()
         if row and row[0] != rec.templates.shape[1]:
-            raise EnrollmentError(f"subject {rec.subject_id}: model {rec.model_id!r} templates have {row[0]} dimensions "
-                                  f"at this central, got {rec.templates.shape[1]}")
+            raise EnrollmentError(f"subject {rec.subject_id}: model {rec.model_id!r} templates have {row[0]} "
+                                  f"dimensions at this central, got {rec.templates.shape[1]}")
 
     def _write_subject(self, rec: SubjectRecord, scopes: list[str], uuid: bytes, now: float,
                        display_name: str | None = None) -> EnrollResult:
@@ -395,7 +402,7 @@ class Central:
                 "s.valid_until, s.updated_at, s.reason ORDER BY s.subject_id")
         return [SubjectInfo(subject_id=r[0], list_type=r[1], model_id=r[2], status=r[3], n_templates=r[4], dim=r[5],
                             valid_from=_from_epoch(r[6]), valid_until=_from_epoch(r[7]),
-                            updated_at=_from_epoch(r[8]), reason=r[9],
+                            updated_at=_utc(r[8]), reason=r[9],
                             scopes=tuple(sorted(r[10].split())) if r[10] else ())
                 for r in self.conn.execute(sql, args)]
 
@@ -408,7 +415,8 @@ class Central:
         return row[0], tuple(sorted(split_key(k)[0] for k in self.hashmap.keys_of_subject(subject_id))), row[1]
 
     def templates_of(self, subject_id: str) -> np.ndarray:
-        rows = self.conn.execute("SELECT vector FROM templates WHERE subject_id = ? ORDER BY idx", (subject_id,)).fetchall()
+        rows = self.conn.execute("SELECT vector FROM templates WHERE subject_id = ? ORDER BY idx",
+                                 (subject_id,)).fetchall()
         if not rows:
             raise UnknownSubject(f"no templates stored for {subject_id!r}")
         return np.stack([np.frombuffer(r[0], dtype="<f4") for r in rows]).astype(np.float32)
@@ -486,7 +494,8 @@ class Central:
             clash = self.conn.execute("SELECT name FROM principals WHERE public_key = ? AND name != ?",
                                       (p.public_key, p.name)).fetchone()
             if clash:
-                raise EnrollmentError(f"that public key already belongs to {clash[0]}; every gate needs its own keypair")
+                raise EnrollmentError(f"that public key already belongs to {clash[0]}; "
+                                      "every gate needs its own keypair")
             self.conn.execute(
                 "INSERT INTO principals(name, kind, ident, public_key, scopes, created_at) VALUES (?,?,?,?,?,?) "
                 "ON CONFLICT(name) DO UPDATE SET public_key=excluded.public_key, scopes=excluded.scopes",

@@ -302,7 +302,8 @@ class _LyingService:
             ident, empty, payload = self.sock.recv_multipart()
             req = decode_request(payload)
             if isinstance(req, HeadRequest):
-                reply = Reply(req.request_id, True, head_seq=0, head_hash=GENESIS_HASH, epoch_known=req.epoch in self.known)
+                reply = Reply(req.request_id, True, head_seq=0, head_hash=GENESIS_HASH,
+                              epoch_known=req.epoch in self.known)
             elif hasattr(req, "rows"):
                 reply = Reply(req.request_id, True, durable_seq=req.last_seq, conflicts=(req.first_seq,))
             elif hasattr(req, "chain"):
