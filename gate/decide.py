@@ -36,9 +36,9 @@ from enum import StrEnum
 from statistics import fmean
 from typing import Any, Mapping, Sequence
 
+from configschema import ConfigError
 from gate.field_ranges import check_ranges
 from gate.observation import Candidate, ListType
-from gate.schema import ConfigError
 from gate.track import Sample, Track
 from vision.pad.fusion import PadPolicy, PadState, PadVerdict, fuse_frames
 

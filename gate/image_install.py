@@ -138,8 +138,8 @@ def _write_record(slot_path: Path, bundle: Path, selftest: str) -> None:
 
 
 def _config_gate(config_path: Path) -> tuple[str, Path]:
+    from configschema import ConfigError
     from gate.config import load_config
-    from gate.schema import ConfigError
 
     try:
         cfg = load_config(config_path)

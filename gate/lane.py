@@ -21,6 +21,7 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any, Callable, Iterable, Mapping
 
+from configschema import ConfigError
 from gate.actions import Action, Alert, Audit, Buzzer, Colour, Direction, Indicate, Lock, RecordPassage, Unlock
 from gate.decide import Decision, DecisionPolicy, Outcome, Reason, Token, decide, refer_unknown_token, why_undecided
 from gate.events import (
@@ -40,7 +41,6 @@ from gate.events import (
 )
 from gate.field_ranges import check_ranges
 from gate.observation import FaceObservation, FrameObservation, ListType
-from gate.schema import ConfigError
 from gate.track import Track, TrackPolicy, follow, in_capture_zone, restart, same_visit, tailgate_ratio
 
 AUDIT_LOG = "audit_log"  # the fault name under which an unwritable audit log is tracked

@@ -34,7 +34,7 @@ ROOM_RULES: dict[str, frozenset[str]] = {
     # log, the camera/models config sections, the control socket, staff identities), never the lane's
     # decision internals (gate.lane, gate.decide, gate.daemon)
     "kiosk": frozenset({"vision", "devices", "sync", "models", "configschema", "gate.audit", "gate.config",
-                        "gate.control", "gate.staff", "gate.schema"}),
+                        "gate.control", "gate.staff"}),
     # thin command lines over library code
     "tools": frozenset({"*"}),
 }

@@ -20,6 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from configschema import ConfigError, load_dataclass
 from devices.base import check_indicate_args
 from devices.config import SimConfig
 from devices.sim import SimDriver
@@ -44,7 +45,6 @@ from gate.executor import ActionExecutor
 from gate.lane import AUDIT_LOG, AttemptPolicy, LaneConfig, LatchPolicy, Mode, start, step
 from gate.observation import Candidate, FaceObservation, FrameObservation, ListType
 from gate.passback import PassbackStore
-from gate.schema import ConfigError, load_dataclass
 from gate.track import TrackPolicy
 from vision.pad.fusion import PadPolicy
 
