@@ -62,12 +62,16 @@ def cmd_gate_add(args) -> int:
     return 0
 
 
-def cmd_gate_remove(args) -> int:
-    if not _central(args).remove_principal("gate", args.gate_id):
-        print(f"no gate {args.gate_id} registered", file=sys.stderr)
+def _remove(args, kind: str, ident: str) -> int:
+    if not _central(args).remove_principal(kind, ident):
+        print(f"no {kind} {ident} registered", file=sys.stderr)
         return 1
-    print(f"gate {args.gate_id} removed; its key is refused from its next connection")
+    print(f"{kind} {ident} removed; its key is refused from its next connection")
     return 0
+
+
+def cmd_gate_remove(args) -> int:
+    return _remove(args, "gate", args.gate_id)
 
 
 def cmd_gate_list(args) -> int:
@@ -117,11 +121,7 @@ def cmd_station_add(args) -> int:
 
 
 def cmd_station_remove(args) -> int:
-    if not _central(args).remove_principal("station", args.station_id):
-        print(f"no station {args.station_id} registered", file=sys.stderr)
-        return 1
-    print(f"station {args.station_id} removed; its key is refused from its next connection")
-    return 0
+    return _remove(args, "station", args.station_id)
 
 
 def cmd_revoke(args) -> int:
