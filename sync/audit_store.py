@@ -163,7 +163,8 @@ class AuditStore:
                                "AND resolved_by IS NULL", (chain.epoch, gate_id, chain.parent))
         log.warning("gate %s started audit chain epoch %s, forking from %s at seq %d (%s)", gate_id, chain.epoch,
                     chain.parent or "(first)", chain.base_seq,
-                    "base held identically" if vouched else "BASE NOT HELD HERE: the link between the chains is unproven")
+                    "base held identically" if vouched
+                    else "BASE NOT HELD HERE: the link between the chains is unproven")
         return vouched
 
     def note_reported_head(self, gate_id: str, epoch: str, last_seq: int, head_hash: str, now: float) -> str | None:
@@ -212,7 +213,7 @@ class AuditStore:
             return f"ALARM {a.kind} at seq {a.seq} ({a.epoch or 'first chain'}): {a.detail}"
         if alarms:
             a = alarms[-1]
-            return f"forked: {a.kind} at seq {a.seq}, records kept under epoch {a.resolved_by[:8]}"
+            return f"forked: {a.kind} at seq {a.seq}, records kept under epoch {(a.resolved_by or '')[:8]}"
         return ""
 
     def verify(self, gate_id: str, epoch: str = LEGACY_EPOCH) -> ChainCheck:

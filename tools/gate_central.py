@@ -20,7 +20,6 @@ Every command is a thin wrapper over sync.central / sync.central_server / sync.k
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from sync.central import Central, EnrollmentError
 from sync.central_db import StorageError, redact_dsn
 from sync.config import ConfigError, central_reference_markdown, load_central_config
 from sync.keys import KeyFileError, generate_keypair_files, load_public_key
+from tools.cli import config_parser_class, run_command
 
 
 def _central(args) -> Central:
@@ -62,12 +62,16 @@ def cmd_gate_add(args) -> int:
     return 0
 
 
-def cmd_gate_remove(args) -> int:
-    if not _central(args).remove_principal("gate", args.gate_id):
-        print(f"no gate {args.gate_id} registered", file=sys.stderr)
+def _remove(args, kind: str, ident: str) -> int:
+    if not _central(args).remove_principal(kind, ident):
+        print(f"no {kind} {ident} registered", file=sys.stderr)
         return 1
-    print(f"gate {args.gate_id} removed; its key is refused from its next connection")
+    print(f"{kind} {ident} removed; its key is refused from its next connection")
     return 0
+
+
+def cmd_gate_remove(args) -> int:
+    return _remove(args, "gate", args.gate_id)
 
 
 def cmd_gate_list(args) -> int:
@@ -117,11 +121,7 @@ def cmd_station_add(args) -> int:
 
 
 def cmd_station_remove(args) -> int:
-    if not _central(args).remove_principal("station", args.station_id):
-        print(f"no station {args.station_id} registered", file=sys.stderr)
-        return 1
-    print(f"station {args.station_id} removed; its key is refused from its next connection")
-    return 0
+    return _remove(args, "station", args.station_id)
 
 
 def cmd_revoke(args) -> int:
@@ -199,12 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, help="central config (TOML with a [central] table)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     p.set_defaults(func=cmd_serve)
-    # --config is also accepted after the subcommand.
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", type=Path, default=argparse.SUPPRESS, help="central config")
-    def with_config(**kw) -> argparse.ArgumentParser:
-        return argparse.ArgumentParser(parents=[common], **kw)
-
+    with_config = config_parser_class("central config")
     sub = p.add_subparsers(dest="cmd", parser_class=with_config)
     sub.add_parser("serve", help="run the central service (the default)").set_defaults(func=cmd_serve)
     sub.add_parser("config-reference", help="print the [central] configuration reference (markdown)").set_defaults(
@@ -295,14 +290,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        return args.func(args)
-    except (ConfigError, KeyFileError, EnrollmentError, ModelError, StorageError, ValueError, OSError) as exc:
-        print(f"gate-central: {exc}", file=sys.stderr)
-        return 2
+    return run_command("gate-central", build_parser(), argv,
+                       (ConfigError, KeyFileError, EnrollmentError, ModelError, StorageError, ValueError, OSError))
 
 
 if __name__ == "__main__":
