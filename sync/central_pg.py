@@ -48,7 +48,7 @@ POOL_WAIT_S = 2.0
 # audit_alarms; erasures (sync.forget.erase_subject).
 # Version 4: subjects.display_name (as the person writes it, for staff; never published to gates).
 # Version 5: gate_assignments (the flights a boarding gate follows).
-# Version 6: the operations console's tables (sync.console.store): ops_accounts, ops_sessions, ops_audit, ops_acks.
+# Version 6: the operations console's tables (console.store): ops_accounts, ops_sessions, ops_audit, ops_acks.
 MIGRATIONS: list[tuple[int, list[str]]] = [
     (1, [
         "CREATE TABLE IF NOT EXISTS meta (name text PRIMARY KEY, value bigint NOT NULL)",

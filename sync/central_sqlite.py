@@ -96,7 +96,7 @@ def _create_schema(db: sqlite_utils.Database) -> None:
     # served to it on top of its registered scopes and told to it in each health reply.
     db["gate_assignments"].create({"gate_id": str, "scope": str, "assigned_at": float},
                                   pk=("gate_id", "scope"), not_null=["assigned_at"], if_not_exists=True)
-    # Version 6: the operations console (sync.console.store): accounts (argon2id hashes), sessions
+    # Version 6: the operations console (console.store): accounts (argon2id hashes), sessions
     # (by the sha256 of their cookie), the hash-chained ops audit log and alarm acknowledgements.
     db["ops_accounts"].create(
         {"username": str, "role": str, "password_hash": str, "created_at": float, "created_by": str,

@@ -190,8 +190,5 @@ def agent_config_from_mapping(data: Mapping[str, Any], base_dir: Path) -> AgentC
 
 
 def central_reference_markdown() -> str:
-    """The README's central configuration reference (`gate-central config-reference`): the
-    [central] table and the operations console's [console] table of the same file."""
-    from sync.console.config import console_reference_rows
-
-    return configschema.reference_markdown(describe(CentralConfig, "central") + console_reference_rows())
+    """The README's central configuration reference (`gate-central config-reference`)."""
+    return configschema.reference_markdown(describe(CentralConfig, "central"))

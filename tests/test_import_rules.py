@@ -35,6 +35,9 @@ ROOM_RULES: dict[str, frozenset[str]] = {
     # decision internals (gate.lane, gate.decide, gate.daemon)
     "kiosk": frozenset({"vision", "devices", "sync", "models", "configschema", "gate.audit", "gate.config",
                         "gate.control", "gate.staff", "gate.schema"}),
+    # the operations console (web pages over the central's store): the wire's store and export, and
+    # the staff vocabulary of audit records (gate.event_text, words only), never the lane itself
+    "console": frozenset({"sync", "configschema", "gate.event_text"}),
     # thin command lines over library code
     "tools": frozenset({"*"}),
 }
