@@ -53,7 +53,7 @@ def decisions_plot(buckets: Sequence[Counter], series: Sequence[tuple[str, str]]
     colours = series_colours(series)
     bar_w = plot_w / n
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" class="plot" viewBox="0 0 {width} {height}" '
-             f'width="{width}" height="{height}" role="img" '
+             f'preserveAspectRatio="xMinYMin meet" role="img" '
              f'aria-label="decisions per {bucket_s // 60} minutes, stacked by outcome and reason">']
     for v in range(0, y_max + 1, step):  # grid and y labels
         y = top + plot_h - v / y_max * plot_h

@@ -348,10 +348,12 @@ def search_audit(central: Central, since: dt.datetime, until: dt.datetime, gate_
                 more = True
                 break
             d = body.get("decision") or {}
-            out.append(SearchRow(gate_id=g, epoch=epoch, seq=int(seq), ts=ts, lane=str(body.get("lane", "")),
+            lane = str(body.get("lane", "") or "")
+            # event_line starts "HH:MM:SS #seq lane"; the table has columns for those
+            text = event_line({**body, "seq": seq, "ts": ts}).split(" ", 3 if lane else 2)[-1]
+            out.append(SearchRow(gate_id=g, epoch=epoch, seq=int(seq), ts=ts, lane=lane,
                                  event=str(body.get("event", "")), outcome=str(d.get("outcome", "")),
-                                 subject_id=subject_of(body) or "",
-                                 text=event_line({**body, "seq": seq, "ts": ts}).split(" ", 1)[1]))
+                                 subject_id=subject_of(body) or "", text=text))
     return out, more
 
 
