@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 
+from configschema import ConfigError
 from console.config import ConsoleConfig, check_bind
 from sync.central_db import open_central_db, redact_dsn
 from sync.config import CentralConfig
@@ -25,10 +26,15 @@ def run_console(central_cfg: CentralConfig, cfg: ConsoleConfig) -> int:
     then serve until SIGTERM / SIGINT."""
     import uvicorn
 
-    from console.app import build_app
+    from console.app import MAX_EXPORTS, build_app
 
     check_bind(cfg)
-    open_central_db(central_cfg.database, pool_size=1).close()  # SchemaMissing early, in one line
+    need = cfg.db_threads + MAX_EXPORTS + 1
+    if central_cfg.pool_size < need:
+        raise ConfigError(f"[central] pool_size = {central_cfg.pool_size} is too small for the console: its "
+                          f"{cfg.db_threads} db_threads, {MAX_EXPORTS} exports and one more need {need}")
+    # SchemaMissing early, in one line (and the process's one pool made at its configured size)
+    open_central_db(central_cfg.database, pool_size=central_cfg.pool_size).close()
     console = build_app(central_cfg, cfg)
     config = uvicorn.Config(console.app, host=cfg.bind, port=cfg.port, ssl_certfile=cfg.tls_cert_file,
                             ssl_keyfile=cfg.tls_key_file, access_log=False, server_header=False,

@@ -188,9 +188,9 @@ class Browserless:
             req.add_header("Content-Type", "application/x-www-form-urlencoded")
         try:
             with self.opener.open(req, timeout=30) as r:
-                return r.status, dict(r.headers.items()), r.read().decode("utf-8", "replace")
+                return r.status, _headers(r.headers), r.read().decode("utf-8", "replace")
         except urllib.error.HTTPError as e:
-            return e.code, dict(e.headers.items()), e.read().decode("utf-8", "replace")
+            return e.code, _headers(e.headers), e.read().decode("utf-8", "replace")
 
     def get(self, path: str, **kw) -> tuple[int, dict[str, str], str]:
         return self.request("GET", path, **kw)
@@ -211,8 +211,17 @@ class Browserless:
         return self.post("/login", {"username": user, "password": password or PASSWORDS[user],
                                      "login_csrf": self.field(page, "login_csrf"), "next": "/fleet"})
 
-    def cookie(self, name_part: str):
-        return next((c for c in self.jar if name_part in c.name), None)
+    def cookie(self, name: str):
+        return next((c for c in self.jar if c.name == name), None)
+
+
+def _headers(msg) -> dict[str, str]:
+    """Lower-case names; repeated headers (Set-Cookie) joined with newlines."""
+    out: dict[str, str] = {}
+    for k, v in msg.items():
+        k = k.lower()
+        out[k] = f"{out[k]}\n{v}" if k in out else v
+    return out
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
