@@ -551,12 +551,15 @@ def _safe_next(target: str | None) -> str:
 
 
 class _Headers:
-    """Security headers on every response (pure ASGI, so streamed responses get them too)."""
+    """Security headers on every response (pure ASGI, so streamed responses get them too).
+    Referrer-Policy same-origin, not no-referrer: under no-referrer Chromium sends `Origin: null`
+    with this console's own form posts (found by the browser test), which the Origin check must
+    refuse; same-origin still keeps URLs (subject ids of searches) from reaching other sites."""
 
     def __init__(self, app, hsts: bool = False):
         self.app = app
         self.extra = [(b"content-security-policy", _CSP.encode()), (b"x-content-type-options", b"nosniff"),
-                      (b"referrer-policy", b"no-referrer"), (b"x-frame-options", b"DENY"),
+                      (b"referrer-policy", b"same-origin"), (b"x-frame-options", b"DENY"),
                       (b"cross-origin-opener-policy", b"same-origin"),
                       (b"permissions-policy", b"camera=(), microphone=(), geolocation=()")]
         if hsts:

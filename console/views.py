@@ -236,6 +236,8 @@ class LaneStats:
 
 def lane_stats(central: Central, gate_id: str, window: str = "1h", lane: str | None = None,
                now: dt.datetime | None = None) -> LaneStats:
+    from gate.event_text import label
+
     seconds, bucket = WINDOWS.get(window, WINDOWS["1h"])
     now = now or dt.datetime.now(UTC)
     since = now - dt.timedelta(seconds=seconds)
@@ -279,7 +281,7 @@ def lane_stats(central: Central, gate_id: str, window: str = "1h", lane: str | N
             st.staff.append(StaffActionRow(
                 ts=row.ts, lane=ln, action=str(b.get("action", "")), operator=str(b.get("operator_id", "")),
                 reason=str(b.get("reason", "")), unix_user=str(b.get("unix_user") or b.get("uid") or ""),
-                refused=str(b.get("refused") or ""), cleared=", ".join(map(str, b.get("cleared") or ()))))
+                refused=str(b.get("refused") or ""), cleared=", ".join(label(str(x)) for x in b.get("cleared") or ())))
         if b.get("to") == "alarm" and b.get("from") != "alarm":
             st.alarms_raised[str(event)] += 1
     st.staff.reverse()  # newest first
