@@ -87,6 +87,7 @@ def _ts(ts: str) -> str:
 class ConsoleApp:
     def __init__(self, central_cfg: CentralConfig, cfg: ConsoleConfig, clock: Callable[[], float] = time.time):
         self.central_cfg = central_cfg
+        self.database = str(central_cfg.database)
         self.cfg = cfg
         self.clock = clock
         self.cookie = "__Host-edgegate" if cfg.secure_cookies else "edgegate_session"
@@ -116,7 +117,7 @@ class ConsoleApp:
     def _thread_state(self) -> tuple[Central, ConsoleStore]:
         w = self._worker
         if w.central is None:
-            w.central = Central(self.central_cfg.database, pool_size=self.central_cfg.pool_size)
+            w.central = Central(self.database, pool_size=self.central_cfg.pool_size)
             w.store = ConsoleStore(w.central.db, self.clock)
         return w.central, w.store  # type: ignore[return-value]
 
@@ -378,6 +379,7 @@ class ConsoleApp:
         s, refused = await self.require(request)
         if refused is not None:
             return refused
+        assert s is not None
         a = self._search_args(request)
         searched = "search" in request.query_params and not a["errors"]
         supervisor = s.account.is_supervisor
@@ -449,7 +451,7 @@ class ConsoleApp:
                             continue
                     raise _Cancelled()
             try:
-                central = Central(self.central_cfg.database, pool_size=self.central_cfg.pool_size)
+                central = Central(self.database, pool_size=self.central_cfg.pool_size)
                 gates = [a["gate"]] if a["gate"] else views.gate_ids(central)
                 for i, g in enumerate(gates):
                     r = export_audit(central, g, a["since"], a["until"], a["format"], write, select, header=i == 0)

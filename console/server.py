@@ -34,14 +34,15 @@ def run_console(central_cfg: CentralConfig, cfg: ConsoleConfig) -> int:
         raise ConfigError(f"[central] pool_size = {central_cfg.pool_size} is too small for the console: its "
                           f"{cfg.db_threads} db_threads, {MAX_EXPORTS} exports and one more need {need}")
     # SchemaMissing early, in one line (and the process's one pool made at its configured size)
-    open_central_db(central_cfg.database, pool_size=central_cfg.pool_size).close()
+    open_central_db(str(central_cfg.database), pool_size=central_cfg.pool_size).close()
     console = build_app(central_cfg, cfg)
     config = uvicorn.Config(console.app, host=cfg.bind, port=cfg.port, ssl_certfile=cfg.tls_cert_file,
                             ssl_keyfile=cfg.tls_key_file, access_log=False, server_header=False,
                             proxy_headers=False, log_config=None, lifespan="off", timeout_graceful_shutdown=5)
     server = uvicorn.Server(config)
     where = "behind a TLS reverse proxy" if cfg.behind_proxy else ("with TLS" if cfg.tls else "loopback only")
-    log.info("operations console on %s (%s), database %s", console_url(cfg), where, redact_dsn(central_cfg.database))
+    log.info("operations console on %s (%s), database %s", console_url(cfg), where,
+             redact_dsn(str(central_cfg.database)))
     try:
         server.run()
     finally:

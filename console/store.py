@@ -194,7 +194,7 @@ class ConsoleStore:
                               "WHERE username = ?", (username,)).fetchone()
         stored = row[0] if row else _DUMMY_HASH
         try:
-            ok = _HASHER.verify(stored, password)
+            ok: bool = _HASHER.verify(stored, password)
         except (VerifyMismatchError, VerificationError, InvalidHashError):
             ok = False
         if row is None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections import Counter, defaultdict
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator
 
@@ -126,8 +126,8 @@ def _gate_row(central: Central, g: GateStatus, report_text: str | None,
     alarms = _lane_alarms(g.gate_id, extra)
     for a in central.audit.alarms(g.gate_id):
         if a.resolved_by is None:
-            alarms.append(Alarm(f"audit:{a.epoch}:{a.kind}:{a.seq}", f"audit chain: {a.kind} at seq {a.seq}: {a.detail}",
-                                _from_unix(a.detected_at), "audit"))
+            text = f"audit chain: {a.kind} at seq {a.seq}: {a.detail}"
+            alarms.append(Alarm(f"audit:{a.epoch}:{a.kind}:{a.seq}", text, _from_unix(a.detected_at), "audit"))
     alarms = [Alarm(a.key, a.text, a.since, a.source, _ack(acks.get((g.gate_id, a.key)))) for a in alarms]
     scopes = tuple(g.scopes) + tuple(central.assigned_flights(g.gate_id))
     heads = central.hashmap.scope_heads(scopes)
@@ -320,7 +320,8 @@ def matches(body: dict[str, Any], outcome: str | None, subject: str | None) -> b
 
 
 def search_audit(central: Central, since: dt.datetime, until: dt.datetime, gate_id: str | None = None,
-                 outcome: str | None = None, subject: str | None = None, limit: int = 500) -> tuple[list[SearchRow], bool]:
+                 outcome: str | None = None, subject: str | None = None,
+                 limit: int = 500) -> tuple[list[SearchRow], bool]:
     """Newest first; (rows, more) where `more` says the limit cut the list. The SQL narrows by
     substring on the stored JSON (same bytes on both engines: sorted keys, compact separators);
     `matches` then decides exactly."""

@@ -119,7 +119,8 @@ class Stack:
     def write_console_table(self, **console: Any) -> Path:
         assert self.toml is not None
         text = self.toml.read_text().split("[console]")[0]
-        lines = ["[console]"] + [f"{k} = {json.dumps(str(v) if isinstance(v, Path) else v)}" for k, v in console.items()]
+        lines = ["[console]"] + [f"{k} = {json.dumps(str(v) if isinstance(v, Path) else v)}"
+                                 for k, v in console.items()]
         self.toml.write_text(text.rstrip() + "\n\n" + "\n".join(lines) + "\n")
         return self.toml
 

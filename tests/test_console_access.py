@@ -283,7 +283,7 @@ def test_console_needs_the_console_schema_on_postgresql(tmp_path, pg_admin_dsn):
     try:
         db = PostgresDatabase(dsn, check_schema=False)
         with db.write_transaction():
-            for version, statements in MIGRATIONS[:5]:
+            for _version, statements in MIGRATIONS[:5]:
                 for sql in statements:
                     db.execute(sql)
             db.execute("INSERT INTO meta (name, value) VALUES ('schema', 5)")

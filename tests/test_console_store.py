@@ -170,8 +170,8 @@ def test_search_filters_by_outcome_and_subject_and_names_only_on_request(central
     central.audit.store_batch("G1", _chain([_decision(1, "allow", "match", "P1"), _decision(2, "deny", "no_match"),
                                             {"event": "open", "lane": "L1", "opening": {"subject_id": "P1"}}],
                                            now - dt.timedelta(minutes=5)), 1.0)
-    central.audit.store_batch("G2", _chain([_decision(1, "allow", "match", "P11"), _decision(2, "allow", "match", "P1")],
-                                           now - dt.timedelta(minutes=4)), 1.0)
+    central.audit.store_batch("G2", _chain([_decision(1, "allow", "match", "P11"),
+                                            _decision(2, "allow", "match", "P1")], now - dt.timedelta(minutes=4)), 1.0)
     since, until = now - dt.timedelta(hours=1), now + dt.timedelta(minutes=1)
     rows, more = views.search_audit(central, since, until, subject="P1")
     assert {(r.gate_id, r.seq) for r in rows} == {("G1", 1), ("G1", 3), ("G2", 2)} and not more  # not P11
@@ -201,7 +201,8 @@ def test_export_through_the_cli_path_and_a_filtered_export_still_checks_the_whol
     r = export_audit(central, "G1", since, None, "jsonl", buf.write,
                      select=lambda row: views.matches(row.body, None, "P1"))
     lines = [json.loads(x) for x in buf.getvalue().splitlines()]
-    assert r.records == 12 and r.written == len(lines) == 4 and {x["body"]["decision"]["subject_id"] for x in lines} == {"P1"}
+    assert r.records == 12 and r.written == len(lines) == 4
+    assert {x["body"]["decision"]["subject_id"] for x in lines} == {"P1"}
     # a record altered at the central breaks the chain; the filtered export says so too
     with central.db.write_transaction():
         central.conn.execute("UPDATE audit SET body = ? WHERE gate_id = 'G1' AND seq = 7",
@@ -254,3 +255,22 @@ def test_bind_rule():
             check_bind(bad)
     with pytest.raises(Exception, match="go together"):
         ConsoleConfig(tls_cert_file=Path("a.pem"))
+
+
+def test_the_lane_tells_its_health_what_the_fleet_shows():
+    from gate.events import DoorForced, StaffAction, StaffCommand, Tick
+    from gate.lane import LaneConfig, health_fields, start, step
+    from gate.schema import load_dataclass
+    from tools.sim_gate import LANE_DEFAULTS
+
+    cfg = load_dataclass(LaneConfig, {**LANE_DEFAULTS, "lane_id": "L7"}, "lane")
+    s, _ = start(cfg, 100.0, pad_provisioned=False)
+    s, _ = step(s, DoorForced(105.0, "door forced"))
+    s, _ = step(s, Tick(112.0))
+    # lane time 112 is wall time 5000: the alarm began 7 s before
+    assert health_fields(s, 5000.0) == {"lane": "L7", "alarm": "door_forced", "out_of_service_by": None,
+                                        "mode_since": 4993.0}
+    s, _ = step(s, StaffCommand(113.0, StaffAction.RESET, "st-1", "checked"))
+    s, _ = step(s, StaffCommand(114.0, StaffAction.OUT_OF_SERVICE, "st-1", "camera cleaning"))
+    assert health_fields(s, 6000.0) == {"lane": "L7", "alarm": None, "out_of_service_by": "st-1",
+                                        "mode_since": 6000.0}

@@ -388,7 +388,8 @@ def build_parser() -> argparse.ArgumentParser:
     cu = sub.add_parser("console-user", help="operations console accounts (recorded in the ops audit log)")
     cus = cu.add_subparsers(dest="user_cmd", required=True, parser_class=with_config)
     for verb, help_ in (("add", "create an account"), ("passwd", "set a new password (ends its sessions)"),
-                        ("role", "change the role (ends its sessions)"), ("disable", "refuse its logins, end its sessions"),
+                        ("role", "change the role (ends its sessions)"),
+                        ("disable", "refuse its logins, end its sessions"),
                         ("enable", "allow its logins again"), ("unlock", "end a lock-out after failed logins")):
         c = cus.add_parser(verb, help=help_)
         c.add_argument("username")

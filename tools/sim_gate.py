@@ -39,8 +39,16 @@ import devices
 from devices.config import SimConfig
 from devices.sim import SimDriver
 from gate.audit import AuditLog
-from gate.events import (DeviceFault, DeviceRestored, DoorForced, FireAlarm, PassageComplete, StaffAction,
-                         StaffCommand, Tamper)
+from gate.events import (
+    DeviceFault,
+    DeviceRestored,
+    DoorForced,
+    FireAlarm,
+    PassageComplete,
+    StaffAction,
+    StaffCommand,
+    Tamper,
+)
 from gate.executor import BARRIER, ActionExecutor
 from gate.lane import LaneConfig, Mode, health_fields, start, step
 from gate.observation import Candidate, FaceObservation, FrameObservation, ListType
@@ -248,7 +256,8 @@ class SimGate:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="sim-gate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="sim-gate", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--spec", required=True, type=Path)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s sim-gate %(levelname)s %(name)s: %(message)s")
