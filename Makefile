@@ -48,8 +48,10 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 
+# DEMO_ARGS=--keep-console leaves the central and the operations console running afterwards.
+DEMO_ARGS ?=
 demo: models
-	$(PY) -m tools.demo --models $(MODELS) --shared $(SHARED) --out out/demo
+	$(PY) -m tools.demo --models $(MODELS) --shared $(SHARED) --out out/demo $(DEMO_ARGS)
 
 clean:
 	rm -rf $(MODELS) build *.egg-info
