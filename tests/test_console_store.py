@@ -274,3 +274,12 @@ def test_the_lane_tells_its_health_what_the_fleet_shows():
     s, _ = step(s, StaffCommand(114.0, StaffAction.OUT_OF_SERVICE, "st-1", "camera cleaning"))
     assert health_fields(s, 6000.0) == {"lane": "L7", "alarm": None, "out_of_service_by": "st-1",
                                         "mode_since": 6000.0}
+
+
+def test_the_shipped_console_config_is_valid_and_refuses_nothing_it_should_serve():
+    from console.config import load_console_config
+    from tests.console_helpers import REPO
+
+    central_cfg, cfg = load_console_config(REPO / "config" / "ops-console.toml")
+    assert cfg.behind_proxy and cfg.secure_cookies and central_cfg.pool_size >= cfg.db_threads + 3
+    check_bind(cfg)
