@@ -148,7 +148,7 @@ def test_fleet_offline_alarm_lane_search_and_export_in_a_browser(stack, browser,
     assert page.inner_text("#first-attempt .big") == "50.0 %"  # 2 of 4 visits accepted first time
     assert "1 final, 1 retried" in page.inner_text("#liveness")
     staff = page.inner_text("table.staff")
-    assert "st-07" in staff and "door checked, closed" in staff and "door_forced" in staff
+    assert "st-07" in staff and "door checked, closed" in staff and "cleared door forced" in staff
     assert "1 × door forced" in page.inner_text("#alarms-raised")
     assert not page.query_selector("img")  # no images anywhere, faces least of all
     _shot(page, shots, "4-lane")
