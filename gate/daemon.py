@@ -498,7 +498,8 @@ class LaneDaemon:
                 "mode": str(s.mode) if s else "starting", "faults": sorted(s.faults) if s else [],
                 "audit_chain_alarm": self.audit_chain_alarm, "site": self.cfg.gate.site,
                 # lane, latched alarm, out-of-service operator, mode since: the console's fleet page
-                **(lanes.health_fields(s, time.time() - (self.clock() - s.now)) if s else {"lane": self.cfg.lane.lane_id})}
+                **(lanes.health_fields(s, time.time() - (self.clock() - s.now)) if s
+                   else {"lane": self.cfg.lane.lane_id})}
 
     def _snapshot(self) -> None:
         s = self.state

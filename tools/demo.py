@@ -698,7 +698,8 @@ def main(argv=None) -> int:
     p.add_argument("--shared", default="../shared")
     p.add_argument("--out", default="out/demo")
     p.add_argument("--keep-console", action="store_true",
-                   help="leave the central and its operations console running afterwards; prints the address and a login")
+                   help="leave the central and its operations console running afterwards; "
+                        "prints the address and a login")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
