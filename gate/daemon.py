@@ -523,7 +523,10 @@ class LaneDaemon:
                                    "pad": self.pad_status},
                 "last_decision_at": self.metrics.last_decision_at,
                 "mode": str(s.mode) if s else "starting", "faults": sorted(s.faults) if s else [],
-                "audit_chain_alarm": self.audit_chain_alarm}
+                "audit_chain_alarm": self.audit_chain_alarm, "site": self.cfg.gate.site,
+                # lane, latched alarm, out-of-service operator, mode since: the console's fleet page
+                **(lanes.health_fields(s, time.time() - (self.clock() - s.now)) if s
+                   else {"lane": self.cfg.lane.lane_id})}
 
     def _snapshot(self) -> None:
         s = self.lane

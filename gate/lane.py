@@ -665,3 +665,11 @@ _HANDLERS: dict[type, Callable[[LaneState, Any], Result]] = {
     Tamper: _on_tamper, FireAlarm: _on_fire, DeviceFault: _on_device_fault, DeviceRestored: _on_device_restored,
     AuditFailed: _on_audit_failed, AuditRestored: _on_audit_restored, TokenRead: _on_token, StaffCommand: _on_staff,
 }
+
+
+def health_fields(s: LaneState, wall_now: float) -> dict[str, Any]:
+    """What the central's fleet view needs to know of the lane's state, for the health report:
+    which lane, the latched alarm, who took it out of service, and since when the current mode
+    holds (as Unix time: lane time is monotonic, `wall_now` is the wall clock at `s.now`)."""
+    return {"lane": s.config.lane_id, "alarm": s.alarm, "out_of_service_by": s.out_of_service_by,
+            "mode_since": round(wall_now - (s.now - s.since), 3)}
