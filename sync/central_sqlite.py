@@ -99,18 +99,18 @@ def _create_schema(db: sqlite_utils.Database) -> None:
                                   pk=("gate_id", "scope"), not_null=["assigned_at"], if_not_exists=True)
     # Version 6: the operations console (console.store): accounts (argon2id hashes), sessions
     # (by the sha256 of their cookie), the hash-chained ops audit log and alarm acknowledgements.
-    db["ops_accounts"].create(
+    db.table("ops_accounts").create(
         {"username": str, "role": str, "password_hash": str, "created_at": float, "created_by": str,
          "updated_at": float, "disabled": int, "failed_logins": int, "locked_until": float},
         pk="username", not_null=["role", "password_hash", "created_at", "created_by", "updated_at", "disabled",
                                  "failed_logins"], defaults={"disabled": 0, "failed_logins": 0}, if_not_exists=True)
-    db["ops_sessions"].create(
+    db.table("ops_sessions").create(
         {"token_sha256": str, "username": str, "csrf": str, "created_at": float, "last_seen": float, "client": str},
         pk="token_sha256", not_null=["username", "csrf", "created_at", "last_seen", "client"], if_not_exists=True)
-    db["ops_sessions"].create_index(["username"], if_not_exists=True)
-    db["ops_audit"].create({"seq": int, "ts": str, "prev_hash": str, "hash": str, "body": str}, pk="seq",
+    db.table("ops_sessions").create_index(["username"], if_not_exists=True)
+    db.table("ops_audit").create({"seq": int, "ts": str, "prev_hash": str, "hash": str, "body": str}, pk="seq",
                            not_null=["ts", "prev_hash", "hash", "body"], if_not_exists=True)
-    db["ops_acks"].create({"gate_id": str, "alarm": str, "username": str, "note": str, "acked_at": float},
+    db.table("ops_acks").create({"gate_id": str, "alarm": str, "username": str, "note": str, "acked_at": float},
                           pk=("gate_id", "alarm"), not_null=["username", "note", "acked_at"], if_not_exists=True)
     db.execute("INSERT OR IGNORE INTO meta(name, value) VALUES ('schema', ?), ('seq', 0)", [SCHEMA_VERSION])
     db.execute("UPDATE meta SET value = ? WHERE name = 'schema' AND value < ?", [SCHEMA_VERSION, SCHEMA_VERSION])

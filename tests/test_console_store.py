@@ -258,9 +258,10 @@ def test_bind_rule():
 
 
 def test_the_lane_tells_its_health_what_the_fleet_shows():
+    from gate.schema import load_dataclass
+
     from gate.events import DoorForced, StaffAction, StaffCommand, Tick
     from gate.lane import LaneConfig, health_fields, start, step
-    from gate.schema import load_dataclass
     from tools.sim_gate import LANE_DEFAULTS
 
     cfg = load_dataclass(LaneConfig, {**LANE_DEFAULTS, "lane_id": "L7"}, "lane")

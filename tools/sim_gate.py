@@ -35,6 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gate.schema import load_dataclass
+
 import devices
 from devices.config import SimConfig
 from devices.sim import SimDriver
@@ -52,7 +54,6 @@ from gate.events import (
 from gate.executor import BARRIER, ActionExecutor
 from gate.lane import LaneConfig, Mode, health_fields, start, step
 from gate.observation import Candidate, FaceObservation, FrameObservation, ListType
-from gate.schema import load_dataclass
 from gate.watchlist import WatchlistStore
 from gate.watchlist_sync import WatchlistSyncSink
 from sync.agent import GateAgent
