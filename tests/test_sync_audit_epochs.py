@@ -339,3 +339,24 @@ def test_a_central_file_from_before_epochs_keeps_its_audit_as_the_first_chain(tm
         assert central.audit.store_batch("G1", _chain(2, start=1, tag="other"), 2.0).conflicts == (1, 2)
     finally:
         central.close()
+
+
+def test_a_report_overtaken_by_an_upload_is_no_alarm_but_a_log_gone_back_is(tmp_path):
+    """The demo's false alarm: the gate built its health report at seq 0 and its upload of
+    record 1 arrived first. Only a report below what the central held at the previous report
+    (written at the gate before this report was built) proves the log went backwards."""
+    central = Central(tmp_path / "central.db")
+    rows = _chain(12)
+    central.audit.store_batch("G1", rows[:1], now=1.0)
+    assert central.audit.note_reported_head("G1", LEGACY_EPOCH, 0, GENESIS_HASH, now=1.0) is None
+    central.audit.store_batch("G1", rows[1:5], now=2.0)  # steady traffic: each report trails a batch
+    for seq, now in ((1, 2.0), (5, 3.0)):
+        assert central.audit.note_reported_head("G1", LEGACY_EPOCH, seq, rows[seq - 1].hash, now=now) is None
+    central.audit.store_batch("G1", rows[5:10], now=4.0)
+    assert central.audit.note_reported_head("G1", LEGACY_EPOCH, 10, rows[9].hash, now=5.0) is None
+    assert central.audit.alarms("G1") == []
+    # the gate's log cut back to seq 4: below the 10 held when the previous report arrived
+    detail = central.audit.note_reported_head("G1", LEGACY_EPOCH, 4, rows[3].hash, now=6.0)
+    assert detail and "ends at seq 4" in detail
+    assert [a.kind for a in central.audit.alarms("G1")] == ["went_backwards"]
+    central.close()
