@@ -258,8 +258,7 @@ def test_bind_rule():
 
 
 def test_the_lane_tells_its_health_what_the_fleet_shows():
-    from gate.schema import load_dataclass
-
+    from configschema import load_dataclass
     from gate.events import DoorForced, StaffAction, StaffCommand, Tick
     from gate.lane import LaneConfig, health_fields, start, step
     from tools.sim_gate import LANE_DEFAULTS

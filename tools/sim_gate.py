@@ -35,9 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gate.schema import load_dataclass
-
 import devices
+from configschema import load_dataclass
 from devices.config import SimConfig
 from devices.sim import SimDriver
 from gate.audit import AuditLog
