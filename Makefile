@@ -10,10 +10,13 @@ export EDGEGATE_SHARED := $(abspath $(SHARED))
 
 .PHONY: test lint demo models install clean pg-server chromium
 
-$(VENV)/.installed: setup.cfg pyproject.toml
+# Dependencies come from requirements.lock: exact versions, every file checked by its sha256
+# (docs/security.md "Dependencies"); the project itself is then installed without resolving again.
+$(VENV)/.installed: setup.cfg pyproject.toml requirements.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test,demo,console]'
+	$(PY) -m pip install --quiet --require-hashes -r requirements.lock
+	$(PY) -m pip install --quiet --no-deps -e '.[test,demo,console]'
 	touch $@
 
 install: $(VENV)/.installed
