@@ -167,10 +167,11 @@ class AuditLog:
                                      if_not_exists=True)
             db.execute("INSERT OR IGNORE INTO audit_state (id, acked_upto, anchor_seq, anchor_hash) "
                        "VALUES (1, 0, 0, ?)", [GENESIS_HASH])
-            db["audit_epoch"].create({"id": int, "epoch": str, "parent": str, "base_seq": int, "base_hash": str,
-                                      "created": str, "nonce": str, "public_key": str},
-                                     pk="id", not_null={"epoch", "parent", "base_seq", "base_hash", "created", "nonce",
-                                                        "public_key"}, strict=True, if_not_exists=True)
+            db.table("audit_epoch").create(
+                {"id": int, "epoch": str, "parent": str, "base_seq": int, "base_hash": str, "created": str,
+                 "nonce": str, "public_key": str},
+                pk="id", not_null={"epoch", "parent", "base_seq", "base_hash", "created", "nonce", "public_key"},
+                strict=True, if_not_exists=True)
             for trigger in _TRIGGERS:
                 db.execute(trigger)
 
@@ -237,7 +238,8 @@ class AuditLog:
                 last, _ = self._last_link(db)
                 if not 0 <= chain.base_seq <= last:
                     raise ValueError(f"an epoch cannot fork at seq {chain.base_seq}: this log ends at {last}")
-                db.execute("INSERT INTO audit_epoch (id, epoch, parent, base_seq, base_hash, created, nonce, public_key) "
+                db.execute("INSERT INTO audit_epoch "
+                           "(id, epoch, parent, base_seq, base_hash, created, nonce, public_key) "
                            "VALUES (1, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET epoch = excluded.epoch, "
                            "parent = excluded.parent, base_seq = excluded.base_seq, base_hash = excluded.base_hash, "
                            "created = excluded.created, nonce = excluded.nonce, public_key = excluded.public_key",

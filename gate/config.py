@@ -23,9 +23,9 @@ from devices.barcode import ScannerConfig
 from devices.config import CONFIG_TYPES as DEVICE_TYPES
 from devices.config import DriverConfig, SimConfig
 from gate.lane import LaneConfig
-from models.registry import DEFAULT_DETECTOR, DEFAULT_EMBEDDER
 from sync.config import AgentConfig, agent_config_from_mapping
 from vision.calibrate import CalibratedThreshold, RecordResolver, check_models, model_name
+from vision.config import CameraSection, ModelsSection
 from vision.quality import QualityThresholds
 
 
@@ -43,33 +43,9 @@ class GateSection:
 
 
 @dataclass(frozen=True)
-class CameraSection:
-    source: str = field(metadata={"help": "camera index (\"0\" = /dev/video0), rtsp:// or http:// URL, "
-                                          "video file, or folder of images"})
-    fps: float | None = field(default=None, metadata={"help": "frame rate to request / play files at", "min": 0.1})
-    width: int | None = field(default=None, metadata={"min": 16})
-    height: int | None = field(default=None, metadata={"min": 16})
-    loop: bool = field(default=False, metadata={"help": "replay a file or folder forever (demos)"})
-    reconnect_max_s: float = field(default=10.0, metadata={
-        "help": "longest back-off between attempts to reopen a dead camera", "min": 0.1})
+class LaneCameraSection(CameraSection):
     stale_after_s: float = field(default=2.0, metadata={
         "help": "no new frame for this long = camera fault (lane refuses to decide)", "min": 0.1})
-
-
-@dataclass(frozen=True)
-class ModelsSection:
-    dir: Path = field(metadata={"help": "folder with model manifests and ONNX files"})
-    detector: str = field(default=DEFAULT_DETECTOR, metadata={"help": "detector model name"})
-    embedder: str = field(default=DEFAULT_EMBEDDER, metadata={"help": "embedder model name"})
-    flip: bool = field(default=True, metadata={"help": "average each template with its mirror image's "
-                                                        "(more accurate, ~2× embed time)"})
-    threads: int = field(default=2, metadata={"help": "ONNX Runtime threads per model", "min": 1, "max": 64})
-    min_face_px: int = field(default=60, metadata={"help": "detector's smallest face (pixels)", "min": 12})
-    pad: list[str] = field(default_factory=list, metadata={
-        "help": "presentation-attack (liveness) model names; empty = none provisioned"})
-    pad_required: bool = field(default=True, metadata={
-        "help": "refuse to run the lane when no PAD model is provisioned (threshold and frames: "
-                "[lane.policy.pad])"})
 
 
 @dataclass(frozen=True)
@@ -119,7 +95,7 @@ class ControlSection:
 @dataclass(frozen=True)
 class GateConfig:
     gate: GateSection
-    camera: CameraSection
+    camera: LaneCameraSection
     models: ModelsSection
     lane: LaneConfig
     quality: QualityThresholds = field(default_factory=QualityThresholds)
@@ -143,7 +119,7 @@ class GateConfig:
         return self.watchlist.key_file or self.gate.state_dir / "keys" / "templates.key"
 
 
-_SECTIONS = {"gate": GateSection, "camera": CameraSection, "models": ModelsSection, "lane": LaneConfig,
+_SECTIONS = {"gate": GateSection, "camera": LaneCameraSection, "models": ModelsSection, "lane": LaneConfig,
              "quality": QualityThresholds, "audit": AuditSection, "watchlist": WatchlistSection,
              "control": ControlSection, "privacy": PrivacySection}
 

@@ -34,7 +34,9 @@ class Peer:
     gid: int
 
 
-Handler = Callable[[dict, Peer], "dict | Iterator[dict]"]
+# A reply, or a stream of them; a None in the stream means "idle" (the server then checks that
+# the client is still there).
+Handler = Callable[[dict, Peer], "dict | Iterator[dict | None]"]
 
 
 def _peer(conn: socket.socket) -> Peer:

@@ -13,10 +13,10 @@ import os
 import queue
 import threading
 import time
-from pathlib import Path
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import devices
 from gate import lane as lanes
@@ -24,8 +24,18 @@ from gate.actions import Unlock
 from gate.audit import AuditLog, AuditWriteError
 from gate.config import GateConfig
 from gate.decide import Outcome
-from gate.events import (AuditRestored, DeviceFault, DeviceRestored, DoorForced, FireAlarm, PassageComplete,
-                         StaffCommand, Tamper, Tick, TokenRead)
+from gate.events import (
+    AuditRestored,
+    DeviceFault,
+    DeviceRestored,
+    DoorForced,
+    FireAlarm,
+    PassageComplete,
+    StaffCommand,
+    Tamper,
+    Tick,
+    TokenRead,
+)
 from gate.executor import BARRIER, ActionExecutor
 from gate.notify import Notifier
 from gate.observation import FrameObservation
@@ -36,6 +46,12 @@ from gate.sqlite_store import InsecureFileError, parse_utc_iso
 from gate.template_crypto import TemplateCipher, TemplateKeyError
 from gate.watchlist import WatchlistStore
 
+if TYPE_CHECKING:  # imported where used, so a lane without them never loads them
+    from devices.barcode import BarcodeScanner
+    from gate.control import ControlServer
+    from gate.staff_auth import StaffRegistry
+    from sync.agent import GateAgent
+
 log = logging.getLogger("gated")
 
 SOFTWARE_VERSION = "0.1.0"
@@ -44,7 +60,7 @@ CAMERA = "camera"
 
 
 def _device_online(daemon: "LaneDaemon", t: float, e) -> DeviceRestored | None:
-    return DeviceRestored(t, BARRIER) if BARRIER in daemon.state.faults else None
+    return DeviceRestored(t, BARRIER) if BARRIER in daemon.lane.faults else None
 
 
 # Device event type -> the lane event it becomes (None: nothing for the lane to hear).
@@ -117,19 +133,21 @@ class LaneDaemon:
         self._commands: queue.Queue[_Pending] = queue.Queue()
         self.state: lanes.LaneState | None = None
         self.status_snapshot: dict[str, Any] = {"mode": "starting"}
-        self.agent = None
+        self.agent: GateAgent | None = None
         self.audit_chain_alarm = ""  # set by the sync uploader (see _audit_chain_alarm)
-        self.control = None
-        self.pad = None
-        self.scanner = None
-        self.staff = None  # gate.staff_auth.StaffRegistry when control.staff_file is set
+        self.control: ControlServer | None = None
+        self.pad: Any = None  # vision.pad's loaded models, None when not provisioned
+        self.scanner: BarcodeScanner | None = None
+        self.staff: StaffRegistry | None = None  # when control.staff_file is set
+        self._lock_fd: int | None = None
         self._last_frame_index = -1
         self._last_frame_t: float | None = None
         self._frame_t_capture: float | None = None
         self._thumb = None
         self._empty_scene = None  # thumbnail of the last frame in which no face was found
         self.refer_crops: ReferCropStore | None = None  # [privacy] keep_refer_crops (opt-in)
-        self._last_processed = None  # (image, FrameResult) of the last frame run through the pipeline
+        # (image, FrameResult) of the last frame run through the pipeline
+        self._last_processed: tuple[Any, Any] | None = None
 
     # ------------------------------------------------------------------ start-up
     def open(self) -> None:
@@ -286,7 +304,7 @@ class LaneDaemon:
     def _keep_refer_crop(self, record) -> None:
         """Seal the primary face of the last processed frame as the crop of a REFER decision,
         named after its audit record. No record (audit write failed) or no face: no crop."""
-        if self._last_processed is None or self._last_processed[1].primary is None:
+        if self.refer_crops is None or self._last_processed is None or self._last_processed[1].primary is None:
             return
         image, result = self._last_processed
         if record is None:
@@ -317,6 +335,14 @@ class LaneDaemon:
             raise StartupError(f"models.pad: {e}") from None
 
     @property
+    def lane(self) -> lanes.LaneState:
+        """The lane's state, for the main loop: `run` starts the lane before anything on it reads
+        this (`state` stays None until then, which `health` and `close` allow for)."""
+        if self.state is None:
+            raise RuntimeError("the lane has not been started (LaneDaemon.run)")
+        return self.state
+
+    @property
     def pad_status(self) -> str:
         return "not provisioned" if self.pad is None else "+".join(self.cfg.models.pad)
 
@@ -324,7 +350,7 @@ class LaneDaemon:
     def _run(self, actions, decision=None) -> None:
         """Run a step's actions; then keep the crop of a new REFER `decision` (named after the
         record the executor wrote for it) and feed the follow-up events back to the lane."""
-        done = self.executor.run(actions, audit_failing=lanes.AUDIT_LOG in self.state.faults)
+        done = self.executor.run(actions, audit_failing=lanes.AUDIT_LOG in self.lane.faults)
         for a in done.alerts:
             self.metrics.alerts.append({"kind": a.kind, "details": dict(a.details), "at": _utc_now().isoformat()})
         if decision is not None and decision.outcome is Outcome.REFER and self.cfg.privacy.keep_refer_crops:
@@ -374,8 +400,8 @@ class LaneDaemon:
             "frame_captured_at": self._frame_t_capture})
 
     def _step(self, event) -> None:
-        before = self.state.decision if self.state is not None else None
-        self.state, actions = lanes.step(self.state, event)
+        before = self.lane.decision
+        self.state, actions = lanes.step(self.lane, event)
         d = self.state.decision
         if d is not None and d is not before:
             self.metrics.decisions[str(d.outcome)] = self.metrics.decisions.get(str(d.outcome), 0) + 1
@@ -412,11 +438,11 @@ class LaneDaemon:
                 p = self._commands.get_nowait()
             except queue.Empty:
                 return
-            before = self.state.mode
+            before = self.lane.mode
             try:
                 ev = StaffCommand(self.clock(), p.event.action, p.event.operator_id, p.event.reason, p.event.direction)
                 self._step(ev)
-                p.reply = {"ok": True, "mode_before": str(before), "mode": str(self.state.mode)}
+                p.reply = {"ok": True, "mode_before": str(before), "mode": str(self.lane.mode)}
             except Exception as e:
                 p.reply = {"ok": False, "error": str(e)}
             p.done.set()
@@ -437,26 +463,26 @@ class LaneDaemon:
         if f is None:
             stale = self.cfg.camera.stale_after_s
             last = self._last_frame_t if self._last_frame_t is not None else self._started
-            if now - last > stale and CAMERA not in self.state.faults:
+            if now - last > stale and CAMERA not in self.lane.faults:
                 self._step(DeviceFault(now, CAMERA, f"no frame for {now - last:.1f} s ({self.grabber.status}: "
                                                     f"{self.grabber.last_error or 'no error'})"))
             return
         self._last_frame_index = f.index
         self._last_frame_t = now
-        if CAMERA in self.state.faults:
+        if CAMERA in self.lane.faults:
             self._step(DeviceRestored(now, CAMERA))
         self.metrics.frames += 1
-        if not self.state.uses_frames:
+        if not self.lane.uses_frames:
             return
         if self._unchanged_empty_scene(f.image):
             self._step(FrameObservation(now))
             return
-        embed = "primary" if self.state.uses_matching else "none"
+        embed = "primary" if self.lane.uses_matching else "none"
         self._frame_t_capture = f.t_capture
         t0 = time.perf_counter()
         result = self._pipeline.process(f.image, embed=embed)
         obs = observe(now, result, self.matcher, self.lookup, self.cfg.lane.policy.shortlist_k,
-                      self.state.one_to_one_subject, pad=self.pad, frame=f.image)
+                      self.lane.one_to_one_subject, pad=self.pad, frame=f.image)
         self.metrics.vision_ms.append((time.perf_counter() - t0) * 1e3)
         self._empty_scene = None if result.faces else self._thumb
         self._last_processed = (f.image, result)
@@ -472,7 +498,7 @@ class LaneDaemon:
         import cv2
 
         self._thumb = cv2.resize(cv2.cvtColor(image, cv2.COLOR_BGR2GRAY), (80, 60), interpolation=cv2.INTER_AREA)
-        if self.state.mode != lanes.Mode.IDLE or self._empty_scene is None:
+        if self.lane.mode != lanes.Mode.IDLE or self._empty_scene is None:
             return False
         diff = float(cv2.absdiff(self._thumb, self._empty_scene).mean())
         return diff < self.MOTION_THRESHOLD
@@ -506,16 +532,20 @@ class LaneDaemon:
 
     def health(self) -> dict[str, Any]:
         s = self.state
-        return {"status": "ok" if s is not None and not s.faults and s.mode != lanes.Mode.OUT_OF_SERVICE else "degraded",
+        healthy = s is not None and not s.faults and s.mode != lanes.Mode.OUT_OF_SERVICE
+        return {"status": "ok" if healthy else "degraded",
                 "software_version": SOFTWARE_VERSION,
                 "model_versions": {"detector": self.cfg.models.detector, "embedder": self.cfg.models.embedder,
                                    "pad": self.pad_status},
                 "last_decision_at": self.metrics.last_decision_at,
                 "mode": str(s.mode) if s else "starting", "faults": sorted(s.faults) if s else [],
-                "audit_chain_alarm": self.audit_chain_alarm}
+                "audit_chain_alarm": self.audit_chain_alarm, "site": self.cfg.gate.site,
+                # lane, latched alarm, out-of-service operator, mode since: the console's fleet page
+                **(lanes.health_fields(s, time.time() - (self.clock() - s.now)) if s
+                   else {"lane": self.cfg.lane.lane_id})}
 
     def _snapshot(self) -> None:
-        s = self.state
+        s = self.lane
         self.status_snapshot = {
             "gate": self.cfg.gate.id, "lane": self.cfg.lane.lane_id, "mode": str(s.mode),
             "faults": sorted(s.faults), "alarm": s.alarm, "fire_active": s.fire_active,
@@ -556,8 +586,8 @@ class LaneDaemon:
         self._run(actions)
         self._step(Tick(self.clock()))
         self._snapshot()
-        self.notifier.ready(f"lane {self.cfg.lane.lane_id} {self.state.mode}")
-        log.info("lane %s ready: mode %s, pad %s", self.cfg.lane.lane_id, self.state.mode, self.pad_status)
+        self.notifier.ready(f"lane {self.cfg.lane.lane_id} {self.lane.mode}")
+        log.info("lane %s ready: mode %s, pad %s", self.cfg.lane.lane_id, self.lane.mode, self.pad_status)
         wd_every = self.notifier.watchdog_interval_s() or 1.0
         last_tick = last_wd = last_purge = last_status = last_audit_probe = self._started
         stopping_since = None
@@ -569,7 +599,7 @@ class LaneDaemon:
             if now - last_tick >= TICK_S:
                 self._step(Tick(now))
                 last_tick = now
-            if lanes.AUDIT_LOG in self.state.faults and now - last_audit_probe >= self.AUDIT_PROBE_S:
+            if lanes.AUDIT_LOG in self.lane.faults and now - last_audit_probe >= self.AUDIT_PROBE_S:
                 self._probe_audit(now)
                 last_audit_probe = now
             if now - last_purge >= self.cfg.watchlist.purge_interval_s:
@@ -583,7 +613,7 @@ class LaneDaemon:
             if now - last_status >= 0.5:
                 self._snapshot()
                 self.metrics.keep_recent()
-                self.notifier.status(f"{self.state.mode}; frames {self.metrics.frames}")
+                self.notifier.status(f"{self.lane.mode}; frames {self.metrics.frames}")
                 last_status = now
             if now - last_wd >= wd_every:
                 self.notifier.watchdog()
@@ -594,9 +624,9 @@ class LaneDaemon:
                     self.notifier.stopping()
                     log.info("stopping: finishing the current passage")
                 # finish a passage in progress (bounded by the lane's own open timeout)
-                if self.state.mode != lanes.Mode.OPEN or now - stopping_since > self.cfg.lane.open_timeout_s + 1:
+                if self.lane.mode != lanes.Mode.OPEN or now - stopping_since > self.cfg.lane.open_timeout_s + 1:
                     break
-            if self.grabber.status == "ended" and self.state.mode != lanes.Mode.OPEN:
+            if self.grabber.status == "ended" and self.lane.mode != lanes.Mode.OPEN:
                 # a recorded feed (file or folder) is over: nothing more will be seen
                 log.info("camera source ended (file or folder); stopping")
                 break
@@ -624,7 +654,7 @@ class LaneDaemon:
             part = getattr(self, name, None)
             if part is not None:
                 part.stop()
-        if getattr(self, "scanner", None) is not None:
+        if self.scanner is not None:
             self.scanner.close()
         if getattr(self, "grabber", None) is not None:
             self.grabber.stop()
@@ -637,6 +667,6 @@ class LaneDaemon:
             part = getattr(self, name, None)
             if part is not None:
                 part.close()
-        if getattr(self, "_lock_fd", None) is not None:
+        if self._lock_fd is not None:
             os.close(self._lock_fd)  # releases the instance lock
             self._lock_fd = None

@@ -36,9 +36,9 @@ from enum import StrEnum
 from statistics import fmean
 from typing import Any, Mapping, Sequence
 
+from configschema import ConfigError
 from gate.field_ranges import check_ranges
 from gate.observation import Candidate, ListType
-from gate.schema import ConfigError
 from gate.track import Sample, Track
 from vision.calibrate import RecordRef
 from vision.pad.fusion import PadPolicy, PadState, PadVerdict, fuse_frames
@@ -179,7 +179,7 @@ class PadEvidence:
 
     def to_record(self) -> dict[str, Any]:
         return {**self.verdict.to_dict(), "scores": [
-            {"t": round(s.t, 6), "live": round(s.pad_live, 4),
+            {"t": round(s.t, 6), "live": None if s.pad_live is None else round(s.pad_live, 4),
              "models": {m: round(live, 4) for m, live in s.pad_scores or ()}} for s in self.samples]}
 
 
@@ -188,7 +188,7 @@ def judge_liveness(samples: Sequence[Sample], policy: PadPolicy) -> PadEvidence:
     (`best_samples`, the rule matching uses); pending until that many exist."""
     judged = tuple(sorted(best_samples([s for s in samples if s.pad_live is not None], policy.frames),
                           key=lambda s: s.t))
-    return PadEvidence(fuse_frames([s.pad_live for s in judged], policy), judged)
+    return PadEvidence(fuse_frames([s.pad_live for s in judged if s.pad_live is not None], policy), judged)
 
 
 @dataclass(frozen=True)
@@ -320,7 +320,7 @@ def gather_evidence(track: Track, now: float, policy: DecisionPolicy, token: Tok
     # the shortlists are fused in 1:1 mode too: a deny-list subject holding someone's pass is still a hit
     searched = tuple(s for s in window if s.matches is not None)
     used = best_samples(searched, policy.fuse_k)
-    fused = fuse([s.matches for s in used]) if len(used) >= policy.fuse_k else ()
+    fused = fuse([s.matches for s in used if s.matches is not None]) if len(used) >= policy.fuse_k else ()
     if token is None:
         pad = judge_liveness(searched, policy.pad) if pad_provisioned else None
         best = next((f for f in fused if f.list_type is ListType.ALLOW), None)
@@ -335,7 +335,8 @@ def gather_evidence(track: Track, now: float, policy: DecisionPolicy, token: Tok
             margin=None if rival is None or best is None else best.low - rival.high)
     verified = tuple(s for s in window if s.verify_score is not None)
     used_v = best_samples(verified, policy.fuse_k)
-    score = fmean(s.verify_score for s in used_v) if len(used_v) >= policy.fuse_k else None
+    score = (fmean(s.verify_score for s in used_v if s.verify_score is not None)
+             if len(used_v) >= policy.fuse_k else None)
     pad = judge_liveness(verified, policy.pad) if pad_provisioned else None
     return Evidence(MatchMode.ONE_TO_ONE, fused, len(used_v), len(verified), subject_id=token.subject_id,
                     list_type=token.list_type, score=score, pad=pad, details={"token_kind": token.kind})

@@ -138,8 +138,8 @@ def _write_record(slot_path: Path, bundle: Path, selftest: str) -> None:
 
 
 def _config_gate(config_path: Path) -> tuple[str, Path]:
+    from configschema import ConfigError
     from gate.config import load_config
-    from gate.schema import ConfigError
 
     try:
         cfg = load_config(config_path)
@@ -201,8 +201,8 @@ def install(bundle: Path, root: Path, public_key: Path, selftest: SelfTest,
         manifest = read_manifest(staging)
         config_gate, state_dir = _config_gate(staging / CONFIG_NAME)
         state = _root_state(root, previous)
-        if check_bundle(state, manifest, config_gate, downgrade):
-            _record_downgrade(state_dir, manifest, state.floor, downgrade, f"install {Path(bundle).name}")
+        if permitted := check_bundle(state, manifest, config_gate, downgrade):
+            _record_downgrade(state_dir, manifest, state.floor, permitted, f"install {Path(bundle).name}")
         state = initial_state(state, manifest, config_gate)
     except BaseException:
         shutil.rmtree(staging)
@@ -243,8 +243,8 @@ def rollback(root: Path, downgrade: Downgrade | None = None) -> str:
     manifest = read_manifest(slot_dir(root, other))
     config_gate, state_dir = _config_gate(slot_dir(root, other) / CONFIG_NAME)
     state = _root_state(root, now)
-    if check_bundle(state, manifest, config_gate, downgrade):
-        _record_downgrade(state_dir, manifest, state.floor, downgrade, f"rollback to slot {other}")
+    if permitted := check_bundle(state, manifest, config_gate, downgrade):
+        _record_downgrade(state_dir, manifest, state.floor, permitted, f"rollback to slot {other}")
     _switch(root, other)
     return other
 

@@ -70,9 +70,9 @@ def save_state(root: Path, state: ImageState) -> None:
 
 
 def check_bundle(state: ImageState, manifest: BundleManifest, config_gate_id: str,
-                 downgrade: Downgrade | None) -> bool:
-    """Raise ImageError when the bundle may not go onto this gate; return True when it is a
-    permitted downgrade (the caller records it before installing)."""
+                 downgrade: Downgrade | None) -> Downgrade | None:
+    """Raise ImageError when the bundle may not go onto this gate; return the downgrade when it
+    is a permitted one (the caller records it before installing), None when it is none."""
     if state.gate_id is not None:
         if state.gate_id not in manifest.gate_ids:
             raise ImageError(f"bundle is built for gate(s) {', '.join(manifest.gate_ids)}, this is gate "
@@ -85,8 +85,8 @@ def check_bundle(state: ImageState, manifest: BundleManifest, config_gate_id: st
             raise ImageError(f"bundle image version {manifest.image_version} is older than version {state.floor} "
                              "already installed here (a downgrade); nothing installed. A deliberate downgrade "
                              "needs --allow-downgrade --operator ID --reason TEXT")
-        return True
-    return False
+        return downgrade
+    return None
 
 
 def initial_state(state: ImageState, manifest: BundleManifest, config_gate_id: str) -> ImageState:

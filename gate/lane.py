@@ -21,13 +21,25 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any, Callable, Iterable, Mapping
 
+from configschema import ConfigError
 from gate.actions import Action, Alert, Audit, Buzzer, Colour, Direction, Indicate, Lock, RecordPassage, Unlock
-from gate.decide import (Decision, DecisionPolicy, Outcome, Reason, Token, decide, refer_unknown_token,
-                         why_undecided)
-from gate.events import (AuditFailed, AuditRestored, DeviceFault, DeviceRestored, DoorForced, Event, FireAlarm,
-                         PassageComplete, StaffAction, StaffCommand, Tamper, Tick, TokenRead)
+from gate.decide import Decision, DecisionPolicy, Outcome, Reason, Token, decide, refer_unknown_token, why_undecided
+from gate.events import (
+    AuditFailed,
+    AuditRestored,
+    DeviceFault,
+    DeviceRestored,
+    DoorForced,
+    Event,
+    FireAlarm,
+    PassageComplete,
+    StaffAction,
+    StaffCommand,
+    Tamper,
+    Tick,
+    TokenRead,
+)
 from gate.field_ranges import check_ranges
-from gate.schema import ConfigError
 from gate.observation import FaceObservation, FrameObservation, ListType
 from gate.track import Track, TrackPolicy, follow, in_capture_zone, restart, same_visit, tailgate_ratio
 
@@ -221,6 +233,24 @@ class LaneState:
 Result = tuple[LaneState, list[Action]]
 
 
+# The mode says which optional part of the state is set (ACQUIRING: a track; DECIDED: a
+# decision; OPEN: an opening). These read that part where the mode guarantees it, so a broken
+# invariant stops at the line that assumed it.
+def _track(s: LaneState) -> Track:
+    assert s.track is not None, f"{s.mode} without a track"
+    return s.track
+
+
+def _decision(s: LaneState) -> Decision:
+    assert s.decision is not None, f"{s.mode} without a decision"
+    return s.decision
+
+
+def _opening(s: LaneState) -> Opening:
+    assert s.opening is not None, f"{s.mode} without an opening"
+    return s.opening
+
+
 def start(config: LaneConfig, t: float, *, pad_provisioned: bool, flights: Iterable[str] = (),
           passed: Iterable[Any] = ()) -> tuple[LaneState, tuple[Action, ...]]:
     """The lane at daemon start-up: locked, idle, and the start recorded.
@@ -294,8 +324,9 @@ def _settle(s: LaneState, event: str, fields: dict[str, Any] | None = None, **ch
 
 def _entry_actions(s: LaneState) -> list[Action]:
     if s.mode is Mode.OPEN:
-        text = TEXT_HELD_OPEN if s.opening.hold else TEXT_PASS
-        return [Unlock(s.opening.direction, hold=s.opening.hold), Indicate(Colour.GREEN, Buzzer.SHORT, text)]
+        opening = _opening(s)
+        text = TEXT_HELD_OPEN if opening.hold else TEXT_PASS
+        return [Unlock(opening.direction, hold=opening.hold), Indicate(Colour.GREEN, Buzzer.SHORT, text)]
     if s.mode is Mode.EMERGENCY:
         return [Unlock(Direction.BOTH, hold=True, fail_safe=True),
                 Indicate(Colour.GREEN, Buzzer.NONE, TEXT_EMERGENCY)]
@@ -304,11 +335,12 @@ def _entry_actions(s: LaneState) -> list[Action]:
     elif s.mode is Mode.ACQUIRING:
         indication = Indicate(Colour.OFF, Buzzer.NONE, TEXT_HOLD_STILL)
     elif s.mode is Mode.DECIDED:
-        if s.decision.outcome is Outcome.ALLOW or s.config.latch.latches(s.decision.reason):
+        decision = _decision(s)
+        if decision.outcome is Outcome.ALLOW or s.config.latch.latches(decision.reason):
             return []  # OPEN or ALARM follows within the same step and sets the barrier
-        if s.decision.reason is Reason.ANTI_PASSBACK:
+        if decision.reason is Reason.ANTI_PASSBACK:
             indication = Indicate(Colour.RED, Buzzer.LONG, TEXT_ALREADY_PASSED)
-        elif s.decision.outcome is Outcome.DENY:
+        elif decision.outcome is Outcome.DENY:
             indication = Indicate(Colour.RED, Buzzer.LONG, TEXT_NOT_RECOGNISED)
         else:
             indication = Indicate(Colour.AMBER, Buzzer.LONG, TEXT_SEE_STAFF)
@@ -357,7 +389,7 @@ def _apply_decision(s: LaneState, d: Decision, timings_ms: dict[str, float] | No
 
 
 def _why_unserved(s: LaneState) -> dict[str, Any]:
-    return why_undecided(s.track, s.now, s.config.policy, s.token, pad_provisioned=s.pad_provisioned)
+    return why_undecided(_track(s), s.now, s.config.policy, s.token, pad_provisioned=s.pad_provisioned)
 
 
 def _prompt(d: Decision) -> str:
@@ -374,7 +406,7 @@ def _retry(s: LaneState, d: Decision) -> Result:
     record = _record(s, s.mode, "attempt_failed", {
         "track_id": d.track_id, "attempt": s.attempt, "of": s.config.attempts.max, "prompt": prompt,
         "decision": d.to_record()})
-    s = replace(s, attempt=s.attempt + 1, track=restart(s.track, s.now))
+    s = replace(s, attempt=s.attempt + 1, track=restart(_track(s), s.now))
     return s, [Audit(record), Indicate(Colour.AMBER, Buzzer.SHORT, prompt)]
 
 
@@ -383,6 +415,8 @@ def _passed_already(s: LaneState, d: Decision) -> Decision:
     flight, becomes a refusal that says so (the match itself is kept in the record)."""
     p = s.config.passback
     sid = d.subject_id
+    if sid is None:
+        return d
     details: dict[str, Any] = {}
     if sid in s.boarded and s.flights and p.per_flight_h and s.now - s.boarded[sid] < p.per_flight_h * 3600:
         details = {"boarded": sorted(s.flights), "passed_s_ago": round(s.now - s.boarded[sid], 1)}
@@ -406,7 +440,7 @@ def _remember_passage(s: LaneState, subject_id: str) -> LaneState:
 
 
 def _judge(s: LaneState, ratio: float | None, timings_ms: dict[str, float] | None) -> Result:
-    d = decide(s.track, s.now, s.config.policy, s.token, ratio, pad_provisioned=s.pad_provisioned)
+    d = decide(_track(s), s.now, s.config.policy, s.token, ratio, pad_provisioned=s.pad_provisioned)
     if d is None:
         return s, []
     if d.outcome is Outcome.ALLOW:
@@ -423,26 +457,26 @@ def _advance_time(s: LaneState) -> Result:
     if s.token is not None and s.now - s.token.read_at >= s.config.token_ttl_s:
         actions += _note(s, "token_expired", subject_id=s.token.subject_id, token_kind=s.token.kind)
         s = replace(s, token=None, track=None if s.track is None else restart(s.track, s.now))
-    if s.mode is Mode.ACQUIRING and s.now - s.track.last_seen_t >= s.config.tracking.lost_after_s:
-        s, more = _go(s, Mode.IDLE, "face_lost", {"track_id": s.track.track_id, "unserved": _why_unserved(s)},
+    if s.mode is Mode.ACQUIRING and s.now - _track(s).last_seen_t >= s.config.tracking.lost_after_s:
+        s, more = _go(s, Mode.IDLE, "face_lost", {"track_id": _track(s).track_id, "unserved": _why_unserved(s)},
                       track=None)
         actions += more
     elif s.mode is Mode.DECIDED and s.now - s.since >= s.config.result_display_s:
         s, more = _settle(s, "result_shown")
         actions += more
-    elif s.mode is Mode.OPEN and s.opening.deadline is not None and s.now >= s.opening.deadline:
-        s, more = _settle(s, "open_timeout", {"opening": s.opening.to_record()})
+    elif s.mode is Mode.OPEN and (deadline := _opening(s).deadline) is not None and s.now >= deadline:
+        s, more = _settle(s, "open_timeout", {"opening": _opening(s).to_record()})
         actions += more
     return s, actions
 
 
 # ---- event handlers ---------------------------------------------------------------------------
 
-def _still_served(s: LaneState, face: FaceObservation) -> bool:
-    """Whether `face` is the person just decided: the same place in the picture, and not clearly
-    someone else (a face matching another enrolled identity is a new passenger who stepped up
-    into the same spot, and starts a normal attempt)."""
-    if not same_visit(s.served, face, s.config.tracking):
+def _still_served(s: LaneState, served: Track, face: FaceObservation) -> bool:
+    """Whether `face` is `served`, the person just decided: the same place in the picture, and
+    not clearly someone else (a face matching another enrolled identity is a new passenger who
+    stepped up into the same spot, and starts a normal attempt)."""
+    if not same_visit(served, face, s.config.tracking):
         return False
     best = next((c for c in face.matches or () if c.list_type is ListType.ALLOW), None)
     return best is None or best.score < s.config.policy.threshold_1n or best.subject_id == s.served_subject
@@ -452,30 +486,34 @@ def _on_frame(s: LaneState, frame: FrameObservation) -> Result:
     tracking = s.config.tracking
     if s.mode is Mode.OPEN:
         ratio = tailgate_ratio(frame)
-        if not s.opening.hold and ratio is not None and ratio >= s.config.policy.tailgate_size_ratio:
+        opening = _opening(s)
+        if not opening.hold and ratio is not None and ratio >= s.config.policy.tailgate_size_ratio:
             return _raise_alarm(s, Reason.TAILGATING.value, tailgate_ratio=round(ratio, 3),
-                                opening=s.opening.to_record())
+                                opening=opening.to_record())
         return s, []
     if s.mode not in (Mode.IDLE, Mode.ACQUIRING):
         return s, []
+    face = frame.primary
     if s.mode is Mode.IDLE and s.served is not None:
-        if s.now - s.served.last_seen_t >= tracking.visit_gap_s or (
-                frame.primary is not None and not _still_served(s, frame.primary)):
+        served = s.served
+        if s.now - served.last_seen_t >= tracking.visit_gap_s or (
+                face is not None and not _still_served(s, served, face)):
             s = replace(s, served=None)  # the decided person has left, or someone else stepped up
-        elif frame.primary is not None:  # the decided person, still there: not judged again
-            return replace(s, served=replace(s.served, box=frame.primary.box, last_seen_t=s.now)), []
+        elif face is not None:  # the decided person, still there: not judged again
+            return replace(s, served=replace(served, box=face.box, last_seen_t=s.now)), []
         else:
             return s, []
-    if not in_capture_zone(frame.primary, tracking):
-        if s.mode is Mode.ACQUIRING and frame.primary is not None:  # stepped back: say so if the attempt ends
-            s = replace(s, track=replace(s.track, out_of_zone_streak=s.track.out_of_zone_streak + 1))
+    if face is None or not in_capture_zone(face, tracking):
+        if s.mode is Mode.ACQUIRING and face is not None:  # stepped back: say so if the attempt ends
+            track = _track(s)
+            s = replace(s, track=replace(track, out_of_zone_streak=track.out_of_zone_streak + 1))
         return s, []
     window_s = s.config.policy.window_s
-    track = follow(s.track, frame.primary, s.now, s.next_track_id, tracking, window_s)
+    track = follow(s.track, face, s.now, s.next_track_id, tracking, window_s)
     actions: list[Action] = []
     if s.track is None or track.track_id != s.track.track_id:
         event = "face_acquired" if s.mode is Mode.IDLE else "track_replaced"
-        fields = {"track_id": track.track_id}
+        fields: dict[str, Any] = {"track_id": track.track_id}
         if s.track is not None:
             fields["previous_track_id"] = s.track.track_id
             fields["previous_unserved"] = _why_unserved(s)
@@ -493,9 +531,9 @@ def _on_tick(s: LaneState, _: Tick) -> Result:
 
 def _on_passage(s: LaneState, e: PassageComplete) -> Result:
     direction = None if e.direction is None else e.direction.value
-    if s.mode is Mode.OPEN and not s.opening.hold:
-        subject_id = s.opening.subject_id  # a face still in view after the passage is theirs: not judged again
-        s, actions = _settle(s, "passage_complete", {"opening": s.opening.to_record(), "direction": direction})
+    if s.mode is Mode.OPEN and not _opening(s).hold:
+        subject_id = _opening(s).subject_id  # a face still in view after the passage is theirs: not judged again
+        s, actions = _settle(s, "passage_complete", {"opening": _opening(s).to_record(), "direction": direction})
         if subject_id is None:
             return s, actions
         return _remember_passage(s, subject_id), actions + [RecordPassage(subject_id)]
@@ -571,6 +609,7 @@ def _on_token(s: LaneState, e: TokenRead) -> Result:
         if s.mode is Mode.OPEN:  # the next passenger, while the previous one walks through
             return s, _note(s, "token_unknown", **fields) + [_alert(s, "refer", reason=Reason.TOKEN_UNKNOWN.value)]
         return _apply_decision(s, refer_unknown_token(e.kind, None, s.now, pad_provisioned=s.pad_provisioned))
+    assert e.list_type is not None  # a TokenRead names both or neither
     token = Token(e.subject_id, e.list_type, e.kind, s.now)
     track = None if s.track is None else restart(s.track, s.now)
     return replace(s, token=token, track=track), _note(s, "token_read", **fields)
@@ -626,3 +665,11 @@ _HANDLERS: dict[type, Callable[[LaneState, Any], Result]] = {
     Tamper: _on_tamper, FireAlarm: _on_fire, DeviceFault: _on_device_fault, DeviceRestored: _on_device_restored,
     AuditFailed: _on_audit_failed, AuditRestored: _on_audit_restored, TokenRead: _on_token, StaffCommand: _on_staff,
 }
+
+
+def health_fields(s: LaneState, wall_now: float) -> dict[str, Any]:
+    """What the central's fleet view needs to know of the lane's state, for the health report:
+    which lane, the latched alarm, who took it out of service, and since when the current mode
+    holds (as Unix time: lane time is monotonic, `wall_now` is the wall clock at `s.now`)."""
+    return {"lane": s.config.lane_id, "alarm": s.alarm, "out_of_service_by": s.out_of_service_by,
+            "mode_since": round(wall_now - (s.now - s.since), 3)}

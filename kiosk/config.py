@@ -25,10 +25,11 @@ import configschema
 from configschema import ConfigError, describe, load_dataclass
 from devices.barcode import ScannerConfig
 from kiosk.session import StationRules
-from models.registry import DEFAULT_DETECTOR, DEFAULT_EMBEDDER, KNOWN_LIMITS
+from models.registry import KNOWN_LIMITS
 from sync.scopes import ScopeError, check_id, checkpoint_scope
 from sync.station_client import StationLink
 from vision.calibrate import CalibratedThreshold, RecordRef, RecordResolver, check_models, model_name
+from vision.config import CameraSection, ModelsSection
 
 
 @dataclass(frozen=True)
@@ -57,32 +58,6 @@ class StationSection:
             ZoneInfo(self.timezone)
         except (ScopeError, ZoneInfoNotFoundError, ValueError) as exc:
             raise ConfigError(f"station: {exc}") from None
-
-
-@dataclass(frozen=True)
-class CameraSection:
-    source: str = field(metadata={"help": "camera index (\"0\" = /dev/video0), rtsp:// or http:// URL, "
-                                          "video file, or folder of images"})
-    fps: float | None = field(default=None, metadata={"help": "frame rate to request / play files at", "min": 0.1})
-    width: int | None = field(default=None, metadata={"min": 16})
-    height: int | None = field(default=None, metadata={"min": 16})
-    loop: bool = field(default=False, metadata={"help": "replay a file or folder forever (demos)"})
-    reconnect_max_s: float = field(default=10.0, metadata={
-        "help": "longest back-off between attempts to reopen a dead camera", "min": 0.1})
-
-
-@dataclass(frozen=True)
-class ModelsSection:
-    dir: Path = field(metadata={"help": "folder with model manifests and ONNX files"})
-    detector: str = field(default=DEFAULT_DETECTOR, metadata={"help": "detector model name or manifest path"})
-    embedder: str = field(default=DEFAULT_EMBEDDER, metadata={"help": "embedder model name or manifest path"})
-    flip: bool = field(default=True, metadata={"help": "average each template with its mirror image's"})
-    threads: int = field(default=2, metadata={"help": "ONNX Runtime threads per model", "min": 1, "max": 64})
-    min_face_px: int = field(default=60, metadata={"help": "detector's smallest face (pixels)", "min": 12})
-    pad: list[str] = field(default_factory=list, metadata={
-        "help": "presentation-attack (liveness) model names; empty = none provisioned"})
-    pad_required: bool = field(default=True, metadata={
-        "help": "refuse to run when no PAD model is provisioned (else every decision is referred)"})
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,5 @@
-"""`gate-ops audit pull`: export one gate's received audit for a time range, verifying its
-hash chain on the way and saying exactly where it breaks.
+"""`gate-ops audit pull` and the console's export: one gate's received audit for a time range,
+its hash chain verified on the way, saying exactly where it breaks.
 
 The exported range is anchored on the record just before it, which the central also holds,
 so a range in the middle of a gate's history is checked as firmly as one from the start.
@@ -14,7 +14,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from sync.audit_chain import GENESIS_HASH, AuditRow, ChainCheck, verify_chain
 from sync.central import Central
@@ -72,8 +72,32 @@ class _Tee:
             yield row
 
 
-def pull_audit(central: Central, gate_id: str, since: dt.datetime, until: dt.datetime | None,
-               fmt: str, out: Path) -> PullReport:
+@dataclass(frozen=True)
+class ExportResult:
+    gate_id: str
+    records: int  # in the range, all verified
+    written: int  # of those, the ones `select` kept (all without one)
+    first_seq: int | None
+    last_seq: int | None
+    check: ChainCheck
+    anchored: bool
+
+
+class _TextSink:
+    """A file-like object over a write callable, for csv.writer."""
+
+    def __init__(self, write: Callable[[str], object]) -> None:
+        self.write = write
+
+
+def export_audit(central: Central, gate_id: str, since: dt.datetime, until: dt.datetime | None, fmt: str,
+                 write: Callable[[str], object], select: Callable[[AuditRow], bool] | None = None,
+                 header: bool = True) -> ExportResult:
+    """Stream one gate's audit for a time range to `write` (text), verifying its hash chain on
+    the way: the one path behind `gate-ops audit pull` (a file) and the console's export (an HTTP
+    response). Every record of the range is verified; `select` chooses which are written (the
+    console's outcome and subject filters), so a filtered export is still checked as a whole
+    chain. `header`: the CSV header row (off for the second gate of a multi-gate export)."""
     if fmt not in FORMATS:
         raise ValueError(f"format {fmt!r} is not one of {', '.join(FORMATS)}")
     since_ts = iso_utc(since)
@@ -94,23 +118,41 @@ def pull_audit(central: Central, gate_id: str, since: dt.datetime, until: dt.dat
             yield first
             yield from rows
 
+    written = 0
+    if fmt == "jsonl":
+        def emit(row: AuditRow) -> None:
+            write(json.dumps({"gate_id": gate_id, "seq": row.seq, "ts": row.ts, "prev_hash": row.prev_hash,
+                              "hash": row.hash, "body": row.body}, sort_keys=True, ensure_ascii=False) + "\n")
+    else:
+        csv_writer = csv.writer(_TextSink(write))
+        if header:
+            csv_writer.writerow(["gate_id", "seq", "ts", "prev_hash", "hash", "body"])
+
+        def emit(row: AuditRow) -> None:
+            csv_writer.writerow([gate_id, row.seq, row.ts, row.prev_hash, row.hash,
+                                 json.dumps(row.body, sort_keys=True, ensure_ascii=False)])
+
+    def out(row: AuditRow) -> None:
+        nonlocal written
+        if select is None or select(row):
+            emit(row)
+            written += 1
+
+    tee = _Tee(all_rows(), out)
+    check = verify_chain(tee, prev_hash=anchor_prev, prev_seq=anchor_seq)
+    for _ in tee:  # verify_chain stops at the first break; the export goes on
+        pass
+    return ExportResult(gate_id=gate_id, records=tee.count, written=written, first_seq=tee.first, last_seq=tee.last,
+                        check=check, anchored=anchored)
+
+
+def pull_audit(central: Central, gate_id: str, since: dt.datetime, until: dt.datetime | None,
+               fmt: str, out: Path) -> PullReport:
+    if fmt not in FORMATS:
+        raise ValueError(f"format {fmt!r} is not one of {', '.join(FORMATS)}")
     out = Path(out)
     fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # audit holds personal data
     with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-        if fmt == "jsonl":
-            def write(row: AuditRow) -> None:
-                f.write(json.dumps({"gate_id": gate_id, "seq": row.seq, "ts": row.ts, "prev_hash": row.prev_hash,
-                                    "hash": row.hash, "body": row.body}, sort_keys=True, ensure_ascii=False) + "\n")
-        else:
-            csv_writer = csv.writer(f)
-            csv_writer.writerow(["gate_id", "seq", "ts", "prev_hash", "hash", "body"])
-
-            def write(row: AuditRow) -> None:
-                csv_writer.writerow([gate_id, row.seq, row.ts, row.prev_hash, row.hash,
-                                     json.dumps(row.body, sort_keys=True, ensure_ascii=False)])
-        tee = _Tee(all_rows(), write)
-        check = verify_chain(tee, prev_hash=anchor_prev, prev_seq=anchor_seq)
-        for _ in tee:  # verify_chain stops at the first break; the export goes on
-            pass
-    return PullReport(gate_id=gate_id, records=tee.count, first_seq=tee.first, last_seq=tee.last, check=check,
-                      anchored=anchored, out=out)
+        r = export_audit(central, gate_id, since, until, fmt, f.write)
+    return PullReport(gate_id=gate_id, records=r.records, first_seq=r.first_seq, last_seq=r.last_seq, check=r.check,
+                      anchored=r.anchored, out=out)

@@ -58,6 +58,10 @@ def _row(seq: int, ts: str, prev_hash: str, digest: str, body: str) -> AuditRow:
 class AuditStore:
     def __init__(self, db: CentralDatabase):
         self._conn = db
+        # (gate, epoch) -> the head this store held when that chain's last health report arrived,
+        # and the seq that report gave
+        self._held_at_report: dict[tuple[str, str], int] = {}
+        self._reported: dict[tuple[str, str], int] = {}
 
     def store_batch(self, gate_id: str, rows: tuple[AuditRow, ...] | list[AuditRow], now: float,
                     epoch: str = LEGACY_EPOCH) -> StoreResult:
@@ -159,11 +163,25 @@ class AuditStore:
                 "vouched, registered_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
                 (gate_id, chain.epoch, chain.parent, chain.base_seq, chain.base_hash, chain.public_key,
                  chain.created, chain.nonce, int(vouched), now))
+            # The gate's last health report said its log ends below what the parent holds, and now
+            # it forks there: together its own word that the log went back (a cut tail, a restored
+            # backup), which one report alone cannot prove (see note_reported_head).
+            parent_max = self._conn.execute("SELECT MAX(seq) FROM audit WHERE gate_id = ? AND epoch = ?",
+                                            (gate_id, chain.parent)).fetchone()[0]
+            reported = self._reported.get((gate_id, chain.parent))
+            diverged = reported is not None and self._conn.execute(  # then the conflict alarm says it better
+                "SELECT 1 FROM audit_alarms WHERE gate_id = ? AND epoch = ? AND kind = 'conflict' AND seq <= ?",
+                (gate_id, chain.parent, reported)).fetchone() is not None
+            if parent_max is not None and reported is not None and reported < int(parent_max) and not diverged:
+                self._alarm(gate_id, chain.parent, "went_backwards", reported, now,
+                            f"the gate's log ends at seq {reported} but the central holds up to {parent_max}; "
+                            f"a new chain forks at seq {chain.base_seq}")
             self._conn.execute("UPDATE audit_alarms SET resolved_by = ? WHERE gate_id = ? AND epoch = ? "
                                "AND resolved_by IS NULL", (chain.epoch, gate_id, chain.parent))
         log.warning("gate %s started audit chain epoch %s, forking from %s at seq %d (%s)", gate_id, chain.epoch,
                     chain.parent or "(first)", chain.base_seq,
-                    "base held identically" if vouched else "BASE NOT HELD HERE: the link between the chains is unproven")
+                    "base held identically" if vouched
+                    else "BASE NOT HELD HERE: the link between the chains is unproven")
         return vouched
 
     def note_reported_head(self, gate_id: str, epoch: str, last_seq: int, head_hash: str, now: float) -> str | None:
@@ -172,7 +190,17 @@ class AuditStore:
         known, held_seq, _ = self.head(gate_id, epoch)
         if not known:
             return None
+        # One report behind is no proof: the gate builds its report, then its uploader's batch
+        # overtakes it (seen at every demo start: report at seq 0, record 1 stored first; under
+        # steady traffic any report can trail by a batch). What the central held when the
+        # previous report arrived, though, was written at the gate before it built this one: a
+        # report below *that* means the log went backwards.
+        previous_held = self._held_at_report.get((gate_id, epoch))
+        self._held_at_report[(gate_id, epoch)] = held_seq
+        self._reported[(gate_id, epoch)] = last_seq
         if held_seq > last_seq:
+            if previous_held is None or last_seq >= previous_held:
+                return None
             kind, seq = "went_backwards", last_seq
             detail = f"the gate's log ends at seq {last_seq} but the central holds up to {held_seq}"
         else:
@@ -212,7 +240,7 @@ class AuditStore:
             return f"ALARM {a.kind} at seq {a.seq} ({a.epoch or 'first chain'}): {a.detail}"
         if alarms:
             a = alarms[-1]
-            return f"forked: {a.kind} at seq {a.seq}, records kept under epoch {a.resolved_by[:8]}"
+            return f"forked: {a.kind} at seq {a.seq}, records kept under epoch {(a.resolved_by or '')[:8]}"
         return ""
 
     def verify(self, gate_id: str, epoch: str = LEGACY_EPOCH) -> ChainCheck:

@@ -50,9 +50,12 @@ class SchemaMissing(StorageError):
 
 
 class Cursor(Protocol):
-    rowcount: int
+    @property
+    def rowcount(self) -> int: ...
 
     def fetchone(self) -> Any: ...
+
+    def fetchmany(self, size: int = ...) -> list[Any]: ...
 
     def fetchall(self) -> list[Any]: ...
 
@@ -137,9 +140,7 @@ def open_central_db(database: str | Path, create: bool = True, pool_size: int | 
     half-made or older schema. `create=False` skips the check (used by migrate itself).
     """
     if is_postgres(database):
-        from sync.central_pg import PostgresDatabase
-
-        from sync.central_pg import POOL_SIZE
+        from sync.central_pg import POOL_SIZE, PostgresDatabase
 
         return PostgresDatabase(str(database), check_schema=create, pool_size=pool_size or POOL_SIZE)
     from sync.central_sqlite import SqliteDatabase

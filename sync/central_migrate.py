@@ -37,6 +37,12 @@ TABLES: dict[str, tuple[str, ...]] = {
     "audit_alarms": ("gate_id", "epoch", "kind", "seq", "detail", "detected_at", "resolved_by"),
     "gate_assignments": ("gate_id", "scope", "assigned_at"),
     "erasures": ("subject_sha256", "operator", "reason", "erased_at", "templates", "log_entries"),
+    # The console's accounts, its hash-chained ops audit log and acknowledgements (sessions are not
+    # copied: everyone logs in again on the new store).
+    "ops_accounts": ("username", "role", "password_hash", "created_at", "created_by", "updated_at", "disabled",
+                     "failed_logins", "locked_until"),
+    "ops_audit": ("seq", "ts", "prev_hash", "hash", "body"),
+    "ops_acks": ("gate_id", "alarm", "username", "note", "acked_at"),
 }
 BATCH = 5000
 

@@ -47,6 +47,8 @@ POOL_WAIT_S = 2.0
 # Version 3: audit chain epochs (sync.audit_chain.ChainEpoch): audit.epoch in the key, audit_epochs,
 # audit_alarms; erasures (sync.forget.erase_subject).
 # Version 4: subjects.display_name (as the person writes it, for staff; never published to gates).
+# Version 5: gate_assignments (the flights a boarding gate follows).
+# Version 6: the operations console's tables (console.store): ops_accounts, ops_sessions, ops_audit, ops_acks.
 MIGRATIONS: list[tuple[int, list[str]]] = [
     (1, [
         "CREATE TABLE IF NOT EXISTS meta (name text PRIMARY KEY, value bigint NOT NULL)",
@@ -102,6 +104,24 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
     (4, ["ALTER TABLE subjects ADD COLUMN IF NOT EXISTS display_name text"]),
     (5, ['CREATE TABLE gate_assignments (gate_id text NOT NULL, scope text COLLATE "C" NOT NULL, '
          "assigned_at double precision NOT NULL, PRIMARY KEY (gate_id, scope))"]),
+    (6, [
+        # Per-person console accounts: argon2id hashes only, never a password.
+        "CREATE TABLE ops_accounts (username text PRIMARY KEY, role text NOT NULL, password_hash text NOT NULL, "
+        "created_at double precision NOT NULL, created_by text NOT NULL, updated_at double precision NOT NULL, "
+        "disabled integer NOT NULL DEFAULT 0, failed_logins integer NOT NULL DEFAULT 0, "
+        "locked_until double precision)",
+        # Sessions by the sha256 of their cookie (a stolen table gives no usable cookie).
+        "CREATE TABLE ops_sessions (token_sha256 text PRIMARY KEY, username text NOT NULL, csrf text NOT NULL, "
+        "created_at double precision NOT NULL, last_seen double precision NOT NULL, client text NOT NULL)",
+        "CREATE INDEX ops_sessions_user ON ops_sessions (username)",
+        # The ops audit log: logins, searches, exports, acknowledgements, account changes; hash-chained
+        # like a gate's audit log (sync.audit_chain.record_hash).
+        "CREATE TABLE ops_audit (seq bigint PRIMARY KEY, ts text NOT NULL, prev_hash text NOT NULL, "
+        "hash text NOT NULL, body text NOT NULL)",
+        # A supervisor's acknowledgement of an alarm, with a note: recorded, never sent to a gate.
+        "CREATE TABLE ops_acks (gate_id text NOT NULL, alarm text NOT NULL, username text NOT NULL, "
+        "note text NOT NULL, acked_at double precision NOT NULL, PRIMARY KEY (gate_id, alarm))",
+    ]),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 

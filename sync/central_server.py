@@ -16,13 +16,14 @@ import signal
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable, cast
 
 import msgpack
 import zmq
 import zmq.utils.z85
 from zmq.auth.thread import ThreadAuthenticator
 
+from sync.audit_store import EpochRefused, UnknownEpoch
 from sync.central import Central, EnrollmentError, Principal
 from sync.central_db import StorageError
 from sync.config import CentralConfig
@@ -30,14 +31,33 @@ from sync.forget import forget_withdrawn
 from sync.keys import load_keypair
 from sync.kvmsg import KVMsg, MalformedMessage, hugz, kthxbai, parse_icanhaz_request
 from sync.scopes import ScopeError
-from sync.audit_store import EpochRefused, UnknownEpoch
 from sync.service_messages import (
-    AuditBatch, EnrolRequest, EpochRegistration, HeadRequest, MalformedRequest, Reply, decode_request, encode_reply)
+    AuditBatch,
+    EnrolRequest,
+    EpochRegistration,
+    HeadRequest,
+    MalformedRequest,
+    Reply,
+    decode_request,
+    encode_reply,
+)
 from sync.station_service import answer_enrolment
 from sync.subject_record import MalformedRecord
 from sync.transport import (
-    COLLECTOR_OFFSET, MAX_CONTROL_FRAME, MAX_KV_FRAME, MAX_SERVICE_FRAME, PUBLISHER_OFFSET, SERVICE_OFFSET,
-    SNAPSHOT_OFFSET, ZAP_DOMAIN, Security, bind_socket)
+    COLLECTOR_OFFSET,
+    MAX_CONTROL_FRAME,
+    MAX_KV_FRAME,
+    MAX_SERVICE_FRAME,
+    PUBLISHER_OFFSET,
+    SERVICE_OFFSET,
+    SNAPSHOT_OFFSET,
+    ZAP_DOMAIN,
+    Security,
+    bind_socket,
+)
+
+if TYPE_CHECKING:
+    from sync.central_pg import PostgresDatabase
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +89,7 @@ class _AllowlistAuthenticator(ThreadAuthenticator):
 
     def _db(self) -> Central:
         if self._central is None:  # created in the authenticator's own thread
-            self._central = Central(self._config.database, node=self._config.node_name, pool_size=self._config.pool_size)
+            self._central = Central(self._config.store, node=self._config.node_name, pool_size=self._config.pool_size)
         return self._central
 
     async def handle_zap_message(self, msg: list[bytes]) -> None:
@@ -191,9 +211,10 @@ class _Publisher:
             from sync.central_pg import drop_audit_partitions_before, ensure_audit_partitions
 
             now = dt.datetime.now(dt.timezone.utc)
-            ensure_audit_partitions(self._central.db, now)
+            pg = cast("PostgresDatabase", self._central.db)
+            ensure_audit_partitions(pg, now)
             if self._cfg.audit_retention_days > 0:
-                drop_audit_partitions_before(self._central.db, now - dt.timedelta(days=self._cfg.audit_retention_days))
+                drop_audit_partitions_before(pg, now - dt.timedelta(days=self._cfg.audit_retention_days))
 
 
 class CentralServer:
@@ -220,7 +241,7 @@ class CentralServer:
             if cfg.secret_key_file is None:
                 raise ValueError("central.secret_key_file is required unless dev_plain_loopback is set")
             security = Security(keypair=load_keypair(cfg.secret_key_file))
-        central = Central(cfg.database, pool_size=cfg.pool_size)  # creates the schema before any thread needs it
+        central = Central(cfg.store, pool_size=cfg.pool_size)  # creates the schema before any thread needs it
         seq, gates = central.hashmap.current_seq(), sum(p.kind == "gate" for p in central.principals())
         central.close()
         self._ctx = zmq.Context()
@@ -245,13 +266,15 @@ class CentralServer:
         self._threads = [
             threading.Thread(target=self._guard, args=("snapshot", self._serve_snapshots, snapshot), daemon=True),
             threading.Thread(target=self._guard, args=("publisher", self._publish, publisher), daemon=True),
-            threading.Thread(target=self._guard, args=("service", self._serve_requests, collector, service), daemon=True),
+            threading.Thread(target=self._guard, args=("service", self._serve_requests, collector, service),
+                             daemon=True),
         ]
         for t in self._threads:
             t.start()
         p = self.ports
         log.info("central serving on %s: snapshot %d, updates %d, collector %d, audit/health %d; "
-                 "sequence %d, %d gate(s) registered", host, p.snapshot, p.publisher, p.collector, p.service, seq, gates)
+                 "sequence %d, %d gate(s) registered", host, p.snapshot, p.publisher, p.collector, p.service, seq,
+                 gates)
 
     def stop(self) -> None:
         self._stop.set()
@@ -305,7 +328,7 @@ class CentralServer:
             user = frame.get("User-Id")
         except zmq.ZMQError:
             return None
-        return central.principal(user) if user else None
+        return central.principal(str(user)) if user else None
 
     # ----- snapshot ----------------------------------------------------------------------
 
@@ -416,7 +439,7 @@ class CentralServer:
         progress) instead of killing the thread."""
         while not self._stop.is_set():
             try:
-                return Central(self.config.database, node=self.config.node_name, pool_size=self.config.pool_size,
+                return Central(self.config.store, node=self.config.node_name, pool_size=self.config.pool_size,
                                on_change=self._wake.set if who == "service" else None)
             except StorageError as exc:
                 log.error("%s: cannot open the central database (%s); retrying", who, exc)
@@ -442,7 +465,7 @@ class CentralServer:
                 except StorageError:
                     log.exception("collector: database error; the KVSET was not applied")
             if service in ready:
-                burst = []
+                burst: list[list[zmq.Frame]] = []
                 while len(burst) < _GROUP_MAX:  # what has arrived meanwhile: one commit for all of it
                     try:
                         frames = service.recv_multipart(zmq.NOBLOCK, copy=False)
@@ -595,7 +618,7 @@ class CentralServer:
     @staticmethod
     def _peer_name(frame: zmq.Frame) -> str:
         try:
-            return frame.get("User-Id") or "?"
+            return str(frame.get("User-Id") or "?")
         except zmq.ZMQError:
             return "?"
 

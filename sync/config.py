@@ -62,6 +62,11 @@ class CentralConfig:
     expiry_check_s: float = field(default=1.0, metadata={
         "help": "how often expired subjects are looked for", "min": 0.001})
 
+    @property
+    def store(self) -> str:
+        """The database to open, a SQLite file or a PostgreSQL URL (always set after validation)."""
+        return str(self.database)
+
     def __post_init__(self) -> None:
         # `database` is the name code reads; `db_path` is the SQLite file, None on PostgreSQL.
         if not self.database and self.db_path is None:

@@ -14,7 +14,6 @@ from sync.central_db import CentralDatabase
 from sync.kvmsg import PREV_PROPERTY, KVMsg, decode_properties, encode_properties
 from sync.scopes import split_key
 
-
 MAX_CATCH_UP = 50_000  # changes in one catch-up answer; beyond that a snapshot is cheaper
 
 
@@ -46,7 +45,8 @@ class Hashmap:
         self._conn.notify_change(seq)
         return seq
 
-    def put(self, key: str, body: bytes, uuid: bytes, props: dict[str, str], expires_at: float | None, now: float) -> int:
+    def put(self, key: str, body: bytes, uuid: bytes, props: dict[str, str], expires_at: float | None,
+            now: float) -> int:
         if not body:
             raise ValueError("an empty body means delete in CHP; use Hashmap.delete")
         seq = self._log_change(key, body, uuid, props, now)
@@ -120,7 +120,8 @@ class Hashmap:
         heads = {s: 0 for s in scopes}
         if scopes:
             marks = ",".join("?" * len(scopes))
-            for scope, seq in self._conn.execute(f"SELECT scope, seq FROM scope_heads WHERE scope IN ({marks})", scopes):
+            query = f"SELECT scope, seq FROM scope_heads WHERE scope IN ({marks})"
+            for scope, seq in self._conn.execute(query, scopes):
                 heads[scope] = int(seq)
         return heads
 

@@ -184,12 +184,21 @@ def _int(obj: dict, name: str, minimum: int = 0) -> int:
     return v
 
 
-def _text(obj: dict, name: str, optional: bool = False) -> str | None:
+def _text(obj: dict, name: str) -> str:
     v = obj.get(name)
-    if v is None and optional:
-        return None
     if not isinstance(v, str) or len(v) > _MAX_TEXT:
         raise MalformedRequest(f"{name} must be a string of at most {_MAX_TEXT} characters")
+    return v
+
+
+def _optional_text(obj: dict, name: str) -> str | None:
+    return None if obj.get(name) is None else _text(obj, name)
+
+
+def _unix_time(obj: dict, name: str, note: str = "") -> int:
+    v = obj.get(name)
+    if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v <= _MAX_UNIX_SECONDS:
+        raise MalformedRequest(f"{name} must be a Unix time between 1970 and 9999{note}")
     return v
 
 
@@ -327,13 +336,8 @@ def _decode_enrol(obj: dict) -> EnrolRequest:
     airport = obj.get("from")
     if not isinstance(airport, str) or len(airport) != 3 or not airport.isascii() or not airport.isupper():
         raise MalformedRequest("from must be the 3-letter IATA code of the departure airport")
-    vf, vu = obj.get("vf"), obj.get("vu")
-    for label, value, optional in (("vf", vf, True), ("vu", vu, False)):
-        if value is None and optional:
-            continue
-        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= _MAX_UNIX_SECONDS:
-            raise MalformedRequest(f"{label} must be a Unix time between 1970 and 9999"
-                                   + ("" if optional else " (required)"))
+    vf = None if obj.get("vf") is None else _unix_time(obj, "vf")
+    vu = _unix_time(obj, "vu", " (required)")
     if vf is not None and vu <= vf:
         raise MalformedRequest("vu must be after vf")
     model = _text(obj, "model")
@@ -396,7 +400,7 @@ def decode_request(frame: bytes) -> AuditBatch | HealthReport | HeadRequest | Ep
         return HealthReport(
             gate_id=_gate_id(obj), request_id=_int(obj, "rid"), status=_text(obj, "status"),
             software_version=_text(obj, "sw"), model_versions=dict(models), watchlist_seq=_int(obj, "wl_seq"),
-            queue_depth=_int(obj, "queue"), last_decision_at=_text(obj, "last_decision", optional=True),
+            queue_depth=_int(obj, "queue"), last_decision_at=_optional_text(obj, "last_decision"),
             scopes=tuple(scopes), extra=extra, audit_epoch=_epoch(obj, "a_epoch"),
             audit_last_seq=None if obj.get("a_seq") is None else _int(obj, "a_seq"),
             audit_head_hash="" if obj.get("a_head") in (None, "") else _hash_field(obj, "a_head"))

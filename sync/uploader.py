@@ -29,12 +29,27 @@ import zmq
 
 from sync.audit_chain import AuditRow, ChainEpoch
 from sync.config import AgentConfig
-from sync.interfaces import AuditSource
 from sync.endpoints import EndpointChoice
+from sync.interfaces import AuditSource
 from sync.service_messages import (
-    AuditBatch, EpochRegistration, HeadRequest, MalformedRequest, Reply, decode_reply, encode_audit_batch,
-    encode_epoch_registration, encode_head_request)
-from sync.transport import MAX_CONTROL_FRAME, MAX_SERVICE_FRAME, SERVICE_OFFSET, HandshakeWatch, Security, connect_socket
+    AuditBatch,
+    EpochRegistration,
+    HeadRequest,
+    MalformedRequest,
+    Reply,
+    decode_reply,
+    encode_audit_batch,
+    encode_epoch_registration,
+    encode_head_request,
+)
+from sync.transport import (
+    MAX_CONTROL_FRAME,
+    MAX_SERVICE_FRAME,
+    SERVICE_OFFSET,
+    HandshakeWatch,
+    Security,
+    connect_socket,
+)
 
 log = logging.getLogger(__name__)
 
@@ -109,10 +124,12 @@ class LazyPirateClient:
             self.close()
             self.choice.try_preferred()
         sock = self._open()
+        watch = self._watch
+        assert watch is not None  # _open made it
         sock.send(payload)
         deadline = time.monotonic() + self._cfg.reply_timeout_s
         while not stop.is_set():
-            self._watch.poll()
+            watch.poll()
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break

@@ -33,12 +33,17 @@ def _props(frame: bytes) -> dict[str, str]:
 
 
 class MinimalChpClient:
-    def __init__(self, host: str, port: int, subtree: str = "", curve: tuple[bytes, bytes, bytes] | None = None):
-        """`curve` is (server public, client public, client secret), Z85, when the server uses CURVE."""
+    def __init__(self, host: str, port: int, subtree: str = "", curve: tuple[bytes, bytes, bytes] | None = None,
+                 updates_port: int | None = None):
+        """`curve` is (server public, client public, client secret), Z85, when the server uses CURVE.
+        `updates_port`: the base port of another server to take updates from (several central
+        nodes on one database); default `port`."""
         self.ctx = zmq.Context()
         self.host, self.port, self.subtree, self.curve = host, port, subtree, curve
+        self.updates_port = port if updates_port is None else updates_port
         self.kvmap: dict[str, bytes] = {}
         self.props: dict[str, dict[str, str]] = {}
+        self.received: list[tuple[int, str]] = []  # (sequence, key) of every KVPUB, applied or not
         self.sequence = 0
         self.hugz = 0
         self.subscriber = self._socket(zmq.SUB, 1)
@@ -51,7 +56,8 @@ class MinimalChpClient:
         s.linger = 0
         if self.curve:
             s.curve_serverkey, s.curve_publickey, s.curve_secretkey = self.curve
-        s.connect(f"tcp://{self.host}:{self.port + offset}")
+        base = self.updates_port if offset == 1 else self.port
+        s.connect(f"tcp://{self.host}:{base + offset}")
         return s
 
     def get_snapshot(self, timeout: float = 10.0) -> int:
@@ -83,6 +89,7 @@ class MinimalChpClient:
                 self.hugz += 1
                 continue
             seq = _seq(seq_frame)
+            self.received.append((seq, key.decode()))
             if seq <= self.sequence:
                 continue  # RFC 12: discard anything not newer than the last KTHXBAI/KVPUB
             self.sequence = seq

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
+import zmq
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
@@ -25,8 +26,10 @@ if str(REPO) not in sys.path:
 from sync.audit_chain import GENESIS_HASH, AuditRow, ChainEpoch, record_hash  # noqa: E402
 from sync.central import Central  # noqa: E402
 from sync.config import AgentConfig, CentralConfig  # noqa: E402
-from sync.keys import generate_keypair_files, load_public_key  # noqa: E402
+from sync.keys import generate_keypair_files, load_keypair, load_public_key  # noqa: E402
+from sync.service_messages import Reply, decode_request, encode_reply  # noqa: E402
 from sync.subject_record import SubjectRecord  # noqa: E402
+from sync.transport import SERVICE_OFFSET, Security, bind_socket  # noqa: E402
 
 MODEL = "mobilefacenet-test"
 
@@ -291,6 +294,36 @@ class Deployment:
                       health_interval_s=0.2, head_grace_s=0.5)
         values.update(overrides)
         return AgentConfig(**values)
+
+
+class FakeService:
+    """The central's audit/health port on real CURVE sockets, answering each request with
+    `reply_to(request)`: a Reply, or None to leave it unanswered (the gate's Lazy Pirate client
+    then times out). For what a real central never says: a lost reply, a lie, a refusal."""
+
+    def __init__(self, dep: "Deployment", reply_to: Callable[[object], Reply | None]):
+        self.ctx = zmq.Context()
+        self.sock = bind_socket(self.ctx, zmq.ROUTER, Security(keypair=load_keypair(dep.central_secret)),
+                                "127.0.0.1", dep.base_port + SERVICE_OFFSET, 1 << 23)
+        self._reply_to = reply_to
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            if not self.sock.poll(20):
+                continue
+            ident, empty, payload = self.sock.recv_multipart()
+            reply = self._reply_to(decode_request(payload))
+            if reply is not None:
+                self.sock.send_multipart([ident, empty, encode_reply(reply)])
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.sock.close(0)
+        self.ctx.term()
 
 
 def _run_gate_process(spec_path: str) -> None:

@@ -227,7 +227,8 @@ def test_nodes_ride_through_primary_kill_and_standby_promotion(tmp_path, failove
             held = list(central.audit.rows(gate))
             total, distinct = central.conn.execute(
                 "SELECT COUNT(*), COUNT(DISTINCT seq) FROM audit WHERE gate_id = ?", (gate,)).fetchone()
-            assert total == distinct == len(mine), f"{gate}: {total} stored, {distinct} distinct, gate wrote {len(mine)}"
+            assert total == distinct == len(mine), \
+                f"{gate}: {total} stored, {distinct} distinct, gate wrote {len(mine)}"
             held_seqs = {r.seq for r in held}
             assert acked_at_kill[gate] <= held_seqs, f"{gate}: acknowledged records lost in the failover"
             assert [r.hash for r in held] == [r.hash for r in mine]
@@ -252,7 +253,8 @@ def test_nodes_ride_through_primary_kill_and_standby_promotion(tmp_path, failove
         assert all(v is not None and v < 10 for v in resumed.values()), resumed
         print(f"\nkill -> promoted {promoted_at - killed_at:.2f}s; audit acks resumed after promotion per gate "
               f"{ {g: round(v, 2) for g, v in resumed.items()} }; enrolment writes refused during it: "
-              f"{station.failed}; snapshots per gate { {g: a.status().watchlist.snapshots for g, a in agents.items()} }")
+              f"{station.failed}; snapshots per gate "
+              f"{ {g: a.status().watchlist.snapshots for g, a in agents.items()} }")
     finally:
         station._stop.set()
         traffic.stop()

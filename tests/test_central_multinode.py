@@ -28,47 +28,6 @@ from tests.sync_helpers import MODEL, Deployment, MemoryWatchlist, SqliteAuditLo
 UTC = dt.timezone.utc
 
 
-class RecordingClient(MinimalChpClient):
-    """The independent RFC 12 client, with its update socket on another node and a record of
-    every update it received (applied or not)."""
-
-    def __init__(self, host, snapshot_port, updates_port, subtree, curve):
-        self._updates_port = updates_port
-        self.received: list[tuple[int, str]] = []
-        super().__init__(host, snapshot_port, subtree, curve)
-
-    def _socket(self, kind, offset):
-        if offset != 1:
-            return super()._socket(kind, offset)
-        s = self.ctx.socket(kind)
-        s.linger = 0
-        s.curve_serverkey, s.curve_publickey, s.curve_secretkey = self.curve
-        s.connect(f"tcp://{self.host}:{self._updates_port + 1}")
-        return s
-
-    def receive_updates(self, duration: float) -> int:
-        applied = 0
-        deadline = time.monotonic() + duration
-        while (remaining := deadline - time.monotonic()) > 0:
-            if not self.subscriber.poll(max(1, int(remaining * 1000))):
-                continue
-            key, seq_frame, _uuid, _props, value = self.subscriber.recv_multipart()
-            if key == b"HUGZ":
-                self.hugz += 1
-                continue
-            seq = int.from_bytes(seq_frame, "big")
-            self.received.append((seq, key.decode()))
-            if seq <= self.sequence:
-                continue
-            self.sequence = seq
-            if value:
-                self.kvmap[key.decode()] = value
-            else:
-                self.kvmap.pop(key.decode(), None)
-            applied += 1
-        return applied
-
-
 def _curve(dep: Deployment, secret) -> tuple[bytes, bytes, bytes]:
     pair = load_keypair(secret)
     return load_public_key(dep.central_public), pair.public, pair.secret
@@ -100,8 +59,9 @@ def test_snapshot_from_one_node_updates_from_the_other_every_change_once_in_orde
     rng = np.random.default_rng(0)
     for i in range(5):
         central.enroll_subject(f"p{i}", "allow", ["lane:L1"], None, None, MODEL, unit(rng, 1))
-    gate_view = RecordingClient("127.0.0.1", ports["node-a"], ports["node-b"], "", _curve(dep, admin))
-    watcher_a = RecordingClient("127.0.0.1", ports["node-a"], ports["node-a"], "", _curve(dep, admin))
+    # the independent RFC 12 client, with its update socket on the other node
+    gate_view = MinimalChpClient("127.0.0.1", ports["node-a"], "", _curve(dep, admin), updates_port=ports["node-b"])
+    watcher_a = MinimalChpClient("127.0.0.1", ports["node-a"], "", _curve(dep, admin))
     writers_a = MinimalChpClient("127.0.0.1", ports["node-a"], "", _curve(dep, admin))
     writers_b = MinimalChpClient("127.0.0.1", ports["node-b"], "", _curve(dep, admin))
     for w in (writers_a, writers_b):  # connect the KVSET sockets now: a PUB drops what it sends before

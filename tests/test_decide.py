@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from configschema import ConfigError, load_dataclass
 from gate.audit import canonical_body
 from gate.decide import (
     ABSENT_SCORE,
@@ -27,7 +28,6 @@ from gate.decide import (
     refer_unknown_token,
 )
 from gate.observation import Candidate, ListType
-from gate.schema import ConfigError, load_dataclass
 from gate.track import Sample, Track
 from vision.pad.fusion import DEFAULT_THRESHOLD, PadPolicy, PadState
 

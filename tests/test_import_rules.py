@@ -28,13 +28,16 @@ ROOM_RULES: dict[str, frozenset[str]] = {
     # the wire; talks to the gate through sync/interfaces.py, never by importing gate; meets
     # vision only in tools/enrolment.py
     "sync": frozenset({"configschema"}),
+    # the operations console (web pages over the central's store): the wire's store and export, and
+    # the staff vocabulary of audit records (gate.event_text, words only), never the lane itself
+    "console": frozenset({"sync", "configschema", "gate.event_text"}),
     # composes vision, devices and sync; none of them imports gate
     "gate": frozenset({"vision", "devices", "sync", "models", "configschema"}),
     # an enrolment kiosk: the library rooms, and of the gate what a station shares with a lane (the audit
-    # log, the camera/models config sections, the control socket, staff identities), never the lane's
-    # decision internals (gate.lane, gate.decide, gate.daemon)
-    "kiosk": frozenset({"vision", "devices", "sync", "models", "configschema", "gate.audit", "gate.config",
-                        "gate.control", "gate.staff", "gate.schema"}),
+    # log, the control socket with the kernel-reported account), never the lane's decision internals
+    # (gate.lane, gate.decide, gate.daemon); the camera/models config sections it shares with a lane
+    # are vision.config's
+    "kiosk": frozenset({"vision", "devices", "sync", "models", "configschema", "gate.audit", "gate.control"}),
     # thin command lines over library code
     "tools": frozenset({"*"}),
 }

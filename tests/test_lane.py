@@ -20,19 +20,31 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from configschema import ConfigError, load_dataclass
+from devices.base import check_indicate_args
 from devices.config import SimConfig
 from devices.sim import SimDriver
 from gate.actions import Action, Alert, Audit, Buzzer, Colour, Direction, Indicate, Unlock
 from gate.audit import AuditLog, AuditWriteError
-from gate.executor import ActionExecutor
-from gate.passback import PassbackStore
 from gate.decide import DecisionPolicy, Outcome, Reason
-from gate.events import (AuditFailed, AuditRestored, DeviceFault, DeviceRestored, DoorForced, FireAlarm,
-                         PassageComplete, StaffAction, StaffCommand, Tamper, Tick, TokenRead)
-from devices.base import check_indicate_args
+from gate.events import (
+    AuditFailed,
+    AuditRestored,
+    DeviceFault,
+    DeviceRestored,
+    DoorForced,
+    FireAlarm,
+    PassageComplete,
+    StaffAction,
+    StaffCommand,
+    Tamper,
+    Tick,
+    TokenRead,
+)
+from gate.executor import ActionExecutor
 from gate.lane import AUDIT_LOG, AttemptPolicy, LaneConfig, LatchPolicy, Mode, start, step
 from gate.observation import Candidate, FaceObservation, FrameObservation, ListType
-from gate.schema import ConfigError, load_dataclass
+from gate.passback import PassbackStore
 from gate.track import TrackPolicy
 from vision.pad.fusion import PadPolicy
 

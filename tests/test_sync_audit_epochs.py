@@ -12,10 +12,8 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import threading
 
 import pytest
-import zmq
 
 from gate.audit import AuditLog
 from sync.agent import GateAgent
@@ -23,11 +21,9 @@ from sync.audit_chain import GENESIS_HASH, LEGACY_EPOCH, AuditRow, ChainEpoch, r
 from sync.audit_store import EpochRefused
 from sync.central import Central
 from sync.central_server import CentralServer
-from sync.keys import load_keypair
 from sync.ops import gates_table
-from sync.service_messages import HeadRequest, Reply, decode_request, encode_reply
-from sync.transport import Security, bind_socket
-from tests.sync_helpers import REPO, Deployment, MemoryWatchlist, wait_until
+from sync.service_messages import HeadRequest, Reply
+from tests.sync_helpers import REPO, Deployment, FakeService, MemoryWatchlist, wait_until
 
 HEALTH = {"status": "ok", "software_version": "t", "model_versions": {}, "last_decision_at": None}
 
@@ -282,42 +278,24 @@ def test_central_acknowledges_only_what_it_holds_identically(site):
     assert "forked: conflict at seq 11" in gates_table(site.central.gate_statuses(60))
 
 
-class _LyingService:
+class _LyingService(FakeService):
     """A central that claims durability for a whole batch while naming a conflict in it."""
 
     def __init__(self, dep: Deployment):
-        self.ctx = zmq.Context()
-        self.sock = bind_socket(self.ctx, zmq.ROUTER, Security(keypair=load_keypair(dep.central_secret)),
-                                "127.0.0.1", dep.base_port + 3, 1 << 23)
         self.registrations = 0
         self.known = {""}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
+        super().__init__(dep, self._reply)
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            if not self.sock.poll(20):
-                continue
-            ident, empty, payload = self.sock.recv_multipart()
-            req = decode_request(payload)
-            if isinstance(req, HeadRequest):
-                reply = Reply(req.request_id, True, head_seq=0, head_hash=GENESIS_HASH, epoch_known=req.epoch in self.known)
-            elif hasattr(req, "rows"):
-                reply = Reply(req.request_id, True, durable_seq=req.last_seq, conflicts=(req.first_seq,))
-            elif hasattr(req, "chain"):
-                self.registrations += 1
-                self.known.add(req.chain.epoch)
-                reply = Reply(req.request_id, True)
-            else:
-                continue
-            self.sock.send_multipart([ident, empty, encode_reply(reply)])
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.sock.close(0)
-        self.ctx.term()
+    def _reply(self, req) -> Reply | None:
+        if isinstance(req, HeadRequest):
+            return Reply(req.request_id, True, head_seq=0, head_hash=GENESIS_HASH, epoch_known=req.epoch in self.known)
+        if hasattr(req, "rows"):
+            return Reply(req.request_id, True, durable_seq=req.last_seq, conflicts=(req.first_seq,))
+        if hasattr(req, "chain"):
+            self.registrations += 1
+            self.known.add(req.chain.epoch)
+            return Reply(req.request_id, True)
+        return None
 
 
 def test_a_reply_naming_a_conflict_never_acknowledges_it_and_the_gate_backs_off(tmp_path):
@@ -361,3 +339,24 @@ def test_a_central_file_from_before_epochs_keeps_its_audit_as_the_first_chain(tm
         assert central.audit.store_batch("G1", _chain(2, start=1, tag="other"), 2.0).conflicts == (1, 2)
     finally:
         central.close()
+
+
+def test_a_report_overtaken_by_an_upload_is_no_alarm_but_a_log_gone_back_is(tmp_path):
+    """The demo's false alarm: the gate built its health report at seq 0 and its upload of
+    record 1 arrived first. Only a report below what the central held at the previous report
+    (written at the gate before this report was built) proves the log went backwards."""
+    central = Central(tmp_path / "central.db")
+    rows = _chain(12)
+    central.audit.store_batch("G1", rows[:1], now=1.0)
+    assert central.audit.note_reported_head("G1", LEGACY_EPOCH, 0, GENESIS_HASH, now=1.0) is None
+    central.audit.store_batch("G1", rows[1:5], now=2.0)  # steady traffic: each report trails a batch
+    for seq, now in ((1, 2.0), (5, 3.0)):
+        assert central.audit.note_reported_head("G1", LEGACY_EPOCH, seq, rows[seq - 1].hash, now=now) is None
+    central.audit.store_batch("G1", rows[5:10], now=4.0)
+    assert central.audit.note_reported_head("G1", LEGACY_EPOCH, 10, rows[9].hash, now=5.0) is None
+    assert central.audit.alarms("G1") == []
+    # the gate's log cut back to seq 4: below the 10 held when the previous report arrived
+    detail = central.audit.note_reported_head("G1", LEGACY_EPOCH, 4, rows[3].hash, now=6.0)
+    assert detail and "ends at seq 4" in detail
+    assert [a.kind for a in central.audit.alarms("G1")] == ["went_backwards"]
+    central.close()

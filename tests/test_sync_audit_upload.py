@@ -9,58 +9,33 @@ import os
 import signal
 import subprocess
 import sys
-import threading
-
-import zmq
 
 from sync.agent import GateAgent
 from sync.audit_chain import GENESIS_HASH, verify_chain
 from sync.audit_export import pull_audit
 from sync.central import Central
 from sync.central_server import CentralServer
-from sync.keys import load_keypair
-from sync.service_messages import HeadRequest, Reply, decode_request, encode_reply
-from sync.transport import Security, bind_socket
-from tests.sync_helpers import REPO, Deployment, MemoryWatchlist, SqliteAuditLog, wait_until
+from sync.service_messages import HeadRequest, Reply
+from tests.sync_helpers import REPO, Deployment, FakeService, MemoryWatchlist, SqliteAuditLog, wait_until
 
 HEALTH = {"status": "ok", "software_version": "t", "model_versions": {}, "last_decision_at": None}
 
 
-class ScriptedService:
+class ScriptedService(FakeService):
     """The central's service port, answering audit batches as told by `answer(batch, n)`."""
 
     def __init__(self, dep: Deployment, answer):
-        self.ctx = zmq.Context()
-        self.sock = bind_socket(self.ctx, zmq.ROUTER, Security(keypair=load_keypair(dep.central_secret)),
-                                "127.0.0.1", dep.base_port + 3, 1 << 23)
         self.answer = answer
         self.batches: list = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
+        super().__init__(dep, self._reply)
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            if not self.sock.poll(20):
-                continue
-            ident, empty, payload = self.sock.recv_multipart()
-            request = decode_request(payload)
-            if isinstance(request, HeadRequest):  # an empty central: holds nothing of this gate yet
-                self.sock.send_multipart([ident, empty, encode_reply(Reply(request.request_id, True, head_seq=0,
-                                                                           head_hash=GENESIS_HASH))])
-                continue
-            if not hasattr(request, "rows"):
-                continue  # health reports: left unanswered, the reporter copes
-            self.batches.append(request)
-            reply = self.answer(request, len(self.batches))
-            if reply is not None:
-                self.sock.send_multipart([ident, empty, encode_reply(reply)])
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.sock.close(0)
-        self.ctx.term()
+    def _reply(self, request) -> Reply | None:
+        if isinstance(request, HeadRequest):  # an empty central: holds nothing of this gate yet
+            return Reply(request.request_id, True, head_seq=0, head_hash=GENESIS_HASH)
+        if not hasattr(request, "rows"):
+            return None  # health reports: left unanswered, the reporter copes
+        self.batches.append(request)
+        return self.answer(request, len(self.batches))
 
 
 def _agent(dep: Deployment, audit: SqliteAuditLog, gate_id="G1", **overrides) -> GateAgent:

@@ -498,14 +498,21 @@ def phase_report(run: DemoRun) -> None:
 PHASES = (phase_prepare, phase_enrol, phase_feed, phase_start, phase_lane, phase_summary)
 
 
-def run_demo(models: Path, shared: Path, out: Path, seed: int = 7) -> int:
+def run_demo(models: Path, shared: Path, out: Path, seed: int = 7, keep_console: bool = False) -> int:
     run = DemoRun(models=models.resolve(), shared=shared, work=out.resolve(), seed=seed)
+    kept = ""
     try:
         for phase in PHASES:
             phase(run)
+        if keep_console:  # the central and the operations console outlive the demo (tools/demo_console.py)
+            from tools.demo_console import keep_running
+
+            kept = keep_running(run)
     finally:
         run.procs.stop_all()
     phase_report(run)
+    if kept:
+        print(kept)
     return 0 if run.summary["false opens"] == 0 and run.summary["audit chain at the central"] == "ok" else 1
 
 
@@ -690,10 +697,13 @@ def main(argv=None) -> int:
     p.add_argument("--models", default=os.environ.get("EDGEGATE_MODEL_DIR", ".models"))
     p.add_argument("--shared", default="../shared")
     p.add_argument("--out", default="out/demo")
+    p.add_argument("--keep-console", action="store_true",
+                   help="leave the central and its operations console running afterwards; "
+                        "prints the address and a login")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        return run_demo(Path(args.models), Path(args.shared), Path(args.out))
+        return run_demo(Path(args.models), Path(args.shared), Path(args.out), keep_console=args.keep_console)
     except KeyboardInterrupt:
         print("\ndemo interrupted; child processes stopped")
         return 130

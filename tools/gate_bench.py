@@ -168,23 +168,40 @@ def cmd_central(args) -> int:
 
 
 def cmd_failover(args) -> int:
-    from tools.bench_failover_node import node_failover_bench
-
+    """Both failovers in one run, one after the other (never concurrently: they share 2 cores):
+    a central node killed under a fleet of gates, and the PostgreSQL primary killed under audit
+    traffic with its synchronous standby promoted."""
     say = lambda msg: print(f"[failover] {msg}", file=sys.stderr, flush=True)  # noqa: E731
-    r = {"node": node_failover_bench(gates=args.gates, progress=say)}
+    r: dict = {}
+    if "node" in args.parts:
+        from tools.bench_failover_node import node_failover_bench
+
+        r["node"] = node_failover_bench(gates=args.gates, progress=say)
+    if "database" in args.parts:
+        from tools.bench_failover import db_failover_bench
+
+        r["database"] = db_failover_bench(gates=args.gates, progress=say)
     if args.json:
         _print_json(r)
         return 0
-    n = r["node"]
-    _table([("gates (all on node-a, node-b second)", str(n["gates"])),
-            ("kill -9 node-a: updates resume, median s (target <= 3)", str(n["updates_resume_s"]["median"])),
-            ("kill -9 node-a: updates resume, worst s (target <= 10)", str(n["updates_resume_s"]["worst"])),
-            ("kill -9 node-a: audit acks resume, median s", str(n["audit_resume_s"]["median"])),
-            ("kill -9 node-a: audit acks resume, worst s", str(n["audit_resume_s"]["worst"])),
-            ("gates that never resumed", str(n["updates_resume_s"]["never"])),
-            ("snapshots forced by the move (should be 0)", str(n["snapshots_forced"])),
-            ("audit lost / duplicated", f"{n['lost']} / {n['duplicated']}"),
-            ("audit chains verify", "yes" if n["chains_ok"] else "NO")])
+    if "node" in r:
+        n = r["node"]
+        print("Central node failover (kill -9 of node-a)")
+        _table([("gates (all on node-a, node-b second)", str(n["gates"])),
+                ("kill -9 node-a: updates resume, median s (target <= 3)", str(n["updates_resume_s"]["median"])),
+                ("kill -9 node-a: updates resume, worst s (target <= 10)", str(n["updates_resume_s"]["worst"])),
+                ("kill -9 node-a: audit acks resume, median s", str(n["audit_resume_s"]["median"])),
+                ("kill -9 node-a: audit acks resume, worst s", str(n["audit_resume_s"]["worst"])),
+                ("gates that never resumed", str(n["updates_resume_s"]["never"])),
+                ("snapshots forced by the move (should be 0)", str(n["snapshots_forced"])),
+                ("audit lost / duplicated", f"{n['lost']} / {n['duplicated']}"),
+                ("audit chains verify", "yes" if n["chains_ok"] else "NO")])
+    if "database" in r:
+        from tools.bench_failover import format_table
+
+        if "node" in r:
+            print()
+        print(format_table(r["database"]))
     return 0
 
 
@@ -302,6 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("failover", help="kill -9 a central node under a fleet of gates: time until updates and "
                                         "audit acks resume, snapshots forced, records lost")
     s.add_argument("--gates", type=int, default=50)
+    s.add_argument("--parts", nargs="+", choices=["node", "database"], default=["node", "database"],
+                   help="node: kill -9 of a central node; database: kill -9 of the PostgreSQL primary")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_failover)
     s = sub.add_parser("fuzz", help="mutated and random frames through every sync decoder: crashes (must be 0), "

@@ -14,21 +14,26 @@
     gate-central --config F list [--scope lane:L1] [--status active|revoked|expired]
     gate-central --config F enrol --from DIR --scope lane:L1 [--list deny] [--valid-until T]  (alias: enroll)
     gate-central --config F migrate [--from OLD_SQLITE_FILE]   create/upgrade the schema; copy a SQLite central
+    gate-central --config F console                      the operations console (web; table [console])
+    gate-central --config F console-user add NAME --role viewer|supervisor --operator ID [--password-stdin]
+    gate-central --config F console-user passwd|role|disable|enable|unlock NAME --operator ID | list
+    gate-central --config F console-log [--last N]       the console's ops audit log, its chain verified
 
 Every command is a thin wrapper over sync.central / sync.central_server / sync.keys.
 """
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
+import time
 from pathlib import Path
 
 from models.manifest import ModelError
 from sync.central import Central, EnrollmentError
 from sync.central_db import StorageError, redact_dsn
-from sync.config import ConfigError, central_reference_markdown, load_central_config
+from sync.config import ConfigError, load_central_config
 from sync.keys import KeyFileError, generate_keypair_files, load_public_key
+from tools.cli import config_parser_class, run_command
 
 
 def _central(args) -> Central:
@@ -46,7 +51,9 @@ def cmd_serve(args) -> int:
 
 
 def cmd_config_reference(args) -> int:
-    print(central_reference_markdown())
+    from tools.readme_config import central_reference_markdown as with_console
+
+    print(with_console())
     return 0
 
 
@@ -62,12 +69,16 @@ def cmd_gate_add(args) -> int:
     return 0
 
 
-def cmd_gate_remove(args) -> int:
-    if not _central(args).remove_principal("gate", args.gate_id):
-        print(f"no gate {args.gate_id} registered", file=sys.stderr)
+def _remove(args, kind: str, ident: str) -> int:
+    if not _central(args).remove_principal(kind, ident):
+        print(f"no {kind} {ident} registered", file=sys.stderr)
         return 1
-    print(f"gate {args.gate_id} removed; its key is refused from its next connection")
+    print(f"{kind} {ident} removed; its key is refused from its next connection")
     return 0
+
+
+def cmd_gate_remove(args) -> int:
+    return _remove(args, "gate", args.gate_id)
 
 
 def cmd_gate_list(args) -> int:
@@ -117,11 +128,7 @@ def cmd_station_add(args) -> int:
 
 
 def cmd_station_remove(args) -> int:
-    if not _central(args).remove_principal("station", args.station_id):
-        print(f"no station {args.station_id} registered", file=sys.stderr)
-        return 1
-    print(f"station {args.station_id} removed; its key is refused from its next connection")
-    return 0
+    return _remove(args, "station", args.station_id)
 
 
 def cmd_revoke(args) -> int:
@@ -193,18 +200,102 @@ def cmd_migrate(args) -> int:
     return 0
 
 
+# ----- the operations console ----------------------------------------------------------------
+
+def cmd_console(args) -> int:
+    from console.config import load_console_config
+    from console.server import run_console
+
+    if args.config is None:
+        raise ConfigError("the console needs --config FILE (the central's config, with an optional [console] table)")
+    central_cfg, console_cfg = load_console_config(args.config)
+    return run_console(central_cfg, console_cfg)
+
+
+def _console_store(args):
+    from console.store import ConsoleStore
+
+    central = _central(args)
+    return central, ConsoleStore(central.db)
+
+
+def _actor(args) -> str:
+    """Who ran the command: the operator id given and the kernel-reported Unix account."""
+    import os
+    import pwd
+
+    try:
+        unix = pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        unix = str(os.getuid())
+    return f"{args.operator} (unix {unix})"
+
+
+def _read_password(args) -> str:
+    if args.password_stdin:
+        line = sys.stdin.readline()
+        return line[:-1] if line.endswith("\n") else line
+    import getpass
+
+    if not sys.stdin.isatty():
+        raise ValueError("no terminal to ask for the password: pipe it in with --password-stdin")
+    first = getpass.getpass("new console password: ")
+    if getpass.getpass("again: ") != first:
+        raise ValueError("the two passwords differ; nothing changed")
+    return first
+
+
+def cmd_console_user(args) -> int:
+    central, store = _console_store(args)
+    try:
+        if args.user_cmd == "list":
+            for a in store.accounts():
+                locked = a.locked_until is not None and a.locked_until > time.time()
+                state = "disabled" if a.disabled else ("locked" if locked else "active")
+                print(f"{a.username}\t{a.role}\t{state}\tcreated by {a.created_by}")
+            return 0
+        name, by = args.username, _actor(args)
+        if args.user_cmd == "add":
+            a = store.add_account(name, args.role, _read_password(args), by)
+            print(f"console account {a.username} ({a.role}) created by {by}")
+        elif args.user_cmd == "passwd":
+            store.set_password(name, _read_password(args), by)
+            print(f"password of {name} changed by {by}; its sessions ended")
+        elif args.user_cmd == "role":
+            store.set_role(name, args.role, by)
+            print(f"{name} is now {args.role} (changed by {by}); its sessions ended")
+        elif args.user_cmd in ("disable", "enable"):
+            store.set_disabled(name, args.user_cmd == "disable", by)
+            print(f"{name} {args.user_cmd}d by {by}" + ("; its sessions ended" if args.user_cmd == "disable" else ""))
+        elif args.user_cmd == "unlock":
+            store.unlock(name, by)
+            print(f"{name} unlocked by {by}")
+        return 0
+    finally:
+        central.close()
+
+
+def cmd_console_log(args) -> int:
+    central, store = _console_store(args)
+    try:
+        for e in reversed(store.ops_log(args.last)):
+            detail = "; ".join(f"{k}={v}" for k, v in e.detail.items() if v not in (None, "", []))
+            print(f"{e.seq}\t{e.ts}\t{e.actor}\t{e.action}\t{e.outcome}\t{e.target}\t{e.client}\t{detail}")
+        check = store.verify_ops_log()
+        print(f"ops log chain: {'intact' if check.ok else 'BROKEN at entry ' + str(check.first_broken_seq)}, "
+              f"{check.records} entries checked" + ("" if check.ok else f": {check.reason}"))
+        return 0 if check.ok else 3
+    finally:
+        central.close()
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gate-central", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", type=Path, help="central config (TOML with a [central] table)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     p.set_defaults(func=cmd_serve)
-    # --config is also accepted after the subcommand.
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", type=Path, default=argparse.SUPPRESS, help="central config")
-    def with_config(**kw) -> argparse.ArgumentParser:
-        return argparse.ArgumentParser(parents=[common], **kw)
-
+    with_config = config_parser_class("central config")
     sub = p.add_subparsers(dest="cmd", parser_class=with_config)
     sub.add_parser("serve", help="run the central service (the default)").set_defaults(func=cmd_serve)
     sub.add_parser("config-reference", help="print the [central] configuration reference (markdown)").set_defaults(
@@ -287,6 +378,27 @@ def build_parser() -> argparse.ArgumentParser:
     mg.add_argument("--from", dest="from_file", help="the SQLite central database file to copy")
     mg.set_defaults(func=cmd_migrate)
 
+    sub.add_parser("console", help="serve the operations console (web pages; settings in [console])").set_defaults(
+        func=cmd_console)
+    cu = sub.add_parser("console-user", help="operations console accounts (recorded in the ops audit log)")
+    cus = cu.add_subparsers(dest="user_cmd", required=True, parser_class=with_config)
+    for verb, help_ in (("add", "create an account"), ("passwd", "set a new password (ends its sessions)"),
+                        ("role", "change the role (ends its sessions)"),
+                        ("disable", "refuse its logins, end its sessions"),
+                        ("enable", "allow its logins again"), ("unlock", "end a lock-out after failed logins")):
+        c = cus.add_parser(verb, help=help_)
+        c.add_argument("username")
+        c.add_argument("--operator", required=True, help="who makes the change (recorded with the Unix account)")
+        if verb in ("add", "role"):
+            c.add_argument("--role", required=True, choices=["viewer", "supervisor"])
+        if verb in ("add", "passwd"):
+            c.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+        c.set_defaults(func=cmd_console_user)
+    cus.add_parser("list", help="every account, its role and state").set_defaults(func=cmd_console_user)
+    cl = sub.add_parser("console-log", help="the console's ops audit log, its hash chain verified")
+    cl.add_argument("--last", type=int, default=50)
+    cl.set_defaults(func=cmd_console_log)
+
     ls = sub.add_parser("list", help="enrolled subjects")
     ls.add_argument("--scope")
     ls.add_argument("--status", choices=["active", "revoked", "expired"])
@@ -295,14 +407,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        return args.func(args)
-    except (ConfigError, KeyFileError, EnrollmentError, ModelError, StorageError, ValueError, OSError) as exc:
-        print(f"gate-central: {exc}", file=sys.stderr)
-        return 2
+    return run_command("gate-central", build_parser(), argv,
+                       (ConfigError, KeyFileError, EnrollmentError, ModelError, StorageError, ValueError, OSError))
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import logging
 import signal
 import sys
 import threading
@@ -23,6 +22,7 @@ from pathlib import Path
 
 from configschema import ConfigError
 from gate.control import ControlError, call
+from tools.cli import config_parser_class, run_command
 
 
 def _config(args):
@@ -120,9 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--check", action="store_true", help="load everything, report, exit")
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(func=cmd_run)
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", type=Path, default=argparse.SUPPRESS)
-    sub = p.add_subparsers(dest="cmd", parser_class=lambda **kw: argparse.ArgumentParser(parents=[common], **kw))
+    sub = p.add_subparsers(dest="cmd", parser_class=config_parser_class("station config (TOML)"))
     sub.add_parser("status", help="the station's current session").set_defaults(func=cmd_status)
     sc = sub.add_parser("scan", help="enter a boarding pass by hand")
     sc.add_argument("code")
@@ -140,16 +138,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from kiosk.daemon import StartupError
 
-    try:
-        return args.func(args)
-    except (ConfigError, StartupError, ControlError, ValueError, OSError) as exc:
-        print(f"gate-kiosk: {exc}", file=sys.stderr)
-        return 2
+    return run_command("gate-kiosk", build_parser(), argv,
+                       (ConfigError, StartupError, ControlError, ValueError, OSError))
 
 
 if __name__ == "__main__":

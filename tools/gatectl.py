@@ -329,7 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     """Every failure is one line saying what to do; no traceback reaches staff."""
-    from gate.schema import ConfigError
+    from configschema import ConfigError
 
     args = build_parser().parse_args(argv)
     try:

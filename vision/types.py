@@ -5,7 +5,7 @@ shapes without importing each other.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -54,4 +54,3 @@ class Template:
 
     vector: np.ndarray  # (D,) float32, unit norm
     model_id: str
-    extra: dict = field(default_factory=dict)

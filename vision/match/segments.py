@@ -90,8 +90,10 @@ class Codec:
             return codes, 0.0
         err = 0.0
         for a in range(0, len(codes), 1 << 16):
-            decoded = self._template.sa_decode(codes[a:a + (1 << 16)]).astype(np.float64)
-            err = max(err, float(np.linalg.norm(decoded - vectors[a:a + (1 << 16)], axis=1).max()))
+            diff = self._template.sa_decode(codes[a:a + (1 << 16)]) - vectors[a:a + (1 << 16)]
+            # squared row errors summed in float32 (a third of the time of a float64 norm per row;
+            # the sum's relative error is ~1e-7 on 128-512 terms), widened by 1e-5 to stay a bound
+            err = max(err, float(np.sqrt(np.einsum("ij,ij->i", diff, diff).max())) * (1 + 1e-5))
         return codes, err
 
 
