@@ -13,7 +13,7 @@ import pytest
 
 from models.manifest import ModelError, ModelIntegrityError, load_manifest
 from models.provision import provision
-from tests.paths import SHARED_MODELS, lfw_people, require
+from tests.paths import LFW_IMAGES, SHARED_MODELS, lfw_people, require
 from vision.detect import load_detector
 from vision.image_io import ImageError
 from vision.types import Face
@@ -288,3 +288,25 @@ def test_letterbox_maps_back_with_one_scale():
     assert square.shape[:2] == (640, 640) and scale == 640 / 250
     aligned, scale = letterbox(np.zeros((250, 200, 3), np.uint8), 640, multiple=32)
     assert aligned.shape[:2] == (256, 224) and scale == 1.0
+
+
+def test_gate_bench_detect_reports_every_detector_per_size_band(mtcnn_manifest, capsys):
+    """`gate-bench detect --json` on 4 real photos: every detector (the default MTCNN, the provisioned
+    SCRFD and YuNet, and SCRFD without its coarse pass) in one run, every band in both frame shapes;
+    the close-range fix shows as SCRFD finding the frame-filling faces its fine pass alone misses."""
+    from tools.gate_bench import main
+
+    require(SHARED_MODELS / "scrfd_500m.onnx")
+    rc = main(["detect", "--models", str(Path(mtcnn_manifest.path).parent), "--provision-from", str(SHARED_MODELS),
+               "--images", str(require(LFW_IMAGES)), "--photos", "4", "--json"])
+    assert rc == 0
+    r = json.loads(capsys.readouterr().out)
+    assert {"mtcnn-v1", "scrfd-500m", "scrfd-500m one pass", "yunet-2023mar"} <= set(r["detectors"])
+    rows = {(row["band"], row["size"]): row for row in r["rows"]}
+    assert set(rows) == {(b, s) for b in ("small", "normal", "close", "very close") for s in ("640x480", "480x640")}
+    for row in r["rows"]:
+        assert row["frames"] == r["photos"] >= 3
+        assert set(row["recall"]) == set(r["detectors"])
+    upright = rows[("very close", "480x640")]
+    assert all(upright["found"][k] == upright["frames"] for k in ("mtcnn-v1", "scrfd-500m", "yunet-2023mar"))
+    assert upright["found"]["scrfd-500m one pass"] < upright["frames"]
