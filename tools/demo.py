@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from models.registry import DEFAULT_DETECTOR, DEFAULT_EMBEDDER
 from tools.demo_cast import AIRPORT_TZ, ROLES_FULL, ROLES_SMALL, Cast
 from tools.demo_journey import Journey
 from tools.demo_results import Results
@@ -51,6 +52,8 @@ class DemoRun:
     work: Path
     seed: int
     small: bool = False
+    detector: str = DEFAULT_DETECTOR  # a model name in `models`, or a manifest path
+    embedder: str = DEFAULT_EMBEDDER
     t_start: float = field(default_factory=time.monotonic)
     pipeline: Any = None
     pad: Any = None  # the PAD pair loaded in the demo itself (casting)
@@ -85,7 +88,7 @@ def phase_prepare(run: DemoRun) -> None:
         shutil.rmtree(run.work)
     run.work.mkdir(parents=True)
     print(f"edgegate airport demo — working folder {run.work}")
-    run.pipeline = load_pipeline(run.models, "mtcnn-v1", "dlib-resnet-v1", flip=True, threads=1,
+    run.pipeline = load_pipeline(run.models, run.detector, run.embedder, flip=True, threads=1,
                                  detector_opts={"min_face": 40})
     shared_models = run.shared / "models"
     if (shared_models / "2.7_80x80_MiniFASNetV2.onnx").exists():
@@ -123,7 +126,8 @@ def phase_site(run: DemoRun) -> None:
     from tools import demo_site
 
     assert run.cast is not None
-    run.site = Site(run.work, run.models, run.pad_manifests, run.kiosk_threshold, run.lane_threshold)
+    run.site = Site(run.work, run.models, run.pad_manifests, run.kiosk_threshold, run.lane_threshold,
+                    detector=run.detector, embedder=run.embedder, model_id=run.pipeline.model_id)
     demo_site.build(run.site, run.cast)
     boards = ", ".join(f"{f.first_gate} boards {f.code}" for f in run.cast.flights)
     print(f"airport SGN: kiosk {demo_site.KIOSK}, security {demo_site.SECURITY} (checkpoint:SGN), {boards}")
@@ -177,9 +181,10 @@ PHASES = (phase_prepare, phase_cast, phase_site, phase_start, phase_journey, pha
           phase_report)
 
 
-def run_demo(models: Path, shared: Path, out: Path, seed: int = 7, small: bool = False) -> int:
+def run_demo(models: Path, shared: Path, out: Path, seed: int = 7, small: bool = False,
+             detector: str = DEFAULT_DETECTOR, embedder: str = DEFAULT_EMBEDDER) -> int:
     run = DemoRun(models=Path(models).resolve(), shared=Path(shared), work=Path(out).resolve(), seed=seed,
-                  small=small)
+                  small=small, detector=detector, embedder=embedder)
     try:
         for phase in PHASES:
             phase(run)

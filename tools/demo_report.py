@@ -35,6 +35,7 @@ table.journey td{width:25%}table.journey td.who{width:22%}
 .verdict.good{background:#e8f5e9;color:#1b5e20}.verdict.bad{background:#ffebee;color:#b71c1c}
 .name{font-weight:600}.story{color:#555;font-size:.9em}img{max-width:100%}
 table.kv td:first-child{width:45%;color:#444}
+table.staff td:first-child{white-space:nowrap}
 """
 
 
@@ -154,8 +155,8 @@ def _scores_figure(results: Results) -> str | None:
             ax.scatter(score, y, color=COLOURS.get(outcome, "#757575"), s=36, zorder=3)
         ax.set_yticks(range(len(pts)), [name for name, _, _ in reversed(pts)], fontsize=8)
         ax.axvline(thr, color="k", ls="--", lw=1)
-        ax.annotate(f"threshold {thr:.3f}", (thr, len(pts) - 0.6), fontsize=8, xytext=(-3, 0),
-                    textcoords="offset points", ha="right")
+        ax.annotate(f"threshold {thr:.3f}", (thr, -0.45), fontsize=8, xytext=(-3, 0),
+                    textcoords="offset points", ha="right", va="bottom")
         ax.set_xlim(min([x for _, x, _ in pts] + [thr]) - 0.02, 1.005)
         ax.set_ylim(-0.6, max(len(pts), 1) - 0.4)
         ax.set_xlabel("cosine similarity", fontsize=9)
@@ -176,7 +177,7 @@ def _staff_table(staff: list[dict]) -> str:
     head = "<tr><th>at</th><th>who</th><th>where</th><th>what</th><th>reason given</th><th>evidence</th></tr>"
     rows = "".join(f"<tr><td>{s['at_s']:.1f} s</td><td>{_e(s['who'])}</td><td>{_e(s['where'])}</td>"
                    f"<td>{_e(s['what'])}</td><td>{_e(s['why'])}</td><td>{_e(s['evidence'])}</td></tr>" for s in staff)
-    return f"<table>{head}{rows}</table>"
+    return f'<table class="staff">{head}{rows}</table>'
 
 
 def write_report(path: Path, results: Results, cast: Cast) -> Path:

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kiosk.specimen import Issuer
+from models.registry import DEFAULT_DETECTOR, DEFAULT_EMBEDDER
 from tools.demo_cast import AIRPORT, Cast
 from tools.feedgen import CameraFolder
 
@@ -34,7 +35,6 @@ CALIBRATION = REPO / "config" / "calibration-lfw-dev-default.json"
 KIOSK = "SGN-K01"
 SECURITY = "SGN-SEC-1"
 FPS = 15.0
-MODEL = "dlib-resnet-v1"
 
 
 def operating_point(target: float, calibration: Path = CALIBRATION) -> float:
@@ -133,6 +133,9 @@ class Site:
     pad_manifests: list[str]  # manifest paths of the PAD pair; empty: not provisioned
     kiosk_threshold: float
     lane_threshold: float
+    detector: str = DEFAULT_DETECTOR  # a name in `models` or a manifest path
+    embedder: str = DEFAULT_EMBEDDER
+    model_id: str = "dlib-resnet-v1"  # the embedder's, which the lanes accept templates of
     base_port: int = 0
     keys: Path = field(init=False)
     central_cfg: Path = field(init=False)
@@ -207,6 +210,8 @@ loop = true
 
 [models]
 dir = "{site.models}"
+detector = "{site.detector}"
+embedder = "{site.embedder}"
 min_face_px = 40
 threads = 1
 {_pad_toml(site)}
@@ -252,6 +257,8 @@ loop = true
 
 [models]
 dir = "{site.models}"
+detector = "{site.detector}"
+embedder = "{site.embedder}"
 min_face_px = 60
 threads = 1
 {_pad_toml(site)}
@@ -283,7 +290,7 @@ central_host = "127.0.0.1"
 base_port = {site.base_port}
 scopes = {scopes}
 boarding_gate = {'true' if lane.boarding_gate else 'false'}
-accepted_models = ["{MODEL}"]
+accepted_models = ["{site.model_id}"]
 secret_key_file = "{site.keys / (lane.gate_id + '.key_secret')}"
 central_public_key_file = "{site.keys / 'central.key'}"
 heartbeat_timeout_s = 2.0
