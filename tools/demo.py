@@ -215,6 +215,9 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("\ndemo interrupted; child processes stopped")
         return 130
+    except RuntimeError as exc:  # a phase that cannot go on says why in one line (the logs hold the rest)
+        print(f"demo: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

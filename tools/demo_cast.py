@@ -88,7 +88,9 @@ class Traveller:
 
     @property
     def first_name(self) -> str:
-        return self.name.split()[0]
+        """What a timeline label calls them: the given name (last in a Vietnamese name)."""
+        words = self.name.split()
+        return words[-1] if self.surname.upper() == _fold(words[0]) else words[0]
 
 
 @dataclass
@@ -98,6 +100,13 @@ class Cast:
     day: dt.date  # the flights' local date at the airport
     kiosk_threshold: float
     source: str
+
+
+def _fold(word: str) -> str:
+    import unicodedata
+
+    word = word.replace("Đ", "D").replace("đ", "d")
+    return "".join(c for c in unicodedata.normalize("NFKD", word) if not unicodedata.combining(c)).upper()
 
 
 def flights_of_the_day() -> tuple[Flight, Flight]:
@@ -111,6 +120,9 @@ def _names(folder_name: str) -> tuple[str, str, str] | None:
     if not 2 <= len(words) <= 3 or not all(re.fullmatch(r"[A-Za-z]{2,}", w) for w in words):
         return None
     return " ".join(words), words[-1], " ".join(words[:-1])
+
+
+Candidate = tuple[tuple[str, str, str], list[Path], dict]  # (display, surname, given), photos, figures
 
 
 class Screen:
@@ -195,22 +207,21 @@ def lfw_cast(images: Path, pipeline, pad, kiosk_threshold: float, roles: tuple[s
     if missing:
         raise RuntimeError(f"casting: no LFW people found for {', '.join(missing)} among {tried} candidates")
     log.info("casting screened %d candidates", tried)
-    return _assign(roles, passing, referred, strangers, kiosk_threshold, day, f"LFW photos from {images}")
+    ordinary = iter(passing)
+    chosen = {r: referred if r == "referred" else strangers if r == "stranger" else [next(ordinary)] for r in roles}
+    return _assign(roles, chosen, kiosk_threshold, day, f"LFW photos from {images}")
 
 
-Candidate = tuple[tuple[str, str, str], list[Path], dict]  # (display, surname, given), photos, figures
-
-
-def _assign(roles, passing: list[Candidate], referred: list[Candidate], strangers: list[Candidate],
-            threshold: float, day: dt.date, source: str) -> Cast:
-    """Roles in story order; genuine photos are [card, today], a stranger's [today]."""
+def _assign(roles: tuple[str, ...], chosen: dict[str, list[Candidate]], threshold: float, day: dt.date,
+            source: str) -> Cast:
+    """Travellers in story order, each role taking the next of its chosen candidates; genuine
+    photos are [card, today], a stranger's [today]."""
     vn123, vn456 = flights_of_the_day()
     flight_of = {"plain": vn123, "referred": vn456, "wrong_gate": vn456, "gate_change": vn123}
-    pools = {"referred": iter(referred), "stranger": iter(strangers)}
-    ordinary = iter(passing)
+    pools = {role: iter(c) for role, c in chosen.items()}
     travellers = []
     for n, role in enumerate(roles):
-        (display, surname, given), photos, figures = next(pools.get(role, ordinary))
+        (display, surname, given), photos, figures = next(pools[role])
         enrolled = role != "stranger"
         travellers.append(Traveller(
             role=role, name=display, surname=surname, given=given, live_photo=photos[-1],
@@ -222,9 +233,12 @@ def _assign(roles, passing: list[Candidate], referred: list[Candidate], stranger
 
 def insightface_cast(work: Path, pipeline, pad, kiosk_threshold: float, roles: tuple[str, ...], day: dt.date) -> Cast:
     """Without ../shared: the faces of the group photo inside the insightface wheel, each cut out
-    as its own person. Today's face is the cut-out mirrored; the referred traveller's card photo
-    is a small, heavily compressed print of it (an old card), which the 1:1 may or may not
-    fall below: the run says which."""
+    as its own person, screened like the LFW cast where enough faces pass. Today's face
+     is the cut-out mirrored; the referred traveller's card photo is a small, heavily compressed
+    print of it (an old card), which the 1:1 may or may not fall below: the run says which.
+    The photo's faces are small and few pass the screen: the plain traveller is left out when
+    the story's roles need them all, and any role still short takes a face as it is (the run
+    then shows what the models make of it)."""
     import cv2
     import insightface
 
@@ -232,31 +246,37 @@ def insightface_cast(work: Path, pipeline, pad, kiosk_threshold: float, roles: t
     faces = sorted(pipeline.detector.detect(img), key=lambda f: f.box[0])
     folder = work / "people"
     folder.mkdir(parents=True, exist_ok=True)
-    names = [("An", "Nguyen", "Van"), ("Binh", "Tran", "Thi"), ("Chi", "Le", "Minh"), ("Dung", "Pham", "Quoc"),
-             ("Em", "Hoang", "Thu"), ("Giang", "Vu", "Hai")]
-    people = []
-    for i, f in enumerate(faces[:len(names)]):
+    names = iter([("Nguyễn Văn An", "NGUYEN", "VAN AN"), ("Trần Thị Bình", "TRAN", "THI BINH"),
+                  ("Lê Minh Châu", "LE", "MINH CHAU"), ("Phạm Quốc Dũng", "PHAM", "QUOC DUNG"),
+                  ("Hoàng Thu Hà", "HOANG", "THU HA"), ("Vũ Hải Giang", "VU", "HAI GIANG"),
+                  ("Đặng Thảo Linh", "DANG", "THAO LINH"), ("Bùi Đức Minh", "BUI", "DUC MINH")])
+    screen = Screen(pipeline, pad, kiosk_threshold)
+    people: list[Candidate] = []
+    unscreened: list[Candidate] = []  # taken when too few pass: the run then shows what the models make of them
+    for i, f in enumerate(faces):
         x1, y1, x2, y2 = f.box
         w, h = x2 - x1, y2 - y1
         crop = cv2.resize(img[max(0, int(y1 - h)): int(y2 + h), max(0, int(x1 - w)): int(x2 + w)], (250, 250))
         doc, live = folder / f"person_{i}_card.jpg", folder / f"person_{i}_today.jpg"
         cv2.imwrite(str(doc), crop)
         cv2.imwrite(str(live), cv2.flip(crop, 1))
-        given, surname, middle = names[i]
-        people.append(((f"{surname} {middle} {given}", surname, f"{middle} {given}"), [doc, live]))
+        figures = screen.genuine(doc, live, seed=i * 10)
+        who = next(names, (f"Traveller {i}", "TRAVELLER", f"NUMBER {i}"))
+        (people if figures is not None else unscreened).append((who, [doc, live], {**(figures or {}), "seed": i * 10}))
+    genuine_roles = [r for r in roles if r != "stranger"]
+    if len(people) < len(genuine_roles) and "plain" in roles:  # the story can do without the plain traveller
+        roles = tuple(r for r in roles if r != "plain")
+    people += unscreened
     if len(people) < len(roles):
         raise RuntimeError(f"the insightface group photo holds {len(people)} usable faces; the cast needs {len(roles)}")
-    passing: list[Candidate] = []
-    referred: list[Candidate] = []
-    strangers: list[Candidate] = []
-    for n, (names_, photos) in enumerate(people[:len(roles)]):
-        role = roles[n]
+    # the roles the story turns on get the faces that passed the screen first
+    priority = sorted(roles, key=lambda r: ("referred", "wrong_gate", "gate_change", "plain", "stranger").index(r))
+    chosen: dict[str, list[Candidate]] = {}
+    for role, (names_, photos, figures) in zip(priority, people, strict=False):
         if role == "referred":
-            old = cv2.imread(str(photos[0]))
-            small = cv2.resize(old, (60, 60), interpolation=cv2.INTER_AREA)
+            small = cv2.resize(cv2.imread(str(photos[0])), (60, 60), interpolation=cv2.INTER_AREA)
             ok, jpg = cv2.imencode(".jpg", small, [cv2.IMWRITE_JPEG_QUALITY, 15])
             cv2.imwrite(str(photos[0]), cv2.resize(cv2.imdecode(jpg, cv2.IMREAD_COLOR), (250, 250)))
-        entry = (names_, photos if role != "stranger" else photos[1:], {"seed": n * 10})
-        (referred if role == "referred" else strangers if role == "stranger" else passing).append(entry)
-    return _assign(roles, passing, referred, strangers, kiosk_threshold, day,
+        chosen.setdefault(role, []).append((names_, photos if role != "stranger" else photos[1:], figures))
+    return _assign(roles, chosen, kiosk_threshold, day,
                    "faces of the group photo shipped in the insightface wheel (../shared not found)")

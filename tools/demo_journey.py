@@ -283,10 +283,16 @@ class Airport:
         self.enrolled: set[str] = set()
         self._airside: list[threading.Thread] = []
         self._boarded_others = threading.Event()
+        self._gate_changed = threading.Event()
         self._others_left = sum(1 for t in cast.travellers if t.role not in ("gate_change", "stranger"))
+        if not self._others_left:
+            self._boarded_others.set()
         self._count_lock = threading.Lock()
 
     def run(self) -> None:
+        moving = next((t.flight for t in self.cast.travellers if t.role == "gate_change" and t.flight), None)
+        if moving is not None:  # ops moves the flight once everyone else has boarded
+            self._go(self._gate_change_when_due, moving.code)
         for t in self.cast.travellers:
             if t.role == "stranger":  # walks straight to security, never checked in
                 self._go_airside(t)
@@ -301,9 +307,19 @@ class Airport:
             th.join()
 
     def _go_airside(self, t: Traveller, enrolled: bool = False) -> None:
-        th = threading.Thread(target=self._airside_walk, args=(t, enrolled), name=f"traveller-{t.first_name}")
+        self._go(self._airside_walk, t, enrolled)
+
+    def _go(self, target, *args) -> None:
+        th = threading.Thread(target=target, args=args, daemon=True)
         th.start()
         self._airside.append(th)
+
+    def _gate_change_when_due(self, flight_code: str) -> None:
+        try:
+            self._boarded_others.wait(300)
+            self.change_gate(flight_code)
+        finally:
+            self._gate_changed.set()
 
     def _airside_walk(self, t: Traveller, enrolled: bool) -> None:
         try:
@@ -332,9 +348,9 @@ class Airport:
             other = next(f for f in self.cast.flights if f.code != t.flight.code)
             self.lanes[other.first_gate].visit(t, "boarding", "refused",
                                                f"wrong gate: {other.first_gate} boards {other.code}")
-        if t.role == "gate_change":
-            self._boarded_others.wait(300)
-            own = self.change_gate(t.flight.code)
+        if t.role == "gate_change":  # waits airside for the announced gate
+            self._gate_changed.wait(320)
+            own = self.gate_of[t.flight.code]
         self._wait_until_known(self.lanes[own], t)
         note = "after the gate change" if t.role == "gate_change" else ""
         self.lanes[own].visit(t, "boarding", "pass", note)
@@ -348,7 +364,7 @@ class Airport:
                    and (desk is self.security or self.gate_of.get(x.flight.code) == gate))
         _wait_for(lambda: desk.status().get("watchlist_size", 0) >= want, 10)
 
-    def change_gate(self, flight_code: str) -> str:
+    def change_gate(self, flight_code: str) -> None:
         """Move a flight to the other boarding gate (which has finished its own flight), with the
         ops command, and wait until the new gate holds the flight's passengers."""
         flight = next(f for f in self.cast.flights if f.code == flight_code)
@@ -376,7 +392,7 @@ class Airport:
                   "followed": bool(followed), "took_s": took, "passengers": pax}
         self.journey.gate_changes.append(change)
         errors = "; ".join(r.stderr.strip() for r in results if r.returncode)
-        self.journey.say("ops", f"{new} now boards {flight_code} ({pax} passengers in its watchlist, "
+        self.journey.say("ops", f"{new} now boards {flight_code} ({pax} passenger{'s' if pax != 1 else ''} in its "
+                                f"watchlist, "
                                 f"{old} holds none) after {took:.1f} s" if followed and ok
                          else f"the gate change did not take effect in time{': ' + errors if errors else ''}")
-        return new

@@ -166,7 +166,8 @@ def _lane_step(step: Step, rows: list[dict], threshold: float, since) -> StepRes
     passed = any(r["event"] == "passage_complete" for r in mine)
     d = decision["decision"] if decision else {}
     outcome, reason, score = d.get("outcome"), d.get("reason"), d.get("score")
-    live = (d.get("pad") or {}).get("live")
+    pad = d.get("pad")  # the PAD figures, or a word ("not provisioned")
+    live = pad.get("live") if isinstance(pad, dict) else None
     figures = []
     if score is not None:
         figures.append(("score " if d.get("subject_id") else "best score ") + f"{score:.3f}"
