@@ -125,6 +125,13 @@ def _names(folder_name: str) -> tuple[str, str, str] | None:
 Candidate = tuple[tuple[str, str, str], list[Path], dict]  # (display, surname, given), photos, figures
 
 
+def _names_of(person: Path) -> tuple[str, str, str]:
+    names = _names(person.name)
+    if names is None:
+        raise ValueError(f"{person.name}: not a name a pass and an MRZ carry")
+    return names
+
+
 class Screen:
     """A candidate's photos through the kiosk's own capture path (kiosk.capture)."""
 
@@ -189,7 +196,7 @@ def lfw_cast(images: Path, pipeline, pad, kiosk_threshold: float, roles: tuple[s
                 tried += 1
                 figures = screen.stranger(photos[0], seed=tried * 10)
                 if figures is not None:
-                    strangers.append((_names(person.name), photos[:1], {**figures, "seed": tried * 10}))
+                    strangers.append((_names_of(person), photos[:1], {**figures, "seed": tried * 10}))
             continue
         if not (one_face(pipeline.detector, photos[0]) and one_face(pipeline.detector, photos[1])):
             continue
@@ -197,7 +204,7 @@ def lfw_cast(images: Path, pipeline, pad, kiosk_threshold: float, roles: tuple[s
         figures = screen.genuine(photos[0], photos[1], seed=tried * 10)
         if figures is None:
             continue
-        entry = (_names(person.name), photos[:2], {**figures, "seed": tried * 10})
+        entry = (_names_of(person), photos[:2], {**figures, "seed": tried * 10})
         if figures["verify_median"] >= kiosk_threshold + CLEAR_OF_THRESHOLD and len(passing) < wanted_pass:
             passing.append(entry)
         elif figures["verify_median"] <= kiosk_threshold - CLEAR_OF_THRESHOLD and not referred:
@@ -242,7 +249,9 @@ def insightface_cast(work: Path, pipeline, pad, kiosk_threshold: float, roles: t
     import cv2
     import insightface
 
-    img = cv2.imread(str(Path(insightface.__file__).parent / "data" / "images" / "t1.jpg"))
+    from vision.image_io import decode_image, load_image
+
+    img = load_image(Path(insightface.__file__).parent / "data" / "images" / "t1.jpg")
     faces = sorted(pipeline.detector.detect(img), key=lambda f: f.box[0])
     folder = work / "people"
     folder.mkdir(parents=True, exist_ok=True)
@@ -274,9 +283,9 @@ def insightface_cast(work: Path, pipeline, pad, kiosk_threshold: float, roles: t
     chosen: dict[str, list[Candidate]] = {}
     for role, (names_, photos, figures) in zip(priority, people, strict=False):
         if role == "referred":
-            small = cv2.resize(cv2.imread(str(photos[0])), (60, 60), interpolation=cv2.INTER_AREA)
-            ok, jpg = cv2.imencode(".jpg", small, [cv2.IMWRITE_JPEG_QUALITY, 15])
-            cv2.imwrite(str(photos[0]), cv2.resize(cv2.imdecode(jpg, cv2.IMREAD_COLOR), (250, 250)))
+            small = cv2.resize(load_image(photos[0]), (60, 60), interpolation=cv2.INTER_AREA)
+            _, jpg = cv2.imencode(".jpg", small, [cv2.IMWRITE_JPEG_QUALITY, 15])
+            cv2.imwrite(str(photos[0]), cv2.resize(decode_image(jpg.tobytes()), (250, 250)))
         chosen.setdefault(role, []).append((names_, photos if role != "stranger" else photos[1:], figures))
     return _assign(roles, chosen, kiosk_threshold, day,
                    "faces of the group photo shipped in the insightface wheel (../shared not found)")

@@ -142,13 +142,12 @@ class KioskDesk:
         os.write(self.site.scanner_master, (code + "\r\n").encode("ascii"))
 
     def _card(self, t: Traveller) -> None:
-        import cv2
-
         from kiosk.specimen import write_chip_handover
+        from vision.image_io import load_image
 
         assert t.doc_photo is not None and t.number is not None
         jpeg = t.doc_photo.read_bytes()
-        h, w = cv2.imread(str(t.doc_photo)).shape[:2]
+        h, w = load_image(t.doc_photo).shape[:2]
         write_chip_handover(self.site.kiosk_inbox, self.signer, jpeg, w, h, t.number, t.surname, t.given, t.name)
 
     def serve(self, t: Traveller) -> Step:
@@ -187,7 +186,8 @@ class KioskDesk:
     def _say_referral(self, t: Traveller, step: Step, sid: str, referral: str) -> None:
         from gate.event_text import label
 
-        rec = next((r for r in reversed(self._records(sid, step.start)) if r.get("event") == "kiosk_referred"), {})
+        records = self._records(sid, step.start)
+        rec: dict = next((r for r in reversed(records) if r.get("event") == "kiosk_referred"), {})
         score = f"1:1 {rec['verify_median']:.3f} < {self.cast.kiosk_threshold:.3f}" if "verify_median" in rec else ""
         self.journey.say("kiosk", f"{_name(t)}: REFERRED to the counter agent ({label(referral)}"
                                   f"{'; ' + score if score else ''})")

@@ -137,7 +137,8 @@ def _scores_figure(results: Results) -> str | None:
 
     import matplotlib.pyplot as plt
 
-    kiosk, lane = [], []
+    kiosk: list[tuple[str, float, str]] = []
+    lane: list[tuple[str, float, str]] = []
     for p in results.passengers:
         for s in p.steps:
             m = re.search(r"1:1 ([0-9.]+)" if s.kind == "kiosk" else r"score ([0-9.]+)", s.detail)

@@ -75,9 +75,8 @@ def _ts(row) -> dt.datetime:
 def central_records(site: Site, places: list[str], local_counts: dict[str, int], timeout: float = 20.0):
     """Every place's records as the central holds them, once it holds all of them (bounded wait)."""
     from sync.central import Central
-    from sync.config import load_central_config
 
-    database = load_central_config(site.central_cfg).database
+    database = site.database
     deadline = time.monotonic() + timeout
     while True:
         central = Central(database)
@@ -291,9 +290,8 @@ def collect(site: Site, cast: Cast, journey: Journey, wall_s: float) -> Results:
 def _display_names(site: Site, cast: Cast) -> dict[str, str]:
     """Display names as the central keeps them (for staff; gates never receive them)."""
     from sync.central import Central
-    from sync.config import load_central_config
 
-    central = Central(load_central_config(site.central_cfg).database)
+    central = Central(site.database)
     try:
         out = {}
         for t in cast.travellers:

@@ -152,6 +152,16 @@ class Site:
         self.kiosk_dir = self.work / "kiosk"
 
     @property
+    def database(self) -> str:
+        """The central's store, as its config names it."""
+        from sync.config import load_central_config
+
+        database = load_central_config(self.central_cfg).database
+        if database is None:
+            raise RuntimeError(f"{self.central_cfg} names no database")
+        return database
+
+    @property
     def kiosk_cfg(self) -> Path:
         return self.kiosk_dir / "kiosk.toml"
 
@@ -312,7 +322,6 @@ def build(site: Site, cast: Cast) -> None:
     gates, and the flights' first gates."""
     from kiosk.specimen import make_csca
     from sync.central import Central
-    from sync.config import load_central_config
     from sync.keys import generate_keypair_files, load_public_key
 
     site.base_port = free_port_block()
@@ -329,7 +338,7 @@ def build(site: Site, cast: Cast) -> None:
     write_kiosk_config(site, site.kiosk_dir / "csca.pem")
     for folder in [site.kiosk_camera, *(lane.camera for lane in site.lanes.values())]:
         CameraFolder(folder)  # before the daemons start: camera.source must name a folder that exists
-    central = Central(load_central_config(site.central_cfg).database)
+    central = Central(site.database)
     try:
         central.register_station(KIOSK, load_public_key(generate_keypair_files(site.keys, KIOSK).public), AIRPORT)
         for lane in site.lanes.values():
