@@ -31,6 +31,10 @@ LABELS = {
     "device_restored": "device restored", "audit_failure": "audit log cannot be written",
     "token_read": "document read", "token_unknown_read": "unknown document", "token_expired": "document expired",
     "attempt_failed": "attempt failed", "daemon_stopped": "lane stopped", "unexpected_passage": "unexpected passage",
+    # why the enrolment station referred a traveller to the counter agent (kiosk.session)
+    "verify_failed": "face does not match the card photo", "verify_ambiguous": "1:1 just below the threshold",
+    "pad_doubt": "liveness doubt", "pad_unavailable": "no liveness check available",
+    "name_mismatch": "name differs from the boarding pass", "capture_timeout": "no good photo in time",
 }
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 from dataclasses import dataclass
+from pathlib import Path
 
 from asn1crypto import cms
 from asn1crypto import x509 as asn1_x509
@@ -140,3 +141,28 @@ def build_sod(data_groups: dict[int, bytes], signer: Issuer, hash_name: str = "s
         "encap_content_info": {"content_type": LDS_SECURITY_OBJECT_OID, "content": econtent},
         "certificates": [cert], "signer_infos": [signer_info]})
     return tlv(0x77, cms.ContentInfo({"content_type": "signed_data", "content": signed}).dump())
+
+
+def specimen_bcbp(surname: str, given: str, pnr: str, from_airport: str, to_airport: str, carrier: str,
+                  flight_number: str, flight_date: dt.date, seat: str, sequence: int) -> str:
+    """A one-leg BCBP (Resolution 792, format 'M') as a check-in system prints it, with no
+    conditional block; devices.bcbp.parse_bcbp reads it back field by field."""
+    name = f"{surname}/{given}".upper()[:20]
+    return ("M1" + name.ljust(20) + "E" + pnr.ljust(7) + from_airport + to_airport + carrier.ljust(3)
+            + flight_number.rjust(4, "0").ljust(5) + f"{flight_date.timetuple().tm_yday:03d}" + "Y"
+            + seat.rjust(4, "0") + f"{sequence:04d} " + "1" + "00")
+
+
+def write_chip_handover(inbox: Path, signer: Issuer, photo_jpeg: bytes, width: int, height: int,
+                        document_number: str, surname: str, given: str, display_name: str) -> Path:
+    """What a chip reader leaves in the station's inbox after reading a card (kiosk.inbox):
+    DG1, DG2 and an EF.SOD signed by `signer`, the holder's name, and READY written last."""
+    dg1 = build_dg1(td1_mrz(document_number, surname.upper(), given.upper()))
+    dg2 = build_dg2(photo_jpeg, "jpeg", width, height)
+    folder = Path(inbox) / document_number
+    folder.mkdir(parents=True)
+    for name, data in (("dg1.bin", dg1), ("dg2.bin", dg2), ("sod.bin", build_sod({1: dg1, 2: dg2}, signer))):
+        (folder / name).write_bytes(data)
+    (folder / "name.txt").write_text(display_name, encoding="utf-8")
+    (folder / "READY").touch()
+    return folder

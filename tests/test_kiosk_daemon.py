@@ -17,7 +17,7 @@ from gate.audit import AuditLog
 from gate.control import call
 from kiosk.config import load_config
 from kiosk.daemon import StationDaemon
-from kiosk.specimen import build_dg1, build_dg2, build_sod, make_csca, make_document_signer, td1_mrz
+from kiosk.specimen import make_csca, make_document_signer, write_chip_handover
 from models.provision import provision
 from sync.central import Central
 from sync.central_server import CentralServer
@@ -94,17 +94,10 @@ central_public_key_file = "{dep.central_public}"
 
 
 def _hand_over(inbox: Path, csca, photo: Path, number: str, surname: str, given: str, name: str) -> None:
-    ds = make_document_signer(csca)
     img = cv2.imread(str(photo))
     ok, jpg = cv2.imencode(".jpg", img)
-    dg1 = build_dg1(td1_mrz(number, surname, given))
-    dg2 = build_dg2(jpg.tobytes(), "jpeg", img.shape[1], img.shape[0])
-    folder = inbox / number
-    folder.mkdir(parents=True)
-    for fname, data in (("dg1.bin", dg1), ("dg2.bin", dg2), ("sod.bin", build_sod({1: dg1, 2: dg2}, ds))):
-        (folder / fname).write_bytes(data)
-    (folder / "name.txt").write_text(name, encoding="utf-8")
-    (folder / "READY").touch()
+    write_chip_handover(inbox, make_document_signer(csca), jpg.tobytes(), img.shape[1], img.shape[0], number,
+                        surname, given, name)
 
 
 def _camera_shows(camera: Path, photos: list[Path]) -> None:

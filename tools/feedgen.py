@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 
 FRAME_W, FRAME_H = 640, 480
+EMPTY_LANE_GREY = 110  # the empty lane's grey level in the walk-up feed and the camera folders
 
 
 @dataclass(frozen=True)
@@ -89,7 +90,7 @@ def write_walkup_video(path: Path, passengers: list[Passenger], fps: float = 15.
         raise RuntimeError(f"cannot write video {path}")
     frame_no = 0
     truth: list[Appearance] = []
-    empty = np.full((FRAME_H, FRAME_W, 3), 110, np.uint8)
+    empty = np.full((FRAME_H, FRAME_W, 3), EMPTY_LANE_GREY, np.uint8)
 
     def emit(img):
         nonlocal frame_no
@@ -124,3 +125,53 @@ def write_walkup_video(path: Path, passengers: list[Passenger], fps: float = 15.
     Path(str(path) + ".truth.json").write_text(json.dumps({"fps": fps, "frames": frame_no,
                                                             "appearances": [asdict(a) for a in truth]}, indent=1))
     return truth
+
+
+def standing_frames(photo: str | Path, n: int = 8, scale: float = 1.8, seed: int = 0) -> list[np.ndarray]:
+    """A person standing at the capture position, swaying a little: what a kiosk or lane camera
+    sees between stepping up and walking on. The sway (≤ 4 px, ±2 % in size) keeps the box
+    overlap between frames far above lane.tracking.iou_min (0.3), so the lane follows one
+    person, while no two frames are the same picture."""
+    img = cv2.imread(str(photo))
+    if img is None:
+        raise FileNotFoundError(f"cannot read passenger photo {photo}")
+    rng = np.random.default_rng(seed)
+    scene = _scene(img)
+    cx0, cy0 = FRAME_W // 2 + int(rng.integers(-30, 31)), FRAME_H // 2 + int(rng.integers(-10, 11))
+    frames = []
+    for i in range(n):
+        phase = 2 * np.pi * i / n
+        face = _scaled(img, scale * (1 + 0.02 * np.sin(phase)))
+        canvas = scene.copy()
+        _paste(canvas, face, _feathered(face), cx0 + int(round(4 * np.cos(phase))), cy0 + int(round(3 * np.sin(phase))))
+        frames.append(canvas)
+    return frames
+
+
+class CameraFolder:
+    """A simulated camera for a daemon configured with `camera.source = <folder>` and
+    `loop = true`: `slots` picture files that vision.capture.FolderSource plays in order, over
+    and over, and whose contents change as people step up and walk on. Each file is replaced
+    atomically (os.replace), so the daemon never reads half a picture; the names stay the same
+    because FolderSource lists the folder once, when it opens."""
+
+    def __init__(self, folder: Path, slots: int = 8):
+        self.folder = Path(folder)
+        self.slots = slots
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.clear()
+
+    def show(self, frames: list[np.ndarray]) -> None:
+        import os
+
+        for i in range(self.slots):
+            tmp = self.folder / f".slot_{i:02d}.tmp"
+            ok, jpg = cv2.imencode(".jpg", frames[i % len(frames)], [cv2.IMWRITE_JPEG_QUALITY, 92])
+            if not ok:
+                raise RuntimeError("cannot encode a camera frame")
+            tmp.write_bytes(jpg.tobytes())
+            os.replace(tmp, self.folder / f"slot_{i:02d}.jpg")
+
+    def clear(self) -> None:
+        """Nobody in front of the camera."""
+        self.show([np.full((FRAME_H, FRAME_W, 3), EMPTY_LANE_GREY, np.uint8)])
