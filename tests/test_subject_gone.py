@@ -13,7 +13,7 @@ import pytest
 
 from gate.audit import AuditLog
 from gate.forget import subject_presence as gate_presence
-from gate.template_crypto import TemplateCipher
+from sync.template_crypto import TemplateCipher
 from gate.watchlist import Subject, WatchlistStore
 from sync.audit_chain import GENESIS_HASH, AuditRow, record_hash
 from sync.central import Central

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from gate.sqlite_store import InsecureFileError
-from gate.template_crypto import TemplateCipher, TemplateIntegrityError, TemplateKeyError
+from sync.template_crypto import TemplateCipher, TemplateIntegrityError, TemplateKeyError
 from gate.watchlist import WATCHLIST_DB_NAME, Subject, WatchlistStore
 from gate.watchlist_sync import WatchlistSyncSink
 from sync.interfaces import WatchlistSink
