@@ -268,6 +268,9 @@ def seal_existing(database: str | Path, template_key: TemplateCipher | str | Pat
             db.execute("INSERT INTO meta(name, value) VALUES (?, ?) ON CONFLICT(name) DO NOTHING",
                        (KEY_META, _id_to_int(cipher.key_id)))
         if any(sealed.values()):
+            # SQLite: secure_delete overwrote the clear cells; checkpoint so no clear page is
+            # left in the WAL. PostgreSQL keeps the old tuples until VACUUM (docs/security.md).
+            db.after_forget()
             log.info("%s: sealed %s with %s", db.description, sealed, cipher.describe())
         return SealReport(cipher.key_id, sealed, already)
     finally:
