@@ -362,7 +362,7 @@ def phase_enrol(run: DemoRun) -> None:
     generate_keypair_files(run.keys, "gate")
     run.central_cfg, run.gate_cfg = _write_configs(run.work, run.models, run.work / "feed.avi", run.pad, run.keys)
     run.ccfg = load_central_config(run.central_cfg)
-    central = Central(run.ccfg.db_path, template_key=run.ccfg.template_key_path)
+    central = Central(run.ccfg.db_path)
     central.register_gate(GATE, load_public_key(run.keys / "gate.key"), [f"lane:{LANE}"])
     scope = [f"lane:{LANE}"]
     r = enrol_folder(central, run.pipeline, run.folder_of(run.cast.enrolled, "allow"), scope, "allow",
@@ -461,7 +461,7 @@ def phase_lane(run: DemoRun) -> None:
             run.outage[1] = now
             run.view.add(wall, "--- central service restarted ---")
             if run.cast.late:
-                c = Central(run.ccfg.db_path, template_key=run.ccfg.template_key_path)
+                c = Central(run.ccfg.db_path)
                 enrol_folder(c, run.pipeline, run.folder_of(run.cast.late, "late"), [f"lane:{LANE}"], "allow")
                 c.close()
                 run.view.add(time.monotonic(), f"--- late traveller {next(iter(run.cast.late))} enrolled "
@@ -609,7 +609,7 @@ def _summarise(run: DemoRun) -> tuple[dict, list[dict]]:
     deadline = time.monotonic() + 20
     central_rows, chain_c = 0, None
     while time.monotonic() < deadline:
-        c = Central(run.ccfg.db_path, template_key=run.ccfg.template_key_path)
+        c = Central(run.ccfg.db_path)
         crow = list(c.audit.rows(GATE))
         c.close()
         central_rows, chain_c = len(crow), verify_chain(crow)

@@ -13,8 +13,10 @@
     gate-central --config F expire
     gate-central --config F list [--scope lane:L1] [--status active|revoked|expired]
     gate-central --config F enrol --from DIR --scope lane:L1 [--list deny] [--valid-until T]  (alias: enroll)
-    gate-central --config F migrate [--from OLD_SQLITE_FILE [--from-key KEY]]   create/upgrade the schema, seal
-                                                         templates stored in clear; copy a SQLite central
+    gate-central --config F migrate [--from OLD_SQLITE_FILE]   create/upgrade the schema; copy a SQLite central
+
+`migrate` also seals templates an earlier release stored in clear; `migrate --from F --from-key K`
+names the key the SQLite central was sealed with (default: F.templates.key beside it).
 
 Every command is a thin wrapper over sync.central / sync.central_server / sync.keys.
 """
