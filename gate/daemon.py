@@ -43,8 +43,8 @@ from gate.observe import observe, store_lookup
 from gate.passback import PassbackStore
 from gate.refer_crops import CROPS_DIR_NAME, CropError, ReferCropStore
 from gate.sqlite_store import InsecureFileError, parse_utc_iso
-from gate.template_crypto import TemplateCipher, TemplateKeyError
 from gate.watchlist import WatchlistStore
+from sync.template_crypto import TemplateCipher, TemplateKeyError
 
 if TYPE_CHECKING:  # imported where used, so a lane without them never loads them
     from devices.barcode import BarcodeScanner
@@ -171,7 +171,7 @@ class LaneDaemon:
                 raise StartupError(f"models: {e}") from None
         self._check_calibration()
         self.pad = self._load_pad()
-        from gate.template_crypto import TemplateCipher
+        from sync.template_crypto import TemplateCipher
         from vision.match import Matcher
 
         self.matcher = Matcher(self._pipeline.embedder.dim, self._pipeline.model_id,

@@ -4,7 +4,7 @@ A gate stores no face image by default. Some operators want the staff who handle
 traveller (or review the case later) to see the face the lane saw, so `[privacy]
 keep_refer_crops` keeps exactly that and no more: only REFER decisions, only the primary
 face (its box enlarged a little, never the whole frame), sealed with the template key
-(AES-256-GCM, gate.template_crypto) and deleted once older than the retention limit.
+(AES-256-GCM, sync.template_crypto) and deleted once older than the retention limit.
 
 Each file is named after the audit record of its decision (sequence number and UTC time),
 and that name is the GCM associated data: a crop renamed to sit beside another decision fails
@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 
 from gate.sqlite_store import create_private_file, require_private
-from gate.template_crypto import TemplateCipher
+from sync.template_crypto import TemplateCipher
 
 log = logging.getLogger(__name__)
 

@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import sqlite3
-import stat
 import threading
 import weakref
 from datetime import datetime, timezone
@@ -26,15 +24,17 @@ from typing import Iterator
 
 from sqlite_utils import Database
 
+# The owner-only rules are sync's (sync.keys), shared with the central's template key; the gate's
+# modules keep importing them from here.
+from sync.keys import OWNER_ONLY_MASK, InsecureFileError, create_private_file, require_private
+
+__all__ = ["OWNER_ONLY_MASK", "InsecureFileError", "PrivateSqliteFile", "create_private_file", "parse_utc_iso",
+           "require_private", "utc_iso", "utc_now"]
+
 log = logging.getLogger(__name__)
 
-OWNER_ONLY_MASK = 0o077  # any group/other permission bit makes a store file "not private"
 SQLITE_SIDE_FILES = ("-wal", "-shm")
 SYNCHRONOUS_LEVELS = ("NORMAL", "FULL", "EXTRA")
-
-
-class InsecureFileError(PermissionError):
-    """A store or key file is readable or writable by someone other than its owner."""
 
 
 def utc_iso(moment: datetime) -> str:
@@ -50,28 +50,6 @@ def parse_utc_iso(text: str) -> datetime:
 
 def utc_now() -> datetime:
     return datetime.now(timezone.utc)
-
-
-def require_private(path: Path) -> None:
-    """Refuse a file whose mode grants anything to group or others."""
-    mode = stat.S_IMODE(path.stat().st_mode)
-    if mode & OWNER_ONLY_MASK:
-        raise InsecureFileError(
-            f"{path} has mode {mode:04o}; it holds sensitive data and must be owner-only "
-            f"(chmod 600 {path}) before edgegate will use it"
-        )
-
-
-def create_private_file(path: Path) -> None:
-    """Create an empty 0600 file; O_EXCL so an existing file is never silently re-moded.
-    The directory is fsynced too, so the new name survives a power cut like its contents."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    os.close(fd)
-    dir_fd = os.open(Path(path).parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 class PrivateSqliteFile:

@@ -9,7 +9,7 @@ Why it is shaped this way:
 - Removal is physical: secure_delete zeroes deleted rows and a WAL checkpoint after revoke,
   purge and snapshot swap folds the zeroed pages back, so a revoked person's template does not
   linger in the file.
-- Templates may be sealed at rest (gate.template_crypto). The database remembers which key
+- Templates may be sealed at rest (sync.template_crypto). The database remembers which key
   sealed them, so a store opened without that key, or with another, fails with a clear
   TemplateKeyError instead of loading garbage; a fresh snapshot (replace_all) re-keys.
 - Each subject keeps the CHP sequence of its last change. An update no newer than that is
@@ -35,7 +35,7 @@ from typing import Iterable, Iterator, Protocol, Sequence
 import numpy as np
 
 from gate.sqlite_store import PrivateSqliteFile, parse_utc_iso, utc_iso
-from gate.template_crypto import TemplateCipher, TemplateKeyError
+from sync.template_crypto import TemplateCipher, TemplateKeyError
 from vision.types import Template
 
 log = logging.getLogger(__name__)

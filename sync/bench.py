@@ -28,6 +28,7 @@ import numpy as np
 from sync.agent import GateAgent
 from sync.audit_chain import verify_chain
 from sync.central import Central, Enrollment
+from sync.central_seal import default_template_key_file
 from sync.config import AgentConfig, CentralConfig
 from sync.interfaces import AuditSource, WatchlistSink
 from sync.keys import generate_keypair_files, load_public_key
@@ -133,7 +134,8 @@ def _run(root: Path, sink_factory: SinkFactory, probe: Probe, audit_factory: Aud
 
     base_port = _free_base_port()
     central_cfg = CentralConfig(db_path=db_path, base_port=base_port, bind_host="127.0.0.1",
-                                secret_key_file=central_keys.secret)
+                                secret_key_file=central_keys.secret,
+                                template_key_file=default_template_key_file(db_path))  # Central(db_path)'s
     agent_cfg = AgentConfig(gate_id="bench", central_host="127.0.0.1", base_port=base_port,
                             scopes=("/lane/BENCH/",), accepted_models=frozenset({BENCH_MODEL}),
                             secret_key_file=gate_keys.secret, central_public_key_file=central_keys.public,

@@ -33,6 +33,7 @@ from sync.audit_store import AuditStore
 from sync.central_db import CentralDatabase, open_central_db
 from sync.central_health import GateHealth, GateStatus
 from sync.central_principals import Principal, Principals
+from sync.central_seal import open_central_cipher
 from sync.central_subjects import (
     MAX_TTL_S,
     SUBJECT_STATUSES,
@@ -47,6 +48,7 @@ from sync.central_subjects import (
 from sync.hashmap import Hashmap
 from sync.kvmsg import KVMsg
 from sync.service_messages import HealthReport
+from sync.template_crypto import TemplateCipher
 
 __all__ = ["MAX_TTL_S", "SUBJECT_STATUSES", "Central", "EnrollResult", "Enrollment", "EnrollmentError",
            "GateStatus", "ModelMixError", "Principal", "SubjectInfo", "UnknownSubject"]
@@ -55,17 +57,25 @@ __all__ = ["MAX_TTL_S", "SUBJECT_STATUSES", "Central", "EnrollResult", "Enrollme
 class Central:
     def __init__(self, database: str | Path, clock: Callable[[], float] = time.time,
                  on_change: Callable[[], None] | None = None, node: str | None = None,
-                 pool_size: int | None = None):
+                 pool_size: int | None = None, template_key: TemplateCipher | str | Path | None = None):
         """`database`: a SQLite file path (the embedded default) or a PostgreSQL connection
         string (sync.central_db.open_central_db). `node` names this central node in the gate
         health it records (several nodes on one PostgreSQL database). `on_change` is called
-        after each committed subject change."""
+        after each committed subject change. `template_key`: the key file (or cipher) templates
+        are sealed with; None is the database's default file (sync.central_seal: beside a
+        SQLite file, per database on this machine for PostgreSQL). A key other than the one
+        the database was sealed with raises TemplateKeyError naming both key ids."""
         self.db: CentralDatabase = open_central_db(database, pool_size=pool_size)
+        try:
+            self.cipher = open_central_cipher(self.db, database, template_key)
+        except BaseException:
+            self.db.close()
+            raise
         self.database = database
         self.db_path = getattr(self.db, "path", None)  # the SQLite file; None on PostgreSQL
         self.conn = self.db  # the one connection every part of the central shares
         self.node = node
-        self.hashmap = Hashmap(self.db)
+        self.hashmap = Hashmap(self.db, self.cipher)
         self.audit = AuditStore(self.db)
         self.subjects = Subjects(self.db, self.hashmap, clock, on_change)
         self.registry = Principals(self.db, clock)

@@ -7,6 +7,11 @@ gates reconnect without re-registration), gate health and every received audit r
 its hash. The global sequence is carried over, so a gate that synced from the SQLite central
 continues from its stored sequence against the PostgreSQL one. The target must be empty: a
 copy never merges into a live central.
+
+Templates and record bodies are sealed on the way in (sync.central_seal.reseal_row): each is
+opened with the SQLite central's key (or taken in clear from a central of an earlier release)
+and sealed with the target's, bound to the same subject, model, key and sequence, and the
+target records its key. So the target never holds a clear template, even for a moment.
 """
 from __future__ import annotations
 
@@ -16,6 +21,8 @@ from pathlib import Path
 from typing import Callable
 
 from sync.central_db import StorageError, is_postgres, open_central_db
+from sync.central_seal import load_key, record_key, recorded_key_id, reseal_row
+from sync.template_crypto import TemplateCipher, TemplateKeyError
 
 log = logging.getLogger(__name__)
 
@@ -53,12 +60,15 @@ class MigrateReport:
     schema_to: int
     copied: dict[str, int]
     sequence: int | None
+    key_id: str | None = None
 
     def summary(self) -> str:
         text = f"schema {self.schema_from} -> {self.schema_to}"
         if self.copied:
             text += "; copied " + ", ".join(f"{n} {t}" for t, n in self.copied.items())
             text += f"; sequence {self.sequence}"
+        if self.key_id:
+            text += f"; templates sealed with key id {self.key_id}"
         return text
 
 
@@ -81,9 +91,15 @@ def migrate_schema(database: str | Path) -> tuple[int, int]:
 
 
 def copy_sqlite_central(source: Path, target: str,
-                        progress: Callable[[str, int], None] | None = None) -> MigrateReport:
+                        progress: Callable[[str, int], None] | None = None,
+                        template_key: TemplateCipher | str | Path | None = None,
+                        source_key: TemplateCipher | str | Path | None = None) -> MigrateReport:
     """Copy the SQLite central at `source` into the (migrated, empty) PostgreSQL central at
-    `target`, in one transaction: a failure leaves the target as empty as it was."""
+    `target`, in one transaction: a failure leaves the target as empty as it was.
+
+    `template_key`: the target's key (None: its default, sync.central_seal). `source_key`: the
+    key the source was sealed with (None: the file beside it, needed only if the source records
+    a key; a source of an earlier release is read in clear)."""
     source = Path(source)
     if not source.exists():
         raise FileNotFoundError(f"{source} does not exist: give the SQLite central's database file")
@@ -97,13 +113,31 @@ def copy_sqlite_central(source: Path, target: str,
         for table in TABLES:
             if dst.execute(f"SELECT 1 FROM {table} LIMIT 1").fetchone() is not None:
                 raise StorageError(f"the target already holds {table} rows: migrate only into an empty central")
+        recorded = recorded_key_id(src)
+        opener: TemplateCipher | None = None
+        if isinstance(source_key, TemplateCipher):
+            opener = source_key
+        elif source_key is not None:
+            opener = TemplateCipher.from_key_file(Path(source_key))
+        elif recorded is not None:
+            opener = load_key(None, source, recorded)
+        if recorded is not None and opener is not None and opener.key_id != recorded:
+            raise TemplateKeyError(f"{source} was sealed with key id {recorded}, not with {opener.describe()}")
+        target_recorded = recorded_key_id(dst)
+        sealer = load_key(template_key, target, target_recorded)
+        if target_recorded is not None and target_recorded != sealer.key_id:
+            raise TemplateKeyError(f"{dst.description} is sealed with key id {target_recorded}, not with "
+                                   f"{sealer.describe()}")
         with dst.write_transaction():
             for table, columns in TABLES.items():
                 cols = ", ".join(columns)
                 marks = ", ".join("?" * len(columns))
                 rows = src.execute(f"SELECT {cols} FROM {table}")
                 n = 0
+                sealed = table in ("templates", "kv", "kv_log")
                 while batch := rows.fetchmany(BATCH):
+                    if sealed:
+                        batch = [reseal_row(table, tuple(r), opener, sealer) for r in batch]
                     dst.executemany(f"INSERT INTO {table} ({cols}) VALUES ({marks})", batch)
                     n += len(batch)
                     if progress:
@@ -111,6 +145,7 @@ def copy_sqlite_central(source: Path, target: str,
                 copied[table] = n
             seq = int(src.execute("SELECT value FROM meta WHERE name = 'seq'").fetchone()[0])
             dst.execute("UPDATE meta SET value = ? WHERE name = 'seq'", (seq,))
+            record_key(dst, sealer)
         import datetime as dt
 
         from sync.central_pg import ensure_audit_partitions
@@ -120,4 +155,4 @@ def copy_sqlite_central(source: Path, target: str,
         src.close()
         dst.close()
     log.info("copied %s into %s at sequence %d", source, dst.description, seq)
-    return MigrateReport(schema_from, schema_to, copied, seq)
+    return MigrateReport(schema_from, schema_to, copied, seq, sealer.key_id)

@@ -26,6 +26,7 @@ from zmq.auth.thread import ThreadAuthenticator
 from sync.audit_store import EpochRefused, UnknownEpoch
 from sync.central import Central, EnrollmentError, Principal
 from sync.central_db import StorageError
+from sync.central_seal import SealedRowRefused
 from sync.config import CentralConfig
 from sync.forget import forget_withdrawn
 from sync.keys import load_keypair
@@ -89,7 +90,8 @@ class _AllowlistAuthenticator(ThreadAuthenticator):
 
     def _db(self) -> Central:
         if self._central is None:  # created in the authenticator's own thread
-            self._central = Central(self._config.store, node=self._config.node_name, pool_size=self._config.pool_size)
+            self._central = Central(self._config.store, node=self._config.node_name, pool_size=self._config.pool_size,
+                                    template_key=self._config.template_key_path)
         return self._central
 
     async def handle_zap_message(self, msg: list[bytes]) -> None:
@@ -188,7 +190,8 @@ class _Publisher:
             for msg in changes:
                 self._sock.send_multipart(msg.frames(), copy=False)
                 self.published = msg.seq
-            if len(changes) < 1000:
+            self.published = max(self.published, changes.read_to)  # past a row refused (sealing)
+            if changes.rows < 1000:
                 break
         self.heartbeat()
         now = time.monotonic()
@@ -241,7 +244,8 @@ class CentralServer:
             if cfg.secret_key_file is None:
                 raise ValueError("central.secret_key_file is required unless dev_plain_loopback is set")
             security = Security(keypair=load_keypair(cfg.secret_key_file))
-        central = Central(cfg.store, pool_size=cfg.pool_size)  # creates the schema before any thread needs it
+        # creates the schema before any thread needs it; a wrong template key stops here, in one line
+        central = Central(cfg.store, pool_size=cfg.pool_size, template_key=cfg.template_key_path)
         seq, gates = central.hashmap.current_seq(), sum(p.kind == "gate" for p in central.principals())
         central.close()
         self._ctx = zmq.Context()
@@ -370,7 +374,16 @@ class CentralServer:
         """The changes in one scope after `since` (a gate moving between nodes, or back after an
         outage), or a refusal that sends the gate to a snapshot when the log cannot prove it has
         them all. Every node answers the same: the log is the database's."""
-        seq, changes = central.hashmap.changes_since(subtree, since)
+        try:
+            seq, changes = central.hashmap.changes_since(subtree, since)
+        except SealedRowRefused as exc:  # never a tampered body: the gate takes a snapshot instead
+            log.error("catch-up of %r for %s refused, the gate takes a snapshot: %s", subtree, who.name, exc)
+            try:
+                sock.send_multipart([identity, *kthxbai(central.hashmap.current_seq(), subtree,
+                                                        delta="refused").frames()])
+            except zmq.ZMQError:
+                pass
+            return
         try:
             if changes is None:
                 sock.send_multipart([identity, *kthxbai(seq, subtree, delta="refused").frames()])
@@ -401,6 +414,12 @@ class CentralServer:
         except zmq.ZMQError as exc:
             reason = "it stopped reading" if exc.errno == zmq.EAGAIN else "it disconnected"
             log.warning("snapshot of %r to %s aborted after %d key(s): %s", subtree or "/", who.name, sent, reason)
+            return
+        except SealedRowRefused as exc:
+            # No KTHXBAI: a gate takes one for the whole state, so a snapshot missing a row (a
+            # deny-list entry) must not end like one. The gate keeps its cache and asks again.
+            log.error("snapshot of %r to %s stopped after %d key(s), no end sent: %s", subtree or "/", who.name,
+                      sent, exc)
             return
         log.info("snapshot of %r to %s: %d key(s) at sequence %d in %.2fs", subtree or "/", who.name, sent, seq,
                  time.monotonic() - started)
@@ -440,6 +459,7 @@ class CentralServer:
         while not self._stop.is_set():
             try:
                 return Central(self.config.store, node=self.config.node_name, pool_size=self.config.pool_size,
+                               template_key=self.config.template_key_path,
                                on_change=self._wake.set if who == "service" else None)
             except StorageError as exc:
                 log.error("%s: cannot open the central database (%s); retrying", who, exc)

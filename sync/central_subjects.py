@@ -10,6 +10,9 @@ all) on both engines.
 It only writes the database; the running server (sync.central_server) tails the change log
 and publishes it, so a revocation done by `gate-central revoke` in another process reaches the
 gates the same way as one made in-process.
+
+Templates are stored sealed (sync.central_seal): each `templates.vector` bound to its subject and
+model id, each record body (in the hashmap) to its key and sequence, with the hashmap's cipher.
 """
 from __future__ import annotations
 
@@ -22,10 +25,12 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 
 from sync.central_db import CentralDatabase
+from sync.central_seal import SealedRowRefused
 from sync.hashmap import Hashmap
 from sync.kvmsg import PREV_PROPERTY, TTL_PROPERTY, KVMsg, encode_properties, new_uuid
 from sync.scopes import ScopeError, check_id, parse_scope, split_key
 from sync.subject_record import LIST_TYPES, SubjectRecord, decode_record, encode_record, normalise_templates
+from sync.template_crypto import TemplateIntegrityError
 
 log = logging.getLogger("sync.central")  # the name these lines had before the split
 
@@ -177,6 +182,7 @@ class Subjects:
             heads = self.hashmap.scope_heads(models_by_scope)
             seq = self.hashmap.current_seq()
             uuid = new_uuid()
+            seal, seal_record = self.hashmap.cipher.seal, self.hashmap.cipher.seal_record
             subjects: list[tuple] = []
             templates: list[tuple] = []
             kv: list[tuple] = []
@@ -184,7 +190,8 @@ class Subjects:
             for rec, scopes in prepared:
                 subjects.append((rec.subject_id, rec.list_type, rec.model_id, rec.templates.shape[1],
                                  rec.templates.shape[0], rec.valid_from, rec.valid_until, "active", None, now, now))
-                templates.extend((rec.subject_id, i, rec.model_id, v.astype("<f4").tobytes())
+                templates.extend((rec.subject_id, i, rec.model_id, seal(v.astype("<f4").tobytes(), rec.subject_id,
+                                                                        rec.model_id))
                                  for i, v in enumerate(rec.templates))
                 body = encode_record(rec)
                 for scope in scopes:
@@ -193,8 +200,9 @@ class Subjects:
                     props[PREV_PROPERTY] = str(heads[scope])
                     heads[scope] = seq
                     key = scope + rec.subject_id
-                    kv.append((key, scope, rec.subject_id, seq, uuid, body, rec.valid_until))
-                    kv_log.append((seq, key, scope, uuid, encode_properties(props).decode("utf-8"), body, now))
+                    sealed = seal_record(body, key, seq)  # one blob for both rows: same key and sequence
+                    kv.append((key, scope, rec.subject_id, seq, uuid, sealed, rec.valid_until))
+                    kv_log.append((seq, key, scope, uuid, encode_properties(props).decode("utf-8"), sealed, now))
             self.db.bulk_insert("subjects", ("subject_id", "list_type", "model_id", "dim", "n_templates", "valid_from",
                                              "valid_until", "status", "reason", "created_at", "updated_at"), subjects)
             self.db.bulk_insert("templates", ("subject_id", "idx", "model_id", "vector"), templates)
@@ -266,8 +274,10 @@ class Subjects:
             (rec.subject_id, rec.list_type, rec.model_id, rec.templates.shape[1], rec.templates.shape[0],
              rec.valid_from, rec.valid_until, now, now, display_name))
         self.db.execute("DELETE FROM templates WHERE subject_id = ?", (rec.subject_id,))
+        seal = self.hashmap.cipher.seal
         self.db.executemany("INSERT INTO templates(subject_id, idx, model_id, vector) VALUES (?,?,?,?)",
-                              [(rec.subject_id, i, rec.model_id, v.astype("<f4").tobytes())
+                              [(rec.subject_id, i, rec.model_id, seal(v.astype("<f4").tobytes(), rec.subject_id,
+                                                                      rec.model_id))
                                for i, v in enumerate(rec.templates)])
         body = encode_record(rec)
         props = {} if rec.valid_until is None else {TTL_PROPERTY: str(max(1, int(rec.valid_until - now)))}
@@ -358,11 +368,19 @@ class Subjects:
         return row[0], tuple(sorted(split_key(k)[0] for k in self.hashmap.keys_of_subject(subject_id))), row[1]
 
     def templates_of(self, subject_id: str) -> np.ndarray:
-        rows = self.db.execute("SELECT vector FROM templates WHERE subject_id = ? ORDER BY idx",
+        """The subject's stored templates, opened; SealedRowRefused if one does not open (in
+        clear, altered, or moved from another subject's row)."""
+        rows = self.db.execute("SELECT vector, model_id FROM templates WHERE subject_id = ? ORDER BY idx",
                                  (subject_id,)).fetchall()
         if not rows:
             raise UnknownSubject(f"no templates stored for {subject_id!r}")
-        return np.stack([np.frombuffer(r[0], dtype="<f4") for r in rows]).astype(np.float32)
+        opened = []
+        for blob, model_id in rows:
+            try:
+                opened.append(np.frombuffer(self.hashmap.cipher.open(bytes(blob), subject_id, model_id), dtype="<f4"))
+            except TemplateIntegrityError as exc:
+                raise SealedRowRefused(str(exc)) from None
+        return np.stack(opened).astype(np.float32)
 
     def apply_kvset(self, msg: KVMsg) -> list[str]:
         """A KVSET from an admin tool on the collector socket, applied through the same rules

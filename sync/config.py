@@ -18,6 +18,7 @@ from typing import Any, Mapping
 import configschema
 from configschema import ConfigError, describe, load_dataclass, read_toml, resolve_path, resolve_paths
 from sync.central_db import is_postgres
+from sync.central_seal import DEFAULT_KEY_NAME, default_template_key_file
 from sync.endpoints import Endpoint, EndpointError, parse_endpoint
 from sync.scopes import check_id, parse_scope
 
@@ -48,6 +49,11 @@ class CentralConfig:
         "help": "address to listen on, or * for all; * is refused with dev_plain_loopback"})
     secret_key_file: Path | None = field(default=None, metadata={
         "help": "the central's CURVE keypair (NAME.key_secret, 0600)"})
+    template_key_file: Path | None = field(default=None, metadata={
+        "help": "AES-256 key the central seals templates and record bodies with (32 raw bytes, 0600, created on "
+                "first start); every node on one database needs the same file; refused if group/other-readable",
+        "default_doc": "templates.key beside secret_key_file; without one, beside a SQLite file or "
+                       "~/.local/state/edgegate/central-keys/DBNAME.templates.key"})
     dev_plain_loopback: bool = field(default=False, metadata={
         "help": "development only: plain TCP, refuses any non-loopback bind"})
     heartbeat_s: float = field(default=1.0, metadata={"help": "HUGZ interval", "min": 0.001})
@@ -66,6 +72,17 @@ class CentralConfig:
     def store(self) -> str:
         """The database to open, a SQLite file or a PostgreSQL URL (always set after validation)."""
         return str(self.database)
+
+    @property
+    def template_key_path(self) -> Path:
+        """The template key this central uses: `template_key_file`, else `templates.key` in the
+        CURVE key's folder (a keys directory, not the database's), else the database's default
+        (sync.central_seal.default_template_key_file, what `Central(database)` uses alone)."""
+        if self.template_key_file is not None:
+            return Path(self.template_key_file)
+        if self.secret_key_file is not None:
+            return Path(self.secret_key_file).parent / DEFAULT_KEY_NAME
+        return default_template_key_file(self.store)
 
     def __post_init__(self) -> None:
         # `database` is the name code reads; `db_path` is the SQLite file, None on PostgreSQL.

@@ -4,6 +4,10 @@ Files follow the ZeroMQ certificate layout that pyzmq and czmq read (`NAME.key` 
 public key, `NAME.key_secret` both keys), so operators can use either toolchain. A secret key
 that has become readable by group or others is refused: whoever could read it could pose as
 this gate (or as the central).
+
+The owner-only file rules for every other secret (the template key, the gate's databases) live
+here too, in `require_private` and `create_private_file`, because both rooms need them: the gate
+for its stores and keys, the central (which may not import gate) for its template key.
 """
 from __future__ import annotations
 
@@ -20,8 +24,41 @@ SECRET_SUFFIX = ".key_secret"
 PUBLIC_SUFFIX = ".key"
 
 
+OWNER_ONLY_MASK = 0o077  # any group/other permission bit makes a file "not private"
+
+
 class KeyFileError(Exception):
     """A key file that is missing, malformed or too widely readable."""
+
+
+class InsecureFileError(PermissionError):
+    """A store or key file is readable or writable by someone other than its owner."""
+
+
+def require_private(path: Path) -> None:
+    """Refuse a file whose mode grants anything to group or others."""
+    mode = stat.S_IMODE(Path(path).stat().st_mode)
+    if mode & OWNER_ONLY_MASK:
+        raise InsecureFileError(
+            f"{path} has mode {mode:04o}; it holds sensitive data and must be owner-only "
+            f"(chmod 600 {path}) before edgegate will use it"
+        )
+
+
+def create_private_file(path: Path) -> None:
+    """Create an empty 0600 file; O_EXCL so an existing file is never silently re-moded.
+    The directory is fsynced too, so the new name survives a power cut like its contents."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    os.close(fd)
+    fsync_directory(Path(path).parent)
+
+
+def fsync_directory(directory: Path) -> None:
+    dir_fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
 
 
 @dataclass(frozen=True)

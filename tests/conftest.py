@@ -88,6 +88,11 @@ def pg_database(pg_admin_dsn):
     yield dsn
     close_pool(dsn)
     drop_database(pg_admin_dsn, name)
+    # The database's default template key (sync.central_seal) lives on this machine, not in the
+    # database: one per test database, so it goes with it.
+    from sync.central_seal import default_template_key_file
+
+    default_template_key_file(dsn).unlink(missing_ok=True)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -25,6 +25,7 @@ if str(REPO) not in sys.path:
 
 from sync.audit_chain import GENESIS_HASH, AuditRow, ChainEpoch, record_hash  # noqa: E402
 from sync.central import Central  # noqa: E402
+from sync.central_seal import default_template_key_file  # noqa: E402
 from sync.config import AgentConfig, CentralConfig  # noqa: E402
 from sync.keys import generate_keypair_files, load_keypair, load_public_key  # noqa: E402
 from sync.service_messages import Reply, decode_request, encode_reply  # noqa: E402
@@ -251,8 +252,11 @@ class Deployment:
         self.fast = fast
 
     def central_config(self, **overrides) -> CentralConfig:
+        # The database's default template key, the one `Central(self.database)` in the tests uses
+        # (a production config keeps it beside secret_key_file: tests/test_central_seal.py).
         values = dict(database=self.database, base_port=self.base_port, bind_host="127.0.0.1",
                       secret_key_file=self.central_secret, heartbeat_s=0.1, log_poll_s=0.02,
+                      template_key_file=default_template_key_file(self.database),
                       gate_silent_after_s=1.0, snapshot_send_timeout_s=2.0, expiry_check_s=0.2)
         values.update(overrides)
         return CentralConfig(**values)

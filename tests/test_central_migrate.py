@@ -31,11 +31,28 @@ def _chain(n: int, start: dt.datetime) -> list[AuditRow]:
     return rows
 
 
+def _opened(central: Central, table: str, row: tuple) -> tuple:
+    """A row with its sealed column opened: each central seals with its own key and a fresh
+    nonce, so what must survive a copy is the clear content (and that it opens at all: bound to
+    the same subject, model, key and sequence)."""
+    if table == "templates":
+        sid, idx, model, blob = row
+        return sid, idx, model, central.cipher.open(blob, sid, model)
+    if table == "kv":
+        key, scope, sid, seq, uuid, body, expires = row
+        return key, scope, sid, seq, uuid, central.cipher.open_record(body, key, seq), expires
+    if table == "kv_log":
+        seq, key, scope, uuid, props, body, logged = row
+        return seq, key, scope, uuid, props, central.cipher.open_record(body, key, seq) if body else b"", logged
+    return row
+
+
 def _dump(central: Central) -> dict[str, list]:
     out = {}
     for table, cols in TABLES.items():
         rows = central.conn.execute(f"SELECT {', '.join(cols)} FROM {table} ORDER BY {cols[0]}, {cols[1]}").fetchall()
-        out[table] = [tuple(bytes(v) if isinstance(v, memoryview) else v for v in r) for r in rows]
+        out[table] = [_opened(central, table, tuple(bytes(v) if isinstance(v, memoryview) else v for v in r))
+                      for r in rows]
     return out
 
 
@@ -63,7 +80,8 @@ def test_sqlite_central_moves_into_postgresql_unchanged(tmp_path, pg_database, c
 
     new = Central(pg_database)
     assert new.hashmap.current_seq() == seq
-    assert _dump(new) == before  # every row: sequences, UUIDs, bodies, keys, hashes
+    assert _dump(new) == before  # every row: sequences, UUIDs, bodies (opened), keys, hashes
+    assert new.cipher.key_id != old.cipher.key_id  # resealed on the way in with the target's own key
     held = list(new.audit.rows("G1"))
     assert [r.hash for r in held] == [r.hash for r in rows] and verify_chain(held).ok
     report = pull_audit(new, "G1", dt.datetime(2026, 7, 1, tzinfo=UTC), None, "jsonl", tmp_path / "g1.jsonl")

@@ -81,6 +81,8 @@ def test_shipped_central_node_configs_are_valid_and_differ_only_in_the_node():
         assert is_postgres(n.database) and "target_session_attrs=read-write" in n.database
         assert n.database.count(",") >= 1  # a multi-host string: every Patroni member listed
     assert len({(n.base_port, n.secret_key_file, n.audit_retention_days) for n in nodes}) == 1
+    # one template key for one database: every node names the same file
+    assert len({n.template_key_path for n in nodes}) == 1
 
 
 def test_minimal_config_gets_safe_defaults(tmp_path):

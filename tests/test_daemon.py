@@ -56,7 +56,7 @@ def scenario(tmp_path_factory, default_pipeline, mtcnn_manifest, dlib_resnet_man
     truth = write_walkup_video(video, passengers, fps=15.0)
     cfg = parse_config(_config(tmp, video, models_dir), tmp)
     cfg.gate.state_dir.mkdir(parents=True)
-    from gate.template_crypto import TemplateCipher
+    from sync.template_crypto import TemplateCipher
 
     cfg.template_key_file.parent.mkdir(parents=True, mode=0o700)
     store = WatchlistStore(cfg.gate.state_dir, cipher=TemplateCipher.load_or_create(cfg.template_key_file))

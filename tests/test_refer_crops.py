@@ -18,8 +18,8 @@ from gate.config import parse_config
 from gate.daemon import LaneDaemon, StartupError
 from gate.refer_crops import CROPS_DIR_NAME, CropError, ReferCropStore, crop_face
 from gate.sqlite_store import InsecureFileError
-from gate.template_crypto import TemplateCipher, TemplateIntegrityError
 from gate.watchlist import Subject, WatchlistStore
+from sync.template_crypto import TemplateCipher, TemplateIntegrityError
 from tests.paths import lfw_people
 from tools.feedgen import Passenger, write_walkup_video
 from vision.enrol import enrol_photos

@@ -13,12 +13,12 @@ import pytest
 
 from gate.audit import AuditLog
 from gate.forget import subject_presence as gate_presence
-from gate.template_crypto import TemplateCipher
 from gate.watchlist import Subject, WatchlistStore
 from sync.audit_chain import GENESIS_HASH, AuditRow, record_hash
 from sync.central import Central
 from sync.forget import all_gone, count_bytes, forget_withdrawn
 from sync.forget import subject_presence as central_presence
+from sync.template_crypto import TemplateCipher
 from tests.sync_helpers import MODEL, Deployment
 from tools import gate_ops, gatectl
 from vision.types import Template

@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 
 from gate.sqlite_store import InsecureFileError
-from gate.template_crypto import TemplateCipher, TemplateIntegrityError, TemplateKeyError
 from gate.watchlist import WATCHLIST_DB_NAME, Subject, WatchlistStore
 from gate.watchlist_sync import WatchlistSyncSink
 from sync.interfaces import WatchlistSink
 from sync.subject_record import SubjectRecord, decode_record, encode_record
+from sync.template_crypto import TemplateCipher, TemplateIntegrityError, TemplateKeyError
 from vision.types import Template
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=timezone.utc)

@@ -31,6 +31,7 @@ import zmq
 from sync.agent import GateAgent
 from sync.audit_chain import GENESIS_HASH, AuditRow, record_hash, verify_chain
 from sync.central import Central, Enrollment
+from sync.central_seal import default_template_key_file
 from sync.config import AgentConfig, CentralConfig
 from sync.keys import generate_keypair_files, load_keypair, load_public_key
 from sync.service_messages import AuditBatch, decode_reply, encode_audit_batch
@@ -163,7 +164,8 @@ def _bench_store(name: str, database: str, sqlite_path: Path | None, nodes: int,
     for n in range(nodes):
         port = _free_base_port()
         cfg = CentralConfig(database=database, base_port=port, bind_host="127.0.0.1",
-                            secret_key_file=central_keys.secret, node_name=f"node-{chr(97 + n)}")
+                            secret_key_file=central_keys.secret, node_name=f"node-{chr(97 + n)}",
+                            template_key_file=default_template_key_file(database))  # what Central(database) uses
         srv = _CentralProcess(cfg)
         srv.start()
         servers.append(srv)

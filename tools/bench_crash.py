@@ -218,9 +218,12 @@ class _WatchlistTraffic:
 
 
 def _central_toml(root: Path, db_path: Path, base_port: int, secret: Path) -> Path:
+    from sync.central_seal import default_template_key_file
+
     values = {"db_path": str(db_path), "base_port": base_port, "bind_host": "127.0.0.1",
               "secret_key_file": str(secret), "heartbeat_s": 0.1, "log_poll_s": 0.02, "gate_silent_after_s": 5.0,
-              "snapshot_send_timeout_s": 2.0, "expiry_check_s": 0.5}
+              "snapshot_send_timeout_s": 2.0, "expiry_check_s": 0.5,
+              "template_key_file": str(default_template_key_file(db_path))}  # what Central(db_path) uses
     path = root / "central.toml"
     path.write_text("[central]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in values.items()))
     return path

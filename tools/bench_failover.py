@@ -28,6 +28,7 @@ import zmq
 
 from sync.audit_chain import GENESIS_HASH, AuditRow, record_hash, verify_chain
 from sync.central import Central
+from sync.central_seal import default_template_key_file
 from sync.config import CentralConfig
 from sync.keys import generate_keypair_files, load_keypair, load_public_key
 from sync.service_messages import AuditBatch, decode_reply, encode_audit_batch
@@ -134,6 +135,7 @@ def db_failover_bench(gates: int = 50, *, batch: int = 20, warmup_s: float = 3.0
                 port = _free_base_port()
                 srv = _CentralProcess(CentralConfig(database=database, base_port=port, bind_host="127.0.0.1",
                                                     secret_key_file=central_keys.secret,
+                                                    template_key_file=default_template_key_file(database),
                                                     node_name=f"node-{chr(97 + n)}"))
                 srv.start()
                 servers.append(srv)

@@ -30,6 +30,7 @@ import numpy as np
 from sync.agent import GateAgent
 from sync.audit_chain import verify_chain
 from sync.central import Central
+from sync.central_seal import default_template_key_file
 from sync.config import AgentConfig, CentralConfig
 from sync.keys import generate_keypair_files, load_public_key
 
@@ -103,7 +104,8 @@ def node_failover_bench(gates: int = 50, progress: Callable[[str], None] = lambd
             ports = {"node-a": _free_base_port(), "node-b": _free_base_port()}
             for node, port in ports.items():
                 procs[node] = start_node(CentralConfig(database=dsn, base_port=port, bind_host="127.0.0.1",
-                                                       secret_key_file=central_keys.secret, node_name=node), root)
+                                                       secret_key_file=central_keys.secret, node_name=node,
+                                                       template_key_file=default_template_key_file(dsn)), root)
             endpoints = tuple(f"tcp://127.0.0.1:{ports[n]}" for n in ("node-a", "node-b"))
             sink_factory, probe, audit_factory = gate_side_factories(model_id=MODEL)
             progress(f"starting {gates} gates following {SCOPE} through node-a (node-b second)")

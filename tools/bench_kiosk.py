@@ -42,6 +42,7 @@ def kiosk_bench(model_dir: Path, images: Path, travellers: int = 12, fps: float 
     from sync.agent import GateAgent
     from sync.bench import _free_base_port  # the sync benchmark's loopback port finder
     from sync.central import Central
+    from sync.central_seal import default_template_key_file
     from sync.central_server import CentralServer
     from sync.config import AgentConfig, CentralConfig
     from sync.keys import generate_keypair_files, load_public_key
@@ -76,7 +77,8 @@ def kiosk_bench(model_dir: Path, images: Path, travellers: int = 12, fps: float 
     c.register_gate("SEC-1", load_public_key(gate_keys.public), ["checkpoint:SGN"])
     c.close()
     server = CentralServer(CentralConfig(database=str(db), base_port=base, bind_host="127.0.0.1",
-                                         secret_key_file=central_keys.secret, log_poll_s=0.005, heartbeat_s=0.5))
+                                         secret_key_file=central_keys.secret, log_poll_s=0.005, heartbeat_s=0.5,
+                                         template_key_file=default_template_key_file(db)))
     server.start()
     sink_factory, probe, audit_factory = gate_side_factories(dim=pipeline.embedder.dim, model_id=pipeline.model_id)
     sink = sink_factory(tmp / "lane")

@@ -206,9 +206,9 @@ def lane_bench(models: Path, images: Path, pad_from: Path, enrolled: int = 12, s
                progress: Callable[[str], None] = _stderr) -> dict:
     """Both runs; `pad_from` is the folder holding the MiniFASNet pair (e.g. ../shared/models)."""
     from gate.config import parse_config
-    from gate.template_crypto import TemplateCipher
     from gate.watchlist import Subject, WatchlistStore
     from models.provision import provision_minifasnet_pair
+    from sync.template_crypto import TemplateCipher
     from vision.enrol import enrol_photos
     from vision.loading import load_pipeline
     from vision.types import Template

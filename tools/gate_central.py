@@ -19,6 +19,9 @@
     gate-central --config F console-user passwd|role|disable|enable|unlock NAME --operator ID | list
     gate-central --config F console-log [--last N]       the console's ops audit log, its chain verified
 
+`migrate` also seals templates an earlier release stored in clear; `migrate --from F --from-key K`
+names the key the SQLite central was sealed with (default: F.templates.key beside it).
+
 Every command is a thin wrapper over sync.central / sync.central_server / sync.keys.
 """
 from __future__ import annotations
@@ -33,13 +36,15 @@ from sync.central import Central, EnrollmentError
 from sync.central_db import StorageError, redact_dsn
 from sync.config import ConfigError, load_central_config
 from sync.keys import KeyFileError, generate_keypair_files, load_public_key
+from sync.template_crypto import TemplateIntegrityError, TemplateKeyError
 from tools.cli import config_parser_class, run_command
 
 
 def _central(args) -> Central:
     if args.config is None:
         raise ConfigError("this command needs --config FILE (the central's config)")
-    return Central(load_central_config(args.config).database)
+    cfg = load_central_config(args.config)
+    return Central(cfg.database, template_key=cfg.template_key_path)
 
 
 def cmd_serve(args) -> int:
@@ -186,17 +191,23 @@ def cmd_enrol(args) -> int:
 
 
 def cmd_migrate(args) -> int:
+    """Schema first, then the templates: every row an earlier release stored in clear is sealed
+    with the configured key (again: nothing to do). With --from, rows are sealed on the way in."""
     from sync.central_migrate import copy_sqlite_central, migrate_schema
+    from sync.central_seal import seal_existing
 
     if args.config is None:
         raise ConfigError("migrate needs --config FILE (the central whose database to create or fill)")
-    database = load_central_config(args.config).database
+    cfg = load_central_config(args.config)
+    database = cfg.database
     if args.from_file:
-        report = copy_sqlite_central(Path(args.from_file), database)
+        report = copy_sqlite_central(Path(args.from_file), database, template_key=cfg.template_key_path,
+                                     source_key=Path(args.from_key) if args.from_key else None)
         print(f"migrated {args.from_file} into {redact_dsn(database)}: {report.summary()}")
     else:
         before, after = migrate_schema(database)
         print(f"{redact_dsn(database)}: schema " + (f"{before} -> {after}" if before != after else f"{after}, current"))
+        print(f"{redact_dsn(database)}: {seal_existing(database, cfg.template_key_path).summary()}")
     return 0
 
 
@@ -373,9 +384,11 @@ def build_parser() -> argparse.ArgumentParser:
     en.add_argument("--no-flip", action="store_true")
     en.set_defaults(func=cmd_enrol)
 
-    mg = sub.add_parser("migrate", help="create or upgrade the central's schema (PostgreSQL); "
-                                        "--from copies a SQLite central into it")
+    mg = sub.add_parser("migrate", help="create or upgrade the central's schema (PostgreSQL) and seal templates "
+                                        "stored in clear; --from copies a SQLite central into it")
     mg.add_argument("--from", dest="from_file", help="the SQLite central database file to copy")
+    mg.add_argument("--from-key", help="the template key the SQLite central was sealed with "
+                                       "(default: FILE.templates.key beside it; none needed if it is in clear)")
     mg.set_defaults(func=cmd_migrate)
 
     sub.add_parser("console", help="serve the operations console (web pages; settings in [console])").set_defaults(
@@ -408,7 +421,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     return run_command("gate-central", build_parser(), argv,
-                       (ConfigError, KeyFileError, EnrollmentError, ModelError, StorageError, ValueError, OSError))
+                       (ConfigError, KeyFileError, EnrollmentError, ModelError, StorageError, TemplateKeyError,
+                        TemplateIntegrityError, ValueError, OSError))
 
 
 if __name__ == "__main__":

@@ -19,29 +19,34 @@ from pathlib import Path
 from sync.audit_export import FORMATS, pull_audit
 from sync.central import Central
 from sync.central_db import StorageError
-from sync.config import ConfigError, load_central_config
+from sync.config import CentralConfig, ConfigError, load_central_config
 from sync.forget import EraseRefused, all_gone, erase_subject, subject_presence
 from sync.ops import gates_table, parse_time
+from sync.template_crypto import TemplateIntegrityError, TemplateKeyError
 
 EXIT_CHAIN_BROKEN = 3
 
 
+def _central(cfg: CentralConfig) -> Central:
+    return Central(cfg.database, template_key=cfg.template_key_path)
+
+
 def cmd_gates(args) -> int:
     cfg = load_central_config(args.config)
-    print(gates_table(Central(cfg.database).gate_statuses(cfg.gate_silent_after_s)))
+    print(gates_table(_central(cfg).gate_statuses(cfg.gate_silent_after_s)))
     return 0
 
 
 def cmd_audit_pull(args) -> int:
     cfg = load_central_config(args.config)
-    report = pull_audit(Central(cfg.database), args.gate, parse_time(args.since),
+    report = pull_audit(_central(cfg), args.gate, parse_time(args.since),
                         parse_time(args.until) if args.until else None, args.format, Path(args.out))
     print(report.summary())
     return 0 if report.check.ok else EXIT_CHAIN_BROKEN
 
 
 def cmd_subject_gone(args) -> int:
-    central = Central(load_central_config(args.config).database)
+    central = _central(load_central_config(args.config))
     try:
         checks = subject_presence(central, args.subject_id)
     finally:
@@ -54,7 +59,7 @@ def cmd_subject_gone(args) -> int:
 
 
 def cmd_erase(args) -> int:
-    central = Central(load_central_config(args.config).database)
+    central = _central(load_central_config(args.config))
     try:
         r = erase_subject(central, args.subject_id, args.operator, args.reason, settle_s=args.settle_s)
     except EraseRefused as e:
@@ -102,7 +107,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, StorageError, ValueError, OSError) as exc:
+    except (ConfigError, StorageError, TemplateKeyError, TemplateIntegrityError, ValueError, OSError) as exc:
         print(f"gate-ops: {exc}", file=sys.stderr)
         return 2
 
