@@ -117,7 +117,8 @@ class ConsoleApp:
     def _thread_state(self) -> tuple[Central, ConsoleStore]:
         w = self._worker
         if w.central is None:
-            w.central = Central(self.database, pool_size=self.central_cfg.pool_size)
+            w.central = Central(self.database, pool_size=self.central_cfg.pool_size,
+                                template_key=self.central_cfg.template_key_path)
             w.store = ConsoleStore(w.central.db, self.clock)
         return w.central, w.store  # type: ignore[return-value]
 
@@ -451,7 +452,8 @@ class ConsoleApp:
                             continue
                     raise _Cancelled()
             try:
-                central = Central(self.database, pool_size=self.central_cfg.pool_size)
+                central = Central(self.database, pool_size=self.central_cfg.pool_size,
+                                  template_key=self.central_cfg.template_key_path)
                 gates = [a["gate"]] if a["gate"] else views.gate_ids(central)
                 for i, g in enumerate(gates):
                     r = export_audit(central, g, a["since"], a["until"], a["format"], write, select, header=i == 0)

@@ -14,7 +14,7 @@ secret, see sync.central_seal). The GCM associated data binds each blob to its r
   another key, or an older body of the same key put back in place of a newer one, fails too.
 
 The module lives in `sync` because both rooms need the one cipher and `sync` may not import
-`gate` (tests/test_import_rules.py); `gate.template_crypto` re-exports it.
+`gate` (tests/test_import_rules.py).
 
 Blob layout: version byte | 12-byte random nonce | ciphertext + 16-byte tag (29 bytes more
 than the clear text). Random nonces are safe far beyond a watchlist's lifetime of writes

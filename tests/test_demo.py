@@ -34,7 +34,7 @@ def test_the_small_airport_journey_runs_end_to_end(tmp_path, mtcnn_manifest, dli
     assert code == 0, printed
     day = dt.datetime.now(AIRPORT_TZ).date().isoformat()
     vn123, vn456 = f"/flight/VN123-{day}/", f"/flight/VN456-{day}/"
-    central = Central(out / "central.db")
+    central = Central(out / "central.db", template_key=out / "keys" / "templates.key")
     try:
         subjects = {s.subject_id: s for s in central.list_subjects()}
         assert len(subjects) == 3

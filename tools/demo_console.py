@@ -53,7 +53,7 @@ def keep_running(run: Any) -> str:
     text = toml.read_text().split("\n[console]")[0].rstrip()
     toml.write_text(f"{text}\n\n[console]\nbind = \"127.0.0.1\"\nport = {port}\nrefresh_s = 2.0\n")
     password = secrets.token_urlsafe(12)
-    central = Central(run.ccfg.database)
+    central = Central(run.ccfg.database, template_key=run.ccfg.template_key_path)
     try:
         store = ConsoleStore(central.db)
         who = f"demo --keep-console (unix {pwd.getpwuid(os.getuid()).pw_name})"

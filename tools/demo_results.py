@@ -79,7 +79,7 @@ def central_records(site: Site, places: list[str], local_counts: dict[str, int],
     database = site.database
     deadline = time.monotonic() + timeout
     while True:
-        central = Central(database)
+        central = Central(database, template_key=site.template_key)
         try:
             counts = {p: central.audit.count(p) for p in places}
             if all(counts[p] >= local_counts.get(p, 0) for p in places) or time.monotonic() > deadline:
@@ -291,7 +291,7 @@ def _display_names(site: Site, cast: Cast) -> dict[str, str]:
     """Display names as the central keeps them (for staff; gates never receive them)."""
     from sync.central import Central
 
-    central = Central(site.database)
+    central = Central(site.database, template_key=site.template_key)
     try:
         out = {}
         for t in cast.travellers:

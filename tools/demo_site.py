@@ -163,6 +163,13 @@ class Site:
         return database
 
     @property
+    def template_key(self) -> Path:
+        """The central's template key, as its config names it (beside the CURVE key by default)."""
+        from sync.config import load_central_config
+
+        return load_central_config(self.central_cfg).template_key_path
+
+    @property
     def kiosk_cfg(self) -> Path:
         return self.kiosk_dir / "kiosk.toml"
 
@@ -339,7 +346,7 @@ def build(site: Site, cast: Cast) -> None:
     write_kiosk_config(site, site.kiosk_dir / "csca.pem")
     for folder in [site.kiosk_camera, *(lane.camera for lane in site.lanes.values())]:
         CameraFolder(folder)  # before the daemons start: camera.source must name a folder that exists
-    central = Central(site.database)
+    central = Central(site.database, template_key=site.template_key)
     try:
         central.register_station(KIOSK, load_public_key(generate_keypair_files(site.keys, KIOSK).public), AIRPORT)
         for lane in site.lanes.values():
