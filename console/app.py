@@ -105,6 +105,7 @@ class ConsoleApp:
             Route("/login", self.login, methods=["POST"]), Route("/logout", self.logout, methods=["POST"]),
             Route("/fleet", self.fleet), Route("/fleet/rows", self.fleet_rows),
             Route("/gate/{gate_id}", self.gate), Route("/audit", self.audit), Route("/audit/export", self.export),
+            Route("/journey", self.journey),
             Route("/ack", self.ack, methods=["POST"]), Route("/ops-log", self.ops_log),
             Route("/favicon.ico", lambda request: Response(status_code=204)),
             Mount("/static", app=StaticFiles(directory=HERE / "static"), name="static"),
@@ -405,6 +406,33 @@ class ConsoleApp:
                            searched=searched, check=check, outcomes=views.OUTCOMES, limit=self.cfg.search_limit,
                            since_text=views.utc_text(a["since"])[:16], until_text=views.utc_text(a["until"])[:16],
                            export_jsonl=self._query(a, format="jsonl"), export_csv=self._query(a, format="csv"))
+
+    async def journey(self, request: Request) -> Response:
+        """One passenger's day across every place (check-in, security, boarding), oldest first:
+        the audit search by subject id, in time order, with each place named for what it is."""
+        s, refused = await self.require(request)
+        if refused is not None:
+            return refused
+        assert s is not None
+        a = self._search_args(request)
+        if not a["subject"]:
+            a["errors"].append("a journey needs a subject id")
+        supervisor = s.account.is_supervisor
+        client = self.client(request)
+
+        def load(c, st):
+            if a["errors"]:
+                return [], False, {}
+            steps, more = views.journey(c, a["subject"], a["since"], a["until"], self.cfg.search_limit)
+            names = views.display_names(c, [a["subject"]]) if supervisor else {}
+            st.record(s.account.username, "journey", "ok", a["subject"], client, {
+                "since": views.utc_text(a["since"]), "until": views.utc_text(a["until"]), "rows": len(steps),
+                "names_shown": len(names)})
+            return steps, more, names
+        steps, more, names = await self.db(load)
+        return self.render(request, "journey.html", session=s, a=a, steps=steps, more=more, names=names,
+                           limit=self.cfg.search_limit, since_text=views.utc_text(a["since"])[:16],
+                           until_text=views.utc_text(a["until"])[:16])
 
     async def export(self, request: Request) -> Response:
         s, refused = await self.require(request)

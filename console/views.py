@@ -383,3 +383,44 @@ def display_names(central: Central, subject_ids: Iterable[str]) -> dict[str, str
 def gate_ids(central: Central) -> list[str]:
     return [r[0] for r in central.conn.execute(
         "SELECT ident FROM principals WHERE kind = 'gate' ORDER BY ident").fetchall()]
+
+
+@dataclass(frozen=True)
+class JourneyStep:
+    """One record of a passenger's day, at the place it happened (issue 14: kiosk → security
+    lane → boarding gate, as the central's copies of each place's audit log tell it)."""
+    ts: str
+    place: str  # gate or station id
+    place_kind: str  # "check-in" | "security" | "boarding" | "lane"
+    event: str
+    outcome: str
+    text: str
+
+
+def place_kind(central: Central, place: str) -> str:
+    """What a place is, from how it is registered: an enrolment station is check-in; a lane that
+    follows a checkpoint scope is security, one with flights (configured or assigned) boarding."""
+    if central.principal(f"station:{place}") is not None:
+        return "check-in"
+    gate = central.principal(f"gate:{place}")
+    scopes = (*gate.scopes, *gate.assigned) if gate is not None else ()
+    if any("checkpoint" in s for s in scopes):
+        return "security"
+    if any("flight" in s for s in scopes):
+        return "boarding"
+    return "lane"
+
+
+def journey(central: Central, subject: str, since: dt.datetime, until: dt.datetime,
+            limit: int = 500) -> tuple[list[JourneyStep], bool]:
+    """Every record naming `subject` at every place in the window, oldest first (the audit
+    search's rows, so the same exact subject match and the same limit)."""
+    rows, more = search_audit(central, since, until, subject=subject, limit=limit)
+    kinds: dict[str, str] = {}
+    steps = []
+    for r in reversed(rows):
+        if r.gate_id not in kinds:
+            kinds[r.gate_id] = place_kind(central, r.gate_id)
+        steps.append(JourneyStep(ts=r.ts, place=r.gate_id, place_kind=kinds[r.gate_id], event=r.event,
+                                 outcome=r.outcome, text=r.text))
+    return steps, more

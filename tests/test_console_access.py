@@ -24,7 +24,8 @@ from tests.sync_helpers import MODEL, Deployment, unit
 
 UTC = dt.timezone.utc
 NAME = "Nguyễn Văn An"
-PAGES = ["/fleet", "/gate/G1", "/audit?search=1&gate=G1", "/audit/export?gate=G1&since=2020-01-01", "/ops-log"]
+PAGES = ["/fleet", "/gate/G1", "/audit?search=1&gate=G1", "/audit/export?gate=G1&since=2020-01-01", "/ops-log",
+         "/journey?subject=P1"]
 
 
 def _chain(n: int, subject: str) -> list[AuditRow]:
@@ -127,6 +128,9 @@ def test_viewer_cannot_act_nor_see_names(stack):
     boss = Browserless(stack.console_url)
     boss.login("sam")
     assert NAME in boss.get("/audit?search=1&gate=G1")[2]
+    journey = viewer.get("/journey?subject=P1")
+    assert journey[0] == 200 and "Passenger journey" in journey[2] and "G1" in journey[2] and NAME not in journey[2]
+    assert NAME in boss.get("/journey?subject=P1")[2]
     log = _ops_log(stack.dep.database)
     forbidden = [e for e in log if e.action == "forbidden"]
     assert {e.target for e in forbidden} == {"/ack", "/ops-log"} and all(e.actor == "viv" for e in forbidden)

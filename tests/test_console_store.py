@@ -283,3 +283,27 @@ def test_the_shipped_console_config_is_valid_and_refuses_nothing_it_should_serve
     central_cfg, cfg = load_console_config(REPO / "config" / "ops-console.toml")
     assert cfg.behind_proxy and cfg.secure_cookies and central_cfg.pool_size >= cfg.db_threads + 3
     check_bind(cfg)
+
+
+def test_journey_follows_one_passenger_across_check_in_security_and_boarding(central):
+    """The airport journey on one page: the kiosk's enrolment, the security lane and the
+    boarding gate, oldest first, each place named for what it is; another passenger's records
+    and the same id's prefix (P1 vs P11) stay out."""
+    now = dt.datetime.now(UTC)
+    central.register_station("K01", "k" * 40, "SGN")
+    central.register_gate("SEC1", "s" * 40, ["checkpoint:SGN"])
+    central.register_gate("G12", "b" * 40, [])  # a boarding gate between flights, then assigned one
+    central.assign_flights("G12", [f"flight:VN123-{now.date().isoformat()}"])
+    central.audit.store_batch("K01", _chain([{"event": "kiosk_attempt", "outcome": "enrolled", "subject_id": "P1"},
+                                             {"event": "kiosk_attempt", "outcome": "enrolled", "subject_id": "P11"}],
+                                            now - dt.timedelta(minutes=30)), 1.0)
+    central.audit.store_batch("SEC1", _chain([_decision(1, "allow", "match", "P1"),
+                                              _decision(2, "allow", "match", "P11")],
+                                             now - dt.timedelta(minutes=20)), 1.0)
+    central.audit.store_batch("G12", _chain([_decision(1, "deny", "no_match"), _decision(2, "allow", "match", "P1")],
+                                            now - dt.timedelta(minutes=10)), 1.0)
+    steps, more = views.journey(central, "P1", now - dt.timedelta(hours=1), now + dt.timedelta(minutes=1))
+    assert [(s.place, s.place_kind, s.outcome) for s in steps] == [
+        ("K01", "check-in", ""), ("SEC1", "security", "allow"), ("G12", "boarding", "allow")] and not more
+    assert [s.ts for s in steps] == sorted(s.ts for s in steps)
+    assert views.place_kind(central, "nowhere") == "lane"
