@@ -220,6 +220,16 @@ class Gate:
         for i in range(n):
             self.send(frame(t0 + i * dt, face(**kw)))
 
+    def respond(self, t0, t1, dt=0.1, **kw):
+        """The passenger still in view, as they were, from t0 until they respond at t1 (exclusive)."""
+        t = t0
+        while t < t1 - 1e-9:
+            self.send(frame(t, face(**kw)))
+            t += dt
+
+
+SETTLE = AttemptPolicy().settle_s  # after a prompt, the passenger's response time (frames are not evidence)
+
 
 # ---- ordinary passengers ------------------------------------------------------------------------
 
@@ -281,7 +291,11 @@ def test_a_failed_first_attempt_prompts_and_the_second_attempt_can_pass():
     rec = g.audit[-1]
     assert (rec["event"], rec["attempt"], rec["of"], rec["decision"]["reason"]) == ("attempt_failed", 1, 2, "no_match")
     assert g.display == Indicate(Colour.AMBER, Buzzer.SHORT, "Look straight at the camera")
-    g.approach(1.5, n=3)  # fresh evidence: the no-match frames are not fused with these
+    prompted = g.audit[-1]["t"]
+    # while they read the prompt and turn, the frames still show the first look: not evidence
+    g.respond(1.5, prompted + SETTLE, matches=(("alice", 0.3), ("bob", 0.2)))
+    assert g.mode is Mode.ACQUIRING and g.events().count("attempt_failed") == 1
+    g.approach(prompted + SETTLE, n=3)  # fresh evidence: the no-match frames are not fused with these
     assert g.mode is Mode.OPEN and decisions(g)[-1]["reason"] == "match"
     assert [r["event"] for r in g.audit].count("decision") == 1  # one decision for the visit
 
@@ -289,7 +303,8 @@ def test_a_failed_first_attempt_prompts_and_the_second_attempt_can_pass():
 def test_the_last_allowed_attempt_is_final():
     g = Gate()
     g.approach(1.0, n=5, matches=(("alice", 0.3),))
-    g.approach(1.5, n=5, matches=(("alice", 0.3),))
+    g.respond(1.5, 1.4 + SETTLE, matches=(("alice", 0.3),))
+    g.approach(1.4 + SETTLE, n=5, matches=(("alice", 0.3),))
     assert g.mode is Mode.DECIDED and g.state.decision.reason is Reason.NO_MATCH
     assert [r["event"] for r in g.audit].count("attempt_failed") == 1
 
@@ -298,29 +313,55 @@ def test_the_last_allowed_attempt_is_final():
                                              (("blurred",), "Hold still, look at camera"),
                                              (("too_dark",), "Look at the camera")])
 def test_poor_quality_prompts_with_what_to_do(reasons, prompt):
+    """Early guidance (after quality_prompt_frames, no attempt used), then, if the face stays
+    poor for low_quality_refer_frames after the passenger had time to respond, a failed attempt
+    with the same prompt."""
     g = Gate()
-    for i in range(10):
-        g.send(frame(1.0 + i * 0.1, face(ok=False, matches=None, reasons=reasons)))
-    assert g.mode is Mode.ACQUIRING and g.audit[-1]["event"] == "attempt_failed"
+    bad = dict(ok=False, matches=None, reasons=reasons)
+    n = AttemptPolicy().quality_prompt_frames
+    g.approach(1.0, n=n, **bad)
+    rec = g.audit[-1]
+    assert g.mode is Mode.ACQUIRING and (rec["event"], rec["why"], rec["quality_reasons"], rec["attempt"]) == (
+        "prompt", "low_quality", list(reasons), 1)
+    assert g.display == Indicate(Colour.AMBER, Buzzer.SHORT, prompt)
+    g.respond(1.0 + n * 0.1, rec["t"] + SETTLE, **bad)
+    assert g.audit[-1] is rec  # responding: neither a second prompt nor a failed attempt
+    g.approach(rec["t"] + SETTLE, n=POLICY.low_quality_refer_frames - 1, **bad)
+    assert g.audit[-1] is rec
+    g.approach(rec["t"] + SETTLE + 1.0, n=1, **bad)
+    assert g.mode is Mode.ACQUIRING and g.audit[-1]["event"] == "attempt_failed" and g.audit[-1]["attempt"] == 1
     assert g.display.text == prompt
+
+
+def test_a_face_that_improves_after_the_quality_prompt_is_judged_in_the_same_attempt():
+    g = Gate()
+    g.approach(1.0, n=AttemptPolicy().quality_prompt_frames, ok=False, matches=None, reasons=("pose_pitch",))
+    prompted = g.audit[-1]["t"]
+    g.respond(prompted + 0.1, prompted + SETTLE, ok=False, matches=None, reasons=("pose_pitch",))
+    g.approach(prompted + SETTLE, n=3)
+    assert g.mode is Mode.OPEN
+    assert "attempt_failed" not in g.events() and decisions(g)[-1]["elapsed_s"] == pytest.approx(
+        prompted + SETTLE + 0.2 - 1.0)
 
 
 def test_a_liveness_doubt_is_retried_then_referred_without_blocking_the_next_traveller():
     g = Gate(pad_provisioned=True)
     g.approach(1.0, pad=PHOTO)
     assert g.mode is Mode.ACQUIRING and g.display.text == "Remove glasses, look at camera"
-    g.approach(1.3, pad=PHOTO)
+    g.respond(1.3, 1.2 + SETTLE, pad=PHOTO)
+    g.approach(1.2 + SETTLE, pad=PHOTO)
     assert g.mode is Mode.DECIDED and g.display == Indicate(Colour.AMBER, Buzzer.LONG, "Please see staff")
     assert g.alerts[-1].kind == "refer" and g.alerts[-1].details["reason"] == "presentation_attack_suspected"
-    g.send(Tick(5.0))
+    g.send(Tick(6.0))  # decided at 2.9 + 3 s result display
     assert g.mode is Mode.IDLE  # not latched: the traveller behind is served
-    g.approach(6.0, box=(300.0, 100.0, 420.0, 240.0), pad=LIVE)
+    g.approach(7.0, box=(300.0, 100.0, 420.0, 240.0), pad=LIVE)
     assert g.mode is Mode.OPEN
     g = Gate(pad_provisioned=True)  # a genuine traveller whose first look was doubtful
     g.approach(1.0, pad=PHOTO)
-    g.approach(1.3, pad=LIVE)
+    g.respond(1.3, 1.2 + SETTLE, pad=PHOTO)  # still the doubtful look while they respond
+    g.approach(1.2 + SETTLE, pad=LIVE)
     assert g.mode is Mode.OPEN
-    assert all(f["t"] >= 1.3 for f in decisions(g)[-1]["pad"]["scores"])  # judged on the new frames only
+    assert all(f["t"] >= 1.2 + SETTLE for f in decisions(g)[-1]["pad"]["scores"])  # the new frames only
 
 
 def test_deny_list_and_tailgating_are_never_retried():
@@ -443,9 +484,9 @@ def test_acquisition_timeouts():
     assert g.mode is Mode.DECIDED and g.state.decision.reason is Reason.TIMEOUT
     assert g.state.decision.decided_at == pytest.approx(9.0)
 
-    g = Gate(ONE_TRY)  # persistent low quality
-    for i in range(10):
-        g.send(frame(1.0 + i * 0.1, face(ok=False, matches=None, reasons=("blurred",))))
+    g = Gate(ONE_TRY)  # persistent low quality, after the guidance prompt and the time to respond
+    n = AttemptPolicy().quality_prompt_frames
+    g.approach(1.0, n=n + 15 + 10, ok=False, matches=None, reasons=("blurred",))
     assert g.mode is Mode.DECIDED and g.state.decision.reason is Reason.LOW_QUALITY
     assert g.alerts[-1].details["reason"] == "low_quality"
 

@@ -75,7 +75,7 @@ def cmd_lane(args) -> int:
               "measured as the lane runs in the field)", file=sys.stderr)
         return 2
     r = lane_bench(Path(args.models), Path(args.images), pad_from, enrolled=args.enrolled, strangers=args.strangers,
-                   idle_s=args.idle_seconds)
+                   idle_s=args.idle_seconds, takes=args.takes, seed=args.seed)
     print(json.dumps(r, indent=2, sort_keys=True, default=float) if args.json else format_table(r))
     return 0
 
@@ -247,6 +247,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--enrolled", type=int, default=12)
     s.add_argument("--strangers", type=int, default=8)
     s.add_argument("--idle-seconds", type=float, default=10.0)
+    s.add_argument("--takes", type=int, default=3, help="photos per passenger: each prompt to look at the camera "
+                                                        "shows the next (1 = a passenger who can only move)")
+    s.add_argument("--seed", type=int, default=3, help="which passengers, in which order, how they move")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_lane)
     s = sub.add_parser("sync", help="central -> gate snapshot and update latency, audit upload rate, outage drain")
