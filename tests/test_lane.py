@@ -272,6 +272,39 @@ def test_no_face_and_far_faces_leave_the_lane_idle_without_actions():
     assert g.mode is Mode.IDLE
 
 
+def test_a_face_standing_outside_the_capture_zone_is_asked_to_step_closer_once():
+    g = Gate()
+    short = (100.0, 100.0, 170.0, 170.0)  # 70 px: stopped short of the mark (the zone starts at 80 px)
+    wait = CONFIG.tracking.step_closer_after_s
+    g.respond(1.0, 1.0 + wait, box=short)
+    assert g.mode is Mode.IDLE and "prompt" not in g.events() and g.display.text == "Look at the camera"
+    g.approach(1.0 + wait, n=1, box=short)
+    rec = g.audit[-1]
+    assert (rec["event"], rec["why"], rec["prompt"], rec["face_px"]) == (
+        "prompt", "outside_capture_zone", "Please step closer", 70.0)
+    assert g.mode is Mode.IDLE and g.display == Indicate(Colour.AMBER, Buzzer.SHORT, "Please step closer")
+    g.respond(1.1 + wait, 5.0, box=short)
+    assert g.events().count("prompt") == 1  # said once
+    g.approach(5.0, n=3)  # steps onto the mark
+    assert g.mode is Mode.OPEN and g.events().count("decision") == 1
+
+
+def test_a_passenger_walking_in_or_a_different_face_is_not_told_to_step_closer():
+    g = Gate()
+    for i in range(8):  # 0.8 s through the band below the capture zone, growing, then on the mark
+        side = 40.0 + 5 * i
+        g.send(frame(1.0 + i * 0.1, face(box=(100.0, 100.0, 100.0 + side, 100.0 + side))))
+    g.approach(1.8, n=3)
+    assert "prompt" not in g.events() and g.mode is Mode.OPEN
+    g = Gate()  # faces outside the zone, but not the same person for long: nobody is waiting
+    for i in range(30):
+        g.send(frame(1.0 + i * 0.1, face(box=(100.0, 100.0, 170.0, 170.0) if i % 2 else FAR)))
+    assert "prompt" not in g.events()
+    g = Gate(replace(CONFIG, tracking=replace(CONFIG.tracking, step_closer_after_s=0.0)))  # the site turned it off
+    g.respond(1.0, 5.0, box=(100.0, 100.0, 170.0, 170.0))
+    assert g.events() == ["lane_started"]
+
+
 def test_unknown_person_is_refused_then_the_lane_resets():
     g = Gate(ONE_TRY)
     g.approach(1.0, n=5, matches=(("alice", 0.3), ("bob", 0.2)))
@@ -525,6 +558,13 @@ def test_an_attempt_that_ends_without_a_decision_records_why():
     why = _lost(g)
     assert why["why"] == "too_few_frames_to_refuse" and why["needed"] == POLICY.min_observations_to_deny
     assert why["best_score"] == 0.3 and "alice" not in str(g.audit[-1])
+
+    g = Gate()  # prompted after a no-match, and gone before the response could be judged
+    g.approach(1.0, n=5, matches=(("alice", 0.3),))
+    g.send(frame(1.5, face(matches=(("alice", 0.3),))))
+    g.send(Tick(2.6))
+    why = _lost(g)
+    assert why["why"] == "left_after_prompt" and why["responding_until"] == pytest.approx(1.4 + SETTLE)
 
 
 def test_a_track_replaced_by_another_person_records_why_the_first_was_not_served():

@@ -36,6 +36,7 @@ the bare photo). That is a limit of building a camera out of photos; the figures
 """
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
@@ -46,6 +47,8 @@ import cv2
 import numpy as np
 
 from tools.feedgen import FRAME_H, FRAME_W, _feathered, _scene
+
+log = logging.getLogger(__name__)
 
 # Display texts are read as a person reads them: by colour and buzzer (see gate.lane's entry
 # actions), never by the lane's internal state. A prompt is amber with a short beep; the green
@@ -217,10 +220,11 @@ class _Passenger:
                 return
             if self.phase not in ("stand", "closer"):
                 continue
-            if "closer" in str(text).lower() and self.stop_m > b.stand_m + 0.05:
-                self.move_from_m = self.distance(now)
-                self.stop_m = max(0.35, float(self.rng.normal(b.stand_m, b.stand_sd_m)))
-                self.phase, self.phase_t = "closer", now
+            if "closer" in str(text).lower():
+                if self.stop_m > b.stand_m + 0.05:  # on the mark already: nothing to do
+                    self.move_from_m = self.distance(now)
+                    self.stop_m = max(0.35, float(self.rng.normal(b.stand_m, b.stand_sd_m)))
+                    self.phase, self.phase_t = "closer", now
             elif len(self.takes) > 1:  # looks at the camera again: the next take
                 self.take = (self.take + 1) % len(self.takes)
                 self.visit.takes_shown += 1
@@ -321,6 +325,8 @@ class LaneFeed:
         self._ended_at: float | None = None
 
     def open(self) -> None:
+        if self._t0:  # reopened after a failed read: the passengers' clock goes on
+            return
         self._t0 = time.monotonic()
         self._next_start = self._t0 + self.lead_in_s
 
@@ -339,7 +345,11 @@ class LaneFeed:
         else:  # running late (a loaded machine): a camera drops frames rather than queue them
             self._i = int((now - self._t0) * self.fps)
         now = time.monotonic()
-        frame = self._render(now)
+        try:
+            frame = self._render(now)
+        except Exception:  # the capture thread would only see "reconnecting": say what broke
+            log.exception("the lane feed failed to draw frame %d", self._i)
+            raise
         if frame is None:
             return None
         self._i += 1
