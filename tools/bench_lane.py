@@ -115,9 +115,9 @@ def why_failed(judgement: dict | None, mine: list[dict], outcome: str = "") -> s
     d = judgement["decision"]
     reason = d["reason"]
     if reason == "low_quality":
-        return "low_quality: " + ", ".join(d["details"].get("quality_reasons") or ["?"])
+        return "low_quality: " + ", ".join((d.get("details") or {}).get("quality_reasons") or ["?"])
     if reason == "presentation_attack_suspected":
-        live = d["pad"].get("live") if isinstance(d["pad"], dict) else None
+        live = d["pad"].get("live") if isinstance(d.get("pad"), dict) else None
         return f"liveness doubt (live {live:.2f})" if live is not None else "liveness doubt"
     if reason in ("no_match", "ambiguous_margin", "token_mismatch"):
         return f"{reason} (score {d['score']:.3f})" if d.get("score") is not None else reason
@@ -169,63 +169,91 @@ def score_run(bodies: list[dict], visits: list[Visit], max_attempts: int) -> dic
             final_fail[_bucket(whys[-1])] = final_fail.get(_bucket(whys[-1]), 0) + 1
             misses.append({"subject_id": v.subject_id, "attempts": whys, "passenger": v.outcome})
     n = max(1, len(genuine))
-    tx = np.array(transaction_s) if transaction_s else np.array([np.nan])
+    tx = np.array(transaction_s)
     span = (visits[-1].end - visits[0].start) if visits else 0.0
     return {"genuine": len(genuine), "first_attempt_pass_rate": first_ok / n,
             "pass_rate_within_attempts": within_ok / n, "max_attempts": max_attempts,
-            "transaction_s_median": float(np.nanmedian(tx)), "transaction_s_p95": float(np.nanpercentile(tx, 95)),
-            "throughput_per_min": float(60.0 / np.nanmean(tx)) if transaction_s else 0.0,
+            "transaction_s_median": float(np.median(tx)) if len(tx) else float("nan"),
+            "transaction_s_p95": float(np.percentile(tx, 95)) if len(tx) else float("nan"),
+            "throughput_per_min": float(60.0 / np.mean(tx)) if len(tx) else 0.0,
             "queue_per_min": 60.0 * len(visits) / span if span > 0 else 0.0,
             "false_opens": false_opens, "retry_prompts": prompts, "unserved": unserved_reasons(bodies),
             "first_attempt_failures": first_fail, "final_failures": final_fail, "misses": misses,
             "stranger_best_score": max(stranger_best) if stranger_best else None}
 
 
-def _run_lane(cfg, pipeline, travellers: list[Traveller], behaviour: Behaviour, seed: int,
-              progress: Callable[[str], None], what: str) -> tuple[dict, list[dict]]:
+@dataclass
+class LaneRun:
+    """What one run left behind: the audit records, the feed's ground truth, the unlocks."""
+
+    bodies: list[dict]
+    feed_visits: list  # tools.bench_lane_feed.Visit, in queue order
+    unlock_times: list[float]  # when the turnstile acknowledged each unlock (time.monotonic)
+
+    def visits(self) -> list[Visit]:
+        """Each passenger's window runs until the next one's first frame: windows never overlap."""
+        seen = [v for v in self.feed_visits if v.first_frame >= 0]
+        out = []
+        for i, v in enumerate(seen):
+            end = seen[i + 1].first_t if i + 1 < len(seen) else v.last_t + 1.0
+            out.append(Visit(v.label, v.subject_id, v.first_t, end, v.outcome))
+        return out
+
+
+def run_lane(cfg, pipeline, travellers: list[Traveller], behaviour: Behaviour | None = None, seed: int = 0,
+             progress: Callable[[str], None] = lambda _: None, what: str = "lane", *,
+             lead_in_s: float = 2.0) -> LaneRun:
+    """The real daemon on `cfg` before `travellers` (a LaneFeed on the simulated turnstile's
+    display), until the queue is through; the audit log is read back afterwards."""
     from devices.config import SimConfig
     from devices.sim import SimDriver
     from gate.audit import AuditLog
     from gate.daemon import LaneDaemon
 
     driver = SimDriver(SimConfig())  # the passage sensor fires when the feed's passenger walks through
-    feed = LaneFeed(travellers, SimDisplay(driver), fps=FPS, behaviour=behaviour, seed=seed,
+    feed = LaneFeed(travellers, SimDisplay(driver), fps=FPS, behaviour=behaviour, seed=seed, lead_in_s=lead_in_s,
                     passage=lambda after_s: driver.emit_passage(after_ms=after_s * 1000))
     daemon = LaneDaemon(cfg, pipeline=pipeline, source=feed, driver=driver)
     daemon.open()
     t = threading.Thread(target=daemon.run, daemon=True)
     t.start()
-    while t.is_alive():
-        t.join(5.0)
-        gone = sum(1 for v in feed.visits if v.outcome)
-        progress(f"{what}: {gone}/{len(travellers)} passengers served or gone, "
-                 f"{len(daemon.metrics.unlocks)} openings")
-        if feed.done and t.is_alive():
+    try:
+        while t.is_alive():
+            t.join(5.0)
+            gone = sum(1 for v in feed.visits if v.outcome)
+            progress(f"{what}: {gone}/{len(travellers)} passengers served or gone, "
+                     f"{len(daemon.metrics.unlocks)} openings")
+            if feed.done and t.is_alive():
+                t.join(15.0)
+                break
+    finally:
+        if t.is_alive():
+            daemon.stop_requested.set()
             t.join(15.0)
-            break
-    unlocks = [c for c in driver.commands if c.name == "unlock"]
-    daemon.close()
+        unlocks = [c.at for c in driver.commands if c.name == "unlock"]
+        daemon.close()
     with AuditLog(cfg.gate.state_dir, read_only=True) as log:
         bodies = [r.body for r in log.iter_since(0)]
-    seen = [v for v in feed.visits if v.first_frame >= 0]
-    visits = []  # each visit runs until the next passenger's first frame: windows never overlap
-    for i, v in enumerate(seen):
-        end = seen[i + 1].first_t if i + 1 < len(seen) else v.last_t + 1.0
-        visits.append(Visit(v.label, v.subject_id, v.first_t, end, v.outcome))
-    r = score_run(bodies, visits, cfg.lane.attempts.max)
+    return LaneRun(bodies, list(feed.visits), unlocks)
+
+
+def _score_lane(run: LaneRun, max_attempts: int) -> dict:
+    visits = run.visits()
+    r = score_run(run.bodies, visits, max_attempts)
     f2o = []
     for v in visits:
         if v.label == "enrolled":
-            acquired = next((b["t"] for b in bodies if b.get("event") in ("face_acquired", "track_replaced")
+            acquired = next((b["t"] for b in run.bodies if b.get("event") in ("face_acquired", "track_replaced")
                              and v.start <= b["t"] < v.end), None)
-            mine = [u for u in unlocks if v.start <= u.at < v.end]
+            mine = [u for u in run.unlock_times if v.start <= u < v.end]
             if mine and acquired is not None:
-                f2o.append((mine[0].at - acquired) * 1e3)
+                f2o.append((mine[0] - acquired) * 1e3)
     f2o_a = np.array(f2o) if f2o else np.array([np.nan])
+    seen = run.feed_visits
     r.update(face_to_open_ms_median=float(np.nanmedian(f2o_a)), face_to_open_ms_p95=float(np.nanpercentile(f2o_a, 95)),
              stopped_short=sum(v.stopped_short for v in seen), gave_up=sum(v.outcome == "gave_up" for v in seen),
              takes_shown=sum(v.takes_shown for v in seen))
-    return r, [v.to_record() for v in feed.visits]
+    return r
 
 
 def _idle_cpu(work: Path, models: Path, pipeline, threshold: float, idle_s: float) -> float:
@@ -345,8 +373,9 @@ def lane_bench(models: Path, images: Path, pad_from: Path, enrolled: int = 12, s
         for i, (sid, templates) in enumerate(enrolments, start=1):
             store.upsert_subject(Subject(sid, "allow"), templates, seq=i)
         store.close()
-        runs[name], visits[name] = _run_lane(cfg, pipeline, travellers, behaviour, seed, progress,
-                                             name.replace("_", " "))
+        run = run_lane(cfg, pipeline, travellers, behaviour, seed, progress, name.replace("_", " "))
+        runs[name] = _score_lane(run, cfg.lane.attempts.max)
+        visits[name] = [v.to_record() for v in run.feed_visits]
     progress(f"measuring idle CPU for {idle_s:g} s")
     idle = _idle_cpu(work, pad_models, pipeline, threshold, idle_s)
     return {"runs": runs, "visits": visits, "passengers": len(travellers),

@@ -63,6 +63,7 @@ class Traveller:
     label: str  # "enrolled" or "not_enrolled"
     takes: tuple[str, ...]  # photo paths: how they arrive, then each new look at the camera
     subject_id: str | None = None  # ground truth, when enrolled
+    stops_short: bool | None = None  # None: as often as Behaviour.short_stop_p says
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -172,6 +173,8 @@ class _Passenger:
         self.takes = [_Take(p) for p in who.takes]
         self.take = 0
         short = rng.random() < b.short_stop_p
+        if who.stops_short is not None:
+            short = who.stops_short
         visit.stopped_short = bool(short)
         self.stop_m = float(rng.uniform(*b.short_stop_m) if short else
                             max(0.35, rng.normal(b.stand_m, b.stand_sd_m)))
