@@ -460,12 +460,13 @@ def _outside_zone(s: LaneState, face: FaceObservation | None) -> Result:
         return replace(s, outside_since=None, outside_box=None, outside_prompted=False), []
     if s.outside_box is None or s.outside_since is None or iou(s.outside_box, face.box) < t.iou_min:
         return replace(s, outside_since=s.now, outside_box=face.box, outside_prompted=False), []
+    since = s.outside_since
     s = replace(s, outside_box=face.box)
-    if s.outside_prompted or s.now - s.outside_since < t.step_closer_after_s:
+    if s.outside_prompted or s.now - since < t.step_closer_after_s:
         return s, []
     s = replace(s, outside_prompted=True)
     return s, _note(s, "prompt", why=Unserved.OUTSIDE_CAPTURE_ZONE.value, face_px=round(face.size, 1),
-                    capture_min_face_px=t.capture_min_face_px, waited_s=round(s.now - s.outside_since, 3),
+                    capture_min_face_px=t.capture_min_face_px, waited_s=round(s.now - since, 3),
                     prompt=TEXT_STEP_CLOSER) + [Indicate(Colour.AMBER, Buzzer.SHORT, TEXT_STEP_CLOSER)]
 
 

@@ -5,7 +5,6 @@ passenger responded. Real LFW photos, the real default models, SQLite, the simul
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -47,8 +46,9 @@ def _play(feed, pipeline=None, every=1):
     while (f := feed.read()) is not None:
         if pipeline is not None and len(feed.frame_t) % every == 0:
             r = pipeline.process(f, embed="none")
-            sizes.append((feed.frame_t[-1], None if not r.faces else float(np.sqrt(
-                (r.faces[0].face.box[2] - r.faces[0].face.box[0]) * (r.faces[0].face.box[3] - r.faces[0].face.box[1])))))
+            box = r.faces[0].face.box if r.faces else None
+            size = None if box is None else float(np.sqrt((box[2] - box[0]) * (box[3] - box[1])))
+            sizes.append((feed.frame_t[-1], size))
     return sizes
 
 
@@ -74,7 +74,7 @@ def test_the_passenger_reads_the_display_and_responds_after_a_reaction_time():
                                      (7.0, PASS, None)]), lead_in_s=0.0, tail_s=0.2, passage=passages.append)
     feed.open()
     distances, takes_seen = [], []
-    while (f := feed.read()) is not None:
+    while feed.read() is not None:
         p = feed._current
         if p is not None:
             distances.append((time.monotonic() - feed._t0, p.distance(time.monotonic())))
