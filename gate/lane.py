@@ -245,8 +245,9 @@ class LaneState:
 
     @property
     def uses_frames(self) -> bool:
-        """Whether frames matter now (faces to acquire, or tailgaters to watch for)."""
-        return self.mode in (Mode.IDLE, Mode.ACQUIRING, Mode.OPEN)
+        """Whether frames matter now (faces to acquire, tailgaters to watch for, or whether the
+        person just decided is still there while the result is shown)."""
+        return self.mode in (Mode.IDLE, Mode.ACQUIRING, Mode.DECIDED, Mode.OPEN)
 
     @property
     def uses_matching(self) -> bool:
@@ -337,11 +338,13 @@ def _rest_mode(s: LaneState) -> Mode:
 
 
 def _settle(s: LaneState, event: str, fields: dict[str, Any] | None = None, **changes: Any) -> Result:
-    """End the current episode and fall back to the most severe condition still in force. The
-    person just served gets `visit_gap_s` from now to be seen again (frames were not watched
-    while the result was shown) before the visit counts as over."""
+    """End the current episode and fall back to the most severe condition still in force. After
+    an alarm or an outage (frames were not watched) the person just served gets `visit_gap_s`
+    from now to be seen again before the visit counts as over; after a result shown or a passage
+    the lane watched them, so whether they are still there is known."""
+    watched = s.mode in (Mode.DECIDED, Mode.OPEN)
     s = replace(s, **changes)
-    if s.served is not None:
+    if s.served is not None and not watched:
         s = replace(s, served=replace(s.served, last_seen_t=s.now))
     return _go(s, _rest_mode(s), event, fields, track=None, opening=None, decision=None)
 
@@ -547,6 +550,12 @@ def _still_served(s: LaneState, served: Track, face: FaceObservation) -> bool:
 
 def _on_frame(s: LaneState, frame: FrameObservation) -> Result:
     tracking = s.config.tracking
+    if s.mode in (Mode.DECIDED, Mode.OPEN) and s.served is not None and frame.primary is not None \
+            and same_visit(s.served, frame.primary, tracking):
+        # the person just decided is still in view: when they leave is what ends their visit. A
+        # refused traveller who left while "not recognised" was shown is not mistaken for the
+        # next one stepping onto the same spot (whose frames had no match to tell them apart)
+        s = replace(s, served=replace(s.served, box=frame.primary.box, last_seen_t=s.now))
     if s.mode is Mode.OPEN:
         ratio = tailgate_ratio(frame)
         opening = _opening(s)

@@ -472,10 +472,22 @@ def test_one_decision_per_person_per_visit():
     assert g.mode is Mode.IDLE and len([a for a in g.alerts if a.kind == "deny_list"]) == 1
 
     g = Gate()  # a passenger who lingers in view after passing is not judged again
-    _pass(g, 1.0)
+    g.approach(1.0)
+    for i in range(8):  # in view while the gate is open
+        g.send(frame(1.3 + i * 0.1))
+    g.send(PassageComplete(2.0))
     for i in range(10):
         g.send(frame(2.1 + i * 0.1))
     assert g.events().count("decision") == 1 and g.unlocks == 1 and not g.alerts
+
+    g = Gate(ONE_TRY)  # the refused stranger left while "not recognised" was shown; the next one steps onto
+    g.approach(1.0, n=5, matches=(("alice", 0.3),))  # the same spot with a face that does not match yet
+    g.send(frame(1.5, face(matches=(("alice", 0.3),))))
+    for i in range(10):  # gone during the display, then someone else at the same place
+        g.send(FrameObservation(1.6 + i * 0.1))
+    for i in range(20):
+        g.send(frame(4.5 + i * 0.1, face(ok=False, matches=None, reasons=("pose_yaw",))))
+    assert g.mode is Mode.ACQUIRING and g.events().count("face_acquired") == 2 and "prompt" in g.events()
 
     g = Gate(ONE_TRY)  # the next passenger steps into the same spot at once: not mistaken for the stranger
     g.approach(1.0, n=5, matches=(("alice", 0.3),))

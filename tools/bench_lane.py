@@ -66,7 +66,7 @@ def calibrated_threshold(record: Path = CALIBRATION, far: float = FAR) -> tuple[
     return float(rec.point("1:1", far).threshold), rec.summary("1:1", far)
 
 
-def _config(work: Path, models: Path, threshold: float, pad: bool) -> dict:
+def _config(work: Path, models: Path, threshold: float, pad: bool, capture_px: float = CAPTURE_MIN_FACE_PX) -> dict:
     return {
         "gate": {"id": "BENCH", "state_dir": str(work / "state"), "log_level": "WARNING"},
         "camera": {"source": "bench-feed", "fps": FPS},
@@ -74,7 +74,7 @@ def _config(work: Path, models: Path, threshold: float, pad: bool) -> dict:
         "lane": {"lane_id": "BENCH-1",
                  "policy": {"threshold_1n": threshold, "min_margin": 0.03, "threshold_1to1": threshold,
                             "deny_threshold": threshold},
-                 "tracking": {"capture_min_face_px": CAPTURE_MIN_FACE_PX}},
+                 "tracking": {"capture_min_face_px": capture_px}},
         "device": {"type": "sim"},
         "watchlist": {"encrypt_templates": True},
     }
@@ -331,7 +331,8 @@ def choose_travellers(pipeline, images: Path, enrolled: int, strangers: int, tak
 
 def lane_bench(models: Path, images: Path, pad_from: Path, enrolled: int = 12, strangers: int = 8,
                idle_s: float = 10.0, threshold: float | None = None, seed: int = 3, takes: int = 3,
-               behaviour: Behaviour | None = None, progress: Callable[[str], None] = _stderr) -> dict:
+               behaviour: Behaviour | None = None, capture_px: float = CAPTURE_MIN_FACE_PX,
+               progress: Callable[[str], None] = _stderr) -> dict:
     """Both runs; `pad_from` is the folder holding the MiniFASNet pair (e.g. ../shared/models).
     `threshold` None = the calibration record's 1:1 operating point at FAR 1e-3."""
     from gate.config import parse_config
@@ -366,7 +367,7 @@ def lane_bench(models: Path, images: Path, pad_from: Path, enrolled: int = 12, s
     for name, pad in (("liveness_on", True), ("liveness_off", False)):
         run_dir = work / name
         run_dir.mkdir()
-        cfg = parse_config(_config(run_dir, pad_models, threshold, pad), run_dir)
+        cfg = parse_config(_config(run_dir, pad_models, threshold, pad, capture_px), run_dir)
         cfg.gate.state_dir.mkdir(parents=True)
         cfg.template_key_file.parent.mkdir(parents=True, mode=0o700)
         store = WatchlistStore(cfg.gate.state_dir, cipher=TemplateCipher.load_or_create(cfg.template_key_file))
@@ -382,7 +383,7 @@ def lane_bench(models: Path, images: Path, pad_from: Path, enrolled: int = 12, s
             "enrolled_passengers": sum(t.label == "enrolled" for t in travellers),
             "strangers": sum(t.label != "enrolled" for t in travellers), "idle_cpu_percent": idle,
             "threshold_1n": threshold, "threshold_source": source, "fps": FPS, "takes": takes,
-            "capture_min_face_px": CAPTURE_MIN_FACE_PX, "work_dir": str(work)}
+            "capture_min_face_px": capture_px, "work_dir": str(work)}
 
 
 ROWS = (
