@@ -329,7 +329,7 @@ def choose_travellers(pipeline, images: Path, enrolled: int, strangers: int, tak
     return [queue[i] for i in rng.permutation(len(queue))], enrolment
 
 
-def lane_bench(models: Path, images: Path, pad_from: Path, enrolled: int = 12, strangers: int = 8,
+def lane_bench(models: Path, images: Path, pad_from: Path, enrolled: int = 30, strangers: int = 10,
                idle_s: float = 10.0, threshold: float | None = None, seed: int = 3, takes: int = 3,
                behaviour: Behaviour | None = None, capture_px: float = CAPTURE_MIN_FACE_PX,
                progress: Callable[[str], None] = _stderr) -> dict:

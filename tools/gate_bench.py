@@ -244,8 +244,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--pad-from", default="../shared/models", help="folder with the MiniFASNet pair (liveness ON)")
     s.add_argument("--images", default="../shared/faces/lfw-dev/images")
     s.add_argument("--models", default=str(default_model_dir()))
-    s.add_argument("--enrolled", type=int, default=12)
-    s.add_argument("--strangers", type=int, default=8)
+    s.add_argument("--enrolled", type=int, default=30, help="genuine travellers (30: one miss is 3.3 %%, "
+                                                           "so a 95 %% rate means at most one)")
+    s.add_argument("--strangers", type=int, default=10)
     s.add_argument("--idle-seconds", type=float, default=10.0)
     s.add_argument("--takes", type=int, default=3, help="photos per passenger: each prompt to look at the camera "
                                                         "shows the next (1 = a passenger who can only move)")
