@@ -24,6 +24,7 @@ LABELS = {
     "pose_yaw": "head turned", "pose_pitch": "head tilted", "too_dark": "too dark", "too_bright": "too bright",
     "exposure_clipped": "over-exposed",
     # events
+    "prompt": "passenger prompted",
     "lane_started": "lane started", "face_acquired": "face acquired", "face_lost": "face lost without a decision",
     "track_replaced": "another person stepped in", "result_shown": "result shown", "open": "gate opened",
     "open_timeout": "nobody passed before the timeout", "passage_complete": "passage complete",
@@ -32,7 +33,6 @@ LABELS = {
     "device_restored": "device restored", "audit_failure": "audit log cannot be written",
     "token_read": "document read", "token_unknown_read": "unknown document", "token_expired": "document expired",
     "attempt_failed": "attempt failed", "daemon_stopped": "lane stopped", "unexpected_passage": "unexpected passage",
-    "prompt": "passenger prompted",
 }
 
 
