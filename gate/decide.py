@@ -75,6 +75,7 @@ class Unserved(StrEnum):
     WAITING_FOR_LIVENESS = "waiting_for_liveness"  # the match was there, the PAD verdict was not yet
     OUTSIDE_CAPTURE_ZONE = "outside_capture_zone"  # the face was last seen too far from the camera
     TOO_FEW_FRAMES_TO_REFUSE = "too_few_frames_to_refuse"  # no match yet, not enough frames to conclude one
+    LEFT_AFTER_PROMPT = "left_after_prompt"  # last seen while still responding to a prompt (see track.evidence_from)
 
 
 class MatchMode(StrEnum):
@@ -428,6 +429,9 @@ def why_undecided(track: Track, now: float, policy: DecisionPolicy, token: Token
     if track.out_of_zone_streak:
         return {"why": Unserved.OUTSIDE_CAPTURE_ZONE.value, **figures,
                 "frames_outside_zone": track.out_of_zone_streak}
+    if track.last_seen_t < track.evidence_from:
+        return {"why": Unserved.LEFT_AFTER_PROMPT.value, **figures,
+                "responding_until": round(track.evidence_from, 6)}
     if ev.observations_used < policy.fuse_k:
         return {"why": Unserved.TOO_FEW_QUALITY_FRAMES.value, **figures}
     if ev.pad is not None and ev.pad.verdict.state is PadState.PENDING:

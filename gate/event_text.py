@@ -18,11 +18,13 @@ LABELS = {
     # why an attempt ended without a decision
     "too_few_quality_frames": "too few good frames", "waiting_for_liveness": "left while liveness was checked",
     "outside_capture_zone": "stood outside the capture zone", "too_few_frames_to_refuse": "left before a refusal",
+    "left_after_prompt": "left while responding to a prompt",
     # quality reasons
     "low_detector_score": "face unclear", "face_too_small": "too far away", "blurred": "blurred",
     "pose_yaw": "head turned", "pose_pitch": "head tilted", "too_dark": "too dark", "too_bright": "too bright",
     "exposure_clipped": "over-exposed",
     # events
+    "prompt": "passenger prompted",
     "lane_started": "lane started", "face_acquired": "face acquired", "face_lost": "face lost without a decision",
     "track_replaced": "another person stepped in", "result_shown": "result shown", "open": "gate opened",
     "open_timeout": "nobody passed before the timeout", "passage_complete": "passage complete",
@@ -94,6 +96,13 @@ def event_line(e: Mapping[str, Any]) -> str:
         what = (f"attempt {e.get('attempt')}/{e.get('of')} failed: {label(d.get('reason'))}"
                 + (f" (best score {_score(d.get('score'))})" if d.get("score") is not None else "")
                 + f"; passenger told {e.get('prompt')!r}")
+    elif event == "prompt":
+        why = label(e.get("why", "?"))
+        if e.get("quality_reasons"):
+            why += f": {', '.join(label(r) for r in e['quality_reasons'])}"
+        elif e.get("face_px") is not None:
+            why += f" (face {e['face_px']:.0f} px, zone from {e.get('capture_min_face_px', 0):.0f} px)"
+        what = f"passenger told {e.get('prompt')!r} ({why})"
     elif event == "face_lost" and e.get("unserved"):
         what = f"{label(event)}: {unserved_text(e['unserved'])}"
     elif event == "manual_action":

@@ -23,7 +23,17 @@ from typing import Any, Callable, Iterable, Mapping
 
 from configschema import ConfigError
 from gate.actions import Action, Alert, Audit, Buzzer, Colour, Direction, Indicate, Lock, RecordPassage, Unlock
-from gate.decide import Decision, DecisionPolicy, Outcome, Reason, Token, decide, refer_unknown_token, why_undecided
+from gate.decide import (
+    Decision,
+    DecisionPolicy,
+    Outcome,
+    Reason,
+    Token,
+    Unserved,
+    decide,
+    refer_unknown_token,
+    why_undecided,
+)
 from gate.events import (
     AuditFailed,
     AuditRestored,
@@ -41,7 +51,7 @@ from gate.events import (
 )
 from gate.field_ranges import check_ranges
 from gate.observation import FaceObservation, FrameObservation, ListType
-from gate.track import Track, TrackPolicy, follow, in_capture_zone, restart, same_visit, tailgate_ratio
+from gate.track import Track, TrackPolicy, follow, in_capture_zone, iou, restart, same_visit, settle, tailgate_ratio
 
 AUDIT_LOG = "audit_log"  # the fault name under which an unwritable audit log is tracked
 
@@ -89,6 +99,15 @@ class AttemptPolicy:
     retry_on: tuple[str, ...] = field(default=tuple(r.value for r in _RETRYABLE), metadata={
         "help": "decision reasons that give another attempt (any of: "
                 + ", ".join(r.value for r in _RETRYABLE) + ")"})
+    settle_s: float = field(default=1.5, metadata={
+        "help": "seconds after a prompt before frames count as evidence again: the passenger reads it and "
+                "responds (about a second: reading a three-word prompt, then turning or stepping), and a "
+                "retry judged on the frames before the response only repeats the failure", "min": 0.0, "max": 5.0})
+    quality_prompt_frames: int = field(default=8, metadata={
+        "help": "consecutive quality-failing frames (about half a second at 15 fps) after which the passenger "
+                "is shown what to fix (look at the camera / step closer / hold still) without losing an "
+                "attempt; once per attempt; 0 = only the retry prompt after lane.policy.low_quality_refer_frames",
+        "min": 0})
 
     def __post_init__(self) -> None:
         check_ranges(self)
@@ -139,8 +158,9 @@ class PassbackPolicy:
 
 
 # Prompts for a retry, by what went wrong (at most devices.base.MAX_TEXT_LEN characters).
+TEXT_STEP_CLOSER = "Please step closer"
 _PROMPTS = {Reason.NO_MATCH.value: "Look straight at the camera", Reason.PRESENTATION_ATTACK.value:
-            "Remove glasses, look at camera", "face_too_small": "Please step closer",
+            "Remove glasses, look at camera", "face_too_small": TEXT_STEP_CLOSER,
             "blurred": "Hold still, look at camera"}
 TEXT_LOOK = "Look at the camera"
 # Alarms held without the siren. A deny-list subject should not learn that staff are coming;
@@ -213,6 +233,10 @@ class LaneState:
     flights: frozenset[str] = frozenset()  # the flight: scopes this lane boards (a fact of start-up)
     passed: Mapping[str, float] = field(default_factory=dict)  # subject -> time of their last passage here
     boarded: Mapping[str, float] = field(default_factory=dict)  # subject -> time they boarded one of `flights`
+    # a face standing outside the capture zone while the lane is free (see TrackPolicy.step_closer_after_s)
+    outside_since: float | None = None
+    outside_box: tuple[float, float, float, float] | None = None
+    outside_prompted: bool = False
 
     @property
     def one_to_one_subject(self) -> str | None:
@@ -221,8 +245,9 @@ class LaneState:
 
     @property
     def uses_frames(self) -> bool:
-        """Whether frames matter now (faces to acquire, or tailgaters to watch for)."""
-        return self.mode in (Mode.IDLE, Mode.ACQUIRING, Mode.OPEN)
+        """Whether frames matter now (faces to acquire, tailgaters to watch for, or whether the
+        person just decided is still there while the result is shown)."""
+        return self.mode in (Mode.IDLE, Mode.ACQUIRING, Mode.DECIDED, Mode.OPEN)
 
     @property
     def uses_matching(self) -> bool:
@@ -313,11 +338,13 @@ def _rest_mode(s: LaneState) -> Mode:
 
 
 def _settle(s: LaneState, event: str, fields: dict[str, Any] | None = None, **changes: Any) -> Result:
-    """End the current episode and fall back to the most severe condition still in force. The
-    person just served gets `visit_gap_s` from now to be seen again (frames were not watched
-    while the result was shown) before the visit counts as over."""
+    """End the current episode and fall back to the most severe condition still in force. After
+    an alarm or an outage (frames were not watched) the person just served gets `visit_gap_s`
+    from now to be seen again before the visit counts as over; after a result shown or a passage
+    the lane watched them, so whether they are still there is known."""
+    watched = s.mode in (Mode.DECIDED, Mode.OPEN)
     s = replace(s, **changes)
-    if s.served is not None:
+    if s.served is not None and not watched:
         s = replace(s, served=replace(s.served, last_seen_t=s.now))
     return _go(s, _rest_mode(s), event, fields, track=None, opening=None, decision=None)
 
@@ -406,8 +433,44 @@ def _retry(s: LaneState, d: Decision) -> Result:
     record = _record(s, s.mode, "attempt_failed", {
         "track_id": d.track_id, "attempt": s.attempt, "of": s.config.attempts.max, "prompt": prompt,
         "decision": d.to_record()})
-    s = replace(s, attempt=s.attempt + 1, track=restart(_track(s), s.now))
+    s = replace(s, attempt=s.attempt + 1, track=restart(_track(s), s.now, s.config.attempts.settle_s))
     return s, [Audit(record), Indicate(Colour.AMBER, Buzzer.SHORT, prompt)]
+
+
+def _guide(s: LaneState) -> Result:
+    """Show a passenger whose face keeps failing quality what to fix, early and without
+    costing an attempt (commercial e-gates guide continuously): a head turned up or aside for
+    the whole first attempt cost that attempt and 2 s (30 frames) before any prompt appeared.
+    The attempt goes on; its frames count again once the passenger has had time to respond."""
+    track = _track(s)
+    reasons = track.last_quality_reasons
+    prompt = next((_PROMPTS[r] for r in reasons if r in _PROMPTS), TEXT_LOOK)
+    a = s.config.attempts
+    s = replace(s, track=settle(track, s.now, a.settle_s))
+    return s, _note(s, "prompt", track_id=track.track_id, attempt=s.attempt, why=Reason.LOW_QUALITY.value,
+                    quality_reasons=list(reasons), prompt=prompt) + [Indicate(Colour.AMBER, Buzzer.SHORT, prompt)]
+
+
+def _outside_zone(s: LaneState, face: FaceObservation | None) -> Result:
+    """A face that stays outside the capture zone while the lane is free is someone who stopped
+    short of the mark: without a word from the lane they wait until they give up (3 of 4 who
+    stopped short in the lane benchmark did). After `step_closer_after_s` with the same face the
+    display asks them to step closer, once, and the audit records it."""
+    t = s.config.tracking
+    if face is None or not t.step_closer_after_s:
+        if s.outside_box is None:
+            return s, []
+        return replace(s, outside_since=None, outside_box=None, outside_prompted=False), []
+    if s.outside_box is None or s.outside_since is None or iou(s.outside_box, face.box) < t.iou_min:
+        return replace(s, outside_since=s.now, outside_box=face.box, outside_prompted=False), []
+    since = s.outside_since
+    s = replace(s, outside_box=face.box)
+    if s.outside_prompted or s.now - since < t.step_closer_after_s:
+        return s, []
+    s = replace(s, outside_prompted=True)
+    return s, _note(s, "prompt", why=Unserved.OUTSIDE_CAPTURE_ZONE.value, face_px=round(face.size, 1),
+                    capture_min_face_px=t.capture_min_face_px, waited_s=round(s.now - since, 3),
+                    prompt=TEXT_STEP_CLOSER) + [Indicate(Colour.AMBER, Buzzer.SHORT, TEXT_STEP_CLOSER)]
 
 
 def _passed_already(s: LaneState, d: Decision) -> Decision:
@@ -442,6 +505,9 @@ def _remember_passage(s: LaneState, subject_id: str) -> LaneState:
 def _judge(s: LaneState, ratio: float | None, timings_ms: dict[str, float] | None) -> Result:
     d = decide(_track(s), s.now, s.config.policy, s.token, ratio, pad_provisioned=s.pad_provisioned)
     if d is None:
+        track, a = _track(s), s.config.attempts
+        if a.quality_prompt_frames and not track.guided and track.low_quality_streak >= a.quality_prompt_frames:
+            return _guide(s)
         return s, []
     if d.outcome is Outcome.ALLOW:
         d = _passed_already(s, d)
@@ -484,6 +550,12 @@ def _still_served(s: LaneState, served: Track, face: FaceObservation) -> bool:
 
 def _on_frame(s: LaneState, frame: FrameObservation) -> Result:
     tracking = s.config.tracking
+    if s.mode in (Mode.DECIDED, Mode.OPEN) and s.served is not None and frame.primary is not None \
+            and same_visit(s.served, frame.primary, tracking):
+        # the person just decided is still in view: when they leave is what ends their visit. A
+        # refused traveller who left while "not recognised" was shown is not mistaken for the
+        # next one stepping onto the same spot (whose frames had no match to tell them apart)
+        s = replace(s, served=replace(s.served, box=frame.primary.box, last_seen_t=s.now))
     if s.mode is Mode.OPEN:
         ratio = tailgate_ratio(frame)
         opening = _opening(s)
@@ -507,7 +579,11 @@ def _on_frame(s: LaneState, frame: FrameObservation) -> Result:
         if s.mode is Mode.ACQUIRING and face is not None:  # stepped back: say so if the attempt ends
             track = _track(s)
             s = replace(s, track=replace(track, out_of_zone_streak=track.out_of_zone_streak + 1))
+        if s.mode is Mode.IDLE:
+            return _outside_zone(s, face)
         return s, []
+    if s.outside_box is not None:
+        s = replace(s, outside_since=None, outside_box=None, outside_prompted=False)
     window_s = s.config.policy.window_s
     track = follow(s.track, face, s.now, s.next_track_id, tracking, window_s)
     actions: list[Action] = []

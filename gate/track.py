@@ -24,8 +24,15 @@ class TrackPolicy:
     capture_min_face_px: float = field(default=80.0, metadata={
         "help": "linear face size (sqrt of box area, pixels) from which a face counts as in the "
                 "capture zone; smaller faces are people further back. Site-specific: measure it "
-                "at the lane's marked standing position", "min": 0.0})
+                "at the lane's marked standing position and set it a little below (~0.75x): the lane "
+                "decides on the first faces in the zone, and far below the mark it judges people still "
+                "walking in (in gate-bench lane, faces ~205 px on the mark: 80 px gave 5 of 11 "
+                "liveness doubts at the first attempt, 150 px gave 2)", "min": 0.0})
 
+    step_closer_after_s: float = field(default=1.5, metadata={
+        "help": "seconds a face stays outside the capture zone, with the lane free, before the display asks the "
+                "passenger to step closer (longer than a walk through the zone's edge, ~0.8 s); 0 = never",
+        "min": 0.0})
     visit_gap_s: float = field(default=0.5, metadata={
         "help": "after a decision, the decided person is not judged again while their face stays in view; "
                 "the visit ends after this many seconds without it (shorter than the gap between two "
@@ -62,6 +69,9 @@ class Track:
     low_quality_streak: int = 0  # consecutive frames whose face failed quality
     last_quality_reasons: tuple[str, ...] = ()
     out_of_zone_streak: int = 0  # frames since the face was last seen inside the capture zone
+    # frames before this time are not evidence: the passenger is still responding to a prompt
+    evidence_from: float = float("-inf")
+    guided: bool = False  # this attempt has shown the passenger what to fix (see gate.lane's quality prompt)
 
 
 def iou(a: Box, b: Box) -> float:
@@ -95,6 +105,8 @@ def follow(track: Track | None, face: FaceObservation, t: float, new_id: int,
     otherwise a fresh one numbered `new_id` (callers detect the switch by the id)."""
     if track is None or iou(track.box, face.box) < policy.iou_min:
         track = Track(track_id=new_id, started_t=t, last_seen_t=t, box=face.box, frames=0)
+    if t < track.evidence_from:  # still reacting to a prompt: followed, not judged
+        return replace(track, last_seen_t=t, box=face.box, frames=track.frames + 1, out_of_zone_streak=0)
     samples = track.samples
     streak, reasons = track.low_quality_streak, track.last_quality_reasons
     if face.scored:
@@ -108,10 +120,18 @@ def follow(track: Track | None, face: FaceObservation, t: float, new_id: int,
                    low_quality_streak=streak, last_quality_reasons=reasons, out_of_zone_streak=0)
 
 
-def restart(track: Track, t: float) -> Track:
-    """Same person, fresh attempt: used when a token read switches the lane to 1:1 mode, so
-    evidence gathered for a 1:N search is not mixed with the 1:1 verification."""
-    return replace(track, started_t=t, samples=(), low_quality_streak=0, last_quality_reasons=())
+def restart(track: Track, t: float, settle_s: float = 0.0) -> Track:
+    """Same person, fresh attempt: after a retry prompt (the first `settle_s` seconds are the
+    passenger's reaction, not evidence), or when a token read switches the lane to 1:1 mode,
+    so evidence gathered for a 1:N search is not mixed with the 1:1 verification."""
+    return replace(track, started_t=t, samples=(), low_quality_streak=0, last_quality_reasons=(),
+                   evidence_from=t + settle_s, guided=False)
+
+
+def settle(track: Track, t: float, settle_s: float) -> Track:
+    """The same attempt after a guidance prompt: its evidence so far stays, but the next
+    `settle_s` seconds are the passenger's reaction, and the quality streak starts again."""
+    return replace(track, low_quality_streak=0, evidence_from=t + settle_s, guided=True)
 
 
 def same_visit(track: Track, face: FaceObservation, policy: TrackPolicy) -> bool:

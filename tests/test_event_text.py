@@ -23,3 +23,15 @@ def test_an_attempt_lost_without_a_decision_says_why():
                        "unserved": {"why": "too_few_quality_frames", "quality_frames": 1, "needed": 3,
                                     "quality_reasons": ["blurred"]}})
     assert "face lost without a decision: too few good frames (1 of 3 good frames; blurred)" in line
+
+
+def test_a_prompt_says_what_the_passenger_was_told_and_why():
+    line = event_line({"seq": 4, "ts": "2026-12-02T06:12:04Z", "lane": "L1", "event": "prompt", "from": "idle",
+                       "to": "idle", "why": "outside_capture_zone", "face_px": 131.6, "capture_min_face_px": 150.0,
+                       "prompt": "Please step closer"})
+    assert line == ("06:12:04 #4 L1 passenger told 'Please step closer' (stood outside the capture zone "
+                    "(face 132 px, zone from 150 px))")
+    line = event_line({"seq": 5, "ts": "2026-12-02T06:12:05Z", "lane": "L1", "event": "prompt",
+                       "from": "acquiring", "to": "acquiring", "why": "low_quality",
+                       "quality_reasons": ["pose_pitch"], "prompt": "Look at the camera"})
+    assert line.endswith("passenger told 'Look at the camera' (poor image quality: head tilted)")

@@ -220,6 +220,16 @@ class Gate:
         for i in range(n):
             self.send(frame(t0 + i * dt, face(**kw)))
 
+    def respond(self, t0, t1, dt=0.1, **kw):
+        """The passenger still in view, as they were, from t0 until they respond at t1 (exclusive)."""
+        t = t0
+        while t < t1 - 1e-9:
+            self.send(frame(t, face(**kw)))
+            t += dt
+
+
+SETTLE = AttemptPolicy().settle_s  # after a prompt, the passenger's response time (frames are not evidence)
+
 
 # ---- ordinary passengers ------------------------------------------------------------------------
 
@@ -262,6 +272,39 @@ def test_no_face_and_far_faces_leave_the_lane_idle_without_actions():
     assert g.mode is Mode.IDLE
 
 
+def test_a_face_standing_outside_the_capture_zone_is_asked_to_step_closer_once():
+    g = Gate()
+    short = (100.0, 100.0, 170.0, 170.0)  # 70 px: stopped short of the mark (the zone starts at 80 px)
+    wait = CONFIG.tracking.step_closer_after_s
+    g.respond(1.0, 1.0 + wait, box=short)
+    assert g.mode is Mode.IDLE and "prompt" not in g.events() and g.display.text == "Look at the camera"
+    g.approach(1.0 + wait, n=1, box=short)
+    rec = g.audit[-1]
+    assert (rec["event"], rec["why"], rec["prompt"], rec["face_px"]) == (
+        "prompt", "outside_capture_zone", "Please step closer", 70.0)
+    assert g.mode is Mode.IDLE and g.display == Indicate(Colour.AMBER, Buzzer.SHORT, "Please step closer")
+    g.respond(1.1 + wait, 5.0, box=short)
+    assert g.events().count("prompt") == 1  # said once
+    g.approach(5.0, n=3)  # steps onto the mark
+    assert g.mode is Mode.OPEN and g.events().count("decision") == 1
+
+
+def test_a_passenger_walking_in_or_a_different_face_is_not_told_to_step_closer():
+    g = Gate()
+    for i in range(8):  # 0.8 s through the band below the capture zone, growing, then on the mark
+        side = 40.0 + 5 * i
+        g.send(frame(1.0 + i * 0.1, face(box=(100.0, 100.0, 100.0 + side, 100.0 + side))))
+    g.approach(1.8, n=3)
+    assert "prompt" not in g.events() and g.mode is Mode.OPEN
+    g = Gate()  # faces outside the zone, but not the same person for long: nobody is waiting
+    for i in range(30):
+        g.send(frame(1.0 + i * 0.1, face(box=(100.0, 100.0, 170.0, 170.0) if i % 2 else FAR)))
+    assert "prompt" not in g.events()
+    g = Gate(replace(CONFIG, tracking=replace(CONFIG.tracking, step_closer_after_s=0.0)))  # the site turned it off
+    g.respond(1.0, 5.0, box=(100.0, 100.0, 170.0, 170.0))
+    assert g.events() == ["lane_started"]
+
+
 def test_unknown_person_is_refused_then_the_lane_resets():
     g = Gate(ONE_TRY)
     g.approach(1.0, n=5, matches=(("alice", 0.3), ("bob", 0.2)))
@@ -281,7 +324,11 @@ def test_a_failed_first_attempt_prompts_and_the_second_attempt_can_pass():
     rec = g.audit[-1]
     assert (rec["event"], rec["attempt"], rec["of"], rec["decision"]["reason"]) == ("attempt_failed", 1, 2, "no_match")
     assert g.display == Indicate(Colour.AMBER, Buzzer.SHORT, "Look straight at the camera")
-    g.approach(1.5, n=3)  # fresh evidence: the no-match frames are not fused with these
+    prompted = g.audit[-1]["t"]
+    # while they read the prompt and turn, the frames still show the first look: not evidence
+    g.respond(1.5, prompted + SETTLE, matches=(("alice", 0.3), ("bob", 0.2)))
+    assert g.mode is Mode.ACQUIRING and g.events().count("attempt_failed") == 1
+    g.approach(prompted + SETTLE, n=3)  # fresh evidence: the no-match frames are not fused with these
     assert g.mode is Mode.OPEN and decisions(g)[-1]["reason"] == "match"
     assert [r["event"] for r in g.audit].count("decision") == 1  # one decision for the visit
 
@@ -289,7 +336,8 @@ def test_a_failed_first_attempt_prompts_and_the_second_attempt_can_pass():
 def test_the_last_allowed_attempt_is_final():
     g = Gate()
     g.approach(1.0, n=5, matches=(("alice", 0.3),))
-    g.approach(1.5, n=5, matches=(("alice", 0.3),))
+    g.respond(1.5, 1.4 + SETTLE, matches=(("alice", 0.3),))
+    g.approach(1.4 + SETTLE, n=5, matches=(("alice", 0.3),))
     assert g.mode is Mode.DECIDED and g.state.decision.reason is Reason.NO_MATCH
     assert [r["event"] for r in g.audit].count("attempt_failed") == 1
 
@@ -298,29 +346,55 @@ def test_the_last_allowed_attempt_is_final():
                                              (("blurred",), "Hold still, look at camera"),
                                              (("too_dark",), "Look at the camera")])
 def test_poor_quality_prompts_with_what_to_do(reasons, prompt):
+    """Early guidance (after quality_prompt_frames, no attempt used), then, if the face stays
+    poor for low_quality_refer_frames after the passenger had time to respond, a failed attempt
+    with the same prompt."""
     g = Gate()
-    for i in range(10):
-        g.send(frame(1.0 + i * 0.1, face(ok=False, matches=None, reasons=reasons)))
-    assert g.mode is Mode.ACQUIRING and g.audit[-1]["event"] == "attempt_failed"
+    bad = dict(ok=False, matches=None, reasons=reasons)
+    n = AttemptPolicy().quality_prompt_frames
+    g.approach(1.0, n=n, **bad)
+    rec = g.audit[-1]
+    assert g.mode is Mode.ACQUIRING and (rec["event"], rec["why"], rec["quality_reasons"], rec["attempt"]) == (
+        "prompt", "low_quality", list(reasons), 1)
+    assert g.display == Indicate(Colour.AMBER, Buzzer.SHORT, prompt)
+    g.respond(1.0 + n * 0.1, rec["t"] + SETTLE, **bad)
+    assert g.audit[-1] is rec  # responding: neither a second prompt nor a failed attempt
+    g.approach(rec["t"] + SETTLE, n=POLICY.low_quality_refer_frames - 1, **bad)
+    assert g.audit[-1] is rec
+    g.approach(rec["t"] + SETTLE + 1.0, n=1, **bad)
+    assert g.mode is Mode.ACQUIRING and g.audit[-1]["event"] == "attempt_failed" and g.audit[-1]["attempt"] == 1
     assert g.display.text == prompt
+
+
+def test_a_face_that_improves_after_the_quality_prompt_is_judged_in_the_same_attempt():
+    g = Gate()
+    g.approach(1.0, n=AttemptPolicy().quality_prompt_frames, ok=False, matches=None, reasons=("pose_pitch",))
+    prompted = g.audit[-1]["t"]
+    g.respond(prompted + 0.1, prompted + SETTLE, ok=False, matches=None, reasons=("pose_pitch",))
+    g.approach(prompted + SETTLE, n=3)
+    assert g.mode is Mode.OPEN
+    assert "attempt_failed" not in g.events() and decisions(g)[-1]["elapsed_s"] == pytest.approx(
+        prompted + SETTLE + 0.2 - 1.0)
 
 
 def test_a_liveness_doubt_is_retried_then_referred_without_blocking_the_next_traveller():
     g = Gate(pad_provisioned=True)
     g.approach(1.0, pad=PHOTO)
     assert g.mode is Mode.ACQUIRING and g.display.text == "Remove glasses, look at camera"
-    g.approach(1.3, pad=PHOTO)
+    g.respond(1.3, 1.2 + SETTLE, pad=PHOTO)
+    g.approach(1.2 + SETTLE, pad=PHOTO)
     assert g.mode is Mode.DECIDED and g.display == Indicate(Colour.AMBER, Buzzer.LONG, "Please see staff")
     assert g.alerts[-1].kind == "refer" and g.alerts[-1].details["reason"] == "presentation_attack_suspected"
-    g.send(Tick(5.0))
+    g.send(Tick(6.0))  # decided at 2.9 + 3 s result display
     assert g.mode is Mode.IDLE  # not latched: the traveller behind is served
-    g.approach(6.0, box=(300.0, 100.0, 420.0, 240.0), pad=LIVE)
+    g.approach(7.0, box=(300.0, 100.0, 420.0, 240.0), pad=LIVE)
     assert g.mode is Mode.OPEN
     g = Gate(pad_provisioned=True)  # a genuine traveller whose first look was doubtful
     g.approach(1.0, pad=PHOTO)
-    g.approach(1.3, pad=LIVE)
+    g.respond(1.3, 1.2 + SETTLE, pad=PHOTO)  # still the doubtful look while they respond
+    g.approach(1.2 + SETTLE, pad=LIVE)
     assert g.mode is Mode.OPEN
-    assert all(f["t"] >= 1.3 for f in decisions(g)[-1]["pad"]["scores"])  # judged on the new frames only
+    assert all(f["t"] >= 1.2 + SETTLE for f in decisions(g)[-1]["pad"]["scores"])  # the new frames only
 
 
 def test_deny_list_and_tailgating_are_never_retried():
@@ -398,10 +472,22 @@ def test_one_decision_per_person_per_visit():
     assert g.mode is Mode.IDLE and len([a for a in g.alerts if a.kind == "deny_list"]) == 1
 
     g = Gate()  # a passenger who lingers in view after passing is not judged again
-    _pass(g, 1.0)
+    g.approach(1.0)
+    for i in range(8):  # in view while the gate is open
+        g.send(frame(1.3 + i * 0.1))
+    g.send(PassageComplete(2.0))
     for i in range(10):
         g.send(frame(2.1 + i * 0.1))
     assert g.events().count("decision") == 1 and g.unlocks == 1 and not g.alerts
+
+    g = Gate(ONE_TRY)  # the refused stranger left while "not recognised" was shown; the next one steps onto
+    g.approach(1.0, n=5, matches=(("alice", 0.3),))  # the same spot with a face that does not match yet
+    g.send(frame(1.5, face(matches=(("alice", 0.3),))))
+    for i in range(10):  # gone during the display, then someone else at the same place
+        g.send(FrameObservation(1.6 + i * 0.1))
+    for i in range(20):
+        g.send(frame(4.5 + i * 0.1, face(ok=False, matches=None, reasons=("pose_yaw",))))
+    assert g.mode is Mode.ACQUIRING and g.events().count("face_acquired") == 2 and "prompt" in g.events()
 
     g = Gate(ONE_TRY)  # the next passenger steps into the same spot at once: not mistaken for the stranger
     g.approach(1.0, n=5, matches=(("alice", 0.3),))
@@ -443,9 +529,9 @@ def test_acquisition_timeouts():
     assert g.mode is Mode.DECIDED and g.state.decision.reason is Reason.TIMEOUT
     assert g.state.decision.decided_at == pytest.approx(9.0)
 
-    g = Gate(ONE_TRY)  # persistent low quality
-    for i in range(10):
-        g.send(frame(1.0 + i * 0.1, face(ok=False, matches=None, reasons=("blurred",))))
+    g = Gate(ONE_TRY)  # persistent low quality, after the guidance prompt and the time to respond
+    n = AttemptPolicy().quality_prompt_frames
+    g.approach(1.0, n=n + 15 + 10, ok=False, matches=None, reasons=("blurred",))
     assert g.mode is Mode.DECIDED and g.state.decision.reason is Reason.LOW_QUALITY
     assert g.alerts[-1].details["reason"] == "low_quality"
 
@@ -484,6 +570,13 @@ def test_an_attempt_that_ends_without_a_decision_records_why():
     why = _lost(g)
     assert why["why"] == "too_few_frames_to_refuse" and why["needed"] == POLICY.min_observations_to_deny
     assert why["best_score"] == 0.3 and "alice" not in str(g.audit[-1])
+
+    g = Gate()  # prompted after a no-match, and gone before the response could be judged
+    g.approach(1.0, n=5, matches=(("alice", 0.3),))
+    g.send(frame(1.5, face(matches=(("alice", 0.3),))))
+    g.send(Tick(2.6))
+    why = _lost(g)
+    assert why["why"] == "left_after_prompt" and why["responding_until"] == pytest.approx(1.4 + SETTLE)
 
 
 def test_a_track_replaced_by_another_person_records_why_the_first_was_not_served():

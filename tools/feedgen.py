@@ -80,9 +80,15 @@ def _paste(canvas: np.ndarray, img: np.ndarray, mask: np.ndarray, cx: int, cy: i
 
 
 def write_walkup_video(path: Path, passengers: list[Passenger], fps: float = 15.0, approach_frames: int = 14,
-                       dwell_frames: int = 8, gap_frames: int = 12, lead_in_frames: int = 8, seed: int = 0
+                       dwell_frames: int = 40, gap_frames: int = 12, lead_in_frames: int = 8, seed: int = 0
                        ) -> list[Appearance]:
-    """Write an MJPG .avi and return the ground truth; also writes `<path>.truth.json`."""
+    """Write an MJPG .avi and return the ground truth; also writes `<path>.truth.json`.
+
+    A recorded passenger cannot react to the lane, but they do not leave before it has had
+    its say: they stand `dwell_frames` (2.7 s at 15 fps) after walking up, long enough for a
+    retry (the lane counts frames again `lane.attempts.settle_s` = 1.5 s after a prompt). With
+    the old 8 frames (0.5 s) every retry ended "left while responding to a prompt". For
+    passengers who respond to the display, see tools.bench_lane_feed.LaneFeed."""
     path = Path(path)
     rng = np.random.default_rng(seed)
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (FRAME_W, FRAME_H))

@@ -110,7 +110,7 @@ def cmd_lane(args) -> int:
               "measured as the lane runs in the field)", file=sys.stderr)
         return 2
     r = lane_bench(Path(args.models), Path(args.images), pad_from, enrolled=args.enrolled, strangers=args.strangers,
-                   idle_s=args.idle_seconds)
+                   idle_s=args.idle_seconds, takes=args.takes, seed=args.seed, capture_px=args.capture_zone)
     print(json.dumps(r, indent=2, sort_keys=True, default=float) if args.json else format_table(r))
     return 0
 
@@ -295,9 +295,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--pad-from", default="../shared/models", help="folder with the MiniFASNet pair (liveness ON)")
     s.add_argument("--images", default="../shared/faces/lfw-dev/images")
     s.add_argument("--models", default=str(default_model_dir()))
-    s.add_argument("--enrolled", type=int, default=12)
-    s.add_argument("--strangers", type=int, default=8)
+    s.add_argument("--enrolled", type=int, default=30, help="genuine travellers (30: one miss is 3.3 %%, "
+                                                           "so a 95 %% rate means at most one)")
+    s.add_argument("--strangers", type=int, default=10)
     s.add_argument("--idle-seconds", type=float, default=10.0)
+    s.add_argument("--takes", type=int, default=3, help="photos per passenger: each prompt to look at the camera "
+                                                        "shows the next (1 = a passenger who can only move)")
+    s.add_argument("--seed", type=int, default=3, help="which passengers, in which order, how they move")
+    s.add_argument("--capture-zone", type=float, default=150.0,
+                   help="lane.tracking.capture_min_face_px (the feed's mark gives ~205-px faces)")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_lane)
     s = sub.add_parser("sync", help="central -> gate snapshot and update latency, audit upload rate, outage drain")
