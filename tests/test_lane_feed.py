@@ -11,8 +11,8 @@ import pytest
 
 from gate.config import parse_config
 from gate.lane import AttemptPolicy
-from gate.template_crypto import TemplateCipher
 from gate.watchlist import Subject, WatchlistStore
+from sync.template_crypto import TemplateCipher
 from tests.paths import LFW_IMAGES, require
 from tools.bench_lane import calibrated_threshold, run_lane
 from tools.bench_lane_feed import FINAL, PASS, PROMPT, Behaviour, LaneFeed, Traveller
