@@ -15,7 +15,7 @@ from kiosk.session import LiveFrame, Reference
 log = logging.getLogger(__name__)
 
 # A second face at least this fraction of the main face's width is a second person at the
-# station (the rule vision.enroll applies to enrolment photos); smaller ones are the hall behind.
+# station (the rule vision.enrol applies to enrolment photos); smaller ones are the hall behind.
 SECOND_FACE_RATIO = 0.6
 
 

@@ -27,7 +27,7 @@ import numpy as np
 
 from sync.agent import GateAgent
 from sync.audit_chain import verify_chain
-from sync.central import Central, Enrollment
+from sync.central import Central, Enrolment
 from sync.central_seal import default_template_key_file
 from sync.config import AgentConfig, CentralConfig
 from sync.interfaces import AuditSource, WatchlistSink
@@ -128,9 +128,9 @@ def _run(root: Path, sink_factory: SinkFactory, probe: Probe, audit_factory: Aud
     started = time.perf_counter()
     vectors = _unit_rows(rng, subjects, dim)
     for lo in range(0, subjects, 5000):
-        central.enroll_subjects([Enrollment(f"s{i:07d}", "allow", [BENCH_SCOPE], None, None, BENCH_MODEL,
+        central.enrol_subjects([Enrolment(f"s{i:07d}", "allow", [BENCH_SCOPE], None, None, BENCH_MODEL,
                                             vectors[i:i + 1]) for i in range(lo, min(lo + 5000, subjects))])
-    enroll_s = time.perf_counter() - started
+    enrol_s = time.perf_counter() - started
 
     base_port = _free_base_port()
     central_cfg = CentralConfig(db_path=db_path, base_port=base_port, bind_host="127.0.0.1",
@@ -160,14 +160,14 @@ def _run(root: Path, sink_factory: SinkFactory, probe: Probe, audit_factory: Aud
         _wait(lambda: probe(sink, f"s{target:07d}", vectors[target]), timeout_s, "search after the snapshot")
         snapshot_s = time.perf_counter() - t0
 
-        # Update latency: one enrollment at a time, from commit to findable.
+        # Update latency: one enrolment at a time, from commit to findable.
         latencies = []
         for i in range(updates):
             v = _unit_rows(rng, 1, dim)
             sid = f"u{i:05d}"
             time.sleep(float(rng.uniform(0.0, 0.05)))  # changes arrive at random moments, not in step
             t0 = time.perf_counter()
-            central.enroll_subject(sid, "allow", [BENCH_SCOPE], None, None, BENCH_MODEL, v)
+            central.enrol_subject(sid, "allow", [BENCH_SCOPE], None, None, BENCH_MODEL, v)
             _wait(functools.partial(probe, sink, sid, v[0]), 30, f"update {sid}")
             latencies.append((time.perf_counter() - t0) * 1000)
 
@@ -216,7 +216,7 @@ def _run(root: Path, sink_factory: SinkFactory, probe: Probe, audit_factory: Aud
         "duplicated": len(rows) - distinct,
         "audit_chain_ok": verify_chain(rows).ok,
         "subjects": subjects, "dim": dim, "updates": updates, "audit_events": audit_events,
-        "outage_events": outage_events, "central_enroll_s": round(enroll_s, 2), "targets": TARGETS,
+        "outage_events": outage_events, "central_enrol_s": round(enrol_s, 2), "targets": TARGETS,
     }
     central.close()
     return result

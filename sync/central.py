@@ -37,9 +37,9 @@ from sync.central_seal import open_central_cipher
 from sync.central_subjects import (
     MAX_TTL_S,
     SUBJECT_STATUSES,
-    Enrollment,
-    EnrollmentError,
-    EnrollResult,
+    Enrolment,
+    EnrolmentError,
+    EnrolResult,
     ModelMixError,
     SubjectInfo,
     Subjects,
@@ -50,7 +50,7 @@ from sync.kvmsg import KVMsg
 from sync.service_messages import HealthReport
 from sync.template_crypto import TemplateCipher
 
-__all__ = ["MAX_TTL_S", "SUBJECT_STATUSES", "Central", "EnrollResult", "Enrollment", "EnrollmentError",
+__all__ = ["MAX_TTL_S", "SUBJECT_STATUSES", "Central", "EnrolResult", "Enrolment", "EnrolmentError",
            "GateStatus", "ModelMixError", "Principal", "SubjectInfo", "UnknownSubject"]
 
 
@@ -86,17 +86,17 @@ class Central:
 
     # ----- subjects (sync.central_subjects) ----------------------------------------------
 
-    def enroll_subject(self, subject_id: str, list_type: str, scopes: Sequence[str],
+    def enrol_subject(self, subject_id: str, list_type: str, scopes: Sequence[str],
                        valid_from: dt.datetime | None, valid_until: dt.datetime | None,
-                       model_id: str, vectors: np.ndarray) -> EnrollResult:
-        return self.subjects.enroll_subject(subject_id, list_type, scopes, valid_from, valid_until, model_id,
+                       model_id: str, vectors: np.ndarray) -> EnrolResult:
+        return self.subjects.enrol_subject(subject_id, list_type, scopes, valid_from, valid_until, model_id,
                                             vectors)
 
-    def enroll_subjects(self, enrollments: Iterable[Enrollment]) -> list[EnrollResult]:
-        return self.subjects.enroll_subjects(enrollments)
+    def enrol_subjects(self, enrolments: Iterable[Enrolment]) -> list[EnrolResult]:
+        return self.subjects.enrol_subjects(enrolments)
 
-    def enroll_new_subjects(self, enrollments: Sequence[Enrollment]) -> int:
-        return self.subjects.enroll_new_subjects(enrollments)
+    def enrol_new_subjects(self, enrolments: Sequence[Enrolment]) -> int:
+        return self.subjects.enrol_new_subjects(enrolments)
 
     def revoke(self, subject_id: str, scopes: Sequence[str] | None = None, reason: str = "") -> list[str]:
         return self.subjects.revoke(subject_id, scopes, reason)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from sync.central_db import CentralDatabase
-from sync.central_subjects import EnrollmentError
+from sync.central_subjects import EnrolmentError
 from sync.scopes import ScopeError, check_id, checkpoint_scope, flight_scope_date, parse_scope, scope_label
 
 log = logging.getLogger("sync.central")  # the name these lines had before the split
@@ -46,7 +46,7 @@ class Principal:
 def _key_text(public_key: bytes | str) -> str:
     text = public_key.decode("ascii") if isinstance(public_key, bytes) else public_key
     if len(text) != 40:
-        raise EnrollmentError("a CURVE public key is 40 Z85 characters")
+        raise EnrolmentError("a CURVE public key is 40 Z85 characters")
     return text
 
 
@@ -64,9 +64,9 @@ class Principals:
             check_id(gate_id, "gate id")
             parsed = tuple(sorted({parse_scope(s) for s in scopes}))
         except ScopeError as exc:
-            raise EnrollmentError(str(exc)) from exc
+            raise EnrolmentError(str(exc)) from exc
         if self.get(f"station:{gate_id}") is not None:  # they share the audit store's ids
-            raise EnrollmentError(f"{gate_id} is an enrolment station's id; a gate needs another")
+            raise EnrolmentError(f"{gate_id} is an enrolment station's id; a gate needs another")
         return self._register(Principal("gate", gate_id, _key_text(public_key), parsed))
 
     def register_station(self, station_id: str, public_key: bytes | str, airport: str) -> Principal:
@@ -75,16 +75,16 @@ class Principals:
             check_id(station_id, "station id")
             checkpoint_scope(airport)
         except ScopeError as exc:
-            raise EnrollmentError(str(exc)) from exc
+            raise EnrolmentError(str(exc)) from exc
         if self.get(f"gate:{station_id}") is not None:  # they share the audit store's ids
-            raise EnrollmentError(f"{station_id} is a gate's id; a station needs another")
+            raise EnrolmentError(f"{station_id} is a gate's id; a station needs another")
         return self._register(Principal("station", station_id, _key_text(public_key), (airport,)))
 
     def register_admin(self, name: str, public_key: bytes | str) -> Principal:
         try:
             check_id(name, "admin name")
         except ScopeError as exc:
-            raise EnrollmentError(str(exc)) from exc
+            raise EnrolmentError(str(exc)) from exc
         return self._register(Principal("admin", name, _key_text(public_key)))
 
     def _register(self, p: Principal) -> Principal:
@@ -92,7 +92,7 @@ class Principals:
             clash = self.db.execute("SELECT name FROM principals WHERE public_key = ? AND name != ?",
                                       (p.public_key, p.name)).fetchone()
             if clash:
-                raise EnrollmentError(f"that public key already belongs to {clash[0]}; "
+                raise EnrolmentError(f"that public key already belongs to {clash[0]}; "
                                       "every gate needs its own keypair")
             self.db.execute(
                 "INSERT INTO principals(name, kind, ident, public_key, scopes, created_at) VALUES (?,?,?,?,?,?) "
@@ -119,10 +119,10 @@ class Principals:
         but a dated flight, and a flight whose day has passed."""
         p = self.get(f"gate:{gate_id}")
         if p is None or p.kind != "gate":
-            raise EnrollmentError(f"gate {gate_id!r} is not registered at this central")
+            raise EnrolmentError(f"gate {gate_id!r} is not registered at this central")
         lanes = [scope_label(s) for s in p.scopes if not s.startswith("/flight/")]
         if lanes:
-            raise EnrollmentError(f"gate {gate_id} is registered for {', '.join(lanes)}: a security or metro lane "
+            raise EnrolmentError(f"gate {gate_id} is registered for {', '.join(lanes)}: a security or metro lane "
                                   "is not assigned flights")
         today = dt.datetime.fromtimestamp(self._clock(), dt.timezone.utc).date()
         scopes = []
@@ -131,9 +131,9 @@ class Principals:
                 subtree = parse_scope(f if f.startswith(("flight:", "/")) else f"flight:{f}")
                 day = flight_scope_date(subtree)
             except ScopeError as exc:
-                raise EnrollmentError(str(exc)) from exc
+                raise EnrolmentError(str(exc)) from exc
             if day < today - dt.timedelta(days=1):
-                raise EnrollmentError(f"flight {scope_label(subtree)} departed on {day}; its passengers are purged")
+                raise EnrolmentError(f"flight {scope_label(subtree)} departed on {day}; its passengers are purged")
             scopes.append(subtree)
         with self.db.write_transaction():
             self.db.execute("DELETE FROM gate_assignments WHERE gate_id = ?", (gate_id,))

@@ -24,7 +24,7 @@ import zmq.utils.z85
 from zmq.auth.thread import ThreadAuthenticator
 
 from sync.audit_store import EpochRefused, UnknownEpoch
-from sync.central import Central, EnrollmentError, Principal
+from sync.central import Central, EnrolmentError, Principal
 from sync.central_db import StorageError
 from sync.central_seal import SealedRowRefused
 from sync.config import CentralConfig
@@ -518,7 +518,7 @@ class CentralServer:
         try:
             msg = KVMsg.from_frames([f.bytes for f in frames])
             keys = central.apply_kvset(msg)
-        except (MalformedMessage, MalformedRecord, EnrollmentError, ScopeError) as exc:
+        except (MalformedMessage, MalformedRecord, EnrolmentError, ScopeError) as exc:
             log.warning("collector: rejected KVSET from %s: %s", principal.name, exc)
             return
         except StorageError:

@@ -38,20 +38,20 @@ SUBJECT_STATUSES = ("active", "revoked", "expired")
 MAX_TTL_S = 10 * 366 * 86400.0  # the longest validity a KVSET may ask for
 
 
-class EnrollmentError(ValueError):
-    """An enrollment, revocation or registration the central refuses; nothing was written."""
+class EnrolmentError(ValueError):
+    """An enrolment, revocation or registration the central refuses; nothing was written."""
 
 
-class ModelMixError(EnrollmentError):
+class ModelMixError(EnrolmentError):
     """Templates of two different models would share a scope, where no matcher could use both."""
 
 
-class UnknownSubject(EnrollmentError):
+class UnknownSubject(EnrolmentError):
     pass
 
 
 @dataclass(frozen=True)
-class Enrollment:
+class Enrolment:
     subject_id: str
     list_type: str
     scopes: Sequence[str]  # "lane:ID" / "flight:NO" / "/lane/ID/"
@@ -64,7 +64,7 @@ class Enrollment:
 
 
 @dataclass(frozen=True)
-class EnrollResult:
+class EnrolResult:
     subject_id: str
     keys: tuple[str, ...]  # every key the subject now has (new and republished)
     seq: int  # sequence of the last change written
@@ -89,7 +89,7 @@ def _epoch(value: dt.datetime | None, name: str) -> int | None:
     if value is None:
         return None
     if not isinstance(value, dt.datetime) or value.tzinfo is None:
-        raise EnrollmentError(f"{name} must be a timezone-aware datetime (UTC), got {value!r}")
+        raise EnrolmentError(f"{name} must be a timezone-aware datetime (UTC), got {value!r}")
     return int(math.floor(value.timestamp()))
 
 
@@ -103,7 +103,7 @@ def _utc(value: float) -> dt.datetime:
 
 def _check_model_id(model_id: str) -> str:
     if not isinstance(model_id, str) or not 0 < len(model_id) <= 128 or any(c in model_id for c in "\n\r\x00"):
-        raise EnrollmentError(f"model id {model_id!r} must be 1-128 printable characters")
+        raise EnrolmentError(f"model id {model_id!r} must be 1-128 printable characters")
     return model_id
 
 
@@ -123,44 +123,44 @@ class Subjects:
         if self._on_change is not None:
             self._on_change()
 
-    def enroll_subject(self, subject_id: str, list_type: str, scopes: Sequence[str],
+    def enrol_subject(self, subject_id: str, list_type: str, scopes: Sequence[str],
                        valid_from: dt.datetime | None, valid_until: dt.datetime | None,
-                       model_id: str, vectors: np.ndarray) -> EnrollResult:
+                       model_id: str, vectors: np.ndarray) -> EnrolResult:
         """Store a subject's templates and publish it in `scopes` (added to any it already has).
 
         Re-enrolling replaces the templates, list type and validity everywhere the subject is
         published. Refuses, writing nothing, if the result would put two model ids in one scope.
         """
-        return self.enroll_subjects([Enrollment(subject_id, list_type, scopes, valid_from, valid_until,
+        return self.enrol_subjects([Enrolment(subject_id, list_type, scopes, valid_from, valid_until,
                                                 model_id, vectors)])[0]
 
-    def enroll_subjects(self, enrollments: Iterable[Enrollment]) -> list[EnrollResult]:
-        """Several enrollments in one transaction: all are written or none is."""
+    def enrol_subjects(self, enrolments: Iterable[Enrolment]) -> list[EnrolResult]:
+        """Several enrolments in one transaction: all are written or none is."""
         now = self._clock()
-        enrollments = list(enrollments)
-        prepared = [self._prepare(e, now) for e in enrollments]
+        enrolments = list(enrolments)
+        prepared = [self._prepare(e, now) for e in enrolments]
         results = []
         with self.db.write_transaction():
-            for (rec, scopes), e in zip(prepared, enrollments, strict=True):
+            for (rec, scopes), e in zip(prepared, enrolments, strict=True):
                 results.append(self._write_subject(rec, scopes, new_uuid(), now, e.display_name))
         if results:
             self._changed()
         return results
 
-    def enroll_new_subjects(self, enrollments: Sequence[Enrollment]) -> int:
+    def enrol_new_subjects(self, enrolments: Sequence[Enrolment]) -> int:
         """Bulk import of subjects new to this central (a national enrolment import, a
-        benchmark's million): the same validation and the same change log as enroll_subjects,
+        benchmark's million): the same validation and the same change log as enrol_subjects,
         written table by table in one transaction (COPY on PostgreSQL) instead of statement by
         statement. Refuses, writing nothing, if any subject already exists or if a scope would
         mix models. Returns the sequence of the last change. Measured on the 2-core CI machine
         (`gate-bench central`): see the README."""
         now = self._clock()
-        prepared = [self._prepare(e, now) for e in enrollments]
+        prepared = [self._prepare(e, now) for e in enrolments]
         if not prepared:
             return self.hashmap.current_seq()
         ids = [rec.subject_id for rec, _ in prepared]
         if len(set(ids)) != len(ids):
-            raise EnrollmentError("a bulk import names the same subject twice")
+            raise EnrolmentError("a bulk import names the same subject twice")
         models_by_scope: dict[str, str] = {}
         for rec, scopes in prepared:
             for scope in scopes:
@@ -174,7 +174,7 @@ class Subjects:
                 clash = self.db.execute(f"SELECT subject_id FROM subjects WHERE subject_id IN ({marks}) LIMIT 1",
                                           chunk).fetchone()
                 if clash:
-                    raise EnrollmentError(f"subject {clash[0]} already exists; a bulk import takes new subjects only")
+                    raise EnrolmentError(f"subject {clash[0]} already exists; a bulk import takes new subjects only")
             for scope, model in models_by_scope.items():
                 row = self.db.execute("SELECT model_id FROM scope_models WHERE scope = ?", (scope,)).fetchone()
                 if row is not None and row[0] != model:
@@ -217,25 +217,25 @@ class Subjects:
         self._changed()
         return seq
 
-    def _prepare(self, e: Enrollment, now: float) -> tuple[SubjectRecord, list[str]]:
+    def _prepare(self, e: Enrolment, now: float) -> tuple[SubjectRecord, list[str]]:
         try:
             check_id(e.subject_id, "subject id")
             scopes = sorted({parse_scope(s) for s in e.scopes})
         except ScopeError as exc:
-            raise EnrollmentError(str(exc)) from exc
+            raise EnrolmentError(str(exc)) from exc
         if not scopes:
-            raise EnrollmentError(f"subject {e.subject_id}: at least one scope (lane:ID or flight:NO) is required")
+            raise EnrolmentError(f"subject {e.subject_id}: at least one scope (lane:ID or flight:NO) is required")
         if e.list_type not in LIST_TYPES:
-            raise EnrollmentError(f"list type {e.list_type!r} is not one of {', '.join(LIST_TYPES)}")
+            raise EnrolmentError(f"list type {e.list_type!r} is not one of {', '.join(LIST_TYPES)}")
         vf, vu = _epoch(e.valid_from, "valid_from"), _epoch(e.valid_until, "valid_until")
         if vu is not None and vu <= now:
-            raise EnrollmentError(f"subject {e.subject_id}: valid_until {e.valid_until} is already past")
+            raise EnrolmentError(f"subject {e.subject_id}: valid_until {e.valid_until} is already past")
         if vf is not None and vu is not None and vu <= vf:
-            raise EnrollmentError(f"subject {e.subject_id}: valid_until must be after valid_from")
+            raise EnrolmentError(f"subject {e.subject_id}: valid_until must be after valid_from")
         try:
             templates = normalise_templates(e.vectors)
         except ValueError as exc:
-            raise EnrollmentError(f"subject {e.subject_id}: {exc}") from exc
+            raise EnrolmentError(f"subject {e.subject_id}: {exc}") from exc
         rec = SubjectRecord(subject_id=e.subject_id, list_type=e.list_type, model_id=_check_model_id(e.model_id),
                             templates=templates, valid_from=vf, valid_until=vu)
         return rec, scopes
@@ -249,15 +249,15 @@ class Subjects:
                                        (scope, rec.subject_id)).fetchone()
             if others:
                 raise ModelMixError(f"subject {rec.subject_id}: scope {scope} holds templates of model {row[0]!r}, "
-                                    f"refusing to add model {rec.model_id!r} (re-enroll the scope with one model)")
+                                    f"refusing to add model {rec.model_id!r} (re-enrol the scope with one model)")
         row = self.db.execute("SELECT dim FROM subjects WHERE model_id = ? AND status = 'active' AND subject_id != ? "
                                 "LIMIT 1", (rec.model_id, rec.subject_id)).fetchone()
         if row and row[0] != rec.templates.shape[1]:
-            raise EnrollmentError(f"subject {rec.subject_id}: model {rec.model_id!r} templates have {row[0]} "
+            raise EnrolmentError(f"subject {rec.subject_id}: model {rec.model_id!r} templates have {row[0]} "
                                   f"dimensions at this central, got {rec.templates.shape[1]}")
 
     def _write_subject(self, rec: SubjectRecord, scopes: list[str], uuid: bytes, now: float,
-                       display_name: str | None = None) -> EnrollResult:
+                       display_name: str | None = None) -> EnrolResult:
         """Caller holds the write transaction. A display name given replaces the stored one;
         none given keeps it."""
         existing = {split_key(k)[0] for k in self.hashmap.keys_of_subject(rec.subject_id)}
@@ -289,7 +289,7 @@ class Subjects:
             keys.append(key)
             self.db.execute("INSERT INTO scope_models(scope, model_id) VALUES (?, ?) "
                               "ON CONFLICT(scope) DO UPDATE SET model_id = excluded.model_id", (scope, rec.model_id))
-        return EnrollResult(subject_id=rec.subject_id, keys=tuple(keys), seq=seq)
+        return EnrolResult(subject_id=rec.subject_id, keys=tuple(keys), seq=seq)
 
     def revoke(self, subject_id: str, scopes: Sequence[str] | None = None, reason: str = "") -> list[str]:
         """Withdraw a subject from some scopes, or from all (deleting its templates).
@@ -308,7 +308,7 @@ class Subjects:
             try:
                 wanted = {parse_scope(s) for s in scopes}
             except ScopeError as exc:
-                raise EnrollmentError(str(exc)) from exc
+                raise EnrolmentError(str(exc)) from exc
             keys = [k for k in keys if split_key(k)[0] in wanted]
         for key in keys:
             self.hashmap.delete(key, uuid, now)
@@ -338,7 +338,7 @@ class Subjects:
 
     def list_subjects(self, scope: str | None = None, status: str | None = None) -> list[SubjectInfo]:
         if status is not None and status not in SUBJECT_STATUSES:
-            raise EnrollmentError(f"status {status!r} is not one of {', '.join(SUBJECT_STATUSES)}")
+            raise EnrolmentError(f"status {status!r} is not one of {', '.join(SUBJECT_STATUSES)}")
         sql = ("SELECT s.subject_id, s.list_type, s.model_id, s.status, s.n_templates, s.dim, s.valid_from, "
                f"s.valid_until, s.updated_at, s.reason, {self.db.group_concat('kv.scope')} FROM subjects s "
                "LEFT JOIN kv ON kv.subject_id = s.subject_id")
@@ -398,21 +398,21 @@ class Subjects:
             return keys
         rec = decode_record(msg.body)
         if rec.subject_id != subject_id:
-            raise EnrollmentError(f"KVSET key {msg.key} names subject {subject_id} but its body names {rec.subject_id}")
+            raise EnrolmentError(f"KVSET key {msg.key} names subject {subject_id} but its body names {rec.subject_id}")
         ttl = msg.props.get(TTL_PROPERTY)
         if ttl is not None:
             try:
                 seconds = float(ttl)
             except ValueError as exc:
-                raise EnrollmentError(f"KVSET ttl {ttl!r} is not a number of seconds") from exc
+                raise EnrolmentError(f"KVSET ttl {ttl!r} is not a number of seconds") from exc
             if not 0 < seconds <= MAX_TTL_S:  # also refuses nan and inf
-                raise EnrollmentError(f"KVSET ttl {ttl!r} is outside 0..{MAX_TTL_S:.0f} seconds (ten years)")
+                raise EnrolmentError(f"KVSET ttl {ttl!r} is outside 0..{MAX_TTL_S:.0f} seconds (ten years)")
             limit = int(now + seconds)
             until = limit if rec.valid_until is None else min(rec.valid_until, limit)
             rec = SubjectRecord(rec.subject_id, rec.list_type, rec.model_id, rec.templates, rec.valid_from, until)
-        enrollment = Enrollment(rec.subject_id, rec.list_type, [scope], _from_epoch(rec.valid_from),
+        enrolment = Enrolment(rec.subject_id, rec.list_type, [scope], _from_epoch(rec.valid_from),
                                 _from_epoch(rec.valid_until), rec.model_id, rec.templates)
-        rec, scopes = self._prepare(enrollment, now)
+        rec, scopes = self._prepare(enrolment, now)
         with self.db.write_transaction():
             result = self._write_subject(rec, scopes, uuid, now)
         self._changed()

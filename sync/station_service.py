@@ -8,7 +8,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 
-from sync.central import Central, Enrollment, EnrollmentError, Principal
+from sync.central import Central, Enrolment, EnrolmentError, Principal
 from sync.scopes import scope_label
 from sync.service_messages import EnrolRequest, Reply
 from sync.station_policy import ExistingSubject, StationRefusal, check_enrolment
@@ -29,13 +29,13 @@ def answer_enrolment(central: Central, principal: Principal | None, request: Enr
     existing = None if standing is None else ExistingSubject(standing[0], standing[1])
     try:
         check_enrolment(principal.scopes[0], request, existing, now)
-        result = central.enroll_subjects([Enrollment(
+        result = central.enrol_subjects([Enrolment(
             subject_id=request.subject_id, list_type=request.list_type, scopes=request.scopes,
             valid_from=None if request.valid_from is None else dt.datetime.fromtimestamp(request.valid_from,
                                                                                           dt.timezone.utc),
             valid_until=dt.datetime.fromtimestamp(request.valid_until, dt.timezone.utc),
             model_id=request.model_id, vectors=request.templates, display_name=request.display_name)])[0]
-    except (StationRefusal, EnrollmentError) as exc:
+    except (StationRefusal, EnrolmentError) as exc:
         log.warning("enrol: refused %s for subject %s: %s", principal.name, request.subject_id, exc)
         return Reply(request_id=rid, ok=False, error=f"refused: {exc}")
     except Exception as exc:  # storage trouble costs the station a retry, never the service thread

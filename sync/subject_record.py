@@ -51,7 +51,7 @@ class SubjectRecord:
 
 
 def normalise_templates(vectors: np.ndarray) -> np.ndarray:
-    """Validate and L2-normalise enrollment vectors; refuse what would poison a matcher."""
+    """Validate and L2-normalise enrolment vectors; refuse what would poison a matcher."""
     arr = np.asarray(vectors, dtype=np.float32)
     if arr.ndim == 1:
         arr = arr[None, :]

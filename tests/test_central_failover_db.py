@@ -91,7 +91,7 @@ class EnrolmentStation:
             for op, subject in ops:
                 try:
                     if op == "enrol":
-                        central.enroll_subject(subject, "allow", list(SCOPES), None, None, MODEL, unit(rng, 1))
+                        central.enrol_subject(subject, "allow", list(SCOPES), None, None, MODEL, unit(rng, 1))
                     else:
                         central.revoke(subject)
                     self.acked.append((time.monotonic(), op, subject))
@@ -299,8 +299,8 @@ def test_a_change_published_then_lost_in_a_failover_does_not_swallow_the_next_on
     try:
         agent.start()
         for i in range(3):
-            central.enroll_subject(f"p{i}", "allow", ["lane:L1"], None, None, MODEL, unit(rng, 1))
-        lost = central.enroll_subject("lost", "allow", ["lane:L1"], None, None, MODEL, unit(rng, 1))
+            central.enrol_subject(f"p{i}", "allow", ["lane:L1"], None, None, MODEL, unit(rng, 1))
+        lost = central.enrol_subject("lost", "allow", ["lane:L1"], None, None, MODEL, unit(rng, 1))
         assert wait_until(lambda: "/lane/L1/lost" in sink.snapshot(), timeout=15)
         assert sink.stored_seq() == lost.seq == 4
 
@@ -315,7 +315,7 @@ def test_a_change_published_then_lost_in_a_failover_does_not_swallow_the_next_on
         # the node notices it lost the database and moves the sequence past what it published
         assert wait_until(lambda: central.hashmap.current_seq() >= 4, timeout=10), \
             "the node did not move the sequence past the change it published"
-        after = central.enroll_subject("after", "allow", ["lane:L1"], None, None, MODEL, unit(rng, 1))
+        after = central.enrol_subject("after", "allow", ["lane:L1"], None, None, MODEL, unit(rng, 1))
         assert after.seq > 4
         assert wait_until(lambda: "/lane/L1/after" in sink.snapshot(), timeout=15), \
             "the change after the failover never reached the gate"

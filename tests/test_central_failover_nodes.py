@@ -71,7 +71,7 @@ def test_a_gate_rides_through_the_loss_of_a_central_node(tmp_path, pg_database, 
     central = Central(dep.database)
     rng = np.random.default_rng(0)
     for i in range(20):
-        central.enroll_subject(f"p{i}", "allow", ["lane:L1"], None, None, MODEL, unit(rng, 1))
+        central.enrol_subject(f"p{i}", "allow", ["lane:L1"], None, None, MODEL, unit(rng, 1))
     secret = dep.add_gate("G1", ["lane:L1"])
     endpoints = [f"tcp://127.0.0.1:{ports['node-a']}", f"tcp://127.0.0.1:{ports['node-b']}"]
     sink = RecordingWatchlist()
@@ -93,7 +93,7 @@ def test_a_gate_rides_through_the_loss_of_a_central_node(tmp_path, pg_database, 
         procs["node-a"].wait()
         killed = time.monotonic()
         for i in range(20, 30):
-            central.enroll_subject(f"p{i}", "allow", ["lane:L1"], None, None, MODEL, unit(rng, 1))
+            central.enrol_subject(f"p{i}", "allow", ["lane:L1"], None, None, MODEL, unit(rng, 1))
         central.revoke("p3")
         audit.append_many([{"event": "decision", "n": i} for i in range(50, 120)])
         agent.notify_audit()
@@ -112,7 +112,7 @@ def test_a_gate_rides_through_the_loss_of_a_central_node(tmp_path, pg_database, 
         procs["node-a"] = _node(dep, "node-a", ports["node-a"], tmp_path / "node-a.log")
         assert wait_until(lambda: "central serving" in (tmp_path / "node-a.log").read_text(), timeout=60)
         assert wait_until(lambda: agent.status().watchlist.central == endpoints[0].removeprefix("tcp://"), timeout=30)
-        central.enroll_subject("late", "allow", ["lane:L1"], None, None, MODEL, unit(rng, 1))
+        central.enrol_subject("late", "allow", ["lane:L1"], None, None, MODEL, unit(rng, 1))
         assert wait_until(lambda: "/lane/L1/late" in sink.snapshot(), timeout=20)
         audit.append_many([{"event": "decision", "n": i} for i in range(120, 130)])
         agent.notify_audit()

@@ -60,7 +60,7 @@ def test_sqlite_central_moves_into_postgresql_unchanged(tmp_path, pg_database, c
     old = Central(tmp_path / "old.db", node="old-node")
     rng = np.random.default_rng(0)
     for i in range(30):
-        old.enroll_subject(f"p{i}", "allow" if i % 5 else "deny", ["lane:L1", "flight:VN123-2026-12-02"],
+        old.enrol_subject(f"p{i}", "allow" if i % 5 else "deny", ["lane:L1", "flight:VN123-2026-12-02"],
                            None, in_days(3) if i % 2 else None, MODEL, unit(rng, 2))
     old.revoke("p4", reason="left the programme")
     old.revoke("p6", ["lane:L1"])
@@ -91,7 +91,7 @@ def test_sqlite_central_moves_into_postgresql_unchanged(tmp_path, pg_database, c
     assert new.conn.execute("SELECT COUNT(*) FROM audit_default").fetchone()[0] == 0
     assert new.conn.execute("SELECT COUNT(*) FROM audit_2026_07").fetchone()[0] == 31
     # the next change continues the same global sequence
-    r = new.enroll_subject("late", "allow", ["lane:L1"], None, None, MODEL, unit(rng, 1))
+    r = new.enrol_subject("late", "allow", ["lane:L1"], None, None, MODEL, unit(rng, 1))
     assert r.seq == seq + 1
     assert new.principal_for_key("g" * 40).name == "gate:G1"
     # a second copy into a non-empty central is refused, changing nothing

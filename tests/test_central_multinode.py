@@ -58,7 +58,7 @@ def test_snapshot_from_one_node_updates_from_the_other_every_change_once_in_orde
     central = Central(dep.database)
     rng = np.random.default_rng(0)
     for i in range(5):
-        central.enroll_subject(f"p{i}", "allow", ["lane:L1"], None, None, MODEL, unit(rng, 1))
+        central.enrol_subject(f"p{i}", "allow", ["lane:L1"], None, None, MODEL, unit(rng, 1))
     # the independent RFC 12 client, with its update socket on the other node
     gate_view = MinimalChpClient("127.0.0.1", ports["node-a"], "", _curve(dep, admin), updates_port=ports["node-b"])
     watcher_a = MinimalChpClient("127.0.0.1", ports["node-a"], "", _curve(dep, admin))
@@ -80,7 +80,7 @@ def test_snapshot_from_one_node_updates_from_the_other_every_change_once_in_orde
             c = Central(dep.database)
             r = np.random.default_rng(seed)
             for i in range(15):
-                c.enroll_subject(f"{prefix}{i}", "allow", ["lane:L1", "lane:L2"], None, None, MODEL, unit(r, 1))
+                c.enrol_subject(f"{prefix}{i}", "allow", ["lane:L1", "lane:L2"], None, None, MODEL, unit(r, 1))
             c.revoke(f"{prefix}3")
             c.close()
 
@@ -162,7 +162,7 @@ def test_expiry_is_published_once_with_two_nodes_running(two_nodes):
     dep, _ = two_nodes
     central = Central(dep.database)
     until = dt.datetime.now(UTC) + dt.timedelta(seconds=1.5)
-    central.enroll_subject("short", "allow", ["lane:L1", "lane:L2"], None, until, MODEL,
+    central.enrol_subject("short", "allow", ["lane:L1", "lane:L2"], None, until, MODEL,
                            unit(np.random.default_rng(3), 1))
     assert wait_until(lambda: central.list_subjects(status="expired") != [], timeout=15)
     time.sleep(1.0)  # both nodes have run their expiry checks several times since

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import zmq
 
-from sync.central import Central, Enrollment
+from sync.central import Central, Enrolment
 from sync.central_seal import KEY_META, SealedRowRefused, default_template_key_file, seal_existing
 from sync.central_server import CentralServer
 from sync.config import CentralConfig, load_central_config
@@ -34,13 +34,13 @@ def _enrol(central: Central, rng: np.random.Generator) -> dict[str, np.ndarray]:
     vectors: dict[str, np.ndarray] = {}
     for i in range(3):
         v = unit(rng, 2, DIM)
-        central.enroll_subject(f"one-{i}", "allow", ["lane:L1", "lane:L2"], None, None, MODEL, v)
+        central.enrol_subject(f"one-{i}", "allow", ["lane:L1", "lane:L2"], None, None, MODEL, v)
         vectors[f"one-{i}"] = v
-    batch = [Enrollment(f"txn-{i}", "deny", ["lane:L1"], None, None, MODEL, unit(rng, 1, DIM)) for i in range(3)]
-    central.enroll_subjects(batch)
-    bulk = [Enrollment(f"bulk-{i}", "allow", ["lane:L1", "flight:VN1-2026-12-02"], None, None, MODEL,
+    batch = [Enrolment(f"txn-{i}", "deny", ["lane:L1"], None, None, MODEL, unit(rng, 1, DIM)) for i in range(3)]
+    central.enrol_subjects(batch)
+    bulk = [Enrolment(f"bulk-{i}", "allow", ["lane:L1", "flight:VN1-2026-12-02"], None, None, MODEL,
                        unit(rng, 2, DIM)) for i in range(20)]
-    central.enroll_new_subjects(bulk)
+    central.enrol_new_subjects(bulk)
     # as stored (normalised on the way in): the bytes a leak would show
     vectors = {s: central.templates_of(s) for s in list(vectors) + [e.subject_id for e in batch + bulk]}
     central.revoke("txn-0", ["lane:L1"])  # a deletion in the log too (its enrolment stays in the log)
@@ -146,7 +146,7 @@ def test_the_server_never_sends_a_tampered_body_and_keeps_serving(tmp_path, cent
     central = Central(dep.database)
     rng = np.random.default_rng(2)
     for i in range(4):
-        central.enroll_subject(f"p{i}", "deny", ["lane:L1", "lane:L2"], None, None, MODEL, unit(rng, 1, DIM))
+        central.enrol_subject(f"p{i}", "deny", ["lane:L1", "lane:L2"], None, None, MODEL, unit(rng, 1, DIM))
     gate_secret = dep.add_gate("G1", ["lane:L1", "lane:L2"])
     with central.db.write_transaction():
         body = central.db.execute("SELECT body FROM kv WHERE key = '/lane/L1/p3'").fetchone()[0]
@@ -219,7 +219,7 @@ def test_the_configured_default_key_sits_beside_the_curve_key_and_is_made_0600(t
 def test_a_wrong_loose_or_missing_key_is_refused_at_start_up(tmp_path, central_database, capsys):
     dep = Deployment(tmp_path, central_database)
     central = Central(dep.database)
-    central.enroll_subject("p0", "allow", ["lane:L1"], None, None, MODEL, unit(np.random.default_rng(3), 1, DIM))
+    central.enrol_subject("p0", "allow", ["lane:L1"], None, None, MODEL, unit(np.random.default_rng(3), 1, DIM))
     sealed_with = central.cipher.key_id
     central.close()
 

@@ -18,7 +18,7 @@ import pytest
 
 from console.store import ConsoleStore
 from sync.audit_chain import GENESIS_HASH, AuditRow, record_hash
-from sync.central import Central, Enrollment
+from sync.central import Central, Enrolment
 from tests.console_helpers import PASSWORDS, REPO, Browserless, Stack, add_accounts, free_port
 from tests.sync_helpers import MODEL, Deployment, unit
 
@@ -48,7 +48,7 @@ def stack(tmp_path, central_database):
     dep = Deployment(tmp_path, central_database)
     central = Central(dep.database)
     central.register_gate("G1", "g" * 40, ["lane:L1"])
-    central.enroll_subjects([Enrollment("P1", "allow", ["lane:L1"], None, None, MODEL,
+    central.enrol_subjects([Enrolment("P1", "allow", ["lane:L1"], None, None, MODEL,
                                         unit(np.random.default_rng(0), 1), display_name=NAME)])
     central.audit.store_batch("G1", _chain(12, "P1"), 1.0)
     central.close()

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sync.central import Central, Enrollment
+from sync.central import Central, Enrolment
 from tests.console_helpers import PASSWORDS, REPO, Stack, add_accounts, wait_for
 from tests.sync_helpers import MODEL, Deployment, unit
 
@@ -35,7 +35,7 @@ def stack(tmp_path, central_database):
     st.start_central(gate_silent_after_s=2.0)
     central = Central(dep.database)
     rng = np.random.default_rng(3)
-    central.enroll_subjects([Enrollment(sid, "allow", LANES, None, None, MODEL, unit(rng, 1), display_name=name)
+    central.enrol_subjects([Enrolment(sid, "allow", LANES, None, None, MODEL, unit(rng, 1), display_name=name)
                              for sid, name in NAMES.items()])
     central.close()
     add_accounts(dep.database)

@@ -161,9 +161,9 @@ def test_lane_figures_from_lane_records(central):
 
 def test_search_filters_by_outcome_and_subject_and_names_only_on_request(central):
     now = dt.datetime.now(UTC)
-    from sync.central import Enrollment
+    from sync.central import Enrolment
 
-    central.enroll_subjects([Enrollment("P1", "allow", ["lane:L1"], None, None, MODEL,
+    central.enrol_subjects([Enrolment("P1", "allow", ["lane:L1"], None, None, MODEL,
                                         unit(np.random.default_rng(1), 1), display_name="Đỗ Thị Hà")])
     central.register_gate("G1", "g" * 40, ["lane:L1"])
     central.register_gate("G2", "h" * 40, ["lane:L1"])
@@ -218,8 +218,8 @@ def test_fleet_columns_alarms_watchlist_and_ack(central):
     central.register_gate("G2", "h" * 40, ["lane:L2"])
     rng = np.random.default_rng(2)
     for i in range(3):
-        central.enroll_subject(f"S{i}", "allow", ["lane:L1"], None, None, MODEL, unit(rng, 1))
-    central.enroll_subject("T0", "allow", ["lane:L2"], None, None, MODEL, unit(rng, 1))
+        central.enrol_subject(f"S{i}", "allow", ["lane:L1"], None, None, MODEL, unit(rng, 1))
+    central.enrol_subject("T0", "allow", ["lane:L2"], None, None, MODEL, unit(rng, 1))
     seq_after_first = 1
     since = clock.t - 30
     central.record_health(HealthReport("G1", 1, "ok", "0.1.0", {}, seq_after_first, 7, None, ("/lane/L1/",), {

@@ -71,7 +71,7 @@ def test_a_bad_item_is_reported_and_skipped_never_stopping_the_batch(tmp_path, m
     # DENIED-1 is already published in lane:L9 beside others of another model: re-enrolling it with
     # dlib templates would mix two models in L9, which the central refuses for this subject only
     for sid in ("DENIED-1", "OTHER-1"):
-        c.enroll_subject(sid, "allow", ["lane:L9"], None, None, "other-model", np.eye(1, 16, dtype=np.float32))
+        c.enrol_subject(sid, "allow", ["lane:L9"], None, None, "other-model", np.eye(1, 16, dtype=np.float32))
     c.close()
     rc = central_main(["--config", str(cfg), "enroll", "--from", str(people), "--scope", "lane:L1",
                        "--models", str(models)])

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from sync.agent import GateAgent
-from sync.central import Central, Enrollment, EnrollmentError
+from sync.central import Central, Enrolment, EnrolmentError
 from sync.central_server import CentralServer
 from sync.service_messages import MalformedRequest, Reply, decode_reply, encode_reply
 from tests.sync_helpers import MODEL, Deployment, MemoryWatchlist, SqliteAuditLog, in_days, unit, wait_until
@@ -23,7 +23,7 @@ HEALTH = {"status": "ok", "software_version": "test"}
 
 
 def _enrol(central: Central, scope: str, names: list[str], rng) -> None:
-    central.enroll_subjects([Enrollment(n, "allow", [scope], None, in_days(1), MODEL, unit(rng, 2)) for n in names])
+    central.enrol_subjects([Enrolment(n, "allow", [scope], None, in_days(1), MODEL, unit(rng, 2)) for n in names])
 
 
 def test_assign_moves_a_running_gate_from_flight_a_to_b_without_restart(tmp_path, central_database):
@@ -85,7 +85,7 @@ def test_assign_refusals_are_one_line_and_change_nothing(tmp_path, central_datab
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1 and "Traceback" not in err, (argv, err)
     assert central.assigned_flights("G12") == (SA,) and central.assigned_flights("SEC1") == ()
-    with pytest.raises(EnrollmentError, match="not registered"):
+    with pytest.raises(EnrolmentError, match="not registered"):
         central.assign_flights("station-1", [A])
     central.close()
 

@@ -14,7 +14,7 @@ import pytest
 import zmq
 
 from sync.audit_chain import GENESIS_HASH, AuditRow, record_hash
-from sync.central import Central, EnrollmentError
+from sync.central import Central, EnrolmentError
 from sync.central_server import CentralServer
 from sync.keys import generate_keypair_files, load_keypair, load_public_key
 from sync.kvmsg import KVMsg, new_uuid
@@ -54,8 +54,8 @@ def site(tmp_path, central_database):
     central = Central(dep.database)
     central.register_station("K1", load_public_key(files.public), "SGN")
     rng = np.random.default_rng(7)
-    central.enroll_subject("DENY-1", "deny", ["checkpoint:SGN"], None, None, MODEL, unit(rng, 1))
-    central.enroll_subject("METRO-1", "allow", ["lane:M1"], None, None, MODEL, unit(rng, 1))
+    central.enrol_subject("DENY-1", "deny", ["checkpoint:SGN"], None, None, MODEL, unit(rng, 1))
+    central.enrol_subject("METRO-1", "allow", ["lane:M1"], None, None, MODEL, unit(rng, 1))
     central.close()
     srv = CentralServer(dep.central_config())
     srv.start()
@@ -152,7 +152,7 @@ def test_a_station_cannot_revoke_snapshot_or_upload(site, caplog):
 
 def test_a_gate_key_cannot_enrol_and_an_unknown_key_is_not_heard(site):
     dep, _, link = site
-    with pytest.raises(EnrollmentError, match="is an enrolment station's id"):
+    with pytest.raises(EnrolmentError, match="is an enrolment station's id"):
         dep.add_gate("K1", ["checkpoint:SGN"])
     gate_secret = dep.add_gate("SEC-1", ["checkpoint:SGN"])  # a gate's key claiming to be station K1
     as_gate = StationClient(StationLink("K1", "127.0.0.1", dep.base_port, gate_secret, dep.central_public,

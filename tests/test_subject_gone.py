@@ -69,11 +69,11 @@ def central(central_database, clock):
     c = Central(central_database, clock=clock)
     rng = np.random.default_rng(0)
     for sid in OTHERS[:20]:
-        c.enroll_subject(sid, "allow", ["lane:L1"], None, None, MODEL, unit_rows(rng, 2))
-    c.enroll_subject(WHO, "allow", ["lane:L1", "flight:VN1"], None, T0 + dt.timedelta(days=1), MODEL,
+        c.enrol_subject(sid, "allow", ["lane:L1"], None, None, MODEL, unit_rows(rng, 2))
+    c.enrol_subject(WHO, "allow", ["lane:L1", "flight:VN1"], None, T0 + dt.timedelta(days=1), MODEL,
                      unit_rows(rng, 3))
     for sid in OTHERS[20:]:
-        c.enroll_subject(sid, "allow", ["lane:L1"], None, None, MODEL, unit_rows(rng, 2))
+        c.enrol_subject(sid, "allow", ["lane:L1"], None, None, MODEL, unit_rows(rng, 2))
     yield c
     c.close()
 
@@ -124,7 +124,7 @@ def test_gate_ops_subject_gone_cli(tmp_path, capsys):
     dep = Deployment(tmp_path)
     toml = dep.central_toml()
     c = Central(dep.db_path)
-    c.enroll_subject(WHO, "deny", ["lane:L1"], None, None, MODEL, unit_rows(np.random.default_rng(1), 1))
+    c.enrol_subject(WHO, "deny", ["lane:L1"], None, None, MODEL, unit_rows(np.random.default_rng(1), 1))
     assert gate_ops.main(["--config", str(toml), "subject-gone", WHO]) == 1
     out = capsys.readouterr().out
     assert "FAIL hashmap keys: /lane/L1/" + WHO in out
@@ -249,7 +249,7 @@ def test_gate_ops_erase_cli(tmp_path, capsys):
     dep = Deployment(tmp_path)
     toml = dep.central_toml()
     c = Central(dep.db_path)
-    c.enroll_subject(WHO, "deny", ["lane:L1"], None, None, MODEL, unit_rows(np.random.default_rng(1), 1))
+    c.enrol_subject(WHO, "deny", ["lane:L1"], None, None, MODEL, unit_rows(np.random.default_rng(1), 1))
     erase = ["--config", str(toml), "erase", WHO, "--operator", "dpo-1", "--reason", "req 42"]
     assert gate_ops.main(erase) == 1 and "revoke it first" in capsys.readouterr().err
     c.revoke(WHO)

@@ -12,7 +12,7 @@ import pytest
 
 from sync.audit_chain import GENESIS_HASH, AuditRow, record_hash
 from sync.audit_export import pull_audit
-from sync.central import Central, EnrollmentError, ModelMixError, UnknownSubject
+from sync.central import Central, EnrolmentError, ModelMixError, UnknownSubject
 from sync.kvmsg import PREV_PROPERTY, KVMsg, new_uuid
 from sync.service_messages import HealthReport
 from sync.subject_record import SubjectRecord, decode_record, encode_record, normalise_templates
@@ -41,10 +41,10 @@ def test_database_file_is_owner_only(tmp_path):
     assert stat.S_IMODE(c.db_path.stat().st_mode) == 0o600
 
 
-def test_enroll_publishes_one_key_per_scope_with_the_record(central):
+def test_enrol_publishes_one_key_per_scope_with_the_record(central):
     rng = np.random.default_rng(0)
     vectors = rng.standard_normal((3, 16)) * 5
-    result = central.enroll_subject("p1", "allow", ["lane:L1", "flight:BA1"], None, in_days(2), MODEL, vectors)
+    result = central.enrol_subject("p1", "allow", ["lane:L1", "flight:BA1"], None, in_days(2), MODEL, vectors)
     assert result.keys == ("/flight/BA1/p1", "/lane/L1/p1")
     with central.hashmap.snapshot("/lane/L1/") as (seq, msgs):
         msgs = list(msgs)
@@ -59,9 +59,9 @@ def test_enroll_publishes_one_key_per_scope_with_the_record(central):
 
 def test_change_log_is_strictly_increasing_and_chains_each_scope(central):
     rng = np.random.default_rng(1)
-    central.enroll_subject("a", "allow", ["lane:L1"], None, None, MODEL, unit(rng, 1))
-    central.enroll_subject("b", "allow", ["lane:L2"], None, None, MODEL, unit(rng, 1))
-    central.enroll_subject("c", "deny", ["lane:L1"], None, in_days(1), MODEL, unit(rng, 1))
+    central.enrol_subject("a", "allow", ["lane:L1"], None, None, MODEL, unit(rng, 1))
+    central.enrol_subject("b", "allow", ["lane:L2"], None, None, MODEL, unit(rng, 1))
+    central.enrol_subject("c", "deny", ["lane:L1"], None, in_days(1), MODEL, unit(rng, 1))
     central.revoke("a")
     changes = central.hashmap.changes_after(0, 100)
     assert [m.seq for m in changes] == [1, 2, 3, 4]
@@ -73,18 +73,18 @@ def test_change_log_is_strictly_increasing_and_chains_each_scope(central):
     assert [m.seq for m in central.hashmap.changes_after(2, 100)] == [3, 4]
 
 
-def test_reenroll_adds_scopes_and_republishes_everywhere(central):
+def test_reenrol_adds_scopes_and_republishes_everywhere(central):
     rng = np.random.default_rng(2)
-    central.enroll_subject("p", "allow", ["lane:L1"], None, None, MODEL, unit(rng, 1))
+    central.enrol_subject("p", "allow", ["lane:L1"], None, None, MODEL, unit(rng, 1))
     new = unit(rng, 2)
-    result = central.enroll_subject("p", "deny", ["flight:X1"], None, None, MODEL, new)
+    result = central.enrol_subject("p", "deny", ["flight:X1"], None, None, MODEL, new)
     assert result.keys == ("/flight/X1/p", "/lane/L1/p")
     with central.hashmap.snapshot("") as (_, msgs):
         bodies = {m.key: decode_record(m.body) for m in msgs}
     assert all(r.list_type == "deny" and np.allclose(r.templates, new) for r in bodies.values())
 
 
-def test_enrollment_refuses_bad_input_and_writes_nothing(central):
+def test_enrolment_refuses_bad_input_and_writes_nothing(central):
     rng = np.random.default_rng(3)
     v = unit(rng, 1)
     cases = [
@@ -98,39 +98,39 @@ def test_enrollment_refuses_bad_input_and_writes_nothing(central):
         args = dict(subject_id="p", list_type="allow", scopes=["lane:L1"], valid_from=None, valid_until=None,
                     model_id=MODEL, vectors=v)
         args.update(change)
-        with pytest.raises(EnrollmentError):
-            central.enroll_subject(**args)
+        with pytest.raises(EnrolmentError):
+            central.enrol_subject(**args)
     assert central.list_subjects() == [] and central.hashmap.current_seq() == 0
 
 
-def test_enrollment_refuses_to_mix_model_ids_in_a_scope(central):
+def test_enrolment_refuses_to_mix_model_ids_in_a_scope(central):
     rng = np.random.default_rng(4)
-    central.enroll_subject("a", "allow", ["lane:L1"], None, None, MODEL, unit(rng, 1))
+    central.enrol_subject("a", "allow", ["lane:L1"], None, None, MODEL, unit(rng, 1))
     with pytest.raises(ModelMixError, match="refusing"):
-        central.enroll_subject("b", "allow", ["lane:L1"], None, None, "arcface-r100", unit(rng, 1))
-    with pytest.raises(EnrollmentError, match="dimensions"):
-        central.enroll_subject("c", "allow", ["lane:L2"], None, None, MODEL, unit(rng, 1, dim=32))
-    central.enroll_subject("d", "allow", ["lane:L2"], None, None, "arcface-r100", unit(rng, 1, dim=512))
-    # Moving 'a' into lane L2 would mix models there, even though 'a' enrolls fine alone.
+        central.enrol_subject("b", "allow", ["lane:L1"], None, None, "arcface-r100", unit(rng, 1))
+    with pytest.raises(EnrolmentError, match="dimensions"):
+        central.enrol_subject("c", "allow", ["lane:L2"], None, None, MODEL, unit(rng, 1, dim=32))
+    central.enrol_subject("d", "allow", ["lane:L2"], None, None, "arcface-r100", unit(rng, 1, dim=512))
+    # Moving 'a' into lane L2 would mix models there, even though 'a' enrols fine alone.
     with pytest.raises(ModelMixError):
-        central.enroll_subject("a", "allow", ["lane:L2"], None, None, MODEL, unit(rng, 1))
+        central.enrol_subject("a", "allow", ["lane:L2"], None, None, MODEL, unit(rng, 1))
     assert [s.subject_id for s in central.list_subjects()] == ["a", "d"]
 
 
-def test_batch_enrollment_is_all_or_nothing(central):
-    from sync.central import Enrollment
+def test_batch_enrolment_is_all_or_nothing(central):
+    from sync.central import Enrolment
 
     rng = np.random.default_rng(5)
-    good = Enrollment("a", "allow", ["lane:L1"], None, None, MODEL, unit(rng, 1))
-    mixed = Enrollment("b", "allow", ["lane:L1"], None, None, "other-model", unit(rng, 1))
+    good = Enrolment("a", "allow", ["lane:L1"], None, None, MODEL, unit(rng, 1))
+    mixed = Enrolment("b", "allow", ["lane:L1"], None, None, "other-model", unit(rng, 1))
     with pytest.raises(ModelMixError):
-        central.enroll_subjects([good, mixed])
+        central.enrol_subjects([good, mixed])
     assert central.list_subjects() == []
 
 
 def test_revoke_partial_and_full_deletes_templates(central):
     rng = np.random.default_rng(6)
-    central.enroll_subject("p", "allow", ["lane:L1", "lane:L2"], None, None, MODEL, unit(rng, 1))
+    central.enrol_subject("p", "allow", ["lane:L1", "lane:L2"], None, None, MODEL, unit(rng, 1))
     assert central.revoke("p", ["lane:L1"]) == ["/lane/L1/p"]
     assert central.list_subjects()[0].status == "active"
     assert central.revoke("p", reason="left the company") == ["/lane/L2/p"]
@@ -147,8 +147,8 @@ def test_expire_withdraws_subjects_whose_window_closed(central_database):
     c = Central(central_database, clock=clock)
     rng = np.random.default_rng(7)
     until = dt.datetime.fromtimestamp(clock.t + 60, UTC)
-    c.enroll_subject("short", "allow", ["lane:L1"], None, until, MODEL, unit(rng, 1))
-    c.enroll_subject("long", "allow", ["lane:L1"], None, None, MODEL, unit(rng, 1))
+    c.enrol_subject("short", "allow", ["lane:L1"], None, until, MODEL, unit(rng, 1))
+    c.enrol_subject("long", "allow", ["lane:L1"], None, None, MODEL, unit(rng, 1))
     assert c.expire() == []
     clock.t += 61
     assert c.expire() == ["short"]
@@ -157,7 +157,7 @@ def test_expire_withdraws_subjects_whose_window_closed(central_database):
     assert [s.subject_id for s in c.list_subjects(scope="lane:L1")] == ["long"]
 
 
-def test_kvset_goes_through_enrollment_rules_and_is_deduplicated_by_uuid(central):
+def test_kvset_goes_through_enrolment_rules_and_is_deduplicated_by_uuid(central):
     rng = np.random.default_rng(8)
     rec = SubjectRecord("p9", "allow", MODEL, normalise_templates(unit(rng, 1)))
     uuid = new_uuid()
@@ -167,7 +167,7 @@ def test_kvset_goes_through_enrollment_rules_and_is_deduplicated_by_uuid(central
     [info] = central.list_subjects()
     assert info.valid_until is not None
     wrong_subject = KVMsg("/lane/L1/someone-else", 0, new_uuid(), {}, encode_record(rec))
-    with pytest.raises(EnrollmentError, match="names subject"):
+    with pytest.raises(EnrolmentError, match="names subject"):
         central.apply_kvset(wrong_subject)
     assert central.apply_kvset(KVMsg("/lane/L1/p9", 0, new_uuid(), {}, b"")) == ["/lane/L1/p9"]
     assert central.list_subjects()[0].status == "revoked"
@@ -231,7 +231,7 @@ def test_health_and_silent_gates(central_database):
     c = Central(central_database, clock=clock, node="node-a")
     c.register_gate("G1", "a" * 40, ["lane:L1"])
     c.register_gate("G2", "b" * 40, ["lane:L2"])
-    with pytest.raises(EnrollmentError, match="already belongs"):
+    with pytest.raises(EnrolmentError, match="already belongs"):
         c.register_gate("G3", "a" * 40, ["lane:L3"])
     c.record_health(HealthReport("G1", 1, "ok", "0.1.0", {"m": "1"}, 7, 3, None, ("/lane/L1/",)))
     clock.t += 30
@@ -248,13 +248,13 @@ def test_health_and_silent_gates(central_database):
 
 
 def test_bulk_import_writes_the_same_change_log_as_one_by_one(central):
-    from sync.central import Enrollment
+    from sync.central import Enrolment
 
     rng = np.random.default_rng(11)
-    central.enroll_subject("first", "allow", ["lane:L1"], None, None, MODEL, unit(rng, 1))
-    batch = [Enrollment(f"b{i:04d}", "allow" if i % 7 else "deny", ["lane:L1", "lane:L2"] if i % 2 else ["lane:L2"],
+    central.enrol_subject("first", "allow", ["lane:L1"], None, None, MODEL, unit(rng, 1))
+    batch = [Enrolment(f"b{i:04d}", "allow" if i % 7 else "deny", ["lane:L1", "lane:L2"] if i % 2 else ["lane:L2"],
                         None, in_days(1) if i % 3 == 0 else None, MODEL, unit(rng, 1 + i % 3)) for i in range(300)]
-    last = central.enroll_new_subjects(batch)
+    last = central.enrol_new_subjects(batch)
     assert last == 1 + sum(2 if i % 2 else 1 for i in range(300)) == central.hashmap.current_seq()
     changes = central.hashmap.changes_after(0, 10_000)
     assert [c.seq for c in changes] == list(range(1, last + 1))
@@ -270,18 +270,18 @@ def test_bulk_import_writes_the_same_change_log_as_one_by_one(central):
     with central.hashmap.snapshot("/lane/L2/") as (seq, msgs):
         assert seq == last and len(list(msgs)) == 300
     # refusals write nothing
-    with pytest.raises(EnrollmentError, match="already exists"):
-        central.enroll_new_subjects([Enrollment("b0001", "allow", ["lane:L3"], None, None, MODEL, unit(rng, 1))])
+    with pytest.raises(EnrolmentError, match="already exists"):
+        central.enrol_new_subjects([Enrolment("b0001", "allow", ["lane:L3"], None, None, MODEL, unit(rng, 1))])
     with pytest.raises(ModelMixError):
-        central.enroll_new_subjects([Enrollment("n1", "allow", ["lane:L1"], None, None, "other-model", unit(rng, 1))])
+        central.enrol_new_subjects([Enrolment("n1", "allow", ["lane:L1"], None, None, "other-model", unit(rng, 1))])
     assert central.hashmap.current_seq() == last
 
 
 def test_catch_up_returns_every_change_since_or_refuses(central):
     rng = np.random.default_rng(12)
     for i in range(5):
-        central.enroll_subject(f"c{i}", "allow", ["lane:L1"], None, None, MODEL, unit(rng, 1))
-        central.enroll_subject(f"o{i}", "allow", ["lane:L9"], None, None, MODEL, unit(rng, 1))
+        central.enrol_subject(f"c{i}", "allow", ["lane:L1"], None, None, MODEL, unit(rng, 1))
+        central.enrol_subject(f"o{i}", "allow", ["lane:L9"], None, None, MODEL, unit(rng, 1))
     central.revoke("c1")
     seq, changes = central.hashmap.changes_since("/lane/L1/", 3)
     assert seq == 11 and [c.seq for c in changes] == [5, 7, 9, 11] and changes[-1].is_delete

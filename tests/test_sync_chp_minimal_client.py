@@ -6,7 +6,7 @@ import time
 import numpy as np
 import pytest
 
-from sync.central import Central, Enrollment
+from sync.central import Central, Enrolment
 from sync.central_server import CentralServer
 from sync.keys import load_keypair, load_public_key
 from sync.subject_record import SubjectRecord, encode_record
@@ -19,9 +19,9 @@ def served(tmp_path, central_database):
     dep = Deployment(tmp_path, central_database)
     central = Central(dep.database)
     rng = np.random.default_rng(0)
-    central.enroll_subjects([Enrollment(f"p{i}", "allow", ["lane:L1"], None, None, MODEL, unit(rng, 1))
+    central.enrol_subjects([Enrolment(f"p{i}", "allow", ["lane:L1"], None, None, MODEL, unit(rng, 1))
                              for i in range(5)] +
-                            [Enrollment("q", "deny", ["flight:BA1"], None, None, MODEL, unit(rng, 1))])
+                            [Enrolment("q", "deny", ["flight:BA1"], None, None, MODEL, unit(rng, 1))])
     srv = CentralServer(dep.central_config())
     srv.start()
     yield dep, central
@@ -47,9 +47,9 @@ def test_an_independent_rfc12_client_follows_the_central(served):
         assert client.kvmap == _central_map(central, "")
 
         rng = np.random.default_rng(1)
-        central.enroll_subject("new", "allow", ["lane:L2"], None, None, MODEL, unit(rng, 1))
+        central.enrol_subject("new", "allow", ["lane:L2"], None, None, MODEL, unit(rng, 1))
         central.revoke("p2")
-        central.enroll_subject("p3", "deny", ["lane:L1"], None, None, MODEL, unit(rng, 2))
+        central.enrol_subject("p3", "deny", ["lane:L1"], None, None, MODEL, unit(rng, 2))
         assert wait_until(lambda: client.receive_updates(0.05) >= 0 and client.sequence == 9, timeout=20)
         assert client.kvmap == _central_map(central, "")
         assert client.props["/lane/L1/p3"]["prev"] == "8"
@@ -90,7 +90,7 @@ def test_a_gate_key_follows_only_its_subtree(served):
     try:
         client.get_snapshot()
         assert set(client.kvmap) == {"/flight/BA1/q"}
-        central.enroll_subject("p0", "allow", ["flight:BA1"], None, None, MODEL, unit(np.random.default_rng(2), 1))
+        central.enrol_subject("p0", "allow", ["flight:BA1"], None, None, MODEL, unit(np.random.default_rng(2), 1))
         assert wait_until(lambda: client.receive_updates(0.05) >= 0 and "/flight/BA1/p0" in client.kvmap)
         assert all(k.startswith("/flight/BA1/") for k in client.kvmap)
     finally:

@@ -75,8 +75,8 @@ def test_gate_admin_revoke_expire_and_list_commands(dep, capsys, tmp_path):
 
     central = Central(dep.database)
     rng = np.random.default_rng(0)
-    central.enroll_subject("alice", "allow", ["lane:L1", "flight:BA1"], None, in_days(30), MODEL, unit(rng, 2))
-    central.enroll_subject("bob", "deny", ["lane:L1"], None, None, MODEL, unit(rng, 1))
+    central.enrol_subject("alice", "allow", ["lane:L1", "flight:BA1"], None, in_days(30), MODEL, unit(rng, 2))
+    central.enrol_subject("bob", "deny", ["lane:L1"], None, None, MODEL, unit(rng, 1))
     code, out, _ = run(gate_central.main, ["--config", dep.toml, "list", "--scope", "lane:L1"], capsys)
     assert code == 0 and "alice" in out and "bob" in out and "flight:BA1 lane:L1" in out and "2x16" in out
     code, out, _ = run(gate_central.main, ["--config", dep.toml, "revoke", "alice", "--scope", "flight:BA1"], capsys)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from sync.agent import GateAgent
-from sync.central import Central, Enrollment
+from sync.central import Central, Enrolment
 from sync.central_server import CentralServer
 from tests.sync_helpers import MODEL, REPO, Deployment, MemoryWatchlist, SqliteAuditLog, unit, wait_until
 
@@ -64,11 +64,11 @@ def test_gate_follows_snapshot_updates_deletions_and_expiry(running, caplog):
     dep = running.dep
     rng = np.random.default_rng(0)
     central = Central(dep.database)
-    central.enroll_subjects([Enrollment(f"p{i}", "allow", ["lane:L1"], None, None, MODEL, unit(rng, 2))
+    central.enrol_subjects([Enrolment(f"p{i}", "allow", ["lane:L1"], None, None, MODEL, unit(rng, 2))
                              for i in range(20)])
-    central.enroll_subject("vip", "allow", ["flight:BA1"], None, None, MODEL, unit(rng, 1))
-    central.enroll_subject("elsewhere", "allow", ["lane:L3"], None, None, MODEL, unit(rng, 1))
-    central.enroll_subject("old-model", "allow", ["lane:L2"], None, None, "arcface-r100", unit(rng, 1, dim=512))
+    central.enrol_subject("vip", "allow", ["flight:BA1"], None, None, MODEL, unit(rng, 1))
+    central.enrol_subject("elsewhere", "allow", ["lane:L3"], None, None, MODEL, unit(rng, 1))
+    central.enrol_subject("old-model", "allow", ["lane:L2"], None, None, "arcface-r100", unit(rng, 1, dim=512))
     secret = dep.add_gate("G1", ["lane:L1", "lane:L2", "flight:BA1"])
     running.central()
     sink = MemoryWatchlist()
@@ -81,12 +81,12 @@ def test_gate_follows_snapshot_updates_deletions_and_expiry(running, caplog):
     assert np.allclose(sink.snapshot()["/lane/L1/p3"].templates, central.templates_of("p3"))
 
     probe = unit(rng, 1)[0]
-    central.enroll_subject("newcomer", "deny", ["lane:L1"], None, None, MODEL, probe[None, :])
+    central.enrol_subject("newcomer", "deny", ["lane:L1"], None, None, MODEL, probe[None, :])
     assert wait_until(lambda: "/lane/L1/newcomer" in sink.snapshot())
     assert sink.search(probe) == "newcomer" and sink.snapshot()["/lane/L1/newcomer"].list_type == "deny"
 
     central.revoke("p0")
-    central.enroll_subject("brief", "allow", ["lane:L1"], None,
+    central.enrol_subject("brief", "allow", ["lane:L1"], None,
                            dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=1.5), MODEL, unit(rng, 1))
     assert wait_until(lambda: "/lane/L1/p0" not in sink.snapshot() and "/lane/L1/brief" in sink.snapshot())
     # The central expires "brief" on its own and publishes the deletion.
@@ -102,7 +102,7 @@ def test_central_down_at_gate_start_then_converges(running, caplog, tmp_path):
     dep = running.dep
     rng = np.random.default_rng(1)
     central = Central(dep.database)
-    central.enroll_subject("current", "allow", ["lane:L1"], None, None, MODEL, unit(rng, 1))
+    central.enrol_subject("current", "allow", ["lane:L1"], None, None, MODEL, unit(rng, 1))
     secret = dep.add_gate("G1", ["lane:L1"])
     # The gate's cache from an earlier life: one subject since revoked at the central.
     from sync.subject_record import SubjectRecord
@@ -130,7 +130,7 @@ def test_gate_restart_keeps_cache_and_takes_a_fresh_snapshot(running, tmp_path):
     dep = running.dep
     rng = np.random.default_rng(2)
     central = Central(dep.database)
-    central.enroll_subject("a", "allow", ["lane:L1"], None, None, MODEL, unit(rng, 1))
+    central.enrol_subject("a", "allow", ["lane:L1"], None, None, MODEL, unit(rng, 1))
     secret = dep.add_gate("G1", ["lane:L1"])
     running.central()
     sink = MemoryWatchlist()
@@ -139,7 +139,7 @@ def test_gate_restart_keeps_cache_and_takes_a_fresh_snapshot(running, tmp_path):
     first.stop()
     seq_before = sink.stored_seq()
 
-    central.enroll_subject("b", "allow", ["lane:L1"], None, None, MODEL, unit(rng, 1))
+    central.enrol_subject("b", "allow", ["lane:L1"], None, None, MODEL, unit(rng, 1))
     central.revoke("a")
     assert sink.stored_seq() == seq_before and set(sink.snapshot()) == {"/lane/L1/a"}  # cache survived
     second = running.agent("G1", secret, ["lane:L1"], sink=sink)
@@ -161,7 +161,7 @@ def test_a_sequence_gap_is_caught_up_from_the_change_log_without_a_snapshot(runn
     dep = running.dep
     rng = np.random.default_rng(3)
     central = Central(dep.database)
-    central.enroll_subject("a", "allow", ["lane:L1"], None, None, MODEL, unit(rng, 1))
+    central.enrol_subject("a", "allow", ["lane:L1"], None, None, MODEL, unit(rng, 1))
     secret = dep.add_gate("G1", ["lane:L1"])
     srv = running.central()
     sink = MemoryWatchlist()
@@ -170,12 +170,12 @@ def test_a_sequence_gap_is_caught_up_from_the_change_log_without_a_snapshot(runn
     assert wait_until(lambda: "/lane/L1/a" in sink.snapshot())
 
     restarted = time.time()
-    _publish_nothing_for_one_change(running, central, srv, lambda: central.enroll_subject(
+    _publish_nothing_for_one_change(running, central, srv, lambda: central.enrol_subject(
         "missed", "allow", ["lane:L1"], None, None, MODEL, unit(rng, 1)))
     # Wait until the gate hears the new server, so the next update cannot be lost in transit.
     assert wait_until(lambda: (agent.status().watchlist.last_heard or 0) > restarted + 0.05)
     assert "/lane/L1/missed" not in sink.snapshot()
-    central.enroll_subject("after", "allow", ["lane:L1"], None, None, MODEL, unit(rng, 1))
+    central.enrol_subject("after", "allow", ["lane:L1"], None, None, MODEL, unit(rng, 1))
     assert wait_until(lambda: {"/lane/L1/missed", "/lane/L1/after"} <= set(sink.snapshot()))
     assert "sequence gap in /lane/L1/" in caplog.text
     assert wait_until(lambda: agent.status().watchlist.resumes == 1)
@@ -187,7 +187,7 @@ def test_a_missed_last_update_is_caught_by_the_health_heads(running, caplog):
     dep = running.dep
     rng = np.random.default_rng(4)
     central = Central(dep.database)
-    central.enroll_subject("a", "allow", ["lane:L1"], None, None, MODEL, unit(rng, 1))
+    central.enrol_subject("a", "allow", ["lane:L1"], None, None, MODEL, unit(rng, 1))
     secret = dep.add_gate("G1", ["lane:L1"])
     srv = running.central()
     sink = MemoryWatchlist()
@@ -210,7 +210,7 @@ def test_central_killed_mid_snapshot(running, caplog, tmp_path):
     dep = running.dep
     rng = np.random.default_rng(5)
     central = Central(dep.database)
-    central.enroll_subjects([Enrollment(f"p{i:05d}", "allow", ["lane:L1"], None, None, MODEL, unit(rng, 1, dim=128))
+    central.enrol_subjects([Enrolment(f"p{i:05d}", "allow", ["lane:L1"], None, None, MODEL, unit(rng, 1, dim=128))
                              for i in range(6_000)])
     secret = dep.add_gate("G1", ["lane:L1"])
     from sync.subject_record import SubjectRecord
@@ -242,7 +242,7 @@ def test_a_frozen_central_is_treated_as_gone_until_it_answers_again(running, cap
     caplog.set_level(logging.INFO)
     dep = running.dep
     central = Central(dep.database)
-    central.enroll_subject("a", "allow", ["lane:L1"], None, None, MODEL, unit(np.random.default_rng(6), 1))
+    central.enrol_subject("a", "allow", ["lane:L1"], None, None, MODEL, unit(np.random.default_rng(6), 1))
     secret = dep.add_gate("G1", ["lane:L1"])
     proc = _central_process(dep, tmp_path / "central.log")
     try:

@@ -25,7 +25,7 @@ HEALTH = {"status": "ok", "software_version": "t", "model_versions": {}, "last_d
 @pytest.fixture
 def central(tmp_path, central_database):
     dep = Deployment(tmp_path, central_database)
-    Central(dep.database).enroll_subject("p1", "allow", ["lane:L1"], None, None, MODEL,
+    Central(dep.database).enrol_subject("p1", "allow", ["lane:L1"], None, None, MODEL,
                                         unit(np.random.default_rng(0), 1))
     srv = CentralServer(dep.central_config())
     srv.start()
@@ -203,7 +203,7 @@ def test_plain_tcp_needs_the_flag_and_stays_on_loopback(tmp_path, central_databa
 def test_development_mode_works_on_loopback(tmp_path, caplog, central_database):
     caplog.set_level(logging.WARNING)
     dep = Deployment(tmp_path, central_database)
-    Central(dep.database).enroll_subject("p1", "allow", ["lane:L1"], None, None, MODEL,
+    Central(dep.database).enrol_subject("p1", "allow", ["lane:L1"], None, None, MODEL,
                                          unit(np.random.default_rng(2), 1))
     Central(dep.database).register_gate("G1", load_public_key(generate_keypair_files(tmp_path / "k", "g").public),
                                         ["lane:L1"])

@@ -3,7 +3,7 @@
 For each store, on this machine, with the central nodes in their own processes and gates on
 real CURVE sockets:
 
-  load_s, db_mb            N subjects (128-d) bulk-imported (`Central.enroll_new_subjects`), and
+  load_s, db_mb            N subjects (128-d) bulk-imported (`Central.enrol_new_subjects`), and
                            the database's size on disk afterwards
   snapshot_s[node]         one scope of `scope_size` subjects: agent start -> a random subject
                            findable in the gate's real watchlist store and matcher, through each node
@@ -30,7 +30,7 @@ import zmq
 
 from sync.agent import GateAgent
 from sync.audit_chain import GENESIS_HASH, AuditRow, record_hash, verify_chain
-from sync.central import Central, Enrollment
+from sync.central import Central, Enrolment
 from sync.central_seal import default_template_key_file
 from sync.config import AgentConfig, CentralConfig
 from sync.keys import generate_keypair_files, load_keypair, load_public_key
@@ -68,7 +68,7 @@ def _load(database: str, subjects: int, scope_size: int, dim: int, progress: Pro
     for lo in range(0, subjects, chunk):
         hi = min(lo + chunk, subjects)
         vectors = _unit(rng, hi - lo, dim)
-        central.enroll_new_subjects([Enrollment(f"s{i:07d}", "allow", [_scope(i, scope_size)], None, None, MODEL,
+        central.enrol_new_subjects([Enrolment(f"s{i:07d}", "allow", [_scope(i, scope_size)], None, None, MODEL,
                                                 vectors[i - lo:i - lo + 1]) for i in range(lo, hi)])
         progress(f"loaded {hi:,}/{subjects:,} subjects")
     elapsed = time.perf_counter() - t0
@@ -214,7 +214,7 @@ def _bench_store(name: str, database: str, sqlite_path: Path | None, nodes: int,
             sid = f"u{i:05d}"
             time.sleep(float(rng.uniform(0.0, 0.05)))
             t0 = time.perf_counter()
-            central.enroll_subject(sid, "allow", ["lane:BENCH-0"], None, None, MODEL, v)
+            central.enrol_subject(sid, "allow", ["lane:BENCH-0"], None, None, MODEL, v)
             _wait(lambda sid=sid, v=v: probe(sink, sid, v[0]), 30, f"update {sid}")
             latencies.append((time.perf_counter() - t0) * 1000)
         for agent, _ in agents:

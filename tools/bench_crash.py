@@ -208,7 +208,7 @@ class _WatchlistTraffic:
                 else:
                     sid = f"p-{self.enrolled:06d}"
                     v = self._np_rng.standard_normal((1, DIM)).astype(np.float32)
-                    central.enroll_subject(sid, "allow", [SCOPE], None, None, MODEL, v / np.linalg.norm(v))
+                    central.enrol_subject(sid, "allow", [SCOPE], None, None, MODEL, v / np.linalg.norm(v))
                     active.append(sid)
                     self.enrolled += 1
         except BaseException as exc:  # reported by stop(), in the driver's thread

@@ -97,9 +97,9 @@ def node_failover_bench(gates: int = 50, progress: Callable[[str], None] = lambd
             central_keys = generate_keypair_files(keys, "central")
             central = Central(dsn)
             rng = np.random.default_rng(0)
-            from sync.central import Enrollment
+            from sync.central import Enrolment
 
-            central.enroll_new_subjects([Enrollment(f"s{i:05d}", "allow", [SCOPE], None, None, MODEL, v[None])
+            central.enrol_new_subjects([Enrolment(f"s{i:05d}", "allow", [SCOPE], None, None, MODEL, v[None])
                                          for i, v in enumerate(_unit(rng, 2000))])
             ports = {"node-a": _free_base_port(), "node-b": _free_base_port()}
             for node, port in ports.items():
@@ -144,7 +144,7 @@ def node_failover_bench(gates: int = 50, progress: Callable[[str], None] = lambd
                 k = 0
                 while not stop.is_set():
                     sid, vec = f"u{k:05d}", _unit(rng, 1)
-                    writer.enroll_subject(sid, "allow", [SCOPE], None, None, MODEL, vec)
+                    writer.enrol_subject(sid, "allow", [SCOPE], None, None, MODEL, vec)
                     if after.is_set():
                         written_after_kill.append((sid, vec[0]))
                     k += 1

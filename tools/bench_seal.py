@@ -2,7 +2,7 @@
 
     python -m tools.bench_seal [--subjects 100000] [--dim 128] [--database DSN_OR_FILE] [--json]
 
-- bulk import: `enroll_new_subjects` of N one-template subjects in one scope (the path
+- bulk import: `enrol_new_subjects` of N one-template subjects in one scope (the path
   `gate-bench central` times), and the sealing inside it measured alone: one template seal and
   one body seal per subject, in µs, and what that comes to for 1M subjects;
 - snapshot: the central's snapshot read of the scope (`Hashmap.snapshot`, what the snapshot
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sync.central import Central, Enrollment
+from sync.central import Central, Enrolment
 from sync.subject_record import SubjectRecord, encode_record
 
 MODEL = "bench-seal"
@@ -44,7 +44,7 @@ def run(subjects: int, dim: int, database: str | None = None) -> dict:
         cipher = central.cipher
         started = time.perf_counter()
         for lo in range(0, subjects, 50_000):
-            central.enroll_new_subjects([Enrollment(f"s{i:07d}", "allow", [SCOPE], None, None, MODEL, vectors[i:i + 1])
+            central.enrol_new_subjects([Enrolment(f"s{i:07d}", "allow", [SCOPE], None, None, MODEL, vectors[i:i + 1])
                                          for i in range(lo, min(lo + 50_000, subjects))])
         import_s = time.perf_counter() - started
 

@@ -52,10 +52,10 @@ def enrol_folder(central, pipeline, folder: Path, scopes: list[str], list_type: 
                 out.skipped[person.name] = "no acceptable photo"
             else:
                 try:
-                    central.enroll_subject(person.name, list_type, scopes, valid_from, valid_until, r.model_id,
+                    central.enrol_subject(person.name, list_type, scopes, valid_from, valid_until, r.model_id,
                                            r.vectors)
                     out.enrolled.append(person.name)
-                except ValueError as exc:  # EnrollmentError, ModelMixError: this subject only
+                except ValueError as exc:  # EnrolmentError, ModelMixError: this subject only
                     out.skipped[person.name] = f"refused by the central: {exc}"
         if progress:
             progress(i + 1, len(people))

@@ -12,7 +12,7 @@
     gate-central --config F revoke SUBJECT [--scope lane:L1] [--reason TEXT]
     gate-central --config F expire
     gate-central --config F list [--scope lane:L1] [--status active|revoked|expired]
-    gate-central --config F enrol --from DIR --scope lane:L1 [--list deny] [--valid-until T]  (alias: enroll)
+    gate-central --config F enrol --from DIR --scope lane:L1 [--list deny] [--valid-until T]  (alias: enrol)
     gate-central --config F migrate [--from OLD_SQLITE_FILE]   create/upgrade the schema; copy a SQLite central
     gate-central --config F console                      the operations console (web; table [console])
     gate-central --config F console-user add NAME --role viewer|supervisor --operator ID [--password-stdin]
@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 from models.manifest import ModelError
-from sync.central import Central, EnrollmentError
+from sync.central import Central, EnrolmentError
 from sync.central_db import StorageError, redact_dsn
 from sync.config import ConfigError, load_central_config
 from sync.keys import KeyFileError, generate_keypair_files, load_public_key
@@ -421,7 +421,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     return run_command("gate-central", build_parser(), argv,
-                       (ConfigError, KeyFileError, EnrollmentError, ModelError, StorageError, TemplateKeyError,
+                       (ConfigError, KeyFileError, EnrolmentError, ModelError, StorageError, TemplateKeyError,
                         TemplateIntegrityError, ValueError, OSError))
 
 
