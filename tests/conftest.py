@@ -101,3 +101,13 @@ def central_database(request, tmp_path):
     if request.param == "sqlite":
         return str(tmp_path / "central.db")
     return request.getfixturevalue("pg_database")
+
+
+@pytest.fixture
+def central(central_database):
+    """A Central on each store (sqlite, postgresql); test files may define their own."""
+    from sync.central import Central
+
+    c = Central(central_database)
+    yield c
+    c.close()

@@ -32,6 +32,16 @@ from sync.service_messages import Reply, decode_request, encode_reply  # noqa: E
 from sync.subject_record import SubjectRecord  # noqa: E402
 from sync.transport import SERVICE_OFFSET, Security, bind_socket  # noqa: E402
 
+
+class Clock:
+    """A settable clock in Unix seconds, for code that takes `clock=` (the central, the console)."""
+
+    def __init__(self, t: float = 1_800_000_000.0):
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
 MODEL = "mobilefacenet-test"
 
 

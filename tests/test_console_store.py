@@ -16,26 +16,12 @@ from console.config import BindRefused, ConsoleConfig, check_bind
 from console.store import AccountError, ConsoleStore
 from sync.audit_chain import GENESIS_HASH, AuditRow, record_hash
 from sync.audit_export import export_audit, pull_audit
-from sync.central import Central
 from sync.service_messages import HealthReport
-from tests.sync_helpers import MODEL, unit
+from tests.sync_helpers import MODEL, Clock, unit
 
 UTC = dt.timezone.utc
 
 
-class Clock:
-    def __init__(self, t: float = 1_800_000_000.0):
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
-
-
-@pytest.fixture
-def central(central_database):
-    c = Central(central_database)
-    yield c
-    c.close()
 
 
 def test_accounts_sessions_and_their_end(central):

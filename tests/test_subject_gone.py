@@ -19,7 +19,7 @@ from sync.central import Central
 from sync.forget import all_gone, count_bytes, forget_withdrawn
 from sync.forget import subject_presence as central_presence
 from sync.template_crypto import TemplateCipher
-from tests.sync_helpers import MODEL, Deployment
+from tests.sync_helpers import MODEL, Clock, Deployment
 from tools import gate_ops, gatectl
 from vision.types import Template
 
@@ -28,13 +28,6 @@ T0 = dt.datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 WHO = "trav-7f3a9c"  # the subject to forget
 OTHERS = [f"trav-{i:04d}" for i in range(40)]
 
-
-class Clock:
-    def __init__(self, t: float):
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
 
 
 def failing(checks) -> set[str]:

@@ -16,24 +16,11 @@ from sync.central import Central, EnrolmentError, ModelMixError, UnknownSubject
 from sync.kvmsg import PREV_PROPERTY, KVMsg, new_uuid
 from sync.service_messages import HealthReport
 from sync.subject_record import SubjectRecord, decode_record, encode_record, normalise_templates
-from tests.sync_helpers import MODEL, in_days, unit
+from tests.sync_helpers import MODEL, Clock, in_days, unit
 
 UTC = dt.timezone.utc
 
 
-class Clock:
-    def __init__(self, t: float):
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
-
-
-@pytest.fixture
-def central(central_database):
-    c = Central(central_database)
-    yield c
-    c.close()
 
 
 def test_database_file_is_owner_only(tmp_path):

@@ -105,11 +105,24 @@ def describe_source(path: Path) -> str:
     return ".../" + "/".join(p.parts[-3:])
 
 
+def _pair_scores(args, pipe, progress):
+    """(templates by path, genuine scores, impostor scores, data description) for a labelled
+    pairs file: the same for `calibrate` and `verify`."""
+    from vision import calibrate as cal
+    from vision.evaluate import embed_images, read_pairs
+
+    pairs = read_pairs(Path(args.pairs), Path(args.images))
+    templates = embed_images(pipe, sorted({p.a for p in pairs} | {p.b for p in pairs}), progress)
+    genuine, impostor = cal.pair_scores(pairs, templates)
+    return templates, genuine, impostor, {"kind": "pairs", "source": describe_source(Path(args.pairs)),
+                                          "images": len(templates)}
+
+
 def cmd_calibrate(args) -> int:
     """Embed a site's labelled data and write a calibration record (vision/calibrate.py)."""
     from models.manifest import ModelError
     from vision import calibrate as cal
-    from vision.evaluate import embed_images, read_pairs
+    from vision.evaluate import embed_images
 
     try:
         if not args.description.strip():
@@ -120,10 +133,7 @@ def cmd_calibrate(args) -> int:
         progress = _progress("embedding", args.quiet or args.json)
         ident = None
         if args.pairs:
-            pairs = read_pairs(Path(args.pairs), Path(args.images))
-            templates = embed_images(pipe, sorted({p.a for p in pairs} | {p.b for p in pairs}), progress)
-            genuine, impostor = cal.pair_scores(pairs, templates)
-            data = {"kind": "pairs", "source": describe_source(Path(args.pairs)), "images": len(templates)}
+            templates, genuine, impostor, data = _pair_scores(args, pipe, progress)
         else:
             sample = cal.sample_identities(Path(args.images), max_images=args.max_images,
                                            per_identity=args.per_identity, seed=args.seed)
@@ -166,7 +176,7 @@ def cmd_verify(args) -> int:
     cannot support is refused, not estimated (vision/calibrate.py: rule of three)."""
     from models.manifest import ModelError
     from vision import calibrate as cal
-    from vision.evaluate import embed_images, read_pairs
+    from vision.evaluate import embed_images
 
     try:
         if args.out and not (args.description or "").strip():
@@ -176,10 +186,7 @@ def cmd_verify(args) -> int:
         pipe = _pipeline(args)
         progress = _progress("embedding", args.quiet or args.json)
         if args.pairs:
-            pairs = read_pairs(Path(args.pairs), Path(args.images))
-            templates = embed_images(pipe, sorted({p.a for p in pairs} | {p.b for p in pairs}), progress)
-            genuine, impostor = cal.pair_scores(pairs, templates)
-            data = {"kind": "pairs", "source": describe_source(Path(args.pairs)), "images": len(templates)}
+            templates, genuine, impostor, data = _pair_scores(args, pipe, progress)
         else:
             sample = cal.sample_identities(Path(args.images), max_images=args.max_images,
                                            per_identity=args.per_identity, seed=args.seed)
