@@ -133,6 +133,11 @@ class DecisionPolicy:
         "help": "a second face at least this fraction of the primary face's linear size is a second "
                 "person at the gate (tailgating); 0.7 ≈ standing within 1.4x the distance", "min": 0.0,
         "max": 1.0})
+    tailgate_frames: int = field(default=3, metadata={
+        "help": "consecutive frames that must show that second face before it is tailgating: one frame "
+                "is how a detector's false positive looks (MTCNN on the lane feed: 1 stray close face in "
+                "~230 frames of one passenger), while two people at the gate stay in view together",
+        "min": 1})
     pad: PadPolicy = field(default_factory=PadPolicy, metadata={
         "help": "presentation-attack detection: live-probability threshold and frames fused; used only "
                 "when a PAD model is provisioned"})

@@ -237,6 +237,7 @@ class LaneState:
     outside_since: float | None = None
     outside_box: tuple[float, float, float, float] | None = None
     outside_prompted: bool = False
+    second_face_frames: int = 0  # consecutive frames with a close second face (DecisionPolicy.tailgate_frames)
 
     @property
     def one_to_one_subject(self) -> str | None:
@@ -548,8 +549,22 @@ def _still_served(s: LaneState, served: Track, face: FaceObservation) -> bool:
     return best is None or best.score < s.config.policy.threshold_1n or best.subject_id == s.served_subject
 
 
+def _persistent_tailgate_ratio(s: LaneState, frame: FrameObservation) -> tuple[LaneState, float | None]:
+    """The frame's second-face ratio once a close second face has been in `tailgate_frames`
+    consecutive frames (None before): a stray detection must not latch the lane. While the
+    streak is shorter, the lane decides nothing on those frames, so two people together are
+    not let through before their second frame together has come."""
+    ratio = tailgate_ratio(frame)
+    close = ratio is not None and ratio >= s.config.policy.tailgate_size_ratio
+    streak = s.second_face_frames + 1 if close else 0
+    if streak != s.second_face_frames:
+        s = replace(s, second_face_frames=streak)
+    return s, ratio if streak >= s.config.policy.tailgate_frames else None
+
+
 def _on_frame(s: LaneState, frame: FrameObservation) -> Result:
     tracking = s.config.tracking
+    s, persistent_ratio = _persistent_tailgate_ratio(s, frame)
     if s.mode in (Mode.DECIDED, Mode.OPEN) and s.served is not None and frame.primary is not None \
             and same_visit(s.served, frame.primary, tracking):
         # the person just decided is still in view: when they leave is what ends their visit. A
@@ -557,10 +572,9 @@ def _on_frame(s: LaneState, frame: FrameObservation) -> Result:
         # next one stepping onto the same spot (whose frames had no match to tell them apart)
         s = replace(s, served=replace(s.served, box=frame.primary.box, last_seen_t=s.now))
     if s.mode is Mode.OPEN:
-        ratio = tailgate_ratio(frame)
         opening = _opening(s)
-        if not opening.hold and ratio is not None and ratio >= s.config.policy.tailgate_size_ratio:
-            return _raise_alarm(s, Reason.TAILGATING.value, tailgate_ratio=round(ratio, 3),
+        if not opening.hold and persistent_ratio is not None:
+            return _raise_alarm(s, Reason.TAILGATING.value, tailgate_ratio=round(persistent_ratio, 3),
                                 opening=opening.to_record())
         return s, []
     if s.mode not in (Mode.IDLE, Mode.ACQUIRING):
@@ -597,12 +611,16 @@ def _on_frame(s: LaneState, frame: FrameObservation) -> Result:
                          attempt=1)
     else:
         s = replace(s, track=track)
-    s, more = _judge(s, tailgate_ratio(frame), dict(frame.timings_ms))
+    if persistent_ratio is None and s.second_face_frames:  # a stray, or a companion: not decided yet
+        return s, actions
+    s, more = _judge(s, persistent_ratio, dict(frame.timings_ms))
     return s, actions + more
 
 
 def _on_tick(s: LaneState, _: Tick) -> Result:
-    return _judge(s, None, None) if s.mode is Mode.ACQUIRING else (s, [])
+    if s.mode is not Mode.ACQUIRING or s.second_face_frames:  # see _persistent_tailgate_ratio
+        return s, []
+    return _judge(s, None, None)
 
 
 def _on_passage(s: LaneState, e: PassageComplete) -> Result:
