@@ -1,5 +1,5 @@
-"""The shipped unit passes `systemd-analyze verify` (where the tool exists) and keeps the
-properties the daemon relies on."""
+"""The shipped units pass `systemd-analyze verify` (where the tool exists) and keep the
+properties each service relies on."""
 import os
 import shutil
 import subprocess
@@ -8,28 +8,44 @@ from pathlib import Path
 
 import pytest
 
-UNIT = Path(__file__).resolve().parents[1] / "systemd" / "gated@.service"
+UNITS = Path(__file__).resolve().parents[1] / "systemd"
+HARDENING = ("Restart=on-failure", "StateDirectory=", "ProtectSystem=strict", "NoNewPrivileges=yes",
+             "PrivateTmp=yes", "CapabilityBoundingSet=\n", "UMask=0077")
+# unit -> (the console script it runs, what else it must declare, an instance name to verify it as)
+EXPECTED = {
+    "gated@.service": ("gated", ("Type=notify", "WatchdogSec=", "DevicePolicy=closed", "DeviceAllow=char-ttyUSB rw",
+                                 "DeviceAllow=char-video4linux rw", "DeviceAllow=char-gpiochip rw", "LimitCORE=0"),
+                       "lane-a"),
+    "gate-kiosk.service": ("gate-kiosk", ("DevicePolicy=closed", "RuntimeDirectory=edgegate-kiosk"), None),
+    "gate-central@.service": ("gate-central", ("PrivateDevices=yes", "LimitCORE=0", " serve"), "node-a"),
+    "gate-console@.service": ("gate-central", ("PrivateDevices=yes", "LimitCORE=0", " console"), "node-a"),
+}
 
 
-def test_unit_declares_notify_watchdog_state_and_hardening():
-    text = UNIT.read_text()
-    for line in ("Type=notify", "WatchdogSec=", "Restart=on-failure", "StateDirectory=", "ProtectSystem=strict",
-                 "NoNewPrivileges=yes", "PrivateTmp=yes", "DevicePolicy=closed", "DeviceAllow=char-ttyUSB rw",
-                 "DeviceAllow=char-video4linux rw", "DeviceAllow=char-gpiochip rw", "LimitCORE=0"):
-        assert line in text, line
+def test_every_shipped_unit_is_checked_here():
+    assert sorted(p.name for p in UNITS.glob("*.service")) == sorted(EXPECTED)
 
 
-def test_systemd_analyze_verify(tmp_path):
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_unit_declares_what_its_service_relies_on_and_the_hardening(name):
+    text = (UNITS / name).read_text()
+    for line in HARDENING + EXPECTED[name][1]:
+        assert line in text, f"{name}: {line!r}"
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_systemd_analyze_verify(tmp_path, name):
     tool = shutil.which("systemd-analyze")
     if tool is None:
         if os.environ.get("CI", "").lower() == "true":  # CI machines have it: missing means a broken image
             pytest.fail("systemd-analyze is not installed")
         pytest.skip("systemd-analyze not installed")
-    gated = Path(sys.executable).parent / "gated"
-    assert gated.exists(), "the gated console script is not installed in this environment"
-    text = UNIT.read_text().replace("/opt/edgegate/venv/bin/gated", str(gated))
-    unit = tmp_path / "gated@lane-a.service"
+    script, _, instance = EXPECTED[name]
+    installed = Path(sys.executable).parent / script
+    assert installed.exists(), f"the {script} console script is not installed in this environment"
+    text = (UNITS / name).read_text().replace(f"/opt/edgegate/venv/bin/{script}", str(installed))
+    unit = tmp_path / (name.replace("@.", f"@{instance}.") if instance else name)
     unit.write_text(text)
     r = subprocess.run([tool, "verify", str(unit)], capture_output=True, text=True, timeout=60)
-    problems = [ln for ln in (r.stdout + r.stderr).splitlines() if "gated@lane-a.service" in ln]
+    problems = [ln for ln in (r.stdout + r.stderr).splitlines() if unit.name in ln]
     assert r.returncode == 0 and not problems, r.stdout + r.stderr
