@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -183,12 +182,7 @@ def parse_config(data: dict, base_dir: Path, path: Path | None = None) -> KioskC
 
 def load_config(path: Path) -> KioskConfig:
     path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
-    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"{path} is not valid UTF-8 TOML: {exc}") from None
+    data = configschema.read_toml(path)
     try:
         return parse_config(data, path.parent.resolve(), path)
     except ConfigError as exc:

@@ -138,6 +138,23 @@ def test_unreadable_and_malformed_files(tmp_path, capsys):
     assert "configuration error" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("loader", ["kiosk.config:load_config", "sync.config:load_central_config"])
+def test_the_station_and_central_read_their_files_the_same_way(tmp_path, loader):
+    import importlib
+
+    module, name = loader.split(":")
+    load = getattr(importlib.import_module(module), name)
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load(tmp_path / "absent.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[station\nid = 1\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load(bad)
+    bad.write_bytes(b"\xff\xfe[station]")
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        load(bad)
+
+
 def test_device_table_builds_the_typed_driver_config(tmp_path):
     from devices.config import InputMap, RelayConfig
 
