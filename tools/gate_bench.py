@@ -167,6 +167,23 @@ def cmd_central(args) -> int:
     return 0
 
 
+def cmd_fleet(args) -> int:
+    import logging
+
+    from tools.bench_fleet import fleet_bench, format_table
+
+    logging.getLogger("sync").setLevel(logging.CRITICAL)  # the fleet's made-up forks and conflicts
+
+    say = lambda msg: print(f"[fleet] {msg}", file=sys.stderr, flush=True)  # noqa: E731
+    r = fleet_bench(gates=tuple(args.gates), refreshes=args.refreshes, records=args.records,
+                    stores=tuple(args.stores), progress=say)
+    if args.json:
+        _print_json(r)
+    else:
+        print(format_table(r))
+    return 0
+
+
 def cmd_failover(args) -> int:
     """Both failovers in one run, one after the other (never concurrently: they share 2 cores):
     a central node killed under a fleet of gates, and the PostgreSQL primary killed under audit
@@ -322,6 +339,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--stores", nargs="+", choices=["sqlite", "postgresql"], default=["sqlite", "postgresql"])
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_central)
+    s = sub.add_parser("fleet", help="one refresh of the console's fleet view (console.views.fleet) per fleet size, "
+                                     "SQLite and PostgreSQL side by side: time and SQL statements")
+    s.add_argument("--gates", type=int, nargs="+", default=[200, 2000])
+    s.add_argument("--refreshes", type=int, default=10, help="timed refreshes per fleet size (after one warm-up)")
+    s.add_argument("--records", type=int, default=20, help="audit records per gate")
+    s.add_argument("--stores", nargs="+", choices=["sqlite", "postgresql"], default=["sqlite", "postgresql"])
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_fleet)
     s = sub.add_parser("failover", help="kill -9 a central node under a fleet of gates: time until updates and "
                                         "audit acks resume, snapshots forced, records lost")
     s.add_argument("--gates", type=int, default=50)
