@@ -51,6 +51,36 @@ class AuditAlarm:
     resolved_by: str | None  # the epoch that took over the gate's differing records
 
 
+# The last seq held of each gate's newest chain, for every gate id the subquery `{gates}` selects
+# (its column `gate_id`), in one statement. The newest chain is the last registered epoch
+# (`epochs()` order), or the first chain '' of a gate that never forked (it has no audit_epochs
+# row); its last seq is its newest record's, or its base when it holds none yet. Both lookups
+# go through the per-gate indexes (audit_epochs' key, audit's (gate_id, epoch, seq) key: one
+# backward index probe per partition on PostgreSQL), never an aggregate over the audit table.
+_LATEST_SQL = (
+    "SELECT n.gate_id, COALESCE("
+    "(SELECT a.seq FROM audit a WHERE a.gate_id = n.gate_id AND a.epoch = n.epoch ORDER BY a.seq DESC LIMIT 1), "
+    "(SELECT e.base_seq FROM audit_epochs e WHERE e.gate_id = n.gate_id AND e.epoch = n.epoch), 0) "
+    "FROM (SELECT g.gate_id, COALESCE((SELECT e.epoch FROM audit_epochs e WHERE e.gate_id = g.gate_id "
+    "ORDER BY e.registered_at DESC, e.epoch DESC LIMIT 1), '') AS epoch FROM ({gates}) g) n")
+_REGISTERED_GATES = "SELECT ident AS gate_id FROM principals WHERE kind = 'gate'"
+_ALARMS_SQL = "SELECT gate_id, epoch, kind, seq, detail, detected_at, resolved_by FROM audit_alarms"
+_ALARM_ORDER = "detected_at, epoch, kind, seq"
+
+
+def alarm_summary_of(alarms: list[AuditAlarm]) -> str:
+    """One line for `gate-ops gates` from a gate's alarms in detection order: unresolved alarms
+    first; '' when there is none."""
+    open_ = [a for a in alarms if a.resolved_by is None]
+    if open_:
+        a = open_[-1]
+        return f"ALARM {a.kind} at seq {a.seq} ({a.epoch or 'first chain'}): {a.detail}"
+    if alarms:
+        a = alarms[-1]
+        return f"forked: {a.kind} at seq {a.seq}, records kept under epoch {(a.resolved_by or '')[:8]}"
+    return ""
+
+
 def _row(seq: int, ts: str, prev_hash: str, digest: str, body: str) -> AuditRow:
     return AuditRow(seq=int(seq), ts=ts, prev_hash=prev_hash, hash=digest, body=json.loads(body))
 
@@ -223,25 +253,30 @@ class AuditStore:
         return out
 
     def alarms(self, gate_id: str) -> list[AuditAlarm]:
-        return [AuditAlarm(gate_id, *row) for row in self._conn.execute(
-            "SELECT epoch, kind, seq, detail, detected_at, resolved_by FROM audit_alarms WHERE gate_id = ? "
-            "ORDER BY detected_at", (gate_id,))]
+        """The gate's alarms, resolved ones included, in detection order."""
+        return [AuditAlarm(*row) for row in self._conn.execute(
+            f"{_ALARMS_SQL} WHERE gate_id = ? ORDER BY {_ALARM_ORDER}", (gate_id,))]
+
+    def alarms_by_gate(self) -> dict[str, list[AuditAlarm]]:
+        """Every gate's alarms (as `alarms` gives them) in one statement; a gate without any
+        is absent. The table holds what was noticed, a few rows per incident, not records."""
+        out: dict[str, list[AuditAlarm]] = {}
+        for row in self._conn.execute(f"{_ALARMS_SQL} ORDER BY gate_id, {_ALARM_ORDER}"):
+            out.setdefault(row[0], []).append(AuditAlarm(*row))
+        return out
 
     def latest_seq(self, gate_id: str) -> int:
         """The last seq held of the gate's newest chain."""
-        return self.head(gate_id, self.epochs(gate_id)[-1].epoch)[1]
+        row = self._conn.execute(_LATEST_SQL.format(gates="SELECT CAST(? AS TEXT) AS gate_id"), (gate_id,)).fetchone()
+        return int(row[1])
+
+    def latest_seqs(self) -> dict[str, int]:
+        """`latest_seq` of every registered gate, in one statement whatever the fleet's size."""
+        return {g: int(seq) for g, seq in self._conn.execute(_LATEST_SQL.format(gates=_REGISTERED_GATES))}
 
     def alarm_summary(self, gate_id: str) -> str:
         """One line for `gate-ops gates`: unresolved alarms first; '' when there is none."""
-        alarms = self.alarms(gate_id)
-        open_ = [a for a in alarms if a.resolved_by is None]
-        if open_:
-            a = open_[-1]
-            return f"ALARM {a.kind} at seq {a.seq} ({a.epoch or 'first chain'}): {a.detail}"
-        if alarms:
-            a = alarms[-1]
-            return f"forked: {a.kind} at seq {a.seq}, records kept under epoch {(a.resolved_by or '')[:8]}"
-        return ""
+        return alarm_summary_of(self.alarms(gate_id))
 
     def verify(self, gate_id: str, epoch: str = LEGACY_EPOCH) -> ChainCheck:
         """Check one chain as held here, from its base."""

@@ -136,6 +136,9 @@ class Central:
     def assigned_flights(self, gate_id: str) -> tuple[str, ...]:
         return self.registry.assigned_flights(gate_id)
 
+    def all_assigned_flights(self) -> dict[str, tuple[str, ...]]:
+        return self.registry.all_assigned_flights()
+
     def principal_for_key(self, public_key: bytes | str) -> Principal | None:
         return self.registry.for_key(public_key)
 

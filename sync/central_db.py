@@ -33,6 +33,10 @@ from pathlib import Path
 from typing import Any, Iterator, Protocol, Sequence
 
 _KEYWORD_DSN = re.compile(r"^\s*(host|hostaddr|dbname|user|port|service)\s*=", re.IGNORECASE)
+# Bound parameters one statement may carry on both engines, with room to spare: SQLite takes
+# 32766 since 3.32 (this machine's is 3.40), PostgreSQL's protocol 65535. A set query over a
+# whole fleet (scope heads of every gate's scopes) stays one statement up to this many values.
+MAX_PARAMS = 10_000
 
 
 class StorageError(Exception):

@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass
 from typing import Callable
 
-from sync.audit_store import AuditStore
+from sync.audit_store import AuditAlarm, AuditStore, alarm_summary_of
 from sync.central_db import CentralDatabase
 from sync.service_messages import HealthReport
 
@@ -31,6 +31,7 @@ class GateStatus:
     audit_max_seq: int  # of the gate's newest chain epoch
     node: str | None = None  # the central node the gate last reported through
     audit_alarm: str = ""  # a conflicting or backwards audit log (sync.audit_store.alarm_summary)
+    audit_alarms: tuple[AuditAlarm, ...] = ()  # all of them, resolved ones too, in detection order
 
 
 class GateHealth:
@@ -80,18 +81,27 @@ class GateHealth:
         return newly
 
     def statuses(self, silent_after_s: float) -> list[GateStatus]:
+        """Every registered gate, in gate id order: three queries whatever the fleet's size (the
+        gates with their last report, the audit store's newest heads, its alarms), in one read
+        snapshot."""
         now = self._clock()
         out = []
-        for ident, scopes, last_seen, status, sw, models, wl_seq, queue, last_dec, node in self.db.execute(
+        with self.db.read_snapshot():
+            gates = self.db.execute(
                 "SELECT p.ident, p.scopes, h.last_seen, h.status, h.software_version, h.model_versions, "
                 "h.watchlist_seq, h.queue_depth, h.last_decision_at, h.node FROM principals p "
-                "LEFT JOIN gate_health h ON h.gate_id = p.ident WHERE p.kind = 'gate' ORDER BY p.ident").fetchall():
+                "LEFT JOIN gate_health h ON h.gate_id = p.ident WHERE p.kind = 'gate' ORDER BY p.ident").fetchall()
+            latest = self.audit.latest_seqs()
+            alarms = self.audit.alarms_by_gate()
+        for ident, scopes, last_seen, status, sw, models, wl_seq, queue, last_dec, node in gates:
             reported = status is not None
+            gate_alarms = alarms.get(ident, [])
             out.append(GateStatus(
                 gate_id=ident, scopes=tuple(json.loads(scopes)),
                 last_seen=dt.datetime.fromtimestamp(last_seen, dt.timezone.utc) if reported else None,
                 silent=not reported or now - last_seen >= silent_after_s,
                 status=status, software_version=sw, model_versions=json.loads(models) if models else {},
                 watchlist_seq=wl_seq, queue_depth=queue, last_decision_at=last_dec,
-                audit_max_seq=self.audit.latest_seq(ident), node=node, audit_alarm=self.audit.alarm_summary(ident)))
+                audit_max_seq=latest.get(ident, 0), node=node, audit_alarm=alarm_summary_of(gate_alarms),
+                audit_alarms=tuple(gate_alarms)))
         return out

@@ -144,12 +144,27 @@ class Principals:
         return tuple(sorted(set(scopes)))
 
     def assigned_flights(self, gate_id: str) -> tuple[str, ...]:
-        return tuple(r[0] for r in self.db.execute(
-            "SELECT scope FROM gate_assignments WHERE gate_id = ? ORDER BY scope", (gate_id,)).fetchall())
+        return self._assignments("WHERE gate_id = ?", (gate_id,)).get(gate_id, ())
 
-    def _load(self, row) -> Principal:
-        assigned = self.assigned_flights(row[1]) if row[0] == "gate" else ()
-        return Principal(row[0], row[1], row[2], tuple(json.loads(row[3])), assigned)
+    def all_assigned_flights(self) -> dict[str, tuple[str, ...]]:
+        """Every boarding gate's flights in one statement; a gate assigned none is absent."""
+        return self._assignments()
+
+    def _assignments(self, where: str = "", args: tuple = ()) -> dict[str, tuple[str, ...]]:
+        out: dict[str, list[str]] = {}
+        for gate_id, scope in self.db.execute(
+                f"SELECT gate_id, scope FROM gate_assignments {where} ORDER BY gate_id, scope", args).fetchall():
+            out.setdefault(gate_id, []).append(scope)
+        return {g: tuple(scopes) for g, scopes in out.items()}
+
+    def _load(self, row, assigned: dict[str, tuple[str, ...]] | None = None) -> Principal:
+        if row[0] != "gate":
+            flights: tuple[str, ...] = ()
+        elif assigned is None:
+            flights = self.assigned_flights(row[1])
+        else:
+            flights = assigned.get(row[1], ())
+        return Principal(row[0], row[1], row[2], tuple(json.loads(row[3])), flights)
 
     def _find(self, where: str, arg: str) -> Principal | None:
         row = self.db.execute(f"SELECT kind, ident, public_key, scopes FROM principals WHERE {where} = ?",
@@ -165,4 +180,5 @@ class Principals:
 
     def all(self) -> list[Principal]:
         rows = self.db.execute("SELECT kind, ident, public_key, scopes FROM principals ORDER BY name").fetchall()
-        return [self._load(r) for r in rows]
+        assigned = self.all_assigned_flights()  # one statement, not one per gate
+        return [self._load(r, assigned) for r in rows]

@@ -14,11 +14,12 @@ empty body (nothing to seal; it is what CHP and sync.forget read as "deleted").
 """
 from __future__ import annotations
 
+import bisect
 import logging
 from contextlib import contextmanager
 from typing import Iterable, Iterator
 
-from sync.central_db import CentralDatabase
+from sync.central_db import MAX_PARAMS, CentralDatabase
 from sync.central_seal import SealedRowRefused
 from sync.kvmsg import PREV_PROPERTY, KVMsg, decode_properties, encode_properties
 from sync.scopes import split_key
@@ -180,14 +181,39 @@ class Hashmap:
         return batch
 
     def scope_heads(self, scopes: Iterable[str]) -> dict[str, int]:
-        scopes = list(scopes)
+        """The sequence of each scope's latest change (0: none yet): one statement for up to
+        MAX_PARAMS scopes (a whole fleet's)."""
         heads = {s: 0 for s in scopes}
-        if scopes:
-            marks = ",".join("?" * len(scopes))
-            query = f"SELECT scope, seq FROM scope_heads WHERE scope IN ({marks})"
-            for scope, seq in self._conn.execute(query, scopes):
+        wanted = list(heads)
+        for lo in range(0, len(wanted), MAX_PARAMS):
+            chunk = wanted[lo:lo + MAX_PARAMS]
+            query = f"SELECT scope, seq FROM scope_heads WHERE scope IN ({','.join('?' * len(chunk))})"
+            for scope, seq in self._conn.execute(query, chunk):
                 heads[scope] = int(seq)
         return heads
+
+    def changes_behind(self, pairs: Iterable[tuple[str, int]]) -> dict[tuple[str, int], int]:
+        """For each (scope, seq): how many changes of that scope the log holds after seq (the
+        fleet view's gates that are behind), in one statement for up to MAX_PARAMS scopes: the
+        seq column of those scopes' log rows after the oldest seq asked, counted here. The log
+        holds the last `log_retention_s` of changes (an hour by default), so a gate far behind
+        costs at most that much of its scopes' log. (A count per pair correlated with a list of
+        pairs is one statement too, but PostgreSQL plans `seq > <outer column>` blind, as a third
+        of the log, and scans all of it for every pair.)"""
+        wanted = set(pairs)
+        if not wanted:
+            return {}
+        since = min(seq for _, seq in wanted)
+        seqs: dict[str, list[int]] = {}
+        scopes = sorted({scope for scope, _ in wanted})
+        for lo in range(0, len(scopes), MAX_PARAMS):
+            chunk = scopes[lo:lo + MAX_PARAMS]
+            for scope, seq in self._conn.execute(
+                    f"SELECT scope, seq FROM kv_log WHERE seq > ? AND scope IN ({','.join('?' * len(chunk))}) "
+                    "ORDER BY seq", (since, *chunk)):
+                seqs.setdefault(scope, []).append(int(seq))
+        return {(scope, after): len(seqs.get(scope, ())) - bisect.bisect_right(seqs.get(scope, []), after)
+                for scope, after in wanted}
 
     def uuid_seen(self, uuid: bytes) -> bool:
         return self._conn.execute("SELECT 1 FROM kv_log WHERE uuid = ? LIMIT 1", (uuid,)).fetchone() is not None
