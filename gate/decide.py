@@ -186,6 +186,7 @@ class PadEvidence:
     def to_record(self) -> dict[str, Any]:
         return {**self.verdict.to_dict(), "scores": [
             {"t": round(s.t, 6), "live": None if s.pad_live is None else round(s.pad_live, 4),
+             "px": None if s.face_px is None else round(s.face_px, 1),
              "models": {m: round(live, 4) for m, live in s.pad_scores or ()}} for s in self.samples]}
 
 

@@ -58,21 +58,47 @@ def _cpu_s() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def calibrated_threshold(record: Path = CALIBRATION, far: float = FAR) -> tuple[float, str]:
-    """The record's 1:1 threshold at `far`, and the line that says where it came from."""
-    from vision.calibrate import load_record
+DETECTOR, EMBEDDER = "mtcnn-v1", "dlib-resnet-v1"  # the shipped models, which CALIBRATION was measured with
+MIN_MARGIN = 0.03  # lane.policy.min_margin on the default embedder's score scale
+
+
+def calibrated_threshold(record: Path = CALIBRATION, far: float = FAR, *, detector: str = DETECTOR,
+                         embedder: str = EMBEDDER) -> tuple[float, str]:
+    """The record's 1:1 threshold at `far`, and the line that says where it came from. A record
+    measured with other models than `detector` + `embedder` is refused, as `gated --check` does."""
+    from vision.calibrate import CalibrationError, load_record
 
     rec = load_record(record)
+    if (rec.detector, rec.embedder) != (detector, embedder) or rec.models.get("flip") is not True:
+        raise CalibrationError(f"calibration record {record} was measured with {rec.detector} + {rec.embedder} "
+                               f"(flip {rec.models.get('flip')}); the bench runs {detector} + {embedder} with "
+                               "flip: run gate-eval calibrate with these models and give that record")
     return float(rec.point("1:1", far).threshold), rec.summary("1:1", far)
 
 
-def _config(work: Path, models: Path, threshold: float, pad: bool, capture_px: float = CAPTURE_MIN_FACE_PX) -> dict:
+def scaled_margin(record: Path, base: Path = CALIBRATION, base_margin: float = MIN_MARGIN) -> float:
+    """`base_margin` carried from `base`'s embedder to `record`'s: a cosine lead means nothing on
+    another embedder's scale (dlib's impostors sit near 0.9, MobileFaceNet's near 0), so the lead
+    is kept in the same units of the impostor tail just above the operating point, the distance
+    between the 1:1 thresholds at FAR 1e-3 and 1e-4 (one decade of false accepts). The default's
+    0.03 is 2.1 such decades on its own record (0.9292 → 0.9437)."""
+    from vision.calibrate import load_record
+
+    def decade(path: Path) -> float:
+        rec = load_record(path)
+        return float(rec.point("1:1", 1e-4).threshold - rec.point("1:1", 1e-3).threshold)
+
+    return base_margin * decade(record) / decade(base)
+
+
+def _config(work: Path, models: Path, threshold: float, pad: bool, capture_px: float = CAPTURE_MIN_FACE_PX,
+            min_margin: float = MIN_MARGIN) -> dict:
     return {
         "gate": {"id": "BENCH", "state_dir": str(work / "state"), "log_level": "WARNING"},
         "camera": {"source": "bench-feed", "fps": FPS},
         "models": {"dir": str(models), "pad_required": pad, "min_face_px": 60, "pad": list(PAD_NAMES) if pad else []},
         "lane": {"lane_id": "BENCH-1",
-                 "policy": {"threshold_1n": threshold, "min_margin": 0.03, "threshold_1to1": threshold,
+                 "policy": {"threshold_1n": threshold, "min_margin": min_margin, "threshold_1to1": threshold,
                             "deny_threshold": threshold},
                  "tracking": {"capture_min_face_px": capture_px}},
         "device": {"type": "sim"},
@@ -332,9 +358,13 @@ def choose_travellers(pipeline, images: Path, enrolled: int, strangers: int, tak
 def lane_bench(models: Path, images: Path, pad_from: Path, enrolled: int = 30, strangers: int = 10,
                idle_s: float = 10.0, threshold: float | None = None, seed: int = 3, takes: int = 3,
                behaviour: Behaviour | None = None, capture_px: float = CAPTURE_MIN_FACE_PX,
-               progress: Callable[[str], None] = _stderr) -> dict:
+               progress: Callable[[str], None] = _stderr, *, detector: str = DETECTOR, embedder: str = EMBEDDER,
+               calibration: Path = CALIBRATION) -> dict:
     """Both runs; `pad_from` is the folder holding the MiniFASNet pair (e.g. ../shared/models).
-    `threshold` None = the calibration record's 1:1 operating point at FAR 1e-3."""
+    `threshold` None = the calibration record's 1:1 operating point at FAR 1e-3. Other models
+    than the shipped ones (`detector`, `embedder`: names in `models`, e.g. operator-provisioned
+    SCRFD + MobileFaceNet) need their own `calibration` record, from which the threshold and the
+    margin (`scaled_margin`) are taken."""
     from gate.config import parse_config
     from gate.watchlist import Subject, WatchlistStore
     from models.provision import provision_minifasnet_pair
@@ -346,9 +376,10 @@ def lane_bench(models: Path, images: Path, pad_from: Path, enrolled: int = 30, s
     behaviour = behaviour or Behaviour()
     source = "given"
     if threshold is None:
-        threshold, source = calibrated_threshold()
+        threshold, source = calibrated_threshold(calibration, detector=detector, embedder=embedder)
+    min_margin = MIN_MARGIN if Path(calibration) == CALIBRATION else scaled_margin(Path(calibration))
     progress("loading models and choosing passengers")
-    pipeline = load_pipeline(models, "mtcnn-v1", "dlib-resnet-v1", flip=True, threads=2, detector_opts={"min_face": 40})
+    pipeline = load_pipeline(models, detector, embedder, flip=True, threads=2, detector_opts={"min_face": 40})
     travellers, enrol_from = choose_travellers(pipeline, images, enrolled, strangers, takes, seed)
     work = Path(tempfile.mkdtemp(prefix="edgegate-lane-bench-"))
     pad_models = work / "models"
@@ -367,7 +398,7 @@ def lane_bench(models: Path, images: Path, pad_from: Path, enrolled: int = 30, s
     for name, pad in (("liveness_on", True), ("liveness_off", False)):
         run_dir = work / name
         run_dir.mkdir()
-        cfg = parse_config(_config(run_dir, pad_models, threshold, pad, capture_px), run_dir)
+        cfg = parse_config(_config(run_dir, pad_models, threshold, pad, capture_px, min_margin), run_dir)
         cfg.gate.state_dir.mkdir(parents=True)
         cfg.template_key_file.parent.mkdir(parents=True, mode=0o700)
         store = WatchlistStore(cfg.gate.state_dir, cipher=TemplateCipher.load_or_create(cfg.template_key_file))
@@ -382,7 +413,8 @@ def lane_bench(models: Path, images: Path, pad_from: Path, enrolled: int = 30, s
     return {"runs": runs, "visits": visits, "passengers": len(travellers),
             "enrolled_passengers": sum(t.label == "enrolled" for t in travellers),
             "strangers": sum(t.label != "enrolled" for t in travellers), "idle_cpu_percent": idle,
-            "threshold_1n": threshold, "threshold_source": source, "fps": FPS, "takes": takes,
+            "threshold_1n": threshold, "threshold_source": source, "min_margin": min_margin,
+            "detector": detector, "embedder": embedder, "fps": FPS, "takes": takes,
             "capture_min_face_px": capture_px, "work_dir": str(work)}
 
 
@@ -422,7 +454,8 @@ def format_table(r: dict) -> str:
     lines = [f"{r['passengers']} passengers ({r['enrolled_passengers']} enrolled, {r['strangers']} strangers) "
              f"walking up to a {r['fps']:g} fps camera, up to {r['takes']} photos each; attempts allowed "
              f"{on['max_attempts']}; capture zone from {r['capture_min_face_px']:g} px",
-             f"threshold_1n {r['threshold_1n']:.4f}: {r['threshold_source']}",
+             f"models {r.get('detector', DETECTOR)} + {r.get('embedder', EMBEDDER)}; threshold_1n "
+             f"{r['threshold_1n']:.4f}: {r['threshold_source']}; min_margin {r.get('min_margin', MIN_MARGIN):.4f}",
              f"{'':{w}}  {'liveness ON':>12}  {'liveness OFF':>12}"]
     for label, key, kind in ROWS:
         lines.append(f"{label:{w}}  {cell(on.get(key), kind):>12}  {cell(off.get(key), kind):>12}")
