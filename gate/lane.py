@@ -81,7 +81,7 @@ class Mode(StrEnum):
 # Modes of ordinary service: a fault or a staff out-of-service takes the lane out of them at once.
 _IN_SERVICE = frozenset({Mode.IDLE, Mode.ACQUIRING, Mode.DECIDED, Mode.OPEN})
 # Decision reasons a passenger may try again after, within the same visit (see AttemptPolicy).
-_RETRYABLE = (Reason.NO_MATCH, Reason.PRESENTATION_ATTACK, Reason.LOW_QUALITY)
+_RETRYABLE = (Reason.NO_MATCH, Reason.PRESENTATION_ATTACK, Reason.LOW_QUALITY, Reason.AMBIGUOUS_MARGIN)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -159,7 +159,8 @@ class PassbackPolicy:
 
 # Prompts for a retry, by what went wrong (at most devices.base.MAX_TEXT_LEN characters).
 TEXT_STEP_CLOSER = "Please step closer"
-_PROMPTS = {Reason.NO_MATCH.value: "Look straight at the camera", Reason.PRESENTATION_ATTACK.value:
+_PROMPTS = {Reason.NO_MATCH.value: "Look straight at the camera", Reason.AMBIGUOUS_MARGIN.value:
+            "Look straight at the camera", Reason.PRESENTATION_ATTACK.value:
             "Remove glasses, look at camera", "face_too_small": TEXT_STEP_CLOSER,
             "blurred": "Hold still, look at camera"}
 TEXT_LOOK = "Look at the camera"
