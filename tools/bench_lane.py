@@ -380,7 +380,9 @@ def lane_bench(models: Path, images: Path, pad_from: Path, enrolled: int = 30, s
     min_margin = MIN_MARGIN if Path(calibration) == CALIBRATION else scaled_margin(Path(calibration))
     progress("loading models and choosing passengers")
     pipeline = load_pipeline(models, detector, embedder, flip=True, threads=2, detector_opts={"min_face": 40})
-    travellers, enrol_from = choose_travellers(pipeline, images, enrolled, strangers, takes, seed)
+    # the queue does not depend on the lane's models: its photos are chosen with the default detector
+    chooser = pipeline if detector == DETECTOR else load_pipeline(models, DETECTOR, EMBEDDER, detector_opts={"min_face": 40})
+    travellers, enrol_from = choose_travellers(chooser, images, enrolled, strangers, takes, seed)
     work = Path(tempfile.mkdtemp(prefix="edgegate-lane-bench-"))
     pad_models = work / "models"
     pad_models.mkdir()
