@@ -73,7 +73,13 @@ def calibrated_threshold(record: Path = CALIBRATION, far: float = FAR, *, detect
         raise CalibrationError(f"calibration record {record} was measured with {rec.detector} + {rec.embedder} "
                                f"(flip {rec.models.get('flip')}); the bench runs {detector} + {embedder} with "
                                "flip: run gate-eval calibrate with these models and give that record")
-    return float(rec.point("1:1", far).threshold), rec.summary("1:1", far)
+    return _threshold_at(rec, far), rec.summary("1:1", far)
+
+
+def _threshold_at(rec, far: float) -> float:
+    t = rec.point("1:1", far).threshold  # a supported point always has one (point() refuses the others)
+    assert t is not None
+    return float(t)
 
 
 def scaled_margin(record: Path, base: Path = CALIBRATION, base_margin: float = MIN_MARGIN) -> float:
@@ -86,7 +92,7 @@ def scaled_margin(record: Path, base: Path = CALIBRATION, base_margin: float = M
 
     def decade(path: Path) -> float:
         rec = load_record(path)
-        return float(rec.point("1:1", 1e-4).threshold - rec.point("1:1", 1e-3).threshold)
+        return _threshold_at(rec, 1e-4) - _threshold_at(rec, 1e-3)
 
     return base_margin * decade(record) / decade(base)
 
@@ -381,7 +387,8 @@ def lane_bench(models: Path, images: Path, pad_from: Path, enrolled: int = 30, s
     progress("loading models and choosing passengers")
     pipeline = load_pipeline(models, detector, embedder, flip=True, threads=2, detector_opts={"min_face": 40})
     # the queue does not depend on the lane's models: its photos are chosen with the default detector
-    chooser = pipeline if detector == DETECTOR else load_pipeline(models, DETECTOR, EMBEDDER, detector_opts={"min_face": 40})
+    chooser = pipeline if detector == DETECTOR else load_pipeline(models, DETECTOR, EMBEDDER,
+                                                                  detector_opts={"min_face": 40})
     travellers, enrol_from = choose_travellers(chooser, images, enrolled, strangers, takes, seed)
     work = Path(tempfile.mkdtemp(prefix="edgegate-lane-bench-"))
     pad_models = work / "models"

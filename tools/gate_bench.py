@@ -74,9 +74,10 @@ def cmd_detect(args) -> int:
 
     cv2.setNumThreads(1)  # every detector on one thread, so their times compare
     try:
-        sizes = [tuple(int(v) for v in s.lower().split("x")) for s in args.sizes]
-        if any(len(s) != 2 or min(s) < 64 for s in sizes):
+        parsed = [tuple(int(v) for v in s.lower().split("x")) for s in args.sizes]
+        if any(len(s) != 2 or min(s) < 64 for s in parsed):
             raise ValueError(f"--sizes takes WxH frame sizes of at least 64x64, got {' '.join(args.sizes)}")
+        sizes = [(s[0], s[1]) for s in parsed]
         with tempfile.TemporaryDirectory(prefix="edgegate-detect-") as tmp:
             dets = band_detectors(Path(args.models), args.detector, Path(args.provision_from)
                                   if args.provision_from else None, args.min_face, Path(tmp))
