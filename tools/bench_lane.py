@@ -365,18 +365,22 @@ def lane_bench(models: Path, images: Path, pad_from: Path, enrolled: int = 30, s
                idle_s: float = 10.0, threshold: float | None = None, seed: int = 3, takes: int = 3,
                behaviour: Behaviour | None = None, capture_px: float = CAPTURE_MIN_FACE_PX,
                progress: Callable[[str], None] = _stderr, *, detector: str = DETECTOR, embedder: str = EMBEDDER,
-               calibration: Path = CALIBRATION) -> dict:
+               calibration: Path = CALIBRATION, min_detector_score: float | None = None) -> dict:
     """Both runs; `pad_from` is the folder holding the MiniFASNet pair (e.g. ../shared/models).
     `threshold` None = the calibration record's 1:1 operating point at FAR 1e-3. Other models
     than the shipped ones (`detector`, `embedder`: names in `models`, e.g. operator-provisioned
     SCRFD + MobileFaceNet) need their own `calibration` record, from which the threshold and the
-    margin (`scaled_margin`) are taken."""
+    margin (`scaled_margin`) are taken; `min_detector_score` (quality.min_detector_score, None =
+    the default 0.8) is on the detector's own confidence scale, which differs between detectors
+    (MTCNN's lowest on 800 LFW faces 0.821, SCRFD-500M's 0.675: 0.8 refuses 21 % of LFW faces
+    with SCRFD and none with MTCNN)."""
     from gate.config import parse_config
     from gate.watchlist import Subject, WatchlistStore
     from models.provision import provision_minifasnet_pair
     from sync.template_crypto import TemplateCipher
     from vision.enrol import enrol_photos
     from vision.loading import load_pipeline
+    from vision.quality import QualityThresholds
     from vision.types import Template
 
     behaviour = behaviour or Behaviour()
@@ -385,7 +389,10 @@ def lane_bench(models: Path, images: Path, pad_from: Path, enrolled: int = 30, s
         threshold, source = calibrated_threshold(calibration, detector=detector, embedder=embedder)
     min_margin = MIN_MARGIN if Path(calibration) == CALIBRATION else scaled_margin(Path(calibration))
     progress("loading models and choosing passengers")
-    pipeline = load_pipeline(models, detector, embedder, flip=True, threads=2, detector_opts={"min_face": 40})
+    quality = QualityThresholds() if min_detector_score is None else QualityThresholds(
+        min_detector_score=min_detector_score)
+    pipeline = load_pipeline(models, detector, embedder, flip=True, threads=2, thresholds=quality,
+                             detector_opts={"min_face": 40})
     # the queue does not depend on the lane's models: its photos are chosen with the default detector
     chooser = pipeline if detector == DETECTOR else load_pipeline(models, DETECTOR, EMBEDDER,
                                                                   detector_opts={"min_face": 40})
@@ -423,7 +430,8 @@ def lane_bench(models: Path, images: Path, pad_from: Path, enrolled: int = 30, s
             "enrolled_passengers": sum(t.label == "enrolled" for t in travellers),
             "strangers": sum(t.label != "enrolled" for t in travellers), "idle_cpu_percent": idle,
             "threshold_1n": threshold, "threshold_source": source, "min_margin": min_margin,
-            "detector": detector, "embedder": embedder, "fps": FPS, "takes": takes,
+            "detector": detector, "embedder": embedder, "min_detector_score": quality.min_detector_score,
+            "fps": FPS, "takes": takes,
             "capture_min_face_px": capture_px, "work_dir": str(work)}
 
 
@@ -464,7 +472,8 @@ def format_table(r: dict) -> str:
              f"walking up to a {r['fps']:g} fps camera, up to {r['takes']} photos each; attempts allowed "
              f"{on['max_attempts']}; capture zone from {r['capture_min_face_px']:g} px",
              f"models {r.get('detector', DETECTOR)} + {r.get('embedder', EMBEDDER)}; threshold_1n "
-             f"{r['threshold_1n']:.4f}: {r['threshold_source']}; min_margin {r.get('min_margin', MIN_MARGIN):.4f}",
+             f"{r['threshold_1n']:.4f}: {r['threshold_source']}; min_margin {r.get('min_margin', MIN_MARGIN):.4f}; "
+             f"quality.min_detector_score {r.get('min_detector_score', 0.8):g}",
              f"{'':{w}}  {'liveness ON':>12}  {'liveness OFF':>12}"]
     for label, key, kind in ROWS:
         lines.append(f"{label:{w}}  {cell(on.get(key), kind):>12}  {cell(off.get(key), kind):>12}")
