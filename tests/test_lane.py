@@ -1221,3 +1221,13 @@ def test_no_opening_ever_follows_a_spoof_verdict(tries):
             g.send(PassageComplete(t + 3.6))
     if spoofed:
         assert g.mode is Mode.ALARM and g.barrier == "locked"
+
+
+def test_the_liveness_record_gives_the_face_size_of_every_frame_it_judged():
+    """Liveness depends on how large the face is in the frame (the crops hold more or less of
+    the surroundings): staff and the lane benchmark read it from the record."""
+    g = Gate(pad_provisioned=True)
+    g.send(frame(1.0, face(box=(100.0, 100.0, 200.0, 200.0), pad=LIVE)))
+    g.approach(1.1, n=2, pad=LIVE)  # NEAR, 120 x 140 px: overlaps the first box enough to be the same person
+    assert g.mode is Mode.OPEN
+    assert [f["px"] for f in decisions(g)[-1]["pad"]["scores"]] == [100.0, 129.6, 129.6]
