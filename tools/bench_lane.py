@@ -17,7 +17,8 @@ For genuine (enrolled) travellers it reports, from each run's own audit log:
 - throughput: passengers per minute of the queue as it ran (walk-ups, refusals and strangers
   included), and 60 s / mean transaction time (genuine travellers back to back);
 - false opens: any opening during a stranger's visit or naming someone other than the traveller
-  in view;
+  in view; and, apart, such a match that did not open only because the person it named had
+  passed already (anti-passback), which another order of the queue would have opened;
 - why genuine travellers failed, first attempt and final: the quality reason, a liveness doubt
   (with the live probability), a no-match (with the score), a timeout, left outside the capture
   zone, gave up; and the strangers' best scores (how close an impostor came to the threshold).
@@ -165,7 +166,7 @@ def _bucket(text: str) -> str:
 def score_run(bodies: list[dict], visits: list[Visit], max_attempts: int) -> dict:
     """The genuine-traveller figures of one run, from its audit records (see the module docstring)."""
     genuine = [v for v in visits if v.label == "enrolled"]
-    first_ok = within_ok = false_opens = prompts = 0
+    first_ok = within_ok = false_opens = false_matches = prompts = 0
     transaction_s: list[float] = []
     first_fail: dict[str, int] = {}
     final_fail: dict[str, int] = {}
@@ -177,6 +178,10 @@ def score_run(bodies: list[dict], visits: list[Visit], max_attempts: int) -> dic
         prompts += sum(b["event"] == "attempt_failed" for b in mine)
         opens = [b for b in mine if b["event"] == "open" and b["opening"].get("subject_id")]
         false_opens += sum(1 for b in opens if v.label != "enrolled" or b["opening"]["subject_id"] != v.subject_id)
+        # a match of the wrong person that only anti-passback stopped (the one it named had passed already):
+        # the same error as a false open, which another queue order would have opened
+        false_matches += sum(1 for b in judged if b["decision"]["reason"] == "anti_passback"
+                             and (v.label != "enrolled" or b["decision"]["subject_id"] != v.subject_id))
         if v.label != "enrolled":
             scores = [b["decision"]["score"] for b in judged if b["decision"].get("score") is not None]
             if scores:
@@ -209,7 +214,8 @@ def score_run(bodies: list[dict], visits: list[Visit], max_attempts: int) -> dic
             "transaction_s_p95": float(np.percentile(tx, 95)) if len(tx) else float("nan"),
             "throughput_per_min": float(60.0 / np.mean(tx)) if len(tx) else 0.0,
             "queue_per_min": 60.0 * len(visits) / span if span > 0 else 0.0,
-            "false_opens": false_opens, "retry_prompts": prompts, "unserved": unserved_reasons(bodies),
+            "false_opens": false_opens, "false_matches_stopped_by_passback": false_matches,
+            "retry_prompts": prompts, "unserved": unserved_reasons(bodies),
             "first_attempt_failures": first_fail, "final_failures": final_fail, "misses": misses,
             "stranger_best_score": max(stranger_best) if stranger_best else None}
 
@@ -443,6 +449,7 @@ ROWS = (
     ("throughput, the queue as it ran (passengers/min/lane)", "queue_per_min", "f1"),
     ("throughput, 60 s / mean transaction (genuine back to back)", "throughput_per_min", "f1"),
     ("false opens", "false_opens", "int"),
+    ("wrong person matched, stopped only by anti-passback", "false_matches_stopped_by_passback", "int"),
     ("retry prompts shown", "retry_prompts", "int"),
     ("face acquired → unlock acknowledged, median", "face_to_open_ms_median", "ms"),
     ("strangers' best fused score (threshold above)", "stranger_best_score", "f3"),
