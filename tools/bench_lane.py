@@ -64,9 +64,10 @@ MIN_MARGIN = 0.03  # lane.policy.min_margin on the default embedder's score scal
 
 
 def calibrated_threshold(record: Path = CALIBRATION, far: float = FAR, *, detector: str = DETECTOR,
-                         embedder: str = EMBEDDER) -> tuple[float, str]:
-    """The record's 1:1 threshold at `far`, and the line that says where it came from. A record
-    measured with other models than `detector` + `embedder` is refused, as `gated --check` does."""
+                         embedder: str = EMBEDDER, fpir: float | None = None) -> tuple[float, str]:
+    """The record's 1:1 threshold at `far` (or, with `fpir`, its 1:N point at that FPIR), and the
+    line that says where it came from. A record measured with other models than `detector` +
+    `embedder` is refused, as `gated --check` does."""
     from vision.calibrate import CalibrationError, load_record
 
     rec = load_record(record)
@@ -74,11 +75,13 @@ def calibrated_threshold(record: Path = CALIBRATION, far: float = FAR, *, detect
         raise CalibrationError(f"calibration record {record} was measured with {rec.detector} + {rec.embedder} "
                                f"(flip {rec.models.get('flip')}); the bench runs {detector} + {embedder} with "
                                "flip: run gate-eval calibrate with these models and give that record")
+    if fpir is not None:
+        return _threshold_at(rec, fpir, "1:N"), rec.summary("1:N", fpir)
     return _threshold_at(rec, far), rec.summary("1:1", far)
 
 
-def _threshold_at(rec, far: float) -> float:
-    t = rec.point("1:1", far).threshold  # a supported point always has one (point() refuses the others)
+def _threshold_at(rec, far: float, mode: str = "1:1") -> float:
+    t = rec.point(mode, far).threshold  # a supported point always has one (point() refuses the others)
     assert t is not None
     return float(t)
 
@@ -371,7 +374,8 @@ def lane_bench(models: Path, images: Path, pad_from: Path, enrolled: int = 30, s
                idle_s: float = 10.0, threshold: float | None = None, seed: int = 3, takes: int = 3,
                behaviour: Behaviour | None = None, capture_px: float = CAPTURE_MIN_FACE_PX,
                progress: Callable[[str], None] = _stderr, *, detector: str = DETECTOR, embedder: str = EMBEDDER,
-               calibration: Path = CALIBRATION, min_detector_score: float | None = None) -> dict:
+               calibration: Path = CALIBRATION, min_detector_score: float | None = None,
+               fpir: float | None = None) -> dict:
     """Both runs; `pad_from` is the folder holding the MiniFASNet pair (e.g. ../shared/models).
     `threshold` None = the calibration record's 1:1 operating point at FAR 1e-3. Other models
     than the shipped ones (`detector`, `embedder`: names in `models`, e.g. operator-provisioned
@@ -392,7 +396,7 @@ def lane_bench(models: Path, images: Path, pad_from: Path, enrolled: int = 30, s
     behaviour = behaviour or Behaviour()
     source = "given"
     if threshold is None:
-        threshold, source = calibrated_threshold(calibration, detector=detector, embedder=embedder)
+        threshold, source = calibrated_threshold(calibration, detector=detector, embedder=embedder, fpir=fpir)
     min_margin = MIN_MARGIN if Path(calibration) == CALIBRATION else scaled_margin(Path(calibration))
     progress("loading models and choosing passengers")
     quality = QualityThresholds() if min_detector_score is None else QualityThresholds(

@@ -122,7 +122,7 @@ def cmd_lane(args) -> int:
                        strangers=args.strangers, idle_s=args.idle_seconds, takes=args.takes, seed=args.seed,
                        capture_px=args.capture_zone, detector=args.detector, embedder=args.embedder,
                        calibration=Path(args.calibration) if args.calibration else CALIBRATION,
-                       min_detector_score=args.min_detector_score)
+                       min_detector_score=args.min_detector_score, fpir=args.fpir)
     except CalibrationError as e:
         print(f"gate-bench lane: {e}", file=sys.stderr)
         return 2
@@ -326,6 +326,8 @@ def build_parser() -> argparse.ArgumentParser:
                                          "threshold_1n is its 1:1 point at FAR 1e-3 and min_margin the default's "
                                          "0.03 carried to its score scale (tools.bench_lane.scaled_margin); default: "
                                          "config/calibration-lfw-dev-default.json, for the default models")
+    s.add_argument("--fpir", type=float, help="threshold_1n from the calibration record's 1:N point at this FPIR "
+                                              "(default: its 1:1 point at FAR 1e-3)")
     s.add_argument("--min-detector-score", type=float,
                    help="quality.min_detector_score on --detector's confidence scale (default 0.8, set for MTCNN, "
                         "below its lowest LFW face 0.821; SCRFD-500M's lowest is 0.675: give 0.6)")
