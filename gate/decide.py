@@ -104,7 +104,8 @@ class DecisionPolicy:
                                      "{ record = \"FILE.json\", fpir = 0.003 }", "1:N")
     min_margin: float = field(metadata={
         "help": "fused score lead the best identity needs over any other identity in 1:N mode; "
-                "a smaller lead is referred to staff (look-alikes, twins, duplicate enrolments)",
+                "a smaller lead (look-alikes, twins, duplicate enrolments) gets the visit's next attempt, "
+                "judged by the same rule, and is referred to staff after the last (lane.attempts.retry_on)",
         "min": 0.0, "max": 2.0})
     threshold_1to1: float = _threshold("fused verify score at or above which the token holder is accepted "
                                        "(1:1 mode); a number or a calibration record at the site's target FAR: "
@@ -186,6 +187,7 @@ class PadEvidence:
     def to_record(self) -> dict[str, Any]:
         return {**self.verdict.to_dict(), "scores": [
             {"t": round(s.t, 6), "live": None if s.pad_live is None else round(s.pad_live, 4),
+             "px": None if s.face_px is None else round(s.face_px, 1),
              "models": {m: round(live, 4) for m, live in s.pad_scores or ()}} for s in self.samples]}
 
 

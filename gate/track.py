@@ -56,6 +56,7 @@ class Sample:
     verify_score: float | None
     pad_live: float | None = None  # None: PAD did not score this frame
     pad_scores: PadModelScores | None = None
+    face_px: float | None = None  # the face's linear size (FaceObservation.size); None: not known
 
 
 @dataclass(frozen=True)
@@ -111,7 +112,7 @@ def follow(track: Track | None, face: FaceObservation, t: float, new_id: int,
     streak, reasons = track.low_quality_streak, track.last_quality_reasons
     if face.scored:
         samples = samples + (Sample(t, face.detector_score, face.matches, face.verify_score, face.pad_live,
-                                    face.pad_scores),)
+                                    face.pad_scores, face.size),)
         streak, reasons = 0, ()
     elif not face.quality_ok:
         streak, reasons = streak + 1, face.quality_reasons

@@ -55,3 +55,40 @@ def test_why_genuine_travellers_failed_is_counted_first_attempt_and_final():
                               "passenger": ""}
     assert r["pass_rate_within_attempts"] == 1 / 3 and r["stranger_best_score"] == 0.9101
     assert r["queue_per_min"] == 60 * 4 / 40
+
+
+def test_other_models_need_their_own_calibration_record_and_the_margin_follows_its_scale():
+    from pathlib import Path
+
+    import pytest
+
+    from tools.bench_lane import CALIBRATION, MIN_MARGIN, calibrated_threshold, scaled_margin
+    from vision.calibrate import CalibrationError
+
+    provisioned = Path(__file__).resolve().parents[1] / "config" / "calibration-lfw-dev-scrfd-mobilefacenet.json"
+    t, why = calibrated_threshold()
+    assert t == pytest.approx(0.9292, abs=1e-4) and "dlib-resnet-v1" in why
+    with pytest.raises(CalibrationError, match="measured with scrfd-500m"):
+        calibrated_threshold(provisioned)  # the default models with another model's record: refused
+    t, why = calibrated_threshold(provisioned, detector="scrfd-500m", embedder="mobilefacenet")
+    assert t == pytest.approx(0.3354, abs=1e-4) and "mobilefacenet" in why
+    assert scaled_margin(CALIBRATION) == pytest.approx(MIN_MARGIN)
+    # one decade of false accepts is 0.0145 on dlib's scale and 0.0713 on MobileFaceNet's
+    assert scaled_margin(provisioned) == pytest.approx(MIN_MARGIN * 0.0713 / 0.0145, rel=0.01)
+
+
+def test_a_stranger_matched_as_someone_who_passed_already_is_counted_apart():
+    """Anti-passback stops a match of a traveller who passed earlier: no opening, but the same
+    matching error as a false open, which another order of the queue would have opened."""
+    visits = [Visit("enrolled", "ann", 0.0, 10.0), Visit("not_enrolled", None, 10.0, 20.0),
+              Visit("enrolled", "bob", 20.0, 30.0)]
+    bodies = [
+        {"event": "face_acquired", "t": 1.0}, _decision(1.5, "allow", "ann"),
+        {"event": "open", "t": 1.5, "opening": {"subject_id": "ann"}}, {"event": "passage_complete", "t": 3.0},
+        {"event": "face_acquired", "t": 11.0}, _decision(11.5, "deny", "ann", reason="anti_passback"),
+        {"event": "face_acquired", "t": 21.0}, _decision(21.5, "allow", "bob"),
+        {"event": "open", "t": 21.5, "opening": {"subject_id": "bob"}},
+    ]
+    r = score_run(bodies, visits, max_attempts=2)
+    assert r["false_opens"] == 0 and r["false_matches_stopped_by_passback"] == 1
+    assert r["pass_rate_within_attempts"] == 1.0

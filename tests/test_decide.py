@@ -411,7 +411,8 @@ def test_spoof_frames_are_referred_as_a_suspected_attack_however_good_the_match(
         "presentation_attack_suspected", 0.2, 3, DEFAULT_THRESHOLD)
     # every frame's score and what each network said, as numbers: nothing else
     assert [f["live"] for f in pad["scores"]] == [0.2, 0.1, 0.3]
-    assert pad["scores"][0] == {"t": 10.0, "live": 0.2, "models": {"minifasnet-v2": 0.25, "minifasnet-v1se": 0.15}}
+    assert pad["scores"][0] == {"t": 10.0, "live": 0.2, "px": None,
+                                "models": {"minifasnet-v2": 0.25, "minifasnet-v1se": 0.15}}
 
 
 def test_live_frames_with_a_match_are_allowed_and_the_record_shows_the_check():

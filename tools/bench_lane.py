@@ -17,7 +17,8 @@ For genuine (enrolled) travellers it reports, from each run's own audit log:
 - throughput: passengers per minute of the queue as it ran (walk-ups, refusals and strangers
   included), and 60 s / mean transaction time (genuine travellers back to back);
 - false opens: any opening during a stranger's visit or naming someone other than the traveller
-  in view;
+  in view; and, apart, such a match that did not open only because the person it named had
+  passed already (anti-passback), which another order of the queue would have opened;
 - why genuine travellers failed, first attempt and final: the quality reason, a liveness doubt
   (with the live probability), a no-match (with the score), a timeout, left outside the capture
   zone, gave up; and the strangers' best scores (how close an impostor came to the threshold).
@@ -58,21 +59,56 @@ def _cpu_s() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def calibrated_threshold(record: Path = CALIBRATION, far: float = FAR) -> tuple[float, str]:
-    """The record's 1:1 threshold at `far`, and the line that says where it came from."""
-    from vision.calibrate import load_record
+DETECTOR, EMBEDDER = "mtcnn-v1", "dlib-resnet-v1"  # the shipped models, which CALIBRATION was measured with
+MIN_MARGIN = 0.03  # lane.policy.min_margin on the default embedder's score scale
+
+
+def calibrated_threshold(record: Path = CALIBRATION, far: float = FAR, *, detector: str = DETECTOR,
+                         embedder: str = EMBEDDER, fpir: float | None = None) -> tuple[float, str]:
+    """The record's 1:1 threshold at `far` (or, with `fpir`, its 1:N point at that FPIR), and the
+    line that says where it came from. A record measured with other models than `detector` +
+    `embedder` is refused, as `gated --check` does."""
+    from vision.calibrate import CalibrationError, load_record
 
     rec = load_record(record)
-    return float(rec.point("1:1", far).threshold), rec.summary("1:1", far)
+    if (rec.detector, rec.embedder) != (detector, embedder) or rec.models.get("flip") is not True:
+        raise CalibrationError(f"calibration record {record} was measured with {rec.detector} + {rec.embedder} "
+                               f"(flip {rec.models.get('flip')}); the bench runs {detector} + {embedder} with "
+                               "flip: run gate-eval calibrate with these models and give that record")
+    if fpir is not None:
+        return _threshold_at(rec, fpir, "1:N"), rec.summary("1:N", fpir)
+    return _threshold_at(rec, far), rec.summary("1:1", far)
 
 
-def _config(work: Path, models: Path, threshold: float, pad: bool, capture_px: float = CAPTURE_MIN_FACE_PX) -> dict:
+def _threshold_at(rec, far: float, mode: str = "1:1") -> float:
+    t = rec.point(mode, far).threshold  # a supported point always has one (point() refuses the others)
+    assert t is not None
+    return float(t)
+
+
+def scaled_margin(record: Path, base: Path = CALIBRATION, base_margin: float = MIN_MARGIN) -> float:
+    """`base_margin` carried from `base`'s embedder to `record`'s: a cosine lead means nothing on
+    another embedder's scale (dlib's impostors sit near 0.9, MobileFaceNet's near 0), so the lead
+    is kept in the same units of the impostor tail just above the operating point, the distance
+    between the 1:1 thresholds at FAR 1e-3 and 1e-4 (one decade of false accepts). The default's
+    0.03 is 2.1 such decades on its own record (0.9292 → 0.9437)."""
+    from vision.calibrate import load_record
+
+    def decade(path: Path) -> float:
+        rec = load_record(path)
+        return _threshold_at(rec, 1e-4) - _threshold_at(rec, 1e-3)
+
+    return base_margin * decade(record) / decade(base)
+
+
+def _config(work: Path, models: Path, threshold: float, pad: bool, capture_px: float = CAPTURE_MIN_FACE_PX,
+            min_margin: float = MIN_MARGIN) -> dict:
     return {
         "gate": {"id": "BENCH", "state_dir": str(work / "state"), "log_level": "WARNING"},
         "camera": {"source": "bench-feed", "fps": FPS},
         "models": {"dir": str(models), "pad_required": pad, "min_face_px": 60, "pad": list(PAD_NAMES) if pad else []},
         "lane": {"lane_id": "BENCH-1",
-                 "policy": {"threshold_1n": threshold, "min_margin": 0.03, "threshold_1to1": threshold,
+                 "policy": {"threshold_1n": threshold, "min_margin": min_margin, "threshold_1to1": threshold,
                             "deny_threshold": threshold},
                  "tracking": {"capture_min_face_px": capture_px}},
         "device": {"type": "sim"},
@@ -133,7 +169,7 @@ def _bucket(text: str) -> str:
 def score_run(bodies: list[dict], visits: list[Visit], max_attempts: int) -> dict:
     """The genuine-traveller figures of one run, from its audit records (see the module docstring)."""
     genuine = [v for v in visits if v.label == "enrolled"]
-    first_ok = within_ok = false_opens = prompts = 0
+    first_ok = within_ok = false_opens = false_matches = prompts = 0
     transaction_s: list[float] = []
     first_fail: dict[str, int] = {}
     final_fail: dict[str, int] = {}
@@ -145,6 +181,10 @@ def score_run(bodies: list[dict], visits: list[Visit], max_attempts: int) -> dic
         prompts += sum(b["event"] == "attempt_failed" for b in mine)
         opens = [b for b in mine if b["event"] == "open" and b["opening"].get("subject_id")]
         false_opens += sum(1 for b in opens if v.label != "enrolled" or b["opening"]["subject_id"] != v.subject_id)
+        # a match of the wrong person that only anti-passback stopped (the one it named had passed already):
+        # the same error as a false open, which another queue order would have opened
+        false_matches += sum(1 for b in judged if b["decision"]["reason"] == "anti_passback"
+                             and (v.label != "enrolled" or b["decision"]["subject_id"] != v.subject_id))
         if v.label != "enrolled":
             scores = [b["decision"]["score"] for b in judged if b["decision"].get("score") is not None]
             if scores:
@@ -177,7 +217,8 @@ def score_run(bodies: list[dict], visits: list[Visit], max_attempts: int) -> dic
             "transaction_s_p95": float(np.percentile(tx, 95)) if len(tx) else float("nan"),
             "throughput_per_min": float(60.0 / np.mean(tx)) if len(tx) else 0.0,
             "queue_per_min": 60.0 * len(visits) / span if span > 0 else 0.0,
-            "false_opens": false_opens, "retry_prompts": prompts, "unserved": unserved_reasons(bodies),
+            "false_opens": false_opens, "false_matches_stopped_by_passback": false_matches,
+            "retry_prompts": prompts, "unserved": unserved_reasons(bodies),
             "first_attempt_failures": first_fail, "final_failures": final_fail, "misses": misses,
             "stranger_best_score": max(stranger_best) if stranger_best else None}
 
@@ -332,24 +373,40 @@ def choose_travellers(pipeline, images: Path, enrolled: int, strangers: int, tak
 def lane_bench(models: Path, images: Path, pad_from: Path, enrolled: int = 30, strangers: int = 10,
                idle_s: float = 10.0, threshold: float | None = None, seed: int = 3, takes: int = 3,
                behaviour: Behaviour | None = None, capture_px: float = CAPTURE_MIN_FACE_PX,
-               progress: Callable[[str], None] = _stderr) -> dict:
+               progress: Callable[[str], None] = _stderr, *, detector: str = DETECTOR, embedder: str = EMBEDDER,
+               calibration: Path = CALIBRATION, min_detector_score: float | None = None,
+               fpir: float | None = None) -> dict:
     """Both runs; `pad_from` is the folder holding the MiniFASNet pair (e.g. ../shared/models).
-    `threshold` None = the calibration record's 1:1 operating point at FAR 1e-3."""
+    `threshold` None = the calibration record's 1:1 operating point at FAR 1e-3. Other models
+    than the shipped ones (`detector`, `embedder`: names in `models`, e.g. operator-provisioned
+    SCRFD + MobileFaceNet) need their own `calibration` record, from which the threshold and the
+    margin (`scaled_margin`) are taken; `min_detector_score` (quality.min_detector_score, None =
+    the default 0.8) is on the detector's own confidence scale, which differs between detectors
+    (MTCNN's lowest on 800 LFW faces 0.821, SCRFD-500M's 0.675: 0.8 refuses 21 % of LFW faces
+    with SCRFD and none with MTCNN)."""
     from gate.config import parse_config
     from gate.watchlist import Subject, WatchlistStore
     from models.provision import provision_minifasnet_pair
     from sync.template_crypto import TemplateCipher
     from vision.enrol import enrol_photos
     from vision.loading import load_pipeline
+    from vision.quality import QualityThresholds
     from vision.types import Template
 
     behaviour = behaviour or Behaviour()
     source = "given"
     if threshold is None:
-        threshold, source = calibrated_threshold()
+        threshold, source = calibrated_threshold(calibration, detector=detector, embedder=embedder, fpir=fpir)
+    min_margin = MIN_MARGIN if Path(calibration) == CALIBRATION else scaled_margin(Path(calibration))
     progress("loading models and choosing passengers")
-    pipeline = load_pipeline(models, "mtcnn-v1", "dlib-resnet-v1", flip=True, threads=2, detector_opts={"min_face": 40})
-    travellers, enrol_from = choose_travellers(pipeline, images, enrolled, strangers, takes, seed)
+    quality = QualityThresholds() if min_detector_score is None else QualityThresholds(
+        min_detector_score=min_detector_score)
+    pipeline = load_pipeline(models, detector, embedder, flip=True, threads=2, thresholds=quality,
+                             detector_opts={"min_face": 40})
+    # the queue does not depend on the lane's models: its photos are chosen with the default detector
+    chooser = pipeline if detector == DETECTOR else load_pipeline(models, DETECTOR, EMBEDDER,
+                                                                  detector_opts={"min_face": 40})
+    travellers, enrol_from = choose_travellers(chooser, images, enrolled, strangers, takes, seed)
     work = Path(tempfile.mkdtemp(prefix="edgegate-lane-bench-"))
     pad_models = work / "models"
     pad_models.mkdir()
@@ -367,7 +424,7 @@ def lane_bench(models: Path, images: Path, pad_from: Path, enrolled: int = 30, s
     for name, pad in (("liveness_on", True), ("liveness_off", False)):
         run_dir = work / name
         run_dir.mkdir()
-        cfg = parse_config(_config(run_dir, pad_models, threshold, pad, capture_px), run_dir)
+        cfg = parse_config(_config(run_dir, pad_models, threshold, pad, capture_px, min_margin), run_dir)
         cfg.gate.state_dir.mkdir(parents=True)
         cfg.template_key_file.parent.mkdir(parents=True, mode=0o700)
         store = WatchlistStore(cfg.gate.state_dir, cipher=TemplateCipher.load_or_create(cfg.template_key_file))
@@ -382,7 +439,9 @@ def lane_bench(models: Path, images: Path, pad_from: Path, enrolled: int = 30, s
     return {"runs": runs, "visits": visits, "passengers": len(travellers),
             "enrolled_passengers": sum(t.label == "enrolled" for t in travellers),
             "strangers": sum(t.label != "enrolled" for t in travellers), "idle_cpu_percent": idle,
-            "threshold_1n": threshold, "threshold_source": source, "fps": FPS, "takes": takes,
+            "threshold_1n": threshold, "threshold_source": source, "min_margin": min_margin,
+            "detector": detector, "embedder": embedder, "min_detector_score": quality.min_detector_score,
+            "fps": FPS, "takes": takes,
             "capture_min_face_px": capture_px, "work_dir": str(work)}
 
 
@@ -394,6 +453,7 @@ ROWS = (
     ("throughput, the queue as it ran (passengers/min/lane)", "queue_per_min", "f1"),
     ("throughput, 60 s / mean transaction (genuine back to back)", "throughput_per_min", "f1"),
     ("false opens", "false_opens", "int"),
+    ("wrong person matched, stopped only by anti-passback", "false_matches_stopped_by_passback", "int"),
     ("retry prompts shown", "retry_prompts", "int"),
     ("face acquired → unlock acknowledged, median", "face_to_open_ms_median", "ms"),
     ("strangers' best fused score (threshold above)", "stranger_best_score", "f3"),
@@ -422,7 +482,9 @@ def format_table(r: dict) -> str:
     lines = [f"{r['passengers']} passengers ({r['enrolled_passengers']} enrolled, {r['strangers']} strangers) "
              f"walking up to a {r['fps']:g} fps camera, up to {r['takes']} photos each; attempts allowed "
              f"{on['max_attempts']}; capture zone from {r['capture_min_face_px']:g} px",
-             f"threshold_1n {r['threshold_1n']:.4f}: {r['threshold_source']}",
+             f"models {r.get('detector', DETECTOR)} + {r.get('embedder', EMBEDDER)}; threshold_1n "
+             f"{r['threshold_1n']:.4f}: {r['threshold_source']}; min_margin {r.get('min_margin', MIN_MARGIN):.4f}; "
+             f"quality.min_detector_score {r.get('min_detector_score', 0.8):g}",
              f"{'':{w}}  {'liveness ON':>12}  {'liveness OFF':>12}"]
     for label, key, kind in ROWS:
         lines.append(f"{label:{w}}  {cell(on.get(key), kind):>12}  {cell(off.get(key), kind):>12}")

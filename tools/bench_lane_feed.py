@@ -107,7 +107,7 @@ class SimDisplay:
     def read(self) -> list[tuple[float, str, str | None]]:
         cmds = list(self.driver.commands)  # appended under the driver's lock; a copy is consistent
         new, self._seen = cmds[self._seen:], len(cmds)
-        out = []
+        out: list[tuple[float, str, str | None]] = []
         for c in new:
             if c.name == "unlock":
                 out.append((c.at, PASS, None))

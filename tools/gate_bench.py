@@ -74,9 +74,10 @@ def cmd_detect(args) -> int:
 
     cv2.setNumThreads(1)  # every detector on one thread, so their times compare
     try:
-        sizes = [tuple(int(v) for v in s.lower().split("x")) for s in args.sizes]
-        if any(len(s) != 2 or min(s) < 64 for s in sizes):
+        parsed = [tuple(int(v) for v in s.lower().split("x")) for s in args.sizes]
+        if any(len(s) != 2 or min(s) < 64 for s in parsed):
             raise ValueError(f"--sizes takes WxH frame sizes of at least 64x64, got {' '.join(args.sizes)}")
+        sizes = [(s[0], s[1]) for s in parsed]
         with tempfile.TemporaryDirectory(prefix="edgegate-detect-") as tmp:
             dets = band_detectors(Path(args.models), args.detector, Path(args.provision_from)
                                   if args.provision_from else None, args.min_face, Path(tmp))
@@ -100,7 +101,8 @@ def cmd_lane(args) -> int:
     import logging
     from pathlib import Path
 
-    from tools.bench_lane import format_table, lane_bench
+    from tools.bench_lane import CALIBRATION, DETECTOR, EMBEDDER, format_table, lane_bench
+    from vision.calibrate import CalibrationError
 
     logging.basicConfig(level=logging.ERROR)  # the lanes' alerts are counted in the table, not printed
 
@@ -109,8 +111,21 @@ def cmd_lane(args) -> int:
         print(f"gate-bench lane: no MiniFASNet pair in {pad_from}; give --pad-from FOLDER (liveness ON is "
               "measured as the lane runs in the field)", file=sys.stderr)
         return 2
-    r = lane_bench(Path(args.models), Path(args.images), pad_from, enrolled=args.enrolled, strangers=args.strangers,
-                   idle_s=args.idle_seconds, takes=args.takes, seed=args.seed, capture_px=args.capture_zone)
+    models = (args.detector, args.embedder)
+    if models != (DETECTOR, EMBEDDER) and args.calibration is None:
+        print(f"gate-bench lane: {' + '.join(models)} need their own calibration record (gate-eval calibrate "
+              "with these models, as config/calibration-lfw-dev-default.json was made): give --calibration FILE",
+              file=sys.stderr)
+        return 2
+    try:
+        r = lane_bench(Path(args.models), Path(args.images), pad_from, enrolled=args.enrolled,
+                       strangers=args.strangers, idle_s=args.idle_seconds, takes=args.takes, seed=args.seed,
+                       capture_px=args.capture_zone, detector=args.detector, embedder=args.embedder,
+                       calibration=Path(args.calibration) if args.calibration else CALIBRATION,
+                       min_detector_score=args.min_detector_score, fpir=args.fpir)
+    except CalibrationError as e:
+        print(f"gate-bench lane: {e}", file=sys.stderr)
+        return 2
     print(json.dumps(r, indent=2, sort_keys=True, default=float) if args.json else format_table(r))
     return 0
 
@@ -321,6 +336,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=3, help="which passengers, in which order, how they move")
     s.add_argument("--capture-zone", type=float, default=150.0,
                    help="lane.tracking.capture_min_face_px (the feed's mark gives ~205-px faces)")
+    s.add_argument("--detector", default="mtcnn-v1", help="detector name in --models (e.g. a provisioned scrfd-500m)")
+    s.add_argument("--embedder", default="dlib-resnet-v1",
+                   help="embedder name in --models (e.g. a provisioned mobilefacenet)")
+    s.add_argument("--calibration", help="calibration record of --detector + --embedder (gate-eval calibrate); "
+                                         "threshold_1n is its 1:1 point at FAR 1e-3 and min_margin the default's "
+                                         "0.03 carried to its score scale (tools.bench_lane.scaled_margin); default: "
+                                         "config/calibration-lfw-dev-default.json, for the default models")
+    s.add_argument("--fpir", type=float, help="threshold_1n from the calibration record's 1:N point at this FPIR "
+                                              "(default: its 1:1 point at FAR 1e-3)")
+    s.add_argument("--min-detector-score", type=float,
+                   help="quality.min_detector_score on --detector's confidence scale (default 0.8, set for MTCNN, "
+                        "below its lowest LFW face 0.821; SCRFD-500M's lowest is 0.675: give 0.6)")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_lane)
     s = sub.add_parser("sync", help="central -> gate snapshot and update latency, audit upload rate, outage drain")
