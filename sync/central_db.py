@@ -127,6 +127,12 @@ class CentralDatabase(Protocol):
         """Make deleted rows leave the engine's files as far as it allows."""
         ...
 
+    def after_bulk_load(self, rows_by_table: dict[str, int]) -> None:
+        """After a committed bulk load (rows added per table): refresh the planner's
+        statistics where the load changed them a lot, so the next statements are planned for
+        the tables as they now are (PostgreSQL ANALYZE; nothing on SQLite)."""
+        ...
+
     def close(self) -> None: ...
 
 

@@ -151,6 +151,7 @@ def copy_sqlite_central(source: Path, target: str,
         from sync.central_pg import ensure_audit_partitions
 
         ensure_audit_partitions(dst, dt.datetime.now(dt.timezone.utc))  # type: ignore[arg-type]
+        dst.after_bulk_load(copied)
     finally:
         src.close()
         dst.close()

@@ -215,6 +215,8 @@ class Subjects:
             self.db.execute("UPDATE meta SET value = ? WHERE name = 'seq'", (seq,))
             self.db.notify_change(seq)
         self._changed()
+        self.db.after_bulk_load({"subjects": len(subjects), "templates": len(templates), "kv": len(kv),
+                                 "kv_log": len(kv_log)})
         return seq
 
     def _prepare(self, e: Enrolment, now: float) -> tuple[SubjectRecord, list[str]]:
