@@ -294,10 +294,7 @@ class ConsoleApp:
     async def _fleet_data(self, request: Request) -> dict[str, Any]:
         site, state = self._fleet_args(request)
 
-        def load(c, st):
-            everything = views.fleet(c, self.central_cfg.gate_silent_after_s, st.acks())
-            return everything
-        everything = await self.db(load)
+        everything = await self.db(lambda c, st: views.fleet(c, self.central_cfg.gate_silent_after_s, st.acks()))
         rows = [r for r in everything if (not site or r.site == site) and (not state or r.state == state)]
         counts = {s: sum(1 for r in everything if r.state == s) for s in views.STATES}
         sites = sorted({r.site for r in everything if r.site})
@@ -329,7 +326,7 @@ class ConsoleApp:
         lane = request.query_params.get("lane") or None
 
         def load(c, st):
-            rows = [r for r in views.fleet(c, self.central_cfg.gate_silent_after_s, st.acks()) if r.gate_id == gate_id]
+            rows = views.fleet(c, self.central_cfg.gate_silent_after_s, st.acks(), gate_id=gate_id)
             if not rows:
                 return None, None
             return rows[0], views.lane_stats(c, gate_id, window, lane)
@@ -547,7 +544,7 @@ class ConsoleApp:
         back = _safe_next(str(form.get("back", "/fleet")))
 
         def do(c, st):
-            rows = [r for r in views.fleet(c, self.central_cfg.gate_silent_after_s) if r.gate_id == gate_id]
+            rows = views.fleet(c, self.central_cfg.gate_silent_after_s, gate_id=gate_id)
             if not rows or alarm not in {x.key for x in rows[0].alarms}:
                 raise AccountError(f"gate {gate_id} has no such alarm now (it may have been cleared at the lane)")
             st.acknowledge(gate_id, alarm, s.account.username, note, self.client(request))

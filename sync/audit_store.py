@@ -257,11 +257,13 @@ class AuditStore:
         return [AuditAlarm(*row) for row in self._conn.execute(
             f"{_ALARMS_SQL} WHERE gate_id = ? ORDER BY {_ALARM_ORDER}", (gate_id,))]
 
-    def alarms_by_gate(self) -> dict[str, list[AuditAlarm]]:
-        """Every gate's alarms (as `alarms` gives them) in one statement; a gate without any
-        is absent. The table holds what was noticed, a few rows per incident, not records."""
+    def alarms_by_gate(self, gate_id: str | None = None) -> dict[str, list[AuditAlarm]]:
+        """Every gate's alarms (as `alarms` gives them) in one statement, or only `gate_id`'s; a
+        gate without any is absent. The table holds what was noticed, a few rows per incident,
+        not records."""
         out: dict[str, list[AuditAlarm]] = {}
-        for row in self._conn.execute(f"{_ALARMS_SQL} ORDER BY gate_id, {_ALARM_ORDER}"):
+        where, args = ("WHERE gate_id = ? ", (gate_id,)) if gate_id is not None else ("", ())
+        for row in self._conn.execute(f"{_ALARMS_SQL} {where}ORDER BY gate_id, {_ALARM_ORDER}", args):
             out.setdefault(row[0], []).append(AuditAlarm(*row))
         return out
 
@@ -270,9 +272,13 @@ class AuditStore:
         row = self._conn.execute(_LATEST_SQL.format(gates="SELECT CAST(? AS TEXT) AS gate_id"), (gate_id,)).fetchone()
         return int(row[1])
 
-    def latest_seqs(self) -> dict[str, int]:
-        """`latest_seq` of every registered gate, in one statement whatever the fleet's size."""
-        return {g: int(seq) for g, seq in self._conn.execute(_LATEST_SQL.format(gates=_REGISTERED_GATES))}
+    def latest_seqs(self, gate_id: str | None = None) -> dict[str, int]:
+        """`latest_seq` of every registered gate, in one statement whatever the fleet's size, or
+        only of `gate_id` if it is registered."""
+        if gate_id is None:
+            return {g: int(seq) for g, seq in self._conn.execute(_LATEST_SQL.format(gates=_REGISTERED_GATES))}
+        sql = _LATEST_SQL.format(gates=f"{_REGISTERED_GATES} AND ident = ?")
+        return {g: int(seq) for g, seq in self._conn.execute(sql, (gate_id,))}
 
     def alarm_summary(self, gate_id: str) -> str:
         """One line for `gate-ops gates`: unresolved alarms first; '' when there is none."""

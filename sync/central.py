@@ -156,5 +156,5 @@ class Central:
     def flag_silent_gates(self, silent_after_s: float) -> list[str]:
         return self.health.flag_silent(silent_after_s)
 
-    def gate_statuses(self, silent_after_s: float) -> list[GateStatus]:
-        return self.health.statuses(silent_after_s)
+    def gate_statuses(self, silent_after_s: float, gate_id: str | None = None) -> list[GateStatus]:
+        return self.health.statuses(silent_after_s, gate_id)

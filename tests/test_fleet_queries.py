@@ -161,3 +161,10 @@ def test_set_queries_give_each_gate_what_its_single_gate_methods_give(central):
     assert central.principal("gate:BOARD4").assigned == central.assigned_flights("BOARD4")
     assert {p.ident: p.assigned for p in central.principals() if p.kind == "gate"}["BOARD5"] == \
         central.assigned_flights("BOARD5")
+    # a gate's own page reads only that gate, and sees exactly its row in the fleet
+    for g in rows:
+        assert views.fleet(central, 600.0, gate_id=g) == [rows[g]]
+        assert central.gate_statuses(600.0, g) == [statuses[g]]
+    assert views.fleet(central, 600.0, gate_id="NOSUCH") == [] and central.gate_statuses(600.0, "NOSUCH") == []
+    assert views.fleet(central, 600.0, gate_id="P1") == []  # a subject's id is not a gate
+
