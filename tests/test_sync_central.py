@@ -291,6 +291,29 @@ def test_after_a_bulk_import_the_enrolment_check_reads_one_row_not_the_table(pg_
         central.close()
 
 
+def test_a_gate_s_catch_up_reads_its_own_scope_not_the_whole_log(central):
+    """A gate that moves between nodes asks for its scope's changes since its sequence. Without
+    a (scope, seq) index both engines walked every later change of every scope (PostgreSQL: a
+    parallel seq scan, 184 ms on a 1M-row log of 1,000 scopes; SQLite 101 ms); with it, the
+    scope's own rows (3.1 / 2.3 ms)."""
+    rng = np.random.default_rng(4)
+    central.enrol_new_subjects([Enrolment(f"s{i:05d}", "allow", [f"lane:L{i % 100:02d}"], None, None, MODEL,
+                                          unit(rng, 1)) for i in range(6000)])
+    query = "SELECT seq, key, uuid, props, body FROM kv_log WHERE scope = ? AND seq > ? ORDER BY seq LIMIT ?"
+    args = ("/lane/L07/", 600, 5001)
+    assert len(central.conn.execute(query, args).fetchall()) == 54  # the sql changes_since sends
+    assert len(central.hashmap.changes_since("/lane/L07/", 600)[1]) == 54
+    if central.db.dialect == "sqlite":
+        plan = " ".join(str(r[-1]) for r in central.conn.execute(f"EXPLAIN QUERY PLAN {query}", args))
+        assert "kv_log_scope_seq" in plan, plan
+    else:
+        (plan,), = central.conn.execute(f"EXPLAIN (ANALYZE, FORMAT JSON) {query}", args).fetchone()
+        nodes = _plan_nodes(plan["Plan"])
+        read = sum(n.get("Actual Rows", 0) * n.get("Actual Loops", 1) + n.get("Rows Removed by Filter", 0)
+                   for n in nodes if n["Node Type"] in ("Seq Scan", "Index Scan", "Bitmap Heap Scan"))
+        assert read <= 54, [(n["Node Type"], n.get("Actual Rows"), n.get("Rows Removed by Filter")) for n in nodes]
+
+
 def test_catch_up_returns_every_change_since_or_refuses(central):
     rng = np.random.default_rng(12)
     for i in range(5):
