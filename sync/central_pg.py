@@ -138,6 +138,30 @@ _pools: dict[str, ConnectionPool] = {}
 _pools_lock = threading.Lock()
 
 
+class _ConnectFailures(logging.Filter):
+    """psycopg_pool logs every failed connection attempt as two WARNINGs, and with attempts
+    not backed off (see pool_for) that is about eight lines a second per waiting thread while
+    the database is away: an admin command against a stopped server printed 40 lines before its
+    error. The callers already report an outage once per request or retry, so these records are
+    kept here instead of printed, and the last one per pool is the cause StorageUnavailable
+    names ("connection refused", "password authentication failed", ...)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.last: dict[str, str] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg == "error connecting in %r: %s" and isinstance(record.args, tuple) and len(record.args) == 2:
+            name, error = record.args
+            self.last[str(name)] = "; ".join(line.strip() for line in str(error).splitlines() if line.strip())
+            return False
+        return record.msg != "reconnection attempt in pool %r failed after %s sec"
+
+
+_connect_failures = _ConnectFailures()
+logging.getLogger("psycopg.pool").addFilter(_connect_failures)
+
+
 def _with_timeout(conninfo: str) -> str:
     """A dead primary must cost seconds, not the kernel's TCP timeout."""
     if "connect_timeout" in conninfo:
@@ -160,7 +184,7 @@ def pool_for(conninfo: str, size: int = POOL_SIZE) -> ConnectionPool:
             # each retry asks the pool for a fresh connection through the multi-host string.
             pool = ConnectionPool(_with_timeout(conninfo), min_size=0, max_size=max(1, size),
                                   kwargs={"autocommit": True}, check=ConnectionPool.check_connection,
-                                  open=True, name="edgegate-central", timeout=POOL_WAIT_S,
+                                  open=True, name=f"edgegate-central-{len(_pools) + 1}", timeout=POOL_WAIT_S,
                                   reconnect_timeout=0.0)
             _pools[conninfo] = pool
         return pool
@@ -225,7 +249,8 @@ class PostgresDatabase:
                     break
                 except PoolTimeout as exc:
                     if time.monotonic() >= deadline:
-                        raise StorageUnavailable(f"{self.description}: {exc}") from exc
+                        why = _connect_failures.last.get(self._pool.name) or str(exc)
+                        raise StorageUnavailable(f"{self.description}: {why}") from exc
                 except Exception as exc:  # OperationalError, a closed pool
                     raise StorageUnavailable(f"{self.description}: {exc}") from exc
             self._maintenance_held = False

@@ -172,3 +172,24 @@ def test_audit_pull_streams_with_flat_memory(pg_database, tmp_path):
         assert report.check.ok and report.records == n
     assert peaks["BIG"] < 3 * peaks["SMALL"], peaks
     c.close()
+
+
+def test_an_unreachable_database_is_one_line_naming_the_cause_and_no_password(tmp_path):
+    """psycopg_pool logged each failed attempt (about 40 lines in 4 s before the error) and the
+    error itself said only "couldn't get a connection after 0.25 sec"."""
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:  # a loopback port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    toml = tmp_path / "central.toml"
+    toml.write_text(f'[central]\ndatabase = "postgresql://ops:s3cret@127.0.0.1:{port}/edgegate"\n')
+    for command in (["list"], ["migrate"]):
+        r = subprocess.run([sys.executable, "-m", "tools.gate_central", "--config", str(toml), *command],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 2, r
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and "Connection refused" in lines[0], r.stderr
+        assert "s3cret" not in r.stderr + r.stdout and "ops:***@" in lines[0], r.stderr

@@ -12,7 +12,7 @@
     gate-central --config F revoke SUBJECT [--scope lane:L1] [--reason TEXT]
     gate-central --config F expire
     gate-central --config F list [--scope lane:L1] [--status active|revoked|expired]
-    gate-central --config F enrol --from DIR --scope lane:L1 [--list deny] [--valid-until T]  (alias: enrol)
+    gate-central --config F enrol --from DIR --scope lane:L1 [--list deny] [--valid-until T]  (alias: enroll)
     gate-central --config F migrate [--from OLD_SQLITE_FILE]   create/upgrade the schema; copy a SQLite central
     gate-central --config F console                      the operations console (web; table [console])
     gate-central --config F console-user add NAME --role viewer|supervisor --operator ID [--password-stdin]
