@@ -148,14 +148,21 @@ class _ConnectFailures(logging.Filter):
 
     def __init__(self) -> None:
         super().__init__()
-        self.last: dict[str, str] = {}
+        self._last: dict[str, tuple[float, str]] = {}
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.msg == "error connecting in %r: %s" and isinstance(record.args, tuple) and len(record.args) == 2:
             name, error = record.args
-            self.last[str(name)] = "; ".join(line.strip() for line in str(error).splitlines() if line.strip())
+            text = "; ".join(line.strip() for line in str(error).splitlines() if line.strip())
+            self._last[str(name)] = (time.monotonic(), text)
             return False
         return record.msg != "reconnection attempt in pool %r failed after %s sec"
+
+    def since(self, pool: str, t: float) -> str | None:
+        """The pool's last connection error if it happened at or after `t` (a wait that ran
+        out because every connection was busy must not blame an outage of an hour ago)."""
+        at, text = self._last.get(pool, (0.0, ""))
+        return text if text and at >= t else None
 
 
 _connect_failures = _ConnectFailures()
@@ -242,14 +249,15 @@ class PostgresDatabase:
             # Asked in short slices: each ask lets the pool try a new connection (it gives a
             # failed attempt up at once, see pool_for), so a thread waiting through a failover
             # finds the promoted primary within ~0.25 s of it accepting writes.
-            deadline = time.monotonic() + self.connect_wait_s
+            started = time.monotonic()
+            deadline = started + self.connect_wait_s
             while True:
                 try:
                     self._conn = self._pool.getconn(timeout=min(0.25, self.connect_wait_s))
                     break
                 except PoolTimeout as exc:
                     if time.monotonic() >= deadline:
-                        why = _connect_failures.last.get(self._pool.name) or str(exc)
+                        why = _connect_failures.since(self._pool.name, started) or str(exc)
                         raise StorageUnavailable(f"{self.description}: {why}") from exc
                 except Exception as exc:  # OperationalError, a closed pool
                     raise StorageUnavailable(f"{self.description}: {exc}") from exc
