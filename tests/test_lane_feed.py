@@ -104,6 +104,34 @@ def test_a_refusal_sends_the_passenger_away_and_the_next_one_sets_off():
 
 # ---- the real daemon before such passengers ----------------------------------------------------
 
+FEED_SCALES = (1.0, 1.5, 1.9)  # how large the feed pastes an LFW photo, from the queue to the mark
+
+
+def _at_feed_scales(photo):
+    import cv2
+
+    img = cv2.imread(photo)
+    return [cv2.resize(img, None, fx=f, fy=f, interpolation=cv2.INTER_LINEAR) for f in FEED_SCALES]
+
+
+def _turned_at_every_size(pipeline, photo) -> bool:
+    """The photo fails the pose check at every size the feed shows it. A photo past the limit
+    at its own size only was, in some rendered frames, just inside it, and the lane then rightly
+    let the traveller through on the first look without a prompt (1 run in 4, score 0.94):
+    the scene this test needs was not there."""
+    for img in _at_feed_scales(photo):
+        r = pipeline.process(img, embed="none")
+        if len(r.faces) != 1 or not any(x.startswith("pose_") for x in r.faces[0].quality.reasons):
+            return False
+    return True
+
+
+def _one_face_at_every_size(detector, photo) -> bool:
+    """Exactly one face at every size the feed shows the photo: a second detection that only
+    appears enlarged reads, for three frames in a row, as a second person (tailgating)."""
+    return all(len(detector.detect(img)) == 1 for img in _at_feed_scales(photo))
+
+
 def _assess(pipeline, photo):
     import cv2
 
@@ -139,7 +167,8 @@ def lane_run(tmp_path_factory, default_pipeline):
         if len(photos) < 3 or d.name in enrol:
             continue
         first = _assess(default_pipeline, photos[1])
-        if first is None or not any(r.startswith("pose_") for r in first.quality.reasons):
+        if first is None or not any(r.startswith("pose_") for r in first.quality.reasons) \
+                or not _turned_at_every_size(default_pipeline, photos[1]):
             continue
         if one_face(default_pipeline.detector, photos[2]) and (e := matches(d, photos[2])):
             enrol[d.name] = e
@@ -147,7 +176,8 @@ def lane_run(tmp_path_factory, default_pipeline):
             break
     for d in reversed(people):  # a stranger with two photos
         photos = [str(p) for p in sorted(d.glob("*.jpg"))]
-        if len(photos) >= 2 and d.name not in enrol and all(one_face(default_pipeline.detector, p) for p in photos[:2]):
+        if len(photos) >= 2 and d.name not in enrol and \
+                all(_one_face_at_every_size(default_pipeline.detector, p) for p in photos[:2]):
             queue.append(Traveller("not_enrolled", tuple(photos[:2]), stops_short=False))
             break
     assert len(queue) == 3, "LFW holds no such passengers"
@@ -170,6 +200,16 @@ def lane_run(tmp_path_factory, default_pipeline):
     return {"run": run, "queue": queue, "cfg": cfg}
 
 
+def _events(bodies) -> list:
+    """What a failure message shows of a visit's records: event, reason, outcome, score."""
+    out = []
+    for b in bodies:
+        d = b.get("decision") if isinstance(b.get("decision"), dict) else {}
+        out.append((round(b["t"], 2), b["event"], b.get("why") or d.get("reason"), d.get("outcome"), d.get("score"),
+                    b.get("quality_reasons") or b.get("reason")))
+    return out
+
+
 def _mine(lane_run, i):
     v = lane_run["run"].visits()[i]
     return v, [b for b in lane_run["run"].bodies if "t" in b and v.start <= b["t"] < v.end]
@@ -187,7 +227,8 @@ def test_a_traveller_who_stopped_short_is_asked_to_step_closer_then_served(lane_
 
 def test_a_traveller_looking_away_is_guided_and_passes_within_the_first_attempt(lane_run):
     v, mine = _mine(lane_run, 1)
-    prompt = next(b for b in mine if b["event"] == "prompt")
+    prompt = next((b for b in mine if b["event"] == "prompt"), None)
+    assert prompt is not None, _events(mine)
     assert prompt["why"] == "low_quality" and any(r.startswith("pose_") for r in prompt["quality_reasons"])
     assert prompt["attempt"] == 1 and "attempt_failed" not in [b["event"] for b in mine]
     allow = next(b for b in mine if b["event"] == "decision")
@@ -198,6 +239,8 @@ def test_a_traveller_looking_away_is_guided_and_passes_within_the_first_attempt(
 
 def test_a_retry_is_judged_on_the_passengers_response_and_the_stranger_is_never_named(lane_run):
     v, mine = _mine(lane_run, 2)
+    assert [b["decision"]["reason"] for b in mine if b["event"] in ("attempt_failed", "decision")] == \
+        ["no_match", "no_match"], [b for b in mine if b["event"] not in ("prompt", "face_lost")]
     failed = next(b for b in mine if b["event"] == "attempt_failed")
     final = next(b for b in mine if b["event"] == "decision")
     assert failed["decision"]["reason"] == final["decision"]["reason"] == "no_match"
