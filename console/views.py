@@ -117,9 +117,8 @@ def fleet(central: Central, silent_after_s: float, acks: dict[tuple[str, str], t
     fleet in Python (each row's report JSON and alarms, ~75 us a gate), not in round trips."""
     acks = acks or {}
     with central.db.read_snapshot():
-        one = ("WHERE gate_id = ?", (gate_id,)) if gate_id is not None else ("", ())
-        reports = {r[0]: r[1] for r in central.conn.execute(f"SELECT gate_id, report FROM gate_health {one[0]}",
-                                                             one[1]).fetchall()}
+        where, args = ("WHERE gate_id = ?", (gate_id,)) if gate_id is not None else ("", ())
+        reports = dict(central.conn.execute(f"SELECT gate_id, report FROM gate_health {where}", args).fetchall())
         statuses = central.gate_statuses(silent_after_s, gate_id)
         assigned = (central.all_assigned_flights() if gate_id is None
                     else {gate_id: central.assigned_flights(gate_id)})

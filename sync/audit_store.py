@@ -275,10 +275,8 @@ class AuditStore:
     def latest_seqs(self, gate_id: str | None = None) -> dict[str, int]:
         """`latest_seq` of every registered gate, in one statement whatever the fleet's size, or
         only of `gate_id` if it is registered."""
-        if gate_id is None:
-            return {g: int(seq) for g, seq in self._conn.execute(_LATEST_SQL.format(gates=_REGISTERED_GATES))}
-        sql = _LATEST_SQL.format(gates=f"{_REGISTERED_GATES} AND ident = ?")
-        return {g: int(seq) for g, seq in self._conn.execute(sql, (gate_id,))}
+        only, args = (" AND ident = ?", (gate_id,)) if gate_id is not None else ("", ())
+        return {g: int(seq) for g, seq in self._conn.execute(_LATEST_SQL.format(gates=_REGISTERED_GATES + only), args)}
 
     def alarm_summary(self, gate_id: str) -> str:
         """One line for `gate-ops gates`: unresolved alarms first; '' when there is none."""

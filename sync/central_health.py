@@ -87,13 +87,13 @@ class GateHealth:
         for one, so it costs the same at 3,000 gates as at 3."""
         now = self._clock()
         out = []
+        only, args = (" AND p.ident = ?", (gate_id,)) if gate_id is not None else ("", ())
         with self.db.read_snapshot():
             gates = self.db.execute(
                 "SELECT p.ident, p.scopes, h.last_seen, h.status, h.software_version, h.model_versions, "
                 "h.watchlist_seq, h.queue_depth, h.last_decision_at, h.node FROM principals p "
-                "LEFT JOIN gate_health h ON h.gate_id = p.ident WHERE p.kind = 'gate'"
-                + (" AND p.ident = ?" if gate_id is not None else "") + " ORDER BY p.ident",
-                () if gate_id is None else (gate_id,)).fetchall()
+                f"LEFT JOIN gate_health h ON h.gate_id = p.ident WHERE p.kind = 'gate'{only} ORDER BY p.ident",
+                args).fetchall()
             latest = self.audit.latest_seqs(gate_id)
             alarms = self.audit.alarms_by_gate(gate_id)
         for ident, scopes, last_seen, status, sw, models, wl_seq, queue, last_dec, node in gates:

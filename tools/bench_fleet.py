@@ -136,6 +136,16 @@ def _unit(rng: np.random.Generator, dim: int = 128) -> np.ndarray:
     return v / np.linalg.norm(v, axis=1, keepdims=True)
 
 
+def _times_ms(call: Callable[[], Any], n: int) -> list[float]:
+    """`n` timings of `call` in milliseconds, sorted."""
+    out = []
+    for _ in range(n):
+        t = time.perf_counter()
+        call()
+        out.append((time.perf_counter() - t) * 1000)
+    return sorted(out)
+
+
 def _time_store(database: str, gates: int, refreshes: int, records: int, progress: Progress) -> dict:
     from console import views
 
@@ -148,21 +158,11 @@ def _time_store(database: str, gates: int, refreshes: int, records: int, progres
         with count_statements(central.db) as seen:
             rows = views.fleet(central, 600.0)
         assert len(rows) == gates, (len(rows), gates)
-        times = []
-        for _ in range(refreshes):
-            t = time.perf_counter()
-            views.fleet(central, 600.0)
-            times.append((time.perf_counter() - t) * 1000)
-        times.sort()
+        times = _times_ms(lambda: views.fleet(central, 600.0), refreshes)
         mine = next((r for r in rows[len(rows) // 2:] if r.state == "alarm"), rows[-1])  # a lane in alarm
-        one = mine.gate_id
-        page, = views.fleet(central, 600.0, gate_id=one)
+        page, = views.fleet(central, 600.0, gate_id=mine.gate_id)
         assert page == mine, (page, mine)
-        page_times = []
-        for _ in range(refreshes):
-            t = time.perf_counter()
-            views.fleet(central, 600.0, gate_id=one)
-            page_times.append((time.perf_counter() - t) * 1000)
+        page_times = _times_ms(lambda: views.fleet(central, 600.0, gate_id=mine.gate_id), refreshes)
         return {"gates": gates, "statements": len(seen), "ms_median": round(statistics.median(times), 2),
                 "gate_page_ms_median": round(statistics.median(page_times), 2),
                 "ms_p95": round(times[min(len(times) - 1, int(0.95 * len(times)))], 2), "refreshes": refreshes,
